@@ -1,0 +1,324 @@
+//! The upstream HTTP client: one awc `Client` per actix worker, a per-probe [`Session`] that
+//! carries the token, the deadline and the call log, and the request mechanics every call
+//! shares (timeouts from the deadline, the per-auth concurrency cap, `Retry-After` on 429,
+//! the body size cap, typed errors, self-metrics).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use actix_web::http::header::{HeaderValue, AUTHORIZATION};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use super::error::BalenaError;
+use crate::config::ApiConfig;
+use crate::metrics::ExporterMetrics;
+
+/// Upstream requests in flight, capped per auth name (shared by every worker).
+#[derive(Debug, Default)]
+pub struct AuthLimits {
+    semaphores: Mutex<HashMap<(String, usize), Arc<Semaphore>>>,
+}
+
+impl AuthLimits {
+    /// The semaphore of an auth at a given cap (a reload that changes the cap starts a new one).
+    pub fn get(&self, auth: &str, cap: usize) -> Arc<Semaphore> {
+        let mut map = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry((auth.to_string(), cap))
+            .or_insert_with(|| Arc::new(Semaphore::new(cap)))
+            .clone()
+    }
+}
+
+/// The per-worker client. Cheap to build; not `Send` (awc).
+#[derive(Clone)]
+pub struct BalenaClient {
+    http: awc::Client,
+    metrics: Arc<ExporterMetrics>,
+    limits: Arc<AuthLimits>,
+}
+
+impl BalenaClient {
+    /// A client over rustls with no default timeout (each call gets its own).
+    pub fn new(metrics: Arc<ExporterMetrics>, limits: Arc<AuthLimits>) -> Self {
+        let http = awc::Client::builder()
+            .add_default_header((
+                "User-Agent",
+                concat!("balena-exporter/", env!("CARGO_PKG_VERSION")),
+            ))
+            .add_default_header((
+                "X-Balena-Client",
+                concat!("balena-exporter/", env!("CARGO_PKG_VERSION")),
+            ))
+            .disable_timeout()
+            .finish();
+        Self {
+            http,
+            metrics,
+            limits,
+        }
+    }
+}
+
+/// One upstream call as recorded for `debug=true` and the probe log (never the token).
+#[derive(Debug, Clone)]
+pub struct CallRecord {
+    /// Bounded endpoint name: `application`, `device`, `organization`, `whoami`.
+    pub endpoint: &'static str,
+    /// Path and query as sent.
+    pub url: String,
+    /// HTTP status, when one came back.
+    pub status: Option<u16>,
+    /// Time from send to body read.
+    pub duration: Duration,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+}
+
+/// Everything one probe needs to talk to the API.
+pub struct Session<'a> {
+    client: &'a BalenaClient,
+    api: &'a ApiConfig,
+    auth_name: &'a str,
+    token: &'a SecretString,
+    deadline: Instant,
+    calls: RefCell<Vec<CallRecord>>,
+}
+
+impl<'a> Session<'a> {
+    /// A session for one probe; `deadline` bounds every call.
+    pub fn new(
+        client: &'a BalenaClient,
+        api: &'a ApiConfig,
+        auth_name: &'a str,
+        token: &'a SecretString,
+        deadline: Instant,
+    ) -> Self {
+        Self {
+            client,
+            api,
+            auth_name,
+            token,
+            deadline,
+            calls: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The API settings in force for this probe.
+    pub fn api(&self) -> &ApiConfig {
+        self.api
+    }
+
+    /// The calls made so far.
+    pub fn calls(&self) -> Vec<CallRecord> {
+        self.calls.borrow().clone()
+    }
+
+    /// Number of calls made so far.
+    pub fn call_count(&self) -> usize {
+        self.calls.borrow().len()
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// GETs `path?query` and decodes JSON, honouring the deadline, the cap and 429s.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        query: &str,
+    ) -> Result<T, BalenaError> {
+        let base = self.api.url.as_str().trim_end_matches('/');
+        let url = if query.is_empty() {
+            format!("{base}{path}")
+        } else {
+            format!("{base}{path}?{query}")
+        };
+        let shown = if query.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{query}")
+        };
+        loop {
+            let started = Instant::now();
+            let result = self.send_once(&url).await;
+            let duration = started.elapsed();
+            let (status, error) = match &result {
+                Ok(_) => (Some(200), None),
+                Err((status, e)) => (*status, Some(e.to_string())),
+            };
+            self.calls.borrow_mut().push(CallRecord {
+                endpoint,
+                url: shown.clone(),
+                status,
+                duration,
+                error,
+            });
+            let code = status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "error".into());
+            self.client
+                .metrics
+                .observe_upstream(self.auth_name, endpoint, &code, duration);
+            match result {
+                Ok(body) => {
+                    return serde_json::from_slice(&body)
+                        .map_err(|e| BalenaError::Decode(e.to_string()));
+                }
+                Err((
+                    _,
+                    BalenaError::RateLimited {
+                        retry_after: Some(wait),
+                    },
+                )) if wait < self.remaining() && self.call_count() < 10 => {
+                    tracing::debug!(
+                        endpoint,
+                        wait_seconds = wait.as_secs_f64(),
+                        "rate limited; retrying after Retry-After"
+                    );
+                    actix_rt::time::sleep(wait).await;
+                }
+                Err((_, e)) => return Err(e),
+            }
+        }
+    }
+
+    /// One HTTP exchange: Ok(body) on 2xx, else (status, error).
+    async fn send_once(
+        &self,
+        url: &str,
+    ) -> Result<actix_web::web::Bytes, (Option<u16>, BalenaError)> {
+        let remaining = self.remaining();
+        if remaining.is_zero() {
+            return Err((None, BalenaError::Timeout(Duration::ZERO)));
+        }
+        let semaphore = self
+            .client
+            .limits
+            .get(self.auth_name, self.api.max_concurrency);
+        let _permit = match actix_rt::time::timeout(remaining, semaphore.acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err((None, BalenaError::Timeout(remaining))),
+        };
+        let timeout = self.api.timeout.min(self.remaining());
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.token.expose_secret()))
+            .map_err(|_| {
+                (
+                    None,
+                    BalenaError::Transport("the token is not a valid header value".into()),
+                )
+            })?;
+        auth.set_sensitive(true);
+        let exchange = async {
+            let mut resp = self
+                .client
+                .http
+                .get(url)
+                .insert_header((AUTHORIZATION, auth))
+                .timeout(timeout)
+                .send()
+                .await
+                .map_err(|e| (None, send_error(e, timeout)))?;
+            let status = resp.status().as_u16();
+            if !resp.status().is_success() {
+                return Err((
+                    Some(status),
+                    status_error(status, resp.headers().get("retry-after")),
+                ));
+            }
+            let body = resp
+                .body()
+                .limit(self.api.max_response_bytes)
+                .await
+                .map_err(|e| {
+                    let err = match e {
+                        awc::error::PayloadError::Overflow => BalenaError::TooLarge {
+                            limit: self.api.max_response_bytes,
+                        },
+                        other => BalenaError::Transport(format!("reading the body: {other}")),
+                    };
+                    (Some(status), err)
+                })?;
+            Ok(body)
+        };
+        match actix_rt::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err((None, BalenaError::Timeout(timeout))),
+        }
+    }
+}
+
+fn send_error(e: awc::error::SendRequestError, timeout: Duration) -> BalenaError {
+    match e {
+        awc::error::SendRequestError::Timeout => BalenaError::Timeout(timeout),
+        other => BalenaError::Transport(other.to_string()),
+    }
+}
+
+/// Maps a non-2xx status to a typed error.
+pub fn status_error(status: u16, retry_after: Option<&HeaderValue>) -> BalenaError {
+    match status {
+        401 => BalenaError::Unauthorized,
+        403 => BalenaError::Forbidden,
+        429 => BalenaError::RateLimited {
+            retry_after: retry_after
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after),
+        },
+        s => BalenaError::Status { status: s },
+    }
+}
+
+/// `Retry-After` as integer seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate_parse(v)?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn httpdate_parse(v: &str) -> Option<SystemTime> {
+    v.parse::<actix_web::http::header::HttpDate>()
+        .ok()
+        .map(SystemTime::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn statuses_map_to_typed_errors() {
+        assert!(matches!(status_error(401, None), BalenaError::Unauthorized));
+        assert!(matches!(status_error(403, None), BalenaError::Forbidden));
+        assert!(matches!(
+            status_error(500, None),
+            BalenaError::Status { status: 500 }
+        ));
+        let h = HeaderValue::from_static("3");
+        assert!(matches!(
+            status_error(429, Some(&h)),
+            BalenaError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(3)
+        ));
+    }
+}

@@ -1,0 +1,66 @@
+//! Typed errors of the balena client, each with a bounded `reason` for metrics and logs.
+
+use std::time::Duration;
+
+/// Why a call to the balena API (or a whole probe) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BalenaError {
+    /// The token was rejected: 401 on a read, or whoami says it is not a valid credential.
+    #[error("the API token was rejected (HTTP 401); check the auth's token")]
+    Unauthorized,
+    /// 403: the token is valid but may not read this.
+    #[error("forbidden (HTTP 403)")]
+    Forbidden,
+    /// The fleet or organization does not exist, or this (valid) token cannot see it.
+    #[error("{kind} {name:?} not found, or not visible to this token")]
+    NotFound {
+        /// `fleet` or `organization`.
+        kind: &'static str,
+        /// Slug or handle from the config.
+        name: String,
+    },
+    /// 429 whose `Retry-After` does not fit in the probe's deadline.
+    #[error("rate limited (HTTP 429){}", retry_after.map(|d| format!(", Retry-After {}s exceeds the time left", d.as_secs())).unwrap_or_default())]
+    RateLimited {
+        /// What the API asked for, when it said.
+        retry_after: Option<Duration>,
+    },
+    /// Any other non-2xx answer.
+    #[error("unexpected HTTP status {status}")]
+    Status {
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// The probe's deadline passed before the API answered.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// Connection refused, reset, TLS failure...
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// The body was not the JSON we expected.
+    #[error("cannot decode the response: {0}")]
+    Decode(String),
+    /// The body exceeded `api.max_response_bytes`.
+    #[error("response larger than the {limit}-byte cap (api.max_response_bytes)")]
+    TooLarge {
+        /// The configured cap.
+        limit: usize,
+    },
+}
+
+impl BalenaError {
+    /// A short, bounded reason: a label value and a log field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound { .. } => "not_found",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Status { .. } => "api_error",
+            Self::Timeout(_) => "timeout",
+            Self::Transport(_) => "transport",
+            Self::Decode(_) => "decode",
+            Self::TooLarge { .. } => "too_large",
+        }
+    }
+}

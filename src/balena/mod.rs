@@ -1,0 +1,221 @@
+//! The balena API as the exporter uses it: which requests a probe makes and what they select.
+//!
+//! A fleet probe is a fleet-row lookup by slug and one device listing (paged past
+//! `api.page_size`); an organization probe is an org lookup, its fleets, and the devices of all
+//! of them in one listing; an `all` probe lists the fleets the token can access and their
+//! devices. An empty lookup is checked with `/actor/v1/whoami`, because the API answers an
+//! unknown token as a guest with an empty list instead of a 401.
+
+mod client;
+mod error;
+pub mod model;
+pub mod odata;
+
+pub use client::{parse_retry_after, AuthLimits, BalenaClient, CallRecord, Session};
+pub use error::BalenaError;
+
+use model::{Actor, Device, Envelope, Fleet};
+use odata::{quote_literal, Query};
+
+use crate::config::ModuleConfig;
+
+/// Device fields every device-listing module selects.
+pub const DEVICE_FIELDS: &[&str] = &[
+    "id",
+    "uuid",
+    "device_name",
+    "belongs_to__application",
+    "is_online",
+    "api_heartbeat_state",
+    "overall_status",
+    "overall_progress",
+    "os_version",
+    "os_variant",
+    "supervisor_version",
+    "cpu_usage",
+    "cpu_temp",
+    "memory_usage",
+    "memory_total",
+    "storage_usage",
+    "storage_total",
+    "is_undervolted",
+    "last_connectivity_event",
+    "should_be_running__release",
+];
+
+/// Device fields a summary module (no per-device series) needs.
+pub const SUMMARY_DEVICE_FIELDS: &[&str] = &[
+    "id",
+    "belongs_to__application",
+    "is_online",
+    "api_heartbeat_state",
+    "overall_status",
+    "is_undervolted",
+    "should_be_running__release",
+];
+
+/// Which devices a listing covers.
+#[derive(Debug, Clone)]
+pub enum DeviceScope {
+    /// `belongs_to__application eq ID`
+    Fleet(u64),
+    /// Every fleet of an organization id.
+    Org(u64),
+    /// Every fleet the token can access.
+    Accessible,
+}
+
+impl DeviceScope {
+    fn filter(&self) -> String {
+        match self {
+            Self::Fleet(id) => format!("belongs_to__application eq {id}"),
+            Self::Org(id) => format!("belongs_to__application/any(a:a/organization eq {id})"),
+            Self::Accessible => {
+                "belongs_to__application/any(a:a/is_directly_accessible_by__user/any(dau:1 eq 1))"
+                    .into()
+            }
+        }
+    }
+}
+
+const FLEET_SELECT: &str = "id,app_name,slug";
+const FLEET_EXPAND: &str =
+    "organization($select=handle),is_for__device_type($select=slug),should_be_running__release($select=commit)";
+
+fn fleet_expand(module: &ModuleConfig) -> String {
+    if module.counts_only {
+        format!("{FLEET_EXPAND},owns__device/$count($filter=is_online eq true)")
+    } else {
+        FLEET_EXPAND.to_string()
+    }
+}
+
+/// Checks a token: `Ok(actor)` when valid, `Unauthorized` on 401.
+pub async fn whoami(s: &Session<'_>) -> Result<Actor, BalenaError> {
+    s.get_json("whoami", "/actor/v1/whoami", "").await
+}
+
+/// Tells "not found" from "bad token" after an empty lookup.
+async fn not_found(s: &Session<'_>, kind: &'static str, name: &str) -> BalenaError {
+    match whoami(s).await {
+        Ok(_) => BalenaError::NotFound {
+            kind,
+            name: name.to_string(),
+        },
+        Err(e) => e,
+    }
+}
+
+/// The fleet row of `slug` (lowercased), with org handle, device type and target release.
+pub async fn fleet_by_slug(
+    s: &Session<'_>,
+    slug: &str,
+    module: &ModuleConfig,
+) -> Result<Fleet, BalenaError> {
+    let q = Query::new()
+        .option(
+            "$filter",
+            format!("slug eq {}", quote_literal(&slug.to_lowercase())),
+        )
+        .option("$select", FLEET_SELECT)
+        .option("$expand", fleet_expand(module));
+    let rows: Envelope<Fleet> = s
+        .get_json("application", "/v7/application", &q.to_wire())
+        .await?;
+    match rows.d.len() {
+        1 => Ok(rows.d.into_iter().next().expect("one row")),
+        0 => Err(not_found(s, "fleet", slug).await),
+        n => Err(BalenaError::Decode(format!(
+            "{n} fleets match slug {slug:?}"
+        ))),
+    }
+}
+
+/// The id of an organization by handle.
+pub async fn org_id(s: &Session<'_>, handle: &str) -> Result<u64, BalenaError> {
+    let path = format!("/v7/organization(handle={})", quote_literal(handle));
+    let rows: Envelope<model::NavIdRow> = s.get_json("organization", &path, "$select=id").await?;
+    match rows.d.first() {
+        Some(r) => Ok(r.id),
+        None => Err(not_found(s, "organization", handle).await),
+    }
+}
+
+/// Fleets of an organization, or every fleet the token can access, ordered by slug.
+pub async fn fleets(
+    s: &Session<'_>,
+    org: Option<u64>,
+    module: &ModuleConfig,
+) -> Result<Vec<Fleet>, BalenaError> {
+    let filter = match org {
+        Some(id) => format!("organization eq {id}"),
+        None => "is_directly_accessible_by__user/any(dau:1 eq 1)".to_string(),
+    };
+    let q = Query::new()
+        .option("$filter", filter)
+        .option("$select", FLEET_SELECT)
+        .option("$expand", fleet_expand(module))
+        .option("$orderby", "slug asc");
+    let rows: Envelope<Fleet> = s
+        .get_json("application", "/v7/application", &q.to_wire())
+        .await?;
+    if rows.d.is_empty() && org.is_none() {
+        // A guest sees no accessible fleets: make sure the token is real.
+        whoami(s).await?;
+    }
+    Ok(rows.d)
+}
+
+/// The `$select`/`$expand` a module needs for device rows.
+pub fn device_query(module: &ModuleConfig) -> (String, String) {
+    let fields = if module.devices {
+        DEVICE_FIELDS
+    } else {
+        SUMMARY_DEVICE_FIELDS
+    };
+    let mut expand = vec!["is_running__release($select=id,commit)".to_string()];
+    if module.devices {
+        expand.push("is_of__device_type($select=slug)".into());
+        if !module.device_tags.is_empty() {
+            let keys: Vec<String> = module
+                .device_tags
+                .iter()
+                .map(|k| quote_literal(k))
+                .collect();
+            expand.push(format!(
+                "device_tag($select=tag_key,value;$filter=tag_key in ({}))",
+                keys.join(",")
+            ));
+        }
+    }
+    (fields.join(","), expand.join(","))
+}
+
+/// Lists devices in pages of `api.page_size` (`$orderby=id asc`, `$top`, `$skip`), handing each
+/// page to `on_page` as it arrives so that a large fleet is never held twice.
+pub async fn devices(
+    s: &Session<'_>,
+    scope: &DeviceScope,
+    module: &ModuleConfig,
+    mut on_page: impl FnMut(Vec<Device>),
+) -> Result<usize, BalenaError> {
+    let (select, expand) = device_query(module);
+    let page = s.api().page_size as usize;
+    let mut total = 0;
+    loop {
+        let q = Query::new()
+            .option("$select", select.clone())
+            .option("$expand", expand.clone())
+            .option("$filter", scope.filter())
+            .option("$orderby", "id asc")
+            .option("$top", page.to_string())
+            .option("$skip", total.to_string());
+        let rows: Envelope<Device> = s.get_json("device", "/v7/device", &q.to_wire()).await?;
+        let n = rows.d.len();
+        total += n;
+        on_page(rows.d);
+        if n < page {
+            return Ok(total);
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Command-line flags, named in the Prometheus exporter family's dotted style.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The exporter's default port (in the exporter range 9100–9999).
+pub const DEFAULT_PORT: u16 = 9759;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `time=… level=info msg="…" key=value`
+    Logfmt,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Prometheus exporter for the balena cloud API: `/probe?target=NAME` answers with the fleet
+/// and device metrics of a target named in the config file.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "balena-exporter", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (YAML).
+    #[arg(
+        long = "config.file",
+        value_name = "PATH",
+        default_value = "balena-exporter.yml"
+    )]
+    pub config_file: PathBuf,
+
+    /// Validate the configuration, print the result and exit (0 when valid, 1 otherwise).
+    #[arg(long = "config.check")]
+    pub config_check: bool,
+
+    /// Expand ${VAR} in `token` and `token_file` values (a missing variable is an error).
+    #[arg(long = "config.expand-environment-variables")]
+    pub expand_env: bool,
+
+    /// Address to listen on (`:PORT` means every interface); repeatable.
+    #[arg(
+        long = "web.listen-address",
+        value_name = "HOST:PORT",
+        default_value = ":9759"
+    )]
+    pub listen: Vec<String>,
+
+    /// Subtracted from Prometheus' scrape timeout to leave time to answer.
+    #[arg(long = "web.timeout-offset", value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub timeout_offset: Duration,
+
+    /// Only log messages at this level or above (trace, debug, info, warn, error); RUST_LOG wins.
+    #[arg(long = "log.level", default_value = "info")]
+    pub log_level: String,
+
+    /// Log format.
+    #[arg(long = "log.format", value_enum, default_value = "logfmt")]
+    pub log_format: LogFormat,
+
+    /// Run against the built-in balena API simulator with demo fleets: no token needed.
+    #[arg(long = "demo")]
+    pub demo: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::config::duration::parse(s)
+        .ok_or_else(|| format!("invalid duration {s:?}; expected e.g. 500ms, 1s"))
+}
+
+/// `:9759` → `0.0.0.0:9759`; anything else as given.
+pub fn normalize_listen(addr: &str) -> String {
+    match addr.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => addr.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_in_dotted_style() {
+        let cli = Cli::try_parse_from([
+            "balena-exporter",
+            "--config.file=x.yml",
+            "--web.listen-address=127.0.0.1:1",
+            "--web.listen-address=:2",
+            "--log.format=json",
+            "--web.timeout-offset=1s",
+        ])
+        .unwrap();
+        assert_eq!(cli.config_file, PathBuf::from("x.yml"));
+        assert_eq!(cli.listen, ["127.0.0.1:1", ":2"]);
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.timeout_offset, Duration::from_secs(1));
+        assert_eq!(normalize_listen(":2"), "0.0.0.0:2");
+    }
+}

@@ -1,0 +1,825 @@
+//! The exporter's configuration: schema, loading (figment: YAML file, then
+//! `BALENA_EXPORTER_`-prefixed environment overrides), validation, the `<secret>` view served
+//! on `/config`, and the reloadable handle that probes take snapshots of.
+//!
+//! Tokens are [`SecretString`] from the moment they are read; a `token_file` is read here, at
+//! load and at every reload, never per request.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use figment::providers::{Env, Format, Yaml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Default `api.url`.
+pub const DEFAULT_API_URL: &str = "https://api.balena-cloud.com";
+/// Name of the module used when neither the target nor the request names one.
+pub const DEFAULT_MODULE: &str = "default";
+/// Prefix of the environment overrides (`BALENA_EXPORTER_API__TIMEOUT=5s`).
+pub const ENV_PREFIX: &str = "BALENA_EXPORTER_";
+
+/// The whole configuration, as loaded and validated.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How to reach the balena API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Named credentials; targets refer to them by name.
+    #[serde(default)]
+    pub auths: BTreeMap<String, AuthConfig>,
+    /// Named "what to collect" settings; `default` always exists.
+    #[serde(default = "default_modules")]
+    pub modules: BTreeMap<String, ModuleConfig>,
+    /// Named targets: the only values `/probe?target=` accepts.
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetConfig>,
+}
+
+/// `api:` block.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// API root; `/v7/...` is appended. openBalena and the simulator work too.
+    #[serde(deserialize_with = "de_url", serialize_with = "ser_display")]
+    pub url: url::Url,
+    /// Per upstream request; never beyond the probe deadline.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Upstream requests in flight per auth.
+    pub max_concurrency: usize,
+    /// Probes of one target within this share one fetch (0 disables the cache).
+    #[serde(with = "duration")]
+    pub cache_ttl: Duration,
+    /// Devices per request; larger fleets are paged.
+    pub page_size: u32,
+    /// Cap on one response body.
+    #[serde(deserialize_with = "de_bytes")]
+    pub max_response_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            url: url::Url::parse(DEFAULT_API_URL).expect("constant URL parses"),
+            timeout: Duration::from_secs(10),
+            max_concurrency: 4,
+            cache_ttl: Duration::from_secs(30),
+            page_size: 20_000,
+            max_response_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// `auths.NAME`: a token, inline or from a file. After loading, `token` always holds the value.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The API token (`${VAR}` expanded with `--config.expand-environment-variables`).
+    #[serde(default, serialize_with = "ser_secret")]
+    pub token: Option<SecretString>,
+    /// A file holding the token; re-read on reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// The token (present after [`load`]).
+    pub fn secret(&self) -> Option<&SecretString> {
+        self.token.as_ref()
+    }
+}
+
+/// `modules.NAME`: what a probe collects.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModuleConfig {
+    /// Emit per-device series (`balena_device_*`). Off for the fleet summary only.
+    /// Ignored (treated as false) when `counts_only` is set.
+    pub devices: bool,
+    /// Device tag keys that become `tag_<key>` labels on `balena_device_info`.
+    pub device_tags: Vec<String>,
+    /// Fetch only device counts per fleet (one request, no device rows).
+    pub counts_only: bool,
+    /// Also emit `balena_devices_online{fleet_name}` as the older Python exporter did.
+    pub legacy_devices_online: bool,
+}
+
+impl Default for ModuleConfig {
+    fn default() -> Self {
+        Self {
+            devices: true,
+            device_tags: Vec::new(),
+            counts_only: false,
+            legacy_devices_online: false,
+        }
+    }
+}
+
+fn default_modules() -> BTreeMap<String, ModuleConfig> {
+    BTreeMap::from([(DEFAULT_MODULE.to_string(), ModuleConfig::default())])
+}
+
+/// `targets.NAME`: one fleet, every fleet of an organization, or every fleet the token sees.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// `org/app` fleet slug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
+    /// Organization handle: every fleet of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// Every fleet the token can access.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    /// Name of an entry in `auths:`.
+    pub auth: String,
+    /// Module used when the request names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Auths that `&auth=` may pick instead of `auth` (off unless listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_auths: Vec<String>,
+}
+
+/// What a target covers, after validation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// One fleet by slug (lowercased, as the SDK does).
+    Fleet(String),
+    /// Every fleet of an organization handle.
+    Org(String),
+    /// Every fleet the token can access.
+    All,
+}
+
+impl TargetConfig {
+    /// What this target covers (valid after [`load`]).
+    pub fn scope(&self) -> Scope {
+        match (&self.fleet, &self.org) {
+            (Some(f), _) => Scope::Fleet(f.to_lowercase()),
+            (None, Some(o)) => Scope::Org(o.clone()),
+            (None, None) => Scope::All,
+        }
+    }
+
+    /// The module name used when the request names none.
+    pub fn module_name(&self) -> &str {
+        self.module.as_deref().unwrap_or(DEFAULT_MODULE)
+    }
+}
+
+/// A config problem: the file, the key path and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file (or a `token_file`) cannot be read.
+    #[error("{file}: cannot read: {reason}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// A key holds something unacceptable.
+    #[error("{file}: {key}: {msg}")]
+    Invalid {
+        /// The config file (or `environment`).
+        file: String,
+        /// Dotted key path, e.g. `targets.shop.auth`.
+        key: String,
+        /// What was wrong and what was expected.
+        msg: String,
+    },
+}
+
+/// How to load: the file and flags that change loading.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// The YAML file.
+    pub file: PathBuf,
+    /// Expand `${VAR}` in `token` and `token_file` (a missing variable is an error).
+    pub expand_env: bool,
+}
+
+/// Loads, overlays the environment, validates and reads token files.
+pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
+    let file = opts.file.display().to_string();
+    if let Err(e) = std::fs::metadata(&opts.file) {
+        return Err(ConfigError::Read {
+            file,
+            reason: e.to_string(),
+        });
+    }
+    let figment = Figment::new()
+        .merge(Yaml::file_exact(&opts.file))
+        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+    from_figment(figment, &file, opts.expand_env)
+}
+
+/// Loads from YAML text (tests, `--demo`).
+pub fn from_yaml_str(yaml: &str, name: &str) -> Result<Config, ConfigError> {
+    from_figment(Figment::new().merge(Yaml::string(yaml)), name, false)
+}
+
+fn from_figment(figment: Figment, file: &str, expand_env: bool) -> Result<Config, ConfigError> {
+    let mut config: Config = figment.extract().map_err(|e| figment_error(e, file))?;
+    config
+        .modules
+        .entry(DEFAULT_MODULE.to_string())
+        .or_default();
+    resolve_tokens(&mut config, file, expand_env)?;
+    validate(&config, file)?;
+    Ok(config)
+}
+
+/// Turns a figment error into one line naming the file, key and expectation. Values found
+/// under a `token` key are never repeated.
+fn figment_error(e: figment::Error, file: &str) -> ConfigError {
+    use figment::error::Kind;
+    let e = e
+        .into_iter()
+        .next()
+        .expect("a figment error holds at least one error");
+    let source = e
+        .metadata
+        .as_ref()
+        .and_then(|m| m.source.as_ref())
+        .map(|s| match s {
+            figment::Source::File(p) => p.display().to_string(),
+            other => other.to_string(),
+        })
+        .unwrap_or_else(|| file.to_string());
+    let source = if e
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"))
+    {
+        format!("{file} (environment {ENV_PREFIX}*)")
+    } else {
+        source
+    };
+    let key = if e.path.is_empty() {
+        "(top level)".to_string()
+    } else {
+        e.path.join(".")
+    };
+    let secret_key = e.path.last().is_some_and(|k| k == "token");
+    let msg = match &e.kind {
+        Kind::InvalidType(_, expected) if secret_key => format!("expected {expected}"),
+        Kind::InvalidValue(_, expected) if secret_key => format!("expected {expected}"),
+        Kind::Message(_) if secret_key => "invalid token value".to_string(),
+        Kind::UnknownField(field, expected) => {
+            return ConfigError::Invalid {
+                file: source,
+                key: join_key(&key, field, e.path.is_empty()),
+                msg: format!("unknown key; expected one of: {}", expected.join(", ")),
+            }
+        }
+        Kind::MissingField(field) => {
+            return ConfigError::Invalid {
+                file: source,
+                key: join_key(&key, field, e.path.is_empty()),
+                msg: "missing required key".to_string(),
+            }
+        }
+        other => other.to_string(),
+    };
+    ConfigError::Invalid {
+        file: source,
+        key,
+        msg,
+    }
+}
+
+fn join_key(parent: &str, field: &str, top: bool) -> String {
+    if top {
+        field.to_string()
+    } else if parent == field || parent.ends_with(&format!(".{field}")) {
+        parent.to_string()
+    } else {
+        format!("{parent}.{field}")
+    }
+}
+
+fn invalid(file: &str, key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_string(),
+        key: key.into(),
+        msg: msg.into(),
+    }
+}
+
+/// Reads `token_file`s, expands `${VAR}`, and checks each auth has exactly one non-empty token.
+fn resolve_tokens(config: &mut Config, file: &str, expand_env: bool) -> Result<(), ConfigError> {
+    for (name, auth) in config.auths.iter_mut() {
+        let key = format!("auths.{name}");
+        if expand_env {
+            if let Some(t) = &auth.token {
+                let expanded = expand_vars(t.expose_secret()).map_err(|var| {
+                    invalid(
+                        file,
+                        format!("{key}.token"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?;
+                auth.token = Some(SecretString::from(expanded));
+            }
+            if let Some(p) = &auth.token_file {
+                let expanded = expand_vars(&p.display().to_string()).map_err(|var| {
+                    invalid(
+                        file,
+                        format!("{key}.token_file"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?;
+                auth.token_file = Some(PathBuf::from(expanded));
+            }
+        }
+        match (&auth.token, &auth.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    file,
+                    key,
+                    "set either `token` or `token_file`, not both",
+                ))
+            }
+            (None, None) => return Err(invalid(file, key, "missing `token` or `token_file`")),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(
+                        file,
+                        format!("{key}.token_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                auth.token = Some(SecretString::from(text.trim().to_string()));
+                if auth.secret().is_some_and(|t| t.expose_secret().is_empty()) {
+                    return Err(invalid(
+                        file,
+                        format!("{key}.token_file"),
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+            }
+            (Some(t), None) => {
+                if t.expose_secret().trim().is_empty() {
+                    return Err(invalid(
+                        file,
+                        format!("{key}.token"),
+                        "empty token; expected a balena API key",
+                    ));
+                }
+            }
+        }
+        let token = auth.secret().map(|t| t.expose_secret()).unwrap_or_default();
+        if token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(invalid(
+                file,
+                key,
+                "the token contains spaces or control characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Expands `${VAR}` and `$VAR`; `$$` is a literal `$`. Returns the name of a missing variable.
+fn expand_vars(input: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        let (name, consumed) = if let Some(stripped) = after.strip_prefix('{') {
+            match stripped.find('}') {
+                Some(end) => (&stripped[..end], end + 2),
+                None => return Err(format!("${{{stripped} (unclosed)")),
+            }
+        } else if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+            continue;
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], end)
+        };
+        if name.is_empty() {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        out.push_str(&std::env::var(name).map_err(|_| name.to_string())?);
+        rest = &after[consumed..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Cross-references and values serde cannot check.
+fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
+    let api = &config.api;
+    if !matches!(api.url.scheme(), "http" | "https") || api.url.host_str().is_none() {
+        return Err(invalid(
+            file,
+            "api.url",
+            format!("expected an http(s) URL, got {:?}", api.url.as_str()),
+        ));
+    }
+    if api.timeout.is_zero() {
+        return Err(invalid(file, "api.timeout", "must be greater than 0"));
+    }
+    if api.max_concurrency == 0 {
+        return Err(invalid(file, "api.max_concurrency", "must be at least 1"));
+    }
+    if api.page_size == 0 {
+        return Err(invalid(file, "api.page_size", "must be at least 1"));
+    }
+    if api.max_response_bytes < 1024 {
+        return Err(invalid(
+            file,
+            "api.max_response_bytes",
+            "must be at least 1KiB",
+        ));
+    }
+    for (name, module) in &config.modules {
+        for tag in &module.device_tags {
+            if tag.is_empty() {
+                return Err(invalid(
+                    file,
+                    format!("modules.{name}.device_tags"),
+                    "empty tag key",
+                ));
+            }
+        }
+        if module.counts_only && !module.device_tags.is_empty() {
+            return Err(invalid(
+                file,
+                format!("modules.{name}.device_tags"),
+                "counts_only fetches no device rows, so it cannot have device_tags",
+            ));
+        }
+    }
+    for (name, target) in &config.targets {
+        let key = format!("targets.{name}");
+        if name.is_empty() || name.chars().any(|c| c.is_control()) {
+            return Err(invalid(
+                file,
+                key,
+                "target names must be non-empty printable text",
+            ));
+        }
+        let kinds = [target.fleet.is_some(), target.org.is_some(), target.all]
+            .iter()
+            .filter(|b| **b)
+            .count();
+        if kinds != 1 {
+            return Err(invalid(
+                file,
+                key,
+                "set exactly one of `fleet: org/app`, `org: handle` or `all: true`",
+            ));
+        }
+        if let Some(fleet) = &target.fleet {
+            if fleet.trim().is_empty() || !fleet.contains('/') {
+                return Err(invalid(
+                    file,
+                    format!("{key}.fleet"),
+                    format!("expected a fleet slug like `myorg/myfleet`, got {fleet:?}"),
+                ));
+            }
+        }
+        if let Some(org) = &target.org {
+            if org.trim().is_empty() {
+                return Err(invalid(
+                    file,
+                    format!("{key}.org"),
+                    "empty organization handle",
+                ));
+            }
+        }
+        for auth in std::iter::once(&target.auth).chain(&target.allowed_auths) {
+            if !config.auths.contains_key(auth) {
+                return Err(invalid(
+                    file,
+                    format!("{key}.auth"),
+                    format!(
+                        "no auth named {auth:?} in `auths:` (have: {})",
+                        names(&config.auths)
+                    ),
+                ));
+            }
+        }
+        if !config.modules.contains_key(target.module_name()) {
+            return Err(invalid(
+                file,
+                format!("{key}.module"),
+                format!(
+                    "no module named {:?} in `modules:` (have: {})",
+                    target.module_name(),
+                    names(&config.modules)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn names<V>(map: &BTreeMap<String, V>) -> String {
+    if map.is_empty() {
+        "none".to_string()
+    } else {
+        map.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl Config {
+    /// The config as YAML with every token shown as `<secret>` (for `/config`).
+    pub fn to_redacted_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn ser_secret<S: Serializer>(token: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match token {
+        Some(t) if !t.expose_secret().is_empty() => s.serialize_str("<secret>"),
+        _ => s.serialize_none(),
+    }
+}
+
+fn ser_display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn de_url<'de, D: Deserializer<'de>>(d: D) -> Result<url::Url, D::Error> {
+    let text = String::deserialize(d)?;
+    url::Url::parse(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid URL {text:?} ({e}); expected e.g. https://api.balena-cloud.com"
+        ))
+    })
+}
+
+/// Parses `256MiB`, `10MB`, `1048576`.
+pub fn parse_bytes(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(usize),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Num(n) => Ok(n),
+        Raw::Text(t) => parse_bytes(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid size {t:?}; expected e.g. 256MiB, 10MB or a byte count"
+            ))
+        }),
+    }
+}
+
+/// Serde for durations written the Prometheus way: `10s`, `1m30s`, `500ms`, `0`.
+pub mod duration {
+    use super::*;
+
+    /// Parses a duration; a bare `0` is zero.
+    pub fn parse(text: &str) -> Option<Duration> {
+        let t = text.trim();
+        if t == "0" {
+            return Some(Duration::ZERO);
+        }
+        humantime::parse_duration(t).ok()
+    }
+
+    /// Writes `1m 30s` style text.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    /// Reads text (or a number of seconds).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Duration::from_secs(n)),
+            Raw::Text(t) => parse(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {t:?}; expected e.g. 10s, 1m30s, 500ms"
+                ))
+            }),
+        }
+    }
+}
+
+/// The config in force, swapped whole on reload. Probes take an `Arc` snapshot at start.
+#[derive(Debug)]
+pub struct SharedConfig {
+    current: ArcSwap<Config>,
+    options: Option<LoadOptions>,
+}
+
+impl SharedConfig {
+    /// Wraps a loaded config; `options` says where reloads read from (None: not reloadable).
+    pub fn new(config: Config, options: Option<LoadOptions>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(config),
+            options,
+        }
+    }
+
+    /// The config in force now.
+    pub fn snapshot(&self) -> Arc<Config> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the file; on success swaps it in, on failure keeps the old one.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let Some(opts) = &self.options else {
+            return Ok(());
+        };
+        let new = load(opts)?;
+        self.current.store(Arc::new(new));
+        Ok(())
+    }
+
+    /// The config file, if reloadable.
+    pub fn file(&self) -> Option<&Path> {
+        self.options.as_ref().map(|o| o.file.as_path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> String {
+        from_yaml_str(yaml, "test.yml").unwrap_err().to_string()
+    }
+
+    const GOOD: &str =
+        "auths:\n  a:\n    token: tok-123\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n";
+
+    #[test]
+    fn a_minimal_config_gets_the_documented_defaults() {
+        let c = from_yaml_str(GOOD, "x").unwrap();
+        assert_eq!(c.api.url.as_str(), "https://api.balena-cloud.com/");
+        assert_eq!(c.api.timeout, Duration::from_secs(10));
+        assert_eq!(c.api.max_concurrency, 4);
+        assert_eq!(c.api.cache_ttl, Duration::from_secs(30));
+        assert_eq!(c.api.page_size, 20_000);
+        assert_eq!(c.api.max_response_bytes, 256 << 20);
+        assert_eq!(c.modules[DEFAULT_MODULE], ModuleConfig::default());
+        assert_eq!(c.targets["t"].scope(), Scope::Fleet("org/app".into()));
+    }
+
+    #[test]
+    fn validation_errors_name_the_key_path_and_expectation() {
+        let cases = [
+            (format!("{GOOD}bogus: 1\n"), "bogus: unknown key"),
+            (
+                "api:\n  timeout: 10x\n".to_string(),
+                "api.timeout: invalid duration \"10x\"",
+            ),
+            (
+                "api:\n  url: not a url\n".to_string(),
+                "api.url: invalid URL",
+            ),
+            (
+                "api:\n  url: ftp://x\n".to_string(),
+                "api.url: expected an http(s) URL",
+            ),
+            (
+                "api:\n  max_concurrency: 0\n".to_string(),
+                "api.max_concurrency: must be at least 1",
+            ),
+            (
+                "api:\n  max_response_bytes: 12 parsecs\n".to_string(),
+                "api.max_response_bytes: invalid size",
+            ),
+            (
+                "auths:\n  a:\n    token: ''\n".to_string(),
+                "auths.a.token: empty token",
+            ),
+            (
+                "auths:\n  a:\n    token: x\n    token_file: /y\n".to_string(),
+                "auths.a: set either `token` or `token_file`, not both",
+            ),
+            (
+                "auths:\n  a: {}\n".to_string(),
+                "auths.a: missing `token` or `token_file`",
+            ),
+            (
+                "auths:\n  a:\n    tokn: x\n".to_string(),
+                "auths.a.tokn: unknown key",
+            ),
+            (
+                "auths:\n  a:\n    token_file: /nonexistent/tok\n".to_string(),
+                "auths.a.token_file: cannot read /nonexistent/tok",
+            ),
+            (
+                GOOD.replace("auth: a", "auth: b"),
+                "targets.t.auth: no auth named \"b\"",
+            ),
+            (
+                format!("{GOOD}    module: nope\n"),
+                "targets.t.module: no module named \"nope\"",
+            ),
+            (
+                GOOD.replace("fleet: org/app", "fleet: app"),
+                "targets.t.fleet: expected a fleet slug",
+            ),
+            (
+                format!("{GOOD}    org: acme\n"),
+                "targets.t: set exactly one of",
+            ),
+            (
+                GOOD.replace("    auth: a\n", ""),
+                "targets.t.auth: missing required key",
+            ),
+            (
+                "modules:\n  m:\n    devices: maybe\n".to_string(),
+                "modules.m.devices",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let e = err(&yaml);
+            assert!(e.starts_with("test.yml: "), "{e}");
+            assert!(e.contains(expected), "expected {expected:?} in {e:?}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_numeric_token_of_the_wrong_type_is_not_repeated_in_the_error() {
+        let e = err("auths:\n  a:\n    token: [987654321]\n");
+        assert!(e.contains("auths.a.token"), "{e}");
+        assert!(!e.contains("987654321"), "{e}");
+    }
+
+    #[test]
+    fn redacted_yaml_and_debug_never_show_the_token() {
+        let c = from_yaml_str(&GOOD.replace("tok-123", "canary-TOKEN-42"), "x").unwrap();
+        let yaml = c.to_redacted_yaml();
+        assert!(yaml.contains("token: <secret>"), "{yaml}");
+        assert!(!yaml.contains("canary-TOKEN-42"));
+        assert!(!format!("{c:?}").contains("canary-TOKEN-42"));
+        // And the YAML view loads back as a valid config shape.
+        let back: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(back["targets"]["t"]["fleet"], "org/app");
+    }
+
+    #[test]
+    fn env_expansion_reads_variables_and_fails_on_missing_ones() {
+        std::env::set_var("BALENA_EXPORTER_TEST_TOKEN_X", "from-env");
+        assert_eq!(
+            expand_vars("${BALENA_EXPORTER_TEST_TOKEN_X}").unwrap(),
+            "from-env"
+        );
+        assert_eq!(expand_vars("a$$b").unwrap(), "a$b");
+        assert_eq!(
+            expand_vars("${NOPE_NOT_SET_42}").unwrap_err(),
+            "NOPE_NOT_SET_42"
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations_parse_in_the_documented_forms() {
+        assert_eq!(parse_bytes("256MiB"), Some(256 << 20));
+        assert_eq!(parse_bytes("10MB"), Some(10_000_000));
+        assert_eq!(parse_bytes("1024"), Some(1024));
+        assert_eq!(parse_bytes("1 parsec"), None);
+        assert_eq!(duration::parse("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(duration::parse("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(duration::parse("0"), Some(Duration::ZERO));
+        assert_eq!(duration::parse("soon"), None);
+    }
+}

@@ -1,0 +1,459 @@
+//! The metric catalogue (every name and HELP text the exporter writes, in one place), the
+//! exposition writer probes fill, and the exporter's own metrics served on `/metrics`.
+//!
+//! Probe output is written straight into text format 0.0.4 by [`Exposition`]: one buffer per
+//! metric family, so samples of a family stay together whatever order devices arrive in. A
+//! probe of a 10,000-device fleet writes ~150,000 samples; building them as `prometheus`
+//! `GaugeVec`s would hash every label set and hold it twice (see `docs/performance.md`). The
+//! exporter's own metrics, which are few and long-lived, use the `prometheus` crate.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// A metric's name, HELP text and type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricDef {
+    /// Metric name.
+    pub name: &'static str,
+    /// HELP text: what it is and which API field it comes from.
+    pub help: &'static str,
+}
+
+macro_rules! catalogue {
+    ($( $(#[$doc:meta])* $id:ident = $name:literal, $help:literal; )*) => {
+        $( $(#[$doc])* pub const $id: MetricDef = MetricDef { name: $name, help: $help }; )*
+        /// Every metric a probe can emit.
+        pub const PROBE_METRICS: &[MetricDef] = &[$($id),*];
+    };
+}
+
+catalogue! {
+    /// 1 if the probe fetched the target's data.
+    PROBE_SUCCESS = "probe_success", "Whether the probe of the target succeeded (1) or failed (0).";
+    /// Wall time of the probe.
+    PROBE_DURATION = "probe_duration_seconds", "How long the probe took, in seconds.";
+    /// Deadline the probe ran under.
+    PROBE_TIMEOUT = "probe_timeout_seconds", "The deadline this probe ran under (scrape timeout minus offset), in seconds.";
+    /// Upstream calls made by this probe.
+    PROBE_API_REQUESTS = "balena_probe_api_requests", "Requests this probe made to the balena API (0 when served from the cache).";
+    /// Age of the data served.
+    PROBE_DATA_AGE = "balena_probe_data_age_seconds", "Age of the balena data in this answer, in seconds (0 when fetched for this probe).";
+    /// Fleet facts.
+    FLEET_INFO = "balena_fleet_info", "Fleet facts as labels (application id, organization handle, default device type, target release commit); always 1.";
+    /// Devices in the fleet.
+    FLEET_DEVICES = "balena_fleet_devices", "Devices in the fleet.";
+    /// Devices with is_online.
+    FLEET_DEVICES_ONLINE = "balena_fleet_devices_online", "Devices in the fleet whose is_online is true.";
+    /// Devices per overall_status.
+    FLEET_DEVICES_STATUS = "balena_fleet_devices_status", "Devices in the fleet per overall_status (every known status, zeros included).";
+    /// Devices per api_heartbeat_state.
+    FLEET_DEVICES_HEARTBEAT = "balena_fleet_devices_heartbeat", "Devices in the fleet per api_heartbeat_state (every known state, zeros included).";
+    /// Devices running their target release.
+    FLEET_DEVICES_ON_TARGET = "balena_fleet_devices_on_target_release", "Devices whose running release is the one they should run (pin, else fleet target).";
+    /// Undervolted devices.
+    FLEET_DEVICES_UNDERVOLTED = "balena_fleet_devices_undervolted", "Devices in the fleet reporting under-voltage (is_undervolted).";
+    /// Compatibility gauge of the older Python exporter.
+    LEGACY_DEVICES_ONLINE = "balena_devices_online", "Online devices per fleet, labelled by fleet display name as the older balena Python exporter wrote it.";
+    /// Device facts.
+    DEVICE_INFO = "balena_device_info", "Device facts as labels (device type, OS version and variant, supervisor version, running release commit, selected tags); always 1.";
+    /// is_online.
+    DEVICE_ONLINE = "balena_device_online", "Whether the device is online (is_online).";
+    /// overall_status.
+    DEVICE_STATUS = "balena_device_status", "The device's overall_status as a label; always 1.";
+    /// api_heartbeat_state.
+    DEVICE_HEARTBEAT = "balena_device_heartbeat", "The device's api_heartbeat_state as a label; always 1.";
+    /// last_connectivity_event.
+    DEVICE_LAST_CONNECTIVITY = "balena_device_last_connectivity_timestamp_seconds", "Last change of the device's online state (last_connectivity_event), Unix seconds.";
+    /// cpu_usage / 100.
+    DEVICE_CPU = "balena_device_cpu_usage_ratio", "CPU usage as reported by the supervisor (cpu_usage / 100); coarse and possibly minutes old.";
+    /// cpu_temp.
+    DEVICE_TEMP = "balena_device_cpu_temperature_celsius", "CPU temperature (cpu_temp), degrees Celsius.";
+    /// memory_usage MiB → bytes.
+    DEVICE_MEM_USED = "balena_device_memory_usage_bytes", "Memory in use excluding caches (memory_usage, MiB converted to bytes).";
+    /// memory_total MiB → bytes.
+    DEVICE_MEM_TOTAL = "balena_device_memory_total_bytes", "Total memory (memory_total, MiB converted to bytes).";
+    /// storage_usage MiB → bytes.
+    DEVICE_STORAGE_USED = "balena_device_storage_usage_bytes", "Storage in use on the data device (storage_usage, MiB converted to bytes).";
+    /// storage_total MiB → bytes.
+    DEVICE_STORAGE_TOTAL = "balena_device_storage_total_bytes", "Size of the data partition (storage_total, MiB converted to bytes).";
+    /// is_undervolted.
+    DEVICE_UNDERVOLTED = "balena_device_undervolted", "Whether the device reports under-voltage (is_undervolted).";
+    /// Running release = target release.
+    DEVICE_ON_TARGET = "balena_device_on_target_release", "Whether the device runs the release it should run (pin, else fleet target).";
+    /// overall_progress / 100.
+    DEVICE_PROGRESS = "balena_device_update_progress_ratio", "Progress of the current update or provisioning (overall_progress / 100); absent when nothing is in progress.";
+}
+
+/// Every `overall_status` value of API v7, emitted with zeros at fleet level.
+pub const KNOWN_STATUSES: &[&str] = &[
+    "configuring",
+    "disconnected",
+    "inactive",
+    "operational",
+    "post-provisioning",
+    "reduced-functionality",
+    "updating",
+];
+
+/// Every `api_heartbeat_state` value.
+pub const KNOWN_HEARTBEATS: &[&str] = &["offline", "online", "timeout", "unknown"];
+
+/// Bytes in a MiB: the API reports memory and storage in MiB.
+pub const MIB: f64 = 1_048_576.0;
+
+/// Text-format output of one probe, grouped by family in first-use order.
+#[derive(Debug, Default, Clone)]
+pub struct Exposition {
+    families: Vec<(MetricDef, String)>,
+    index: HashMap<&'static str, usize>,
+}
+
+impl Exposition {
+    /// An empty output.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one gauge sample.
+    pub fn gauge(&mut self, def: MetricDef, labels: &[(&str, &str)], value: f64) {
+        let i = *self.index.entry(def.name).or_insert_with(|| {
+            self.families.push((def, String::new()));
+            self.families.len() - 1
+        });
+        let buf = &mut self.families[i].1;
+        buf.push_str(def.name);
+        if !labels.is_empty() {
+            buf.push('{');
+            for (n, (k, v)) in labels.iter().enumerate() {
+                if n > 0 {
+                    buf.push(',');
+                }
+                buf.push_str(k);
+                buf.push_str("=\"");
+                escape_label_value(buf, v);
+                buf.push('"');
+            }
+            buf.push('}');
+        }
+        buf.push(' ');
+        write_value(buf, value);
+        buf.push('\n');
+    }
+
+    /// Moves every sample of `other` after this output's samples of the same family.
+    pub fn append(&mut self, other: Exposition) {
+        for (def, body) in other.families {
+            match self.index.get(def.name) {
+                Some(&i) => self.families[i].1.push_str(&body),
+                None => {
+                    self.index.insert(def.name, self.families.len());
+                    self.families.push((def, body));
+                }
+            }
+        }
+    }
+
+    /// Names of the families written so far.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.families.iter().map(|(d, _)| d.name)
+    }
+
+    /// Appends every family, with HELP and TYPE lines, to `out`.
+    pub fn render_into(&self, out: &mut String) {
+        for (def, body) in &self.families {
+            out.push_str("# HELP ");
+            out.push_str(def.name);
+            out.push(' ');
+            out.push_str(def.help);
+            out.push_str("\n# TYPE ");
+            out.push_str(def.name);
+            out.push_str(" gauge\n");
+            out.push_str(body);
+        }
+    }
+
+    /// Bytes of text held.
+    pub fn len(&self) -> usize {
+        self.families.iter().map(|(_, b)| b.len()).sum()
+    }
+
+    /// True when no sample was written.
+    pub fn is_empty(&self) -> bool {
+        self.families.is_empty()
+    }
+}
+
+fn escape_label_value(buf: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => buf.push_str("\\\\"),
+            '"' => buf.push_str("\\\""),
+            '\n' => buf.push_str("\\n"),
+            c => buf.push(c),
+        }
+    }
+}
+
+fn write_value(buf: &mut String, v: f64) {
+    if v.is_nan() {
+        buf.push_str("NaN");
+    } else if v.is_infinite() {
+        buf.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else {
+        let _ = write!(buf, "{v}");
+    }
+}
+
+/// A label name from free text (a tag key): `[a-zA-Z0-9_]`, not starting with a digit or `__`.
+pub fn sanitize_label_name(key: &str) -> String {
+    let mut out: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    while out.contains("__") {
+        out = out.replace("__", "_");
+    }
+    let out = out.trim_matches('_').to_string();
+    if out.is_empty() {
+        "_".into()
+    } else {
+        out
+    }
+}
+
+/// An enum value the exporter does not know, kept as a bounded, printable label value.
+pub fn sanitize_enum(value: &str) -> String {
+    let v: String = value
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == ' ' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if v.is_empty() {
+        "unknown".into()
+    } else {
+        v
+    }
+}
+
+/// The exporter's own metrics, registered in the registry served on `/metrics`.
+#[derive(Debug, Clone)]
+pub struct ExporterMetrics {
+    /// The registry.
+    pub registry: Registry,
+    /// Probes by target, module and result.
+    pub probes: IntCounterVec,
+    /// Probe durations by module.
+    pub probe_duration: HistogramVec,
+    /// Bad `/probe` requests by reason.
+    pub request_errors: IntCounterVec,
+    /// Upstream requests by auth, endpoint and status code.
+    pub upstream_requests: IntCounterVec,
+    /// Upstream latency by endpoint.
+    pub upstream_duration: HistogramVec,
+    /// 1 if the last reload succeeded.
+    pub reload_success: IntGauge,
+    /// When the last successful reload happened.
+    pub reload_timestamp: Gauge,
+    /// Probes answered from the cache or a shared in-flight fetch.
+    pub cache_hits: IntCounterVec,
+}
+
+impl ExporterMetrics {
+    /// Registers every self-metric (and the process collector on Linux).
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "balena_exporter_build_info",
+                "Build facts of the running exporter; always 1.",
+            ),
+            &["version", "revision", "rustc"],
+        )
+        .expect("valid metric");
+        build
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("BALENA_EXPORTER_REVISION").unwrap_or("unknown"),
+                option_env!("BALENA_EXPORTER_RUSTC").unwrap_or("unknown"),
+            ])
+            .set(1);
+        let probes = IntCounterVec::new(
+            Opts::new(
+                "balena_exporter_probes_total",
+                "Probes served, by target, module and result (success or failure reason).",
+            ),
+            &["target", "module", "result"],
+        )
+        .expect("valid metric");
+        let probe_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "balena_exporter_probe_duration_seconds",
+                "Duration of probes, by module.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["module"],
+        )
+        .expect("valid metric");
+        let request_errors = IntCounterVec::new(
+            Opts::new(
+                "balena_exporter_probe_request_errors_total",
+                "Rejected /probe requests (HTTP 400), by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let upstream_requests = IntCounterVec::new(
+            Opts::new("balena_exporter_upstream_requests_total", "Requests to the balena API, by auth name, endpoint and HTTP status code (\"error\" when none came back)."),
+            &["auth", "endpoint", "code"],
+        )
+        .expect("valid metric");
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "balena_exporter_upstream_request_duration_seconds",
+                "Latency of requests to the balena API, by endpoint.",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        let reload_success = IntGauge::new(
+            "balena_exporter_config_last_reload_successful",
+            "Whether the last configuration reload succeeded.",
+        )
+        .expect("valid metric");
+        let reload_timestamp = Gauge::new(
+            "balena_exporter_config_last_reload_success_timestamp_seconds",
+            "Time of the last successful configuration reload, Unix seconds.",
+        )
+        .expect("valid metric");
+        let cache_hits = IntCounterVec::new(
+            Opts::new("balena_exporter_cache_hits_total", "Probes answered without an upstream fetch of their own, by kind (cache or shared in-flight fetch)."),
+            &["kind"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(build) as Box<dyn prometheus::core::Collector>,
+            Box::new(probes.clone()),
+            Box::new(probe_duration.clone()),
+            Box::new(request_errors.clone()),
+            Box::new(upstream_requests.clone()),
+            Box::new(upstream_duration.clone()),
+            Box::new(reload_success.clone()),
+            Box::new(reload_timestamp.clone()),
+            Box::new(cache_hits.clone()),
+        ] {
+            registry.register(c).expect("unique metric names");
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let _ = registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+        reload_success.set(1);
+        reload_timestamp.set(unix_now());
+        Self {
+            registry,
+            probes,
+            probe_duration,
+            request_errors,
+            upstream_requests,
+            upstream_duration,
+            reload_success,
+            reload_timestamp,
+            cache_hits,
+        }
+    }
+
+    /// Records one upstream request.
+    pub fn observe_upstream(&self, auth: &str, endpoint: &str, code: &str, duration: Duration) {
+        self.upstream_requests
+            .with_label_values(&[auth, endpoint, code])
+            .inc();
+        self.upstream_duration
+            .with_label_values(&[endpoint])
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Records a reload outcome.
+    pub fn observe_reload(&self, ok: bool) {
+        self.reload_success.set(i64::from(ok));
+        if ok {
+            self.reload_timestamp.set(unix_now());
+        }
+    }
+
+    /// The registry in text format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for ExporterMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_and_families_grouped() {
+        let mut e = Exposition::new();
+        e.gauge(DEVICE_ONLINE, &[("device_name", "a\"b\\c\nd")], 1.0);
+        e.gauge(DEVICE_CPU, &[], 0.25);
+        e.gauge(DEVICE_ONLINE, &[("device_name", "x")], 0.0);
+        let mut out = String::new();
+        e.render_into(&mut out);
+        assert_eq!(
+            out,
+            format!(
+                "# HELP balena_device_online {}\n# TYPE balena_device_online gauge\nbalena_device_online{{device_name=\"a\\\"b\\\\c\\nd\"}} 1\nbalena_device_online{{device_name=\"x\"}} 0\n# HELP balena_device_cpu_usage_ratio {}\n# TYPE balena_device_cpu_usage_ratio gauge\nbalena_device_cpu_usage_ratio 0.25\n",
+                DEVICE_ONLINE.help, DEVICE_CPU.help
+            )
+        );
+    }
+
+    #[test]
+    fn tag_keys_become_valid_label_names() {
+        assert_eq!(sanitize_label_name("Floor #2"), "floor_2");
+        assert_eq!(sanitize_label_name("location"), "location");
+        assert_eq!(sanitize_label_name("__x__"), "x");
+        assert_eq!(sanitize_label_name("#"), "_");
+        assert_eq!(sanitize_enum("Weird\"Status\n"), "weird_status_");
+    }
+}

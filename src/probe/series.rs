@@ -1,0 +1,265 @@
+//! Turns balena rows into series: per-device samples as pages arrive, and per-fleet
+//! aggregates once a fleet's devices are all counted. Pure functions of the data; the probe
+//! decides what to fetch, this decides what to write.
+
+use std::collections::BTreeMap;
+
+use crate::balena::model::{Device, Fleet};
+use crate::config::ModuleConfig;
+use crate::metrics::{self as m, Exposition, KNOWN_HEARTBEATS, KNOWN_STATUSES, MIB};
+
+/// Running counts of one fleet.
+#[derive(Debug, Clone)]
+pub struct FleetStats {
+    /// The fleet row.
+    pub fleet: Fleet,
+    /// Devices counted.
+    pub devices: u64,
+    /// `is_online` true.
+    pub online: u64,
+    /// Per `overall_status` (known values pre-filled with 0).
+    pub status: BTreeMap<String, u64>,
+    /// Per `api_heartbeat_state`.
+    pub heartbeat: BTreeMap<String, u64>,
+    /// Running the release they should run.
+    pub on_target: u64,
+    /// Undervolted.
+    pub undervolted: u64,
+}
+
+impl FleetStats {
+    /// Zero counts for a fleet.
+    pub fn new(fleet: Fleet) -> Self {
+        Self {
+            fleet,
+            devices: 0,
+            online: 0,
+            status: KNOWN_STATUSES.iter().map(|s| (s.to_string(), 0)).collect(),
+            heartbeat: KNOWN_HEARTBEATS
+                .iter()
+                .map(|s| (s.to_string(), 0))
+                .collect(),
+            on_target: 0,
+            undervolted: 0,
+        }
+    }
+
+    /// Counts one device.
+    pub fn add(&mut self, d: &Device) {
+        self.devices += 1;
+        self.online += u64::from(d.is_online == Some(true));
+        *self.status.entry(status_label(d)).or_insert(0) += 1;
+        *self.heartbeat.entry(heartbeat_label(d)).or_insert(0) += 1;
+        self.on_target += u64::from(d.on_target_release() == Some(true));
+        self.undervolted += u64::from(d.is_undervolted == Some(true));
+    }
+}
+
+/// The device's `overall_status` as a label value (unknown values kept, sanitised).
+fn status_label(d: &Device) -> String {
+    enum_label(d.overall_status.as_deref(), KNOWN_STATUSES)
+}
+
+fn heartbeat_label(d: &Device) -> String {
+    enum_label(d.api_heartbeat_state.as_deref(), KNOWN_HEARTBEATS)
+}
+
+fn enum_label(value: Option<&str>, known: &[&str]) -> String {
+    match value {
+        Some(v) if known.contains(&v) => v.to_string(),
+        Some(v) => m::sanitize_enum(v),
+        None => "unknown".to_string(),
+    }
+}
+
+fn flag(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Writes the fleet-level series of one fleet.
+pub fn write_fleet(out: &mut Exposition, s: &FleetStats, module: &ModuleConfig) {
+    let f = &s.fleet;
+    let slug = f.slug.as_str();
+    let id = f.id.to_string();
+    out.gauge(
+        m::FLEET_INFO,
+        &[
+            ("fleet", slug),
+            ("fleet_id", &id),
+            ("organization", f.organization_handle()),
+            ("device_type", f.device_type()),
+            ("target_release", f.target_release()),
+        ],
+        1.0,
+    );
+    out.gauge(m::FLEET_DEVICES, &[("fleet", slug)], s.devices as f64);
+    out.gauge(m::FLEET_DEVICES_ONLINE, &[("fleet", slug)], s.online as f64);
+    if module.legacy_devices_online {
+        out.gauge(
+            m::LEGACY_DEVICES_ONLINE,
+            &[("fleet_name", &f.app_name)],
+            s.online as f64,
+        );
+    }
+    if module.counts_only {
+        return;
+    }
+    for (status, n) in &s.status {
+        out.gauge(
+            m::FLEET_DEVICES_STATUS,
+            &[("fleet", slug), ("status", status)],
+            *n as f64,
+        );
+    }
+    for (state, n) in &s.heartbeat {
+        out.gauge(
+            m::FLEET_DEVICES_HEARTBEAT,
+            &[("fleet", slug), ("state", state)],
+            *n as f64,
+        );
+    }
+    out.gauge(
+        m::FLEET_DEVICES_ON_TARGET,
+        &[("fleet", slug)],
+        s.on_target as f64,
+    );
+    out.gauge(
+        m::FLEET_DEVICES_UNDERVOLTED,
+        &[("fleet", slug)],
+        s.undervolted as f64,
+    );
+}
+
+/// Label names of the module's tags, computed once per probe: (`tag_<sanitised>`, original key).
+pub fn tag_labels(module: &ModuleConfig) -> Vec<(String, String)> {
+    module
+        .device_tags
+        .iter()
+        .map(|k| (format!("tag_{}", m::sanitize_label_name(k)), k.clone()))
+        .collect()
+}
+
+/// Writes the per-device series of one device.
+pub fn write_device(out: &mut Exposition, fleet: &str, d: &Device, tags: &[(String, String)]) {
+    let name = d.device_name.as_deref().unwrap_or("");
+    let base = [
+        ("fleet", fleet),
+        ("device_uuid", d.uuid.as_str()),
+        ("device_name", name),
+    ];
+    let mut info: Vec<(&str, &str)> = base.to_vec();
+    info.extend([
+        ("device_type", d.device_type()),
+        ("os_version", d.os_version.as_deref().unwrap_or("")),
+        ("os_variant", d.os_variant.as_deref().unwrap_or("")),
+        (
+            "supervisor_version",
+            d.supervisor_version.as_deref().unwrap_or(""),
+        ),
+        ("release", d.release()),
+    ]);
+    for (label, key) in tags {
+        let value = d
+            .device_tag
+            .iter()
+            .flatten()
+            .find(|t| &t.tag_key == key)
+            .and_then(|t| t.value.as_deref())
+            .unwrap_or("");
+        info.push((label.as_str(), value));
+    }
+    out.gauge(m::DEVICE_INFO, &info, 1.0);
+    if let Some(online) = d.is_online {
+        out.gauge(m::DEVICE_ONLINE, &base, flag(online));
+    }
+    let status = status_label(d);
+    let mut with = base.to_vec();
+    with.push(("status", &status));
+    out.gauge(m::DEVICE_STATUS, &with, 1.0);
+    let hb = heartbeat_label(d);
+    with.pop();
+    with.push(("state", &hb));
+    out.gauge(m::DEVICE_HEARTBEAT, &with, 1.0);
+    if let Some(ts) = d
+        .last_connectivity_event
+        .as_deref()
+        .and_then(parse_timestamp)
+    {
+        out.gauge(m::DEVICE_LAST_CONNECTIVITY, &base, ts);
+    }
+    let optional = [
+        (m::DEVICE_CPU, d.cpu_usage.map(|v| v / 100.0)),
+        (m::DEVICE_TEMP, d.cpu_temp),
+        (m::DEVICE_MEM_USED, d.memory_usage.map(|v| v * MIB)),
+        (m::DEVICE_MEM_TOTAL, d.memory_total.map(|v| v * MIB)),
+        (m::DEVICE_STORAGE_USED, d.storage_usage.map(|v| v * MIB)),
+        (m::DEVICE_STORAGE_TOTAL, d.storage_total.map(|v| v * MIB)),
+        (m::DEVICE_UNDERVOLTED, d.is_undervolted.map(flag)),
+        (m::DEVICE_ON_TARGET, d.on_target_release().map(flag)),
+        (m::DEVICE_PROGRESS, d.overall_progress.map(|v| v / 100.0)),
+    ];
+    for (def, value) in optional {
+        if let Some(v) = value {
+            out.gauge(def, &base, v);
+        }
+    }
+}
+
+/// ISO-8601 → Unix seconds (fractional).
+pub fn parse_timestamp(text: &str) -> Option<f64> {
+    let t = humantime::parse_rfc3339_weak(text).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(json: serde_json::Value) -> Device {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn units_are_converted_and_nulls_write_no_series() {
+        let d = device(serde_json::json!({
+            "id": 1, "uuid": "abc", "device_name": "n", "is_online": true, "cpu_usage": 42,
+            "memory_usage": 2, "memory_total": null, "overall_progress": null, "cpu_temp": null,
+            "last_connectivity_event": "2026-01-02T03:04:05.678Z",
+        }));
+        let mut e = Exposition::new();
+        write_device(&mut e, "o/f", &d, &[]);
+        let mut text = String::new();
+        e.render_into(&mut text);
+        assert!(text.contains("balena_device_cpu_usage_ratio{fleet=\"o/f\",device_uuid=\"abc\",device_name=\"n\"} 0.42\n"));
+        assert!(text.contains("balena_device_memory_usage_bytes{fleet=\"o/f\",device_uuid=\"abc\",device_name=\"n\"} 2097152\n"));
+        assert!(text.contains("balena_device_last_connectivity_timestamp_seconds{fleet=\"o/f\",device_uuid=\"abc\",device_name=\"n\"} 1767323045.678\n"));
+        let names: Vec<_> = e.names().collect();
+        assert!(!names.contains(&"balena_device_memory_total_bytes"));
+        assert!(!names.contains(&"balena_device_cpu_temperature_celsius"));
+        assert!(!names.contains(&"balena_device_update_progress_ratio"));
+    }
+
+    #[test]
+    fn unknown_enum_values_are_kept_and_counted() {
+        let fleet: Fleet =
+            serde_json::from_value(serde_json::json!({"id": 1, "slug": "o/f"})).unwrap();
+        let mut s = FleetStats::new(fleet);
+        s.add(&device(
+            serde_json::json!({"overall_status": "Frozen Solid", "api_heartbeat_state": "online"}),
+        ));
+        s.add(&device(
+            serde_json::json!({"overall_status": "operational"}),
+        ));
+        assert_eq!(s.status["frozen solid"], 1);
+        assert_eq!(s.status["operational"], 1);
+        assert_eq!(s.status["updating"], 0);
+        assert_eq!(s.heartbeat["unknown"], 1);
+        assert_eq!(s.devices, 2);
+    }
+}

@@ -1,0 +1,12 @@
+//! `/metrics`: the exporter's own metrics only, never a target's.
+
+use actix_web::{web, HttpResponse};
+
+use super::{AppState, TEXT_FORMAT};
+
+/// The self-metrics registry in text format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(TEXT_FORMAT)
+        .body(state.metrics.render())
+}

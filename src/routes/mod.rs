@@ -1,0 +1,35 @@
+//! The HTTP surface: one file per endpoint group, and the state handlers share.
+
+mod config;
+mod health;
+mod landing;
+mod metrics;
+mod probe;
+mod reload;
+
+pub use self::config::config;
+pub use health::{healthy, ready};
+pub use landing::landing;
+pub use metrics::metrics;
+pub use probe::{effective_timeout, probe, ProbeParams};
+pub use reload::reload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::SharedConfig;
+use crate::metrics::ExporterMetrics;
+
+/// State shared by every worker (plain data; the awc client is per worker).
+#[derive(Debug)]
+pub struct AppState {
+    /// The config in force.
+    pub config: Arc<SharedConfig>,
+    /// Self-metrics.
+    pub metrics: Arc<ExporterMetrics>,
+    /// Subtracted from the scrape timeout to leave time for the answer.
+    pub timeout_offset: Duration,
+}
+
+/// The Content-Type of text format 0.0.4.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";

@@ -1,0 +1,322 @@
+//! `/probe?target=NAME[&module=M][&auth=A][&debug=true]`: looks the target up in the config
+//! snapshot, computes the deadline, runs the probe against a fresh output, adds the
+//! `probe_*` metrics and answers in text format. An upstream failure is HTTP 200 with
+//! `probe_success 0`; only a bad request is a 4xx.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::{AppState, TEXT_FORMAT};
+use crate::balena::{BalenaClient, BalenaError, CallRecord, Session};
+use crate::metrics::{self as m, Exposition};
+use crate::probe::{self, ProbeData};
+
+/// Deadline used when Prometheus sends no `X-Prometheus-Scrape-Timeout-Seconds` (as blackbox).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The parameters of a `/probe` request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProbeParams {
+    /// A key of `targets:`.
+    pub target: String,
+    /// A key of `modules:`, overriding the target's.
+    pub module: Option<String>,
+    /// A key of `auths:` the target allows.
+    pub auth: Option<String>,
+    /// Answer with the debug text instead of metrics.
+    pub debug: bool,
+}
+
+impl ProbeParams {
+    /// Reads the query string; the error is the one-line 400 reason and a bounded label.
+    pub fn parse(query: &str) -> Result<Self, (&'static str, String)> {
+        let mut p = ProbeParams::default();
+        let (mut target, mut module, mut auth) = (None, None, None);
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            let slot = match k.as_ref() {
+                "target" => &mut target,
+                "module" => &mut module,
+                "auth" => &mut auth,
+                "debug" => {
+                    p.debug = v == "true" || v == "1";
+                    continue;
+                }
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err((
+                    "repeated_parameter",
+                    format!("parameter {k:?} given more than once"),
+                ));
+            }
+            *slot = Some(v.into_owned());
+        }
+        p.target = target
+            .filter(|t| !t.is_empty())
+            .ok_or(("missing_target", "Target parameter is missing".to_string()))?;
+        p.module = module.filter(|m| !m.is_empty());
+        p.auth = auth.filter(|a| !a.is_empty());
+        Ok(p)
+    }
+}
+
+/// The probe deadline: the scrape timeout header minus `offset`, or 120 s without it.
+/// Err for a header that is not a number.
+pub fn effective_timeout(header: Option<&str>, offset: Duration) -> Result<Duration, String> {
+    let scrape = match header {
+        None => return Ok(DEFAULT_TIMEOUT.saturating_sub(offset)),
+        Some(h) => h
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| format!("invalid X-Prometheus-Scrape-Timeout-Seconds {h:?}"))?,
+    };
+    if scrape == 0.0 {
+        return Ok(DEFAULT_TIMEOUT.saturating_sub(offset));
+    }
+    let scrape = Duration::from_secs_f64(scrape.min(86_400.0));
+    // Leave the offset for the answer, but never less than half the scrape timeout to work with.
+    Ok(scrape.saturating_sub(offset).max(scrape / 2))
+}
+
+fn bad_request(state: &AppState, reason: &'static str, msg: String) -> HttpResponse {
+    state
+        .metrics
+        .request_errors
+        .with_label_values(&[reason])
+        .inc();
+    HttpResponse::BadRequest()
+        .content_type("text/plain; charset=utf-8")
+        .body(format!("{msg}\n"))
+}
+
+/// The `/probe` handler.
+pub async fn probe(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    client: web::Data<BalenaClient>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let params = match ProbeParams::parse(req.query_string()) {
+        Ok(p) => p,
+        Err((reason, msg)) => return bad_request(&state, reason, msg),
+    };
+    let config = state.config.snapshot();
+    let Some(target) = config.targets.get(&params.target) else {
+        return bad_request(
+            &state,
+            "unknown_target",
+            format!("Unknown target {:?}", params.target),
+        );
+    };
+    let module_name = params.module.as_deref().unwrap_or(target.module_name());
+    let Some(module) = config.modules.get(module_name) else {
+        return bad_request(
+            &state,
+            "unknown_module",
+            format!("Unknown module {module_name:?}"),
+        );
+    };
+    let auth_name = match &params.auth {
+        None => target.auth.as_str(),
+        Some(a) if *a == target.auth || target.allowed_auths.contains(a) => a.as_str(),
+        Some(a) => {
+            return bad_request(
+                &state,
+                "unknown_auth",
+                format!("Unknown auth {a:?} for target {:?}", params.target),
+            )
+        }
+    };
+    let Some(token) = config.auths.get(auth_name).and_then(|a| a.secret()) else {
+        return bad_request(
+            &state,
+            "unknown_auth",
+            format!("Unknown auth {auth_name:?}"),
+        );
+    };
+    let header = req
+        .headers()
+        .get("X-Prometheus-Scrape-Timeout-Seconds")
+        .map(|h| h.to_str().unwrap_or("?"));
+    let timeout = match effective_timeout(header, state.timeout_offset) {
+        Ok(t) => t,
+        Err(msg) => return bad_request(&state, "bad_timeout", msg),
+    };
+
+    let session = Session::new(&client, &config.api, auth_name, token, started + timeout);
+    let result =
+        match actix_rt::time::timeout(timeout, probe::fetch(&session, &target.scope(), module))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(BalenaError::Timeout(timeout)),
+        };
+    let duration = started.elapsed();
+    let calls = session.calls();
+
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(e) => e.reason(),
+    };
+    state
+        .metrics
+        .probes
+        .with_label_values(&[&params.target, module_name, outcome])
+        .inc();
+    state
+        .metrics
+        .probe_duration
+        .with_label_values(&[module_name])
+        .observe(duration.as_secs_f64());
+    match &result {
+        Ok(data) => tracing::info!(
+            target: "balena_exporter::probe",
+            target_name = %params.target, module = module_name, result = "success",
+            duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
+            fleets = data.fleets, devices = data.devices, "probe succeeded"
+        ),
+        Err(e) => {
+            let last = calls.last();
+            tracing::error!(
+                target: "balena_exporter::probe",
+                target_name = %params.target, module = module_name, auth = auth_name, result = "failure",
+                reason = e.reason(), error = %e,
+                endpoint = last.map(|c| c.endpoint).unwrap_or("-"),
+                status = last.and_then(|c| c.status).unwrap_or(0),
+                duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
+                "probe failed"
+            )
+        }
+    }
+
+    let mut head = Exposition::new();
+    head.gauge(
+        m::PROBE_SUCCESS,
+        &[],
+        if result.is_ok() { 1.0 } else { 0.0 },
+    );
+    head.gauge(m::PROBE_DURATION, &[], duration.as_secs_f64());
+    head.gauge(m::PROBE_TIMEOUT, &[], timeout.as_secs_f64());
+    head.gauge(m::PROBE_API_REQUESTS, &[], calls.len() as f64);
+    if result.is_ok() {
+        head.gauge(m::PROBE_DATA_AGE, &[], 0.0);
+    }
+    let mut body = String::with_capacity(
+        result
+            .as_ref()
+            .map(|d| d.series.len() + 8192)
+            .unwrap_or(4096),
+    );
+    head.render_into(&mut body);
+    if let Ok(data) = &result {
+        data.series.render_into(&mut body);
+    }
+    if params.debug {
+        let text = debug_text(&params.target, module_name, module, &result, &calls, &body);
+        return HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(text);
+    }
+    HttpResponse::Ok().content_type(TEXT_FORMAT).body(body)
+}
+
+fn debug_text(
+    target: &str,
+    module_name: &str,
+    module: &crate::config::ModuleConfig,
+    result: &Result<ProbeData, BalenaError>,
+    calls: &[CallRecord],
+    metrics: &str,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Probe of target {target:?} with module {module_name:?}"
+    );
+    match result {
+        Ok(d) => {
+            let _ = writeln!(
+                out,
+                "Result: success ({} fleets, {} devices)",
+                d.fleets, d.devices
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "Result: failure ({}): {e}", e.reason());
+        }
+    }
+    let _ = writeln!(out, "\nUpstream requests:");
+    for c in calls {
+        let _ = writeln!(
+            out,
+            "GET {} -> {} in {:.3}s{}",
+            c.url,
+            c.status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "no answer".into()),
+            c.duration.as_secs_f64(),
+            c.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nModule configuration:\n{}",
+        serde_yaml::to_string(module).unwrap_or_default()
+    );
+    let _ = writeln!(out, "Metrics that would have been returned:\n{metrics}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_require_one_target() {
+        assert_eq!(
+            ProbeParams::parse("target=a&module=m")
+                .unwrap()
+                .module
+                .as_deref(),
+            Some("m")
+        );
+        assert_eq!(ProbeParams::parse("").unwrap_err().0, "missing_target");
+        assert_eq!(
+            ProbeParams::parse("target=").unwrap_err().0,
+            "missing_target"
+        );
+        assert_eq!(
+            ProbeParams::parse("target=a&target=b").unwrap_err().0,
+            "repeated_parameter"
+        );
+        assert_eq!(
+            ProbeParams::parse("target=x%27%20or%201").unwrap().target,
+            "x' or 1"
+        );
+        assert!(ProbeParams::parse("target=a&debug=true").unwrap().debug);
+    }
+
+    #[test]
+    fn timeout_follows_the_scrape_header_minus_the_offset() {
+        let off = Duration::from_millis(500);
+        let cases = [
+            (None, Ok(Duration::from_millis(119_500))),
+            (Some("0"), Ok(Duration::from_millis(119_500))),
+            (Some("10"), Ok(Duration::from_millis(9_500))),
+            (Some("2.5"), Ok(Duration::from_millis(2_000))),
+            (Some("0.6"), Ok(Duration::from_millis(300))),
+        ];
+        for (h, want) in cases {
+            assert_eq!(effective_timeout(h, off), want, "{h:?}");
+        }
+        assert!(effective_timeout(Some("ten"), off).is_err());
+        assert!(effective_timeout(Some("-1"), off).is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! An in-process balena API: the `--demo` backend and the upstream of every test.
+//!
+//! It serves `/v7/{device,application,organization,release,device_type,device_tag}` with
+//! keys, `$count`, `$select`, `$filter`, `$expand`, `$orderby`, `$top` and `$skip`, plus
+//! `/actor/v1/whoami`, `/user/v1/whoami` and `/ping`, and behaves as the balena API reference
+//! describes: guest semantics for unknown tokens, computed fields only when selected, the
+//! `{"d":[...]}` envelope, balena's error bodies. Faults (status codes, 429, delays, broken
+//! bodies) are injected through [`SimState::faults`]; every request is logged for tests.
+
+mod odata;
+mod server;
+mod world;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::{dev::ServerHandle, web, App, HttpServer};
+
+pub use odata::{parse_filter, parse_request, Expr, Lit, Malformed};
+pub use server::{Fault, FaultRule, LoggedRequest, SimState};
+pub use world::{overall_status, Caller, FleetSpec, OrgSpec, Row, UserSpec, World, WorldSpec};
+
+/// A running simulator.
+pub struct Simulator {
+    /// Data, faults and request log, shared with the server.
+    pub state: Arc<SimState>,
+    addr: SocketAddr,
+    handle: ServerHandle,
+}
+
+impl Simulator {
+    /// Generates the world and serves it on `listen` (port 0 picks a free port). Must be called
+    /// inside an actix runtime (the server is spawned on it).
+    pub fn start(spec: &WorldSpec, listen: &str) -> std::io::Result<Self> {
+        let state = Arc::new(SimState::default());
+        *state.world.write().expect("fresh lock") = World::generate(spec);
+        let listener = TcpListener::bind(listen)?;
+        let addr = listener.local_addr()?;
+        let data = web::Data::new(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(server::dispatch))
+        })
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Ok(Self {
+            state,
+            addr,
+            handle,
+        })
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Adds a fault rule (first match wins).
+    pub fn inject(&self, rule: FaultRule) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.push(rule);
+        }
+    }
+
+    /// Removes every fault rule.
+    pub fn clear_faults(&self) {
+        if let Ok(mut f) = self.state.faults.lock() {
+            f.clear();
+        }
+    }
+
+    /// Runs `f` with the world for reading (ground truth in tests).
+    pub fn with_world<T>(&self, f: impl FnOnce(&World) -> T) -> T {
+        f(&self.state.world.read().expect("world lock"))
+    }
+
+    /// Runs `f` with the world for changing it.
+    pub fn with_world_mut<T>(&self, f: impl FnOnce(&mut World) -> T) -> T {
+        f(&mut self.state.world.write().expect("world lock"))
+    }
+
+    /// Requests received so far under a path prefix.
+    pub fn requests(&self, prefix: &str) -> usize {
+        self.state.count_requests(prefix)
+    }
+
+    /// Stops the server.
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}

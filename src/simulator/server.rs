@@ -1,0 +1,301 @@
+//! The simulator's HTTP face: routes, the Bearer-token → caller mapping, the balena error
+//! bodies (reference §9), fault injection and a request log that tests count.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::odata::{parse_request, Key, Lit};
+use super::world::{Caller, ReadError, World};
+
+/// A fault the simulator injects instead of (or before) the normal answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Answer with this status and the body balena sends for it.
+    Status(u16),
+    /// 429 with an optional `Retry-After` header value.
+    RateLimit(Option<String>),
+    /// Wait, then answer normally.
+    Delay(Duration),
+    /// 200 with a body that is not JSON.
+    MalformedJson,
+    /// 200 with JSON cut in the middle.
+    TruncatedJson,
+    /// 502 with an HTML page, as a cloud gateway sends.
+    Html502,
+}
+
+/// When a fault applies.
+#[derive(Debug, Clone)]
+pub struct FaultRule {
+    /// Path prefix, e.g. `/v7/device` or `/actor`.
+    pub path_prefix: String,
+    /// Only when the decoded query contains this text (e.g. a fleet id or slug).
+    pub query_contains: Option<String>,
+    /// What to do.
+    pub fault: Fault,
+    /// How many more times; None = until cleared.
+    pub remaining: Option<u32>,
+}
+
+impl FaultRule {
+    /// A fault on every request under `path_prefix`, until cleared.
+    pub fn always(path_prefix: &str, fault: Fault) -> Self {
+        Self {
+            path_prefix: path_prefix.into(),
+            query_contains: None,
+            fault,
+            remaining: None,
+        }
+    }
+
+    /// Limits the rule to requests whose decoded query contains `text`.
+    pub fn when_query_contains(mut self, text: &str) -> Self {
+        self.query_contains = Some(text.into());
+        self
+    }
+
+    /// Limits the rule to the next `n` matching requests.
+    pub fn times(mut self, n: u32) -> Self {
+        self.remaining = Some(n);
+        self
+    }
+}
+
+/// One request as the simulator saw it (never the token itself).
+#[derive(Debug, Clone)]
+pub struct LoggedRequest {
+    /// Path.
+    pub path: String,
+    /// Raw query string.
+    pub query: String,
+    /// Username of the caller, or `guest`.
+    pub caller: String,
+    /// Status answered.
+    pub status: u16,
+}
+
+/// Shared state of a running simulator.
+#[derive(Debug, Default)]
+pub struct SimState {
+    /// The data.
+    pub world: RwLock<World>,
+    /// Active fault rules, first match wins.
+    pub faults: Mutex<Vec<FaultRule>>,
+    /// Every request received.
+    pub log: Mutex<Vec<LoggedRequest>>,
+}
+
+impl SimState {
+    /// Requests whose path starts with `prefix`.
+    pub fn count_requests(&self, prefix: &str) -> usize {
+        self.log
+            .lock()
+            .map(|l| l.iter().filter(|r| r.path.starts_with(prefix)).count())
+            .unwrap_or(0)
+    }
+
+    fn take_fault(&self, path: &str, query: &str) -> Option<Fault> {
+        let mut faults = self.faults.lock().ok()?;
+        let decoded = percent_encoding::percent_decode_str(query)
+            .decode_utf8_lossy()
+            .into_owned();
+        let i = faults.iter().position(|r| {
+            path.starts_with(&r.path_prefix)
+                && r.query_contains
+                    .as_ref()
+                    .is_none_or(|q| decoded.contains(q.as_str()))
+        })?;
+        let fault = faults[i].fault.clone();
+        if let Some(n) = &mut faults[i].remaining {
+            *n -= 1;
+            if *n == 0 {
+                faults.remove(i);
+            }
+        }
+        Some(fault)
+    }
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let h = req.headers().get("authorization")?.to_str().ok()?;
+    h.strip_prefix("Bearer ").map(|t| t.trim().to_string())
+}
+
+/// The balena error body for a status: a JSON string, or empty.
+fn error_response(status: u16, retry_after: Option<&str>) -> HttpResponse {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut r = HttpResponse::build(code);
+    r.insert_header(("Cache-Control", "no-cache"));
+    match status {
+        429 => {
+            if let Some(v) = retry_after {
+                r.insert_header(("Retry-After", v.to_string()));
+            }
+            r.json("Too Many Requests")
+        }
+        500 => r.json("Server error"),
+        401 | 404 => r.finish(),
+        _ => r.json(code.canonical_reason().unwrap_or("Error")),
+    }
+}
+
+fn json_ok(body: &Value) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-cache"))
+        .json(body)
+}
+
+/// Every request lands here.
+pub async fn dispatch(req: HttpRequest, state: web::Data<Arc<SimState>>) -> HttpResponse {
+    let path = req.path().to_string();
+    let query = req.query_string().to_string();
+    let token = bearer(&req);
+    let caller = state
+        .world
+        .read()
+        .map(|w| w.caller(token.as_deref()))
+        .unwrap_or(Caller::Guest);
+    let caller_name = match &caller {
+        Caller::Guest => "guest".to_string(),
+        Caller::User { username, .. } => username.clone(),
+    };
+    let mut response = None;
+    match state.take_fault(&path, &query) {
+        Some(Fault::Delay(d)) => actix_rt::time::sleep(d).await,
+        Some(Fault::Status(s)) => response = Some(error_response(s, None)),
+        Some(Fault::RateLimit(after)) => response = Some(error_response(429, after.as_deref())),
+        Some(Fault::MalformedJson) => {
+            response = Some(
+                HttpResponse::Ok()
+                    .content_type("application/json")
+                    .body("{\"d\": [oops"),
+            )
+        }
+        Some(Fault::TruncatedJson) => {
+            let full = answer(&state, &req, &path, &query, &caller);
+            let body = actix_web::body::to_bytes(full.into_body())
+                .await
+                .unwrap_or_default();
+            let cut = body.slice(..body.len() / 2);
+            response = Some(
+                HttpResponse::Ok()
+                    .content_type("application/json")
+                    .body(cut),
+            );
+        }
+        Some(Fault::Html502) => {
+            response = Some(
+                HttpResponse::BadGateway()
+                    .content_type("text/html")
+                    .body("<html><body><h1>502 Bad Gateway</h1></body></html>"),
+            )
+        }
+        None => {}
+    }
+    let response = response.unwrap_or_else(|| answer(&state, &req, &path, &query, &caller));
+    if let Ok(mut log) = state.log.lock() {
+        log.push(LoggedRequest {
+            path,
+            query,
+            caller: caller_name,
+            status: response.status().as_u16(),
+        });
+    }
+    response
+}
+
+fn answer(
+    state: &SimState,
+    req: &HttpRequest,
+    path: &str,
+    query: &str,
+    caller: &Caller,
+) -> HttpResponse {
+    if req.method() != actix_web::http::Method::GET {
+        return error_response(405, None);
+    }
+    match path {
+        "/ping" => HttpResponse::Ok().content_type("text/plain").body("OK"),
+        "/actor/v1/whoami" => match caller {
+            Caller::User {
+                actor,
+                id,
+                username,
+                ..
+            } => json_ok(&json!({
+                "id": actor, "actorType": "user", "actorTypeId": id, "username": username, "email": null,
+            })),
+            Caller::Guest => error_response(401, None),
+        },
+        "/user/v1/whoami" => match caller {
+            Caller::User { id, username, .. } => {
+                json_ok(&json!({"id": id, "username": username, "email": null}))
+            }
+            Caller::Guest => error_response(401, None),
+        },
+        p if p.starts_with("/v7/") => odata(state, &p["/v7/".len()..], query, caller),
+        _ => error_response(404, None),
+    }
+}
+
+fn malformed(path: &str, query: &str) -> HttpResponse {
+    let url = if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    };
+    HttpResponse::BadRequest().json(format!("Malformed url: '{url}'"))
+}
+
+fn odata(state: &SimState, rest: &str, query: &str, caller: &Caller) -> HttpResponse {
+    let full_path = format!("/v7/{rest}");
+    let Ok(request) = parse_request(rest, query) else {
+        return malformed(&full_path, query);
+    };
+    let Ok(world) = state.world.read() else {
+        return error_response(500, None);
+    };
+    let table: &'static str = match request.resource.as_str() {
+        "device" => "device",
+        "application" => "application",
+        "organization" => "organization",
+        "release" => "release",
+        "device_type" => "device_type",
+        "device_tag" => "device_tag",
+        _ => return error_response(401, None),
+    };
+    let key_ids = match &request.key {
+        None => None,
+        Some(Key::Id(id)) => Some(vec![*id]),
+        Some(Key::Field(field, Lit::Str(value))) => {
+            // Keys by natural key: slug (fleets, lowercased as stored), handle (orgs).
+            let value = if field == "slug" {
+                value.to_lowercase()
+            } else {
+                value.clone()
+            };
+            Some(world.find(table, field, &value).into_iter().collect())
+        }
+        Some(Key::Field(..)) => return malformed(&full_path, query),
+    };
+    let result = if request.count {
+        world
+            .count(table, key_ids, &request.options, caller)
+            .map(|n| json!({ "d": n }))
+    } else {
+        world
+            .read(table, key_ids, &request.options, caller)
+            .map(|rows| json!({ "d": rows }))
+    };
+    match result {
+        Ok(body) => json_ok(&body),
+        Err(ReadError::Unauthorized) => error_response(401, None),
+        Err(ReadError::BadField(f)) => {
+            HttpResponse::BadRequest().json(format!("Unknown field or navigation: {f}"))
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Builds and runs the server: binds every listen address (port 0 in tests), wires the routes
+//! and the per-worker balena client, and handles reloads (SIGHUP and `POST /-/reload`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{middleware, web, App, HttpServer};
+use anyhow::Context;
+
+use crate::balena::{AuthLimits, BalenaClient};
+use crate::config::{ConfigError, SharedConfig};
+use crate::metrics::ExporterMetrics;
+use crate::routes::{self, AppState};
+
+/// What [`Application::build`] needs.
+pub struct Settings {
+    /// The loaded config (reloadable when it came from a file).
+    pub config: SharedConfig,
+    /// Addresses to listen on.
+    pub listen: Vec<String>,
+    /// Subtracted from the scrape timeout.
+    pub timeout_offset: Duration,
+    /// Worker threads (0: one per core).
+    pub workers: usize,
+}
+
+/// A bound, not yet running, exporter.
+pub struct Application {
+    addrs: Vec<SocketAddr>,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Binds the listeners and builds the server.
+    pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        let metrics = Arc::new(ExporterMetrics::new());
+        let state = web::Data::new(AppState {
+            config: Arc::new(settings.config),
+            metrics: metrics.clone(),
+            timeout_offset: settings.timeout_offset,
+        });
+        let limits = Arc::new(AuthLimits::default());
+        let shared = state.clone();
+        let mut server = HttpServer::new(move || {
+            let client = BalenaClient::new(shared.metrics.clone(), limits.clone());
+            App::new()
+                .app_data(shared.clone())
+                .app_data(web::Data::new(client))
+                .wrap(middleware::Compress::default())
+                .route("/", web::get().to(routes::landing))
+                .route("/probe", web::get().to(routes::probe))
+                .route("/metrics", web::get().to(routes::metrics))
+                .route("/config", web::get().to(routes::config))
+                .route("/-/healthy", web::get().to(routes::healthy))
+                .route("/-/ready", web::get().to(routes::ready))
+                .route("/-/reload", web::post().to(routes::reload))
+                .route("/-/reload", web::route().to(method_not_allowed))
+        })
+        .shutdown_timeout(10)
+        .disable_signals();
+        if settings.workers > 0 {
+            server = server.workers(settings.workers);
+        }
+        let mut addrs = Vec::new();
+        for addr in &settings.listen {
+            let addr = crate::cli::normalize_listen(addr);
+            let listener =
+                TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
+            addrs.push(listener.local_addr()?);
+            server = server.listen(listener)?;
+        }
+        Ok(Self {
+            addrs,
+            server: server.run(),
+            state,
+        })
+    }
+
+    /// The first bound port (the real one when asked for port 0).
+    pub fn port(&self) -> u16 {
+        self.addrs.first().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Every bound address.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// A handle to stop the server gracefully.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Shared state (config handle, self-metrics).
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until stopped.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+async fn method_not_allowed() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::MethodNotAllowed()
+        .insert_header(("Allow", "POST"))
+        .body("Only POST requests allowed\n")
+}
+
+/// Reloads the config file, records the outcome in the self-metrics and logs it.
+pub fn reload(state: &AppState) -> Result<(), ConfigError> {
+    let result = state.config.reload();
+    state.metrics.observe_reload(result.is_ok());
+    match &result {
+        Ok(()) => tracing::info!(file = ?state.config.file(), "configuration reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload failed; keeping the previous configuration")
+        }
+    }
+    result
+}
+
+/// Reloads on every SIGHUP (Unix) until the process ends.
+pub fn spawn_sighup_reloader(state: web::Data<AppState>) {
+    #[cfg(unix)]
+    actix_rt::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot install the SIGHUP handler; reload with POST /-/reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = reload(&state);
+        }
+    });
+}

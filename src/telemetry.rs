@@ -1,0 +1,98 @@
+//! Logging: a tracing subscriber writing logfmt (the Prometheus family's default) or JSON.
+//! The level comes from `--log.level` unless `RUST_LOG` is set.
+
+use std::fmt;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::LogFormat;
+
+/// Writes `time=… level=… msg=… key=value` lines.
+pub struct Logfmt;
+
+struct Fields<'a> {
+    out: &'a mut String,
+    msg: Option<String>,
+}
+
+fn quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\')
+    {
+        v.to_string()
+    } else {
+        format!("{v:?}")
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.msg = Some(value.to_string());
+        } else {
+            self.out
+                .push_str(&format!(" {}={}", field.name(), quote(value)));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.msg = Some(text);
+        } else {
+            self.out
+                .push_str(&format!(" {}={}", field.name(), quote(&text)));
+        }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for Logfmt
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut fields = String::new();
+        let mut v = Fields {
+            out: &mut fields,
+            msg: None,
+        };
+        event.record(&mut v);
+        let msg = v.msg.take().unwrap_or_default();
+        let time = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        writeln!(
+            w,
+            "time={time} level={} source={} msg={}{fields}",
+            meta.level().as_str().to_lowercase(),
+            quote(meta.target()),
+            quote(&msg)
+        )
+    }
+}
+
+/// Installs the global subscriber writing to `writer`.
+pub fn init<W>(level: &str, format: LogFormat, writer: W)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    let _ = match format {
+        LogFormat::Logfmt => builder.event_format(Logfmt).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
