@@ -1,0 +1,68 @@
+//! The binary's start-up: a bad config exits 1 with one line naming the file and key;
+//! `--config.check` validates.
+
+use std::process::Command;
+
+fn run_with_config(yaml: &str, extra: &[&str]) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "balena-exporter-test-{}-{}",
+        std::process::id(),
+        fastrand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_balena-exporter"))
+        .arg(format!("--config.file={}", file.display()))
+        .arg("--web.listen-address=127.0.0.1:0")
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A config error stops start-up with exit 1 and a message naming file, key and expectation.
+#[test]
+fn a_bad_config_exits_1_naming_the_key() {
+    let (code, _, err) = run_with_config(
+        "auths:\n  a:\n    token: s3cr3t-value\ntargets:\n  t:\n    fleet: org/app\n    auth: b\n",
+        &[],
+    );
+    assert_eq!(code, 1);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("balena-exporter: "))
+        .expect(&err);
+    assert!(
+        line.contains("config.yml: targets.t.auth: no auth named \"b\""),
+        "{line}"
+    );
+    assert!(!err.contains("s3cr3t-value"));
+}
+
+/// `--config.check` exits 0 on a valid file and 1 on an invalid one.
+#[test]
+fn config_check_validates_and_exits() {
+    let good = "auths:\n  a:\n    token: x\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n";
+    let (code, out, _) = run_with_config(good, &["--config.check"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("config file is ok"), "{out}");
+    let (code, _, err) = run_with_config("api:\n  timeout: forever\n", &["--config.check"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("api.timeout: invalid duration \"forever\""),
+        "{err}"
+    );
+}

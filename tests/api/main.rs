@@ -1,0 +1,6 @@
+//! Black-box tests of the exporter against the in-process balena simulator, both on port 0.
+
+mod config;
+mod helpers;
+mod probe;
+mod surface;

@@ -1,0 +1,401 @@
+//! `/probe`: numbers equal the simulator's, failures are `probe_success 0`, bad requests 400.
+
+use std::time::Duration;
+
+use balena_exporter::simulator::{Fault, FaultRule, Row};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+const MIB: f64 = 1_048_576.0;
+
+fn count(rows: &[Row], f: impl Fn(&Row) -> bool) -> f64 {
+    rows.iter().filter(|r| f(r)).count() as f64
+}
+
+fn on_target(r: &Row) -> bool {
+    let target = r["should_be_running__release"].get("__id");
+    target.is_some() && r["is_running__release"].get("__id") == target
+}
+
+/// Every fleet series equals what the simulator generated, and device series carry base units.
+#[actix_rt::test]
+async fn fleet_probe_reports_the_simulators_numbers() {
+    let app = spawn_app(&[("screens", 300)]).await;
+    let m = app.probe("target=screens").await;
+    let rows = app.sim.with_world(|w| w.devices_of("acme/screens"));
+    let fleet = [("fleet", "acme/screens")];
+
+    assert_eq!(m.value("probe_success", &[]), 1.0);
+    assert_eq!(m.value("balena_fleet_devices", &fleet), 300.0);
+    assert_eq!(
+        m.value("balena_fleet_devices_online", &fleet),
+        count(&rows, |r| r["is_online"] == true)
+    );
+    for status in [
+        "configuring",
+        "disconnected",
+        "inactive",
+        "operational",
+        "post-provisioning",
+        "reduced-functionality",
+        "updating",
+    ] {
+        assert_eq!(
+            m.value(
+                "balena_fleet_devices_status",
+                &[("fleet", "acme/screens"), ("status", status)]
+            ),
+            count(&rows, |r| r["overall_status"] == status),
+            "status {status}"
+        );
+    }
+    for state in ["online", "offline", "timeout", "unknown"] {
+        assert_eq!(
+            m.value(
+                "balena_fleet_devices_heartbeat",
+                &[("fleet", "acme/screens"), ("state", state)]
+            ),
+            count(&rows, |r| r["api_heartbeat_state"] == state),
+            "heartbeat {state}"
+        );
+    }
+    assert_eq!(
+        m.value("balena_fleet_devices_undervolted", &fleet),
+        count(&rows, |r| r["is_undervolted"] == true)
+    );
+    assert_eq!(
+        m.value("balena_fleet_devices_on_target_release", &fleet),
+        count(&rows, on_target)
+    );
+    // The generated mix really exercises the statuses (otherwise the checks above prove little).
+    assert!(count(&rows, |r| r["overall_status"] == "disconnected") > 0.0);
+    assert!(count(&rows, |r| r["overall_status"] == "updating") > 0.0);
+    assert!(count(&rows, |r| !on_target(r)) > 0.0);
+
+    // Per-device series: one info per device; units converted; nulls give no series.
+    assert_eq!(m.find("balena_device_info", &fleet).len(), 300);
+    for r in &rows {
+        let uuid = r["uuid"].as_str().unwrap();
+        let d = [("device_uuid", uuid)];
+        match r["memory_usage"].as_f64() {
+            Some(mib) => assert_eq!(m.value("balena_device_memory_usage_bytes", &d), mib * MIB),
+            None => assert!(
+                m.find("balena_device_memory_usage_bytes", &d).is_empty(),
+                "null memory_usage must give no series"
+            ),
+        }
+        match r["cpu_usage"].as_f64() {
+            Some(pct) => assert_eq!(m.value("balena_device_cpu_usage_ratio", &d), pct / 100.0),
+            None => assert!(m.find("balena_device_cpu_usage_ratio", &d).is_empty()),
+        }
+        match r["overall_progress"].as_f64() {
+            Some(pct) => assert_eq!(
+                m.value("balena_device_update_progress_ratio", &d),
+                pct / 100.0
+            ),
+            None => assert!(m.find("balena_device_update_progress_ratio", &d).is_empty()),
+        }
+        assert_eq!(
+            m.value("balena_device_online", &d),
+            if r["is_online"] == true { 1.0 } else { 0.0 }
+        );
+        let status = r["overall_status"].as_str().unwrap();
+        assert_eq!(
+            m.value(
+                "balena_device_status",
+                &[("device_uuid", uuid), ("status", status)]
+            ),
+            1.0
+        );
+        assert_eq!(
+            m.value("balena_device_on_target_release", &d),
+            if on_target(r) { 1.0 } else { 0.0 }
+        );
+        assert_eq!(
+            m.find(
+                "balena_device_info",
+                &[
+                    ("device_uuid", uuid),
+                    ("device_name", r["device_name"].as_str().unwrap())
+                ]
+            )
+            .len(),
+            1
+        );
+    }
+    assert!(
+        rows.iter().any(|r| r["memory_usage"].is_null()),
+        "the world has null metrics to check"
+    );
+    app.stop().await;
+}
+
+/// A fleet larger than `api.page_size` is fetched in pages and counted once.
+#[actix_rt::test]
+async fn large_fleets_are_paged_and_counted_once() {
+    let app = spawn_with(world(&[("big", 120)]), |url| {
+        default_config(url, &["big"]).replace("  timeout: 5s\n", "  timeout: 5s\n  page_size: 50\n")
+    })
+    .await;
+    let m = app.probe("target=big").await;
+    assert_eq!(
+        m.value("balena_fleet_devices", &[("fleet", "acme/big")]),
+        120.0
+    );
+    assert_eq!(m.find("balena_device_info", &[]).len(), 120);
+    assert_eq!(app.sim.requests("/v7/device"), 3, "pages of 50, 50 and 20");
+    assert_eq!(
+        m.value("balena_probe_api_requests", &[]),
+        4.0,
+        "fleet row + 3 pages"
+    );
+    app.stop().await;
+}
+
+/// The device listing selects computed fields explicitly and quotes the slug per OData rules.
+#[actix_rt::test]
+async fn upstream_requests_select_fields_and_quote_the_slug() {
+    let app = spawn_app(&[("screens", 3)]).await;
+    app.probe("target=screens").await;
+    let log = app.sim.state.log.lock().unwrap().clone();
+    let fleet = log
+        .iter()
+        .find(|r| r.path == "/v7/application")
+        .expect("fleet lookup");
+    assert!(
+        fleet
+            .query
+            .contains("$filter=slug%20eq%20%27acme%2Fscreens%27"),
+        "{}",
+        fleet.query
+    );
+    let dev = log
+        .iter()
+        .find(|r| r.path == "/v7/device")
+        .expect("device listing");
+    assert!(
+        dev.query.contains("$select=") && dev.query.contains("overall_status"),
+        "{}",
+        dev.query
+    );
+    assert!(dev.query.contains("$orderby=id%20asc"), "{}", dev.query);
+    assert!(
+        log.iter().all(|r| r.caller == "ops" && r.status == 200),
+        "{log:?}"
+    );
+    app.stop().await;
+}
+
+/// An unknown token reads as a guest: the empty fleet lookup is checked with whoami → 401.
+#[actix_rt::test]
+async fn a_rejected_token_fails_the_probe_after_a_whoami_check() {
+    let app = spawn_with(world(&[("screens", 5)]), |url| {
+        default_config(url, &["screens"]).replace(TOKEN, "not-a-real-token")
+    })
+    .await;
+    let m = app.probe("target=screens").await;
+    assert_eq!(m.value("probe_success", &[]), 0.0);
+    assert!(!m.has("balena_fleet_devices"));
+    assert_eq!(app.sim.requests("/actor/v1/whoami"), 1);
+    let metrics = parse(&app.get("/metrics").await.body);
+    assert_eq!(
+        metrics.value(
+            "balena_exporter_probes_total",
+            &[("target", "screens"), ("result", "unauthorized")]
+        ),
+        1.0
+    );
+    app.stop().await;
+}
+
+/// A fleet that does not exist is a failed probe too, told apart from a bad token.
+#[actix_rt::test]
+async fn a_missing_fleet_fails_the_probe_with_reason_not_found() {
+    let app = spawn_with(world(&[("screens", 5)]), |url| {
+        default_config(url, &["screens"]).replace("fleet: acme/screens", "fleet: acme/gone")
+    })
+    .await;
+    let m = app.probe("target=screens").await;
+    assert_eq!(m.value("probe_success", &[]), 0.0);
+    let metrics = parse(&app.get("/metrics").await.body);
+    assert_eq!(
+        metrics.value(
+            "balena_exporter_probes_total",
+            &[("target", "screens"), ("result", "not_found")]
+        ),
+        1.0
+    );
+    app.stop().await;
+}
+
+/// Upstream faults give `probe_success 0` with HTTP 200, and a healthy target is unaffected.
+#[actix_rt::test]
+async fn upstream_faults_fail_only_the_affected_probe() {
+    let app = spawn_app(&[("sick", 4), ("fine", 6)]).await;
+    let sick_id = app
+        .sim
+        .with_world(|w| w.fleet("acme/sick").unwrap()["id"].as_u64().unwrap());
+    let filter = format!("belongs_to__application eq {sick_id}&");
+    let cases = [
+        (Fault::Status(500), "api_error"),
+        (Fault::Status(503), "api_error"),
+        (Fault::Status(403), "forbidden"),
+        (Fault::Html502, "api_error"),
+        (Fault::MalformedJson, "decode"),
+        (Fault::TruncatedJson, "decode"),
+        (Fault::RateLimit(Some("3600".into())), "rate_limited"),
+        (Fault::RateLimit(None), "rate_limited"),
+    ];
+    for (fault, reason) in cases {
+        app.sim.clear_faults();
+        app.sim
+            .inject(FaultRule::always("/v7/device", fault.clone()).when_query_contains(&filter));
+        let m = app.probe("target=sick").await;
+        assert_eq!(m.value("probe_success", &[]), 0.0, "{fault:?}");
+        let ok = app.probe("target=fine").await;
+        assert_eq!(
+            ok.value("probe_success", &[]),
+            1.0,
+            "healthy target during {fault:?}"
+        );
+        assert_eq!(
+            ok.value("balena_fleet_devices", &[("fleet", "acme/fine")]),
+            6.0
+        );
+        let metrics = parse(&app.get("/metrics").await.body);
+        assert!(
+            metrics.value(
+                "balena_exporter_probes_total",
+                &[("target", "sick"), ("result", reason)]
+            ) >= 1.0,
+            "{fault:?}"
+        );
+    }
+    app.stop().await;
+}
+
+/// A 429 whose Retry-After fits in the deadline is retried and the probe succeeds.
+#[actix_rt::test]
+async fn a_short_retry_after_is_honoured() {
+    let app = spawn_app(&[("screens", 5)]).await;
+    app.sim
+        .inject(FaultRule::always("/v7/device", Fault::RateLimit(Some("1".into()))).times(1));
+    let m = app.probe("target=screens").await;
+    assert_eq!(m.value("probe_success", &[]), 1.0);
+    assert_eq!(app.sim.requests("/v7/device"), 2);
+    assert_eq!(m.value("balena_probe_api_requests", &[]), 3.0);
+    app.stop().await;
+}
+
+/// An API slower than the scrape timeout fails the probe inside the deadline.
+#[actix_rt::test]
+async fn a_hanging_api_fails_the_probe_within_the_scrape_timeout() {
+    let app = spawn_app(&[("screens", 5)]).await;
+    app.sim.inject(FaultRule::always(
+        "/v7/device",
+        Fault::Delay(Duration::from_secs(20)),
+    ));
+    let started = std::time::Instant::now();
+    let a = app
+        .get_with(
+            "/probe?target=screens",
+            &[("X-Prometheus-Scrape-Timeout-Seconds", "2")],
+        )
+        .await;
+    let m = parse(&a.body);
+    assert_eq!(m.value("probe_success", &[]), 0.0);
+    assert_eq!(m.value("probe_timeout_seconds", &[]), 1.5);
+    // Not a speed assertion: the answer must simply come before the 20 s the API would take.
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let metrics = parse(&app.get("/metrics").await.body);
+    assert_eq!(
+        metrics.value(
+            "balena_exporter_probes_total",
+            &[("target", "screens"), ("result", "timeout")]
+        ),
+        1.0
+    );
+    app.stop().await;
+}
+
+/// Missing, repeated and unknown targets or modules are 400 with one line, and touch no API.
+#[actix_rt::test]
+async fn bad_probe_requests_are_400_with_one_line() {
+    let app = spawn_app(&[("screens", 5)]).await;
+    let cases = [
+        ("/probe", "Target parameter is missing"),
+        ("/probe?target=", "Target parameter is missing"),
+        ("/probe?target=nope", "Unknown target \"nope\""),
+        (
+            "/probe?target=screens&target=screens",
+            "given more than once",
+        ),
+        (
+            "/probe?target=screens&module=nope",
+            "Unknown module \"nope\"",
+        ),
+        ("/probe?target=screens&auth=other", "Unknown auth \"other\""),
+        (
+            "/probe?target=x%27%20or%201%20eq%201",
+            "Unknown target \"x' or 1 eq 1\"",
+        ),
+        (
+            "/probe?target=acme%2Fscreens",
+            "Unknown target \"acme/screens\"",
+        ),
+    ];
+    for (path, msg) in cases {
+        let a = app.get(path).await;
+        assert_eq!(a.status, 400, "{path}");
+        assert!(a.body.contains(msg), "{path}: {}", a.body);
+        assert_eq!(a.body.trim_end().lines().count(), 1, "{path}");
+    }
+    assert_eq!(
+        app.sim.state.log.lock().unwrap().len(),
+        0,
+        "no upstream request for a bad probe request"
+    );
+    let bad_header = app
+        .get_with(
+            "/probe?target=screens",
+            &[("X-Prometheus-Scrape-Timeout-Seconds", "soon")],
+        )
+        .await;
+    assert_eq!(bad_header.status, 400);
+    let metrics = parse(&app.get("/metrics").await.body);
+    assert_eq!(
+        metrics.value(
+            "balena_exporter_probe_request_errors_total",
+            &[("reason", "unknown_target")]
+        ),
+        3.0
+    );
+    app.stop().await;
+}
+
+/// Changes in the API show up on the next probe (no stale data without a cache).
+#[actix_rt::test]
+async fn the_next_probe_sees_devices_going_offline() {
+    let app = spawn_with(world(&[("screens", 40)]), |url| {
+        default_config(url, &["screens"])
+            .replace("  timeout: 5s\n", "  timeout: 5s\n  cache_ttl: 0s\n")
+    })
+    .await;
+    let before = app.probe("target=screens").await;
+    assert!(before.value("balena_fleet_devices_online", &[("fleet", "acme/screens")]) > 0.0);
+    app.sim.with_world_mut(|w| {
+        for id in w.device_ids("acme/screens") {
+            let d = w.row_mut("device", id).unwrap();
+            d.insert("is_online".into(), Value::Bool(false));
+            d.insert("is_connected_to_vpn".into(), Value::Bool(false));
+            d.insert("api_heartbeat_state".into(), "offline".into());
+        }
+    });
+    let after = app.probe("target=screens").await;
+    assert_eq!(
+        after.value("balena_fleet_devices_online", &[("fleet", "acme/screens")]),
+        0.0
+    );
+    app.stop().await;
+}

@@ -1,0 +1,122 @@
+//! The rest of the HTTP surface: `/metrics`, `/config`, health, landing page, reload.
+
+use crate::helpers::*;
+
+/// `/metrics` carries the exporter's own metrics only, counted per upstream endpoint and code.
+#[actix_rt::test]
+async fn metrics_count_upstream_requests_by_endpoint_and_code() {
+    let app = spawn_app(&[("screens", 5)]).await;
+    app.probe("target=screens").await;
+    app.probe("target=screens").await;
+    let a = app.get("/metrics").await;
+    assert_eq!(a.status, 200);
+    let m = parse(&a.body);
+    assert_eq!(
+        m.value(
+            "balena_exporter_upstream_requests_total",
+            &[("auth", "acme"), ("endpoint", "device"), ("code", "200")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m.value(
+            "balena_exporter_upstream_requests_total",
+            &[
+                ("auth", "acme"),
+                ("endpoint", "application"),
+                ("code", "200")
+            ]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m.value(
+            "balena_exporter_probes_total",
+            &[
+                ("target", "screens"),
+                ("module", "default"),
+                ("result", "success")
+            ]
+        ),
+        2.0
+    );
+    assert_eq!(
+        m.value(
+            "balena_exporter_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert!(
+        !m.has("balena_fleet_devices"),
+        "target metrics never appear on /metrics"
+    );
+    app.stop().await;
+}
+
+/// `/config` shows the config in force with the token as `<secret>`.
+#[actix_rt::test]
+async fn config_endpoint_redacts_tokens() {
+    let app = spawn_app(&[("screens", 1)]).await;
+    let a = app.get("/config").await;
+    assert_eq!(a.status, 200);
+    assert!(!a.body.contains(TOKEN));
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&a.body).unwrap();
+    assert_eq!(yaml["auths"]["acme"]["token"], "<secret>");
+    assert_eq!(yaml["targets"]["screens"]["fleet"], "acme/screens");
+    app.stop().await;
+}
+
+/// Health endpoints and the landing page answer; reload refuses other methods.
+#[actix_rt::test]
+async fn health_landing_and_reload_method() {
+    let app = spawn_app(&[("screens", 1)]).await;
+    assert_eq!(app.get("/-/healthy").await.status, 200);
+    assert_eq!(app.get("/-/ready").await.status, 200);
+    let landing = app.get("/").await;
+    assert_eq!(landing.status, 200);
+    assert!(
+        landing.body.contains("probe?target=screens"),
+        "{}",
+        landing.body
+    );
+    assert_eq!(app.get("/-/reload").await.status, 405);
+    app.stop().await;
+}
+
+/// A good reload swaps the config; a bad one is refused with its reason and the old one stays.
+#[actix_rt::test]
+async fn reload_swaps_good_configs_and_keeps_the_old_one_on_error() {
+    use balena_exporter::config::{self, LoadOptions, SharedConfig};
+    use balena_exporter::simulator::Simulator;
+
+    let sim = Simulator::start(&world(&[("one", 2), ("two", 3)]), "127.0.0.1:0").unwrap();
+    let dir = std::env::temp_dir().join(format!("balena-exporter-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yml");
+    std::fs::write(&file, default_config(&sim.url(), &["one"])).unwrap();
+    let opts = LoadOptions {
+        file: file.clone(),
+        expand_env: false,
+    };
+    let app = spawn_config(sim, SharedConfig::new(config::load(&opts).unwrap(), Some(opts))).await;
+    assert_eq!(app.get("/probe?target=two").await.status, 400);
+
+    std::fs::write(&file, default_config(&app.sim.url(), &["one", "two"])).unwrap();
+    assert_eq!(app.post("/-/reload").await.status, 200);
+    let m = app.probe("target=two").await;
+    assert_eq!(m.value("balena_fleet_devices", &[("fleet", "acme/two")]), 3.0);
+
+    std::fs::write(&file, default_config(&app.sim.url(), &["one"]).replace("auth: acme", "auth: nobody")).unwrap();
+    let refused = app.post("/-/reload").await;
+    assert_eq!(refused.status, 500);
+    assert!(refused.body.starts_with("failed to reload config: "), "{}", refused.body);
+    assert!(refused.body.contains("targets.one.auth: no auth named \"nobody\""), "{}", refused.body);
+    // The previous config is still in force.
+    assert_eq!(app.probe("target=two").await.value("probe_success", &[]), 1.0);
+    assert_eq!(app.state.config.snapshot().targets.len(), 2);
+    let metrics = parse(&app.get("/metrics").await.body);
+    assert_eq!(metrics.value("balena_exporter_config_last_reload_successful", &[]), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+    app.stop().await;
+}
