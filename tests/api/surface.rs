@@ -99,24 +99,51 @@ async fn reload_swaps_good_configs_and_keeps_the_old_one_on_error() {
         file: file.clone(),
         expand_env: false,
     };
-    let app = spawn_config(sim, SharedConfig::new(config::load(&opts).unwrap(), Some(opts))).await;
+    let app = spawn_config(
+        sim,
+        SharedConfig::new(config::load(&opts).unwrap(), Some(opts)),
+    )
+    .await;
     assert_eq!(app.get("/probe?target=two").await.status, 400);
 
     std::fs::write(&file, default_config(&app.sim.url(), &["one", "two"])).unwrap();
     assert_eq!(app.post("/-/reload").await.status, 200);
     let m = app.probe("target=two").await;
-    assert_eq!(m.value("balena_fleet_devices", &[("fleet", "acme/two")]), 3.0);
+    assert_eq!(
+        m.value("balena_fleet_devices", &[("fleet", "acme/two")]),
+        3.0
+    );
 
-    std::fs::write(&file, default_config(&app.sim.url(), &["one"]).replace("auth: acme", "auth: nobody")).unwrap();
+    std::fs::write(
+        &file,
+        default_config(&app.sim.url(), &["one"]).replace("auth: acme", "auth: nobody"),
+    )
+    .unwrap();
     let refused = app.post("/-/reload").await;
     assert_eq!(refused.status, 500);
-    assert!(refused.body.starts_with("failed to reload config: "), "{}", refused.body);
-    assert!(refused.body.contains("targets.one.auth: no auth named \"nobody\""), "{}", refused.body);
+    assert!(
+        refused.body.starts_with("failed to reload config: "),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused
+            .body
+            .contains("targets.one.auth: no auth named \"nobody\""),
+        "{}",
+        refused.body
+    );
     // The previous config is still in force.
-    assert_eq!(app.probe("target=two").await.value("probe_success", &[]), 1.0);
+    assert_eq!(
+        app.probe("target=two").await.value("probe_success", &[]),
+        1.0
+    );
     assert_eq!(app.state.config.snapshot().targets.len(), 2);
     let metrics = parse(&app.get("/metrics").await.body);
-    assert_eq!(metrics.value("balena_exporter_config_last_reload_successful", &[]), 0.0);
+    assert_eq!(
+        metrics.value("balena_exporter_config_last_reload_successful", &[]),
+        0.0
+    );
     let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;
 }
