@@ -203,7 +203,6 @@ impl Samples {
 
     /// Distinct metric names.
     #[allow(dead_code)] // used by the docs test
-
     pub fn names(&self) -> std::collections::BTreeSet<String> {
         self.0.iter().map(|s| s.name.clone()).collect()
     }
