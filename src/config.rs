@@ -39,6 +39,10 @@ pub struct Config {
     /// Named targets: the only values `/probe?target=` accepts.
     #[serde(default)]
     pub targets: BTreeMap<String, TargetConfig>,
+    /// Which load this is (0 at start, +1 per successful reload): part of cache keys, so a
+    /// reload never serves data fetched under the previous config.
+    #[serde(skip)]
+    pub generation: u64,
 }
 
 /// `api:` block.
@@ -666,7 +670,8 @@ impl SharedConfig {
         let Some(opts) = &self.options else {
             return Ok(());
         };
-        let new = load(opts)?;
+        let mut new = load(opts)?;
+        new.generation = self.current.load().generation + 1;
         self.current.store(Arc::new(new));
         Ok(())
     }

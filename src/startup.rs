@@ -41,6 +41,7 @@ impl Application {
             config: Arc::new(settings.config),
             metrics: metrics.clone(),
             timeout_offset: settings.timeout_offset,
+            cache: Default::default(),
         });
         let limits = Arc::new(AuthLimits::default());
         let shared = state.clone();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Why a call to the balena API (or a whole probe) failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BalenaError {
     /// The token was rejected: 401 on a read, or whoami says it is not a valid credential.
     #[error("the API token was rejected (HTTP 401); check the auth's token")]

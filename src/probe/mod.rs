@@ -4,6 +4,7 @@
 //! Devices are turned into series page by page as they arrive; fleet aggregates are written
 //! once every device of the target has been counted.
 
+pub mod cache;
 pub mod series;
 
 use std::collections::HashMap;
@@ -17,8 +18,9 @@ use series::{tag_labels, write_device, write_fleet, FleetStats};
 /// What a successful fetch produced.
 #[derive(Debug, Clone, Default)]
 pub struct ProbeData {
-    /// The target's series (fleet and device metrics).
-    pub series: Exposition,
+    /// The target's series (fleet and device metrics) in text format, rendered once so that
+    /// cached answers share it.
+    pub series: actix_web::web::Bytes,
     /// Fleets covered.
     pub fleets: usize,
     /// Devices counted.
@@ -91,8 +93,10 @@ pub async fn fetch(
         write_fleet(&mut fleet_series, s, module);
     }
     fleet_series.append(out);
+    let mut text = String::with_capacity(fleet_series.len() + 64 * 1024);
+    fleet_series.render_into(&mut text);
     Ok(ProbeData {
-        series: fleet_series,
+        series: text.into(),
         fleets: stats.len(),
         devices: device_total,
         api_requests: session.call_count(),

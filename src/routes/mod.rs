@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::config::SharedConfig;
 use crate::metrics::ExporterMetrics;
+use crate::probe::cache::ProbeCache;
 
 /// State shared by every worker (plain data; the awc client is per worker).
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub struct AppState {
     pub metrics: Arc<ExporterMetrics>,
     /// Subtracted from the scrape timeout to leave time for the answer.
     pub timeout_offset: Duration,
+    /// Single-flight and TTL cache of probe results.
+    pub cache: ProbeCache,
 }
 
 /// The Content-Type of text format 0.0.4.

@@ -11,7 +11,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::{AppState, TEXT_FORMAT};
 use crate::balena::{BalenaClient, BalenaError, CallRecord, Session};
 use crate::metrics::{self as m, Exposition};
+use crate::probe::cache::{CacheKey, Source};
 use crate::probe::{self, ProbeData};
+use actix_web::web::BytesMut;
 
 /// Deadline used when Prometheus sends no `X-Prometheus-Scrape-Timeout-Seconds` (as blackbox).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -147,14 +149,33 @@ pub async fn probe(
         Err(msg) => return bad_request(&state, "bad_timeout", msg),
     };
 
-    let session = Session::new(&client, &config.api, auth_name, token, started + timeout);
-    let result =
-        match actix_rt::time::timeout(timeout, probe::fetch(&session, &target.scope(), module))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(BalenaError::Timeout(timeout)),
-        };
+    let deadline = started + timeout;
+    let session = Session::new(&client, &config.api, auth_name, token, deadline);
+    let key = CacheKey {
+        target: params.target.clone(),
+        module: module_name.to_string(),
+        auth: auth_name.to_string(),
+        generation: config.generation,
+    };
+    let scope = target.scope();
+    let (result, age, source) = state
+        .cache
+        .get_or_fetch(key, config.api.cache_ttl, deadline, || async {
+            match actix_rt::time::timeout(timeout, probe::fetch(&session, &scope, module)).await {
+                Ok(r) => r,
+                Err(_) => Err(BalenaError::Timeout(timeout)),
+            }
+        })
+        .await;
+    match source {
+        Source::Cache => state.metrics.cache_hits.with_label_values(&["cache"]).inc(),
+        Source::Shared => state
+            .metrics
+            .cache_hits
+            .with_label_values(&["shared"])
+            .inc(),
+        Source::Fetched => {}
+    }
     let duration = started.elapsed();
     let calls = session.calls();
 
@@ -177,6 +198,7 @@ pub async fn probe(
             target: "balena_exporter::probe",
             target_name = %params.target, module = module_name, result = "success",
             duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
+            source = ?source, data_age_seconds = age.as_secs_f64(),
             fleets = data.fleets, devices = data.devices, "probe succeeded"
         ),
         Err(e) => {
@@ -203,32 +225,39 @@ pub async fn probe(
     head.gauge(m::PROBE_TIMEOUT, &[], timeout.as_secs_f64());
     head.gauge(m::PROBE_API_REQUESTS, &[], calls.len() as f64);
     if result.is_ok() {
-        head.gauge(m::PROBE_DATA_AGE, &[], 0.0);
+        head.gauge(m::PROBE_DATA_AGE, &[], age.as_secs_f64());
     }
-    let mut body = String::with_capacity(
-        result
-            .as_ref()
-            .map(|d| d.series.len() + 8192)
-            .unwrap_or(4096),
-    );
-    head.render_into(&mut body);
+    let mut text = String::with_capacity(4096);
+    head.render_into(&mut text);
+    let series_len = result.as_ref().map(|d| d.series.len()).unwrap_or(0);
+    let mut body = BytesMut::with_capacity(text.len() + series_len);
+    body.extend_from_slice(text.as_bytes());
     if let Ok(data) = &result {
-        data.series.render_into(&mut body);
+        body.extend_from_slice(&data.series);
     }
     if params.debug {
-        let text = debug_text(&params.target, module_name, module, &result, &calls, &body);
+        let text = debug_text(
+            &params.target,
+            module_name,
+            module,
+            &result,
+            &calls,
+            &String::from_utf8_lossy(&body),
+        );
         return HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
             .body(text);
     }
-    HttpResponse::Ok().content_type(TEXT_FORMAT).body(body)
+    HttpResponse::Ok()
+        .content_type(TEXT_FORMAT)
+        .body(body.freeze())
 }
 
 fn debug_text(
     target: &str,
     module_name: &str,
     module: &crate::config::ModuleConfig,
-    result: &Result<ProbeData, BalenaError>,
+    result: &Result<std::sync::Arc<ProbeData>, BalenaError>,
     calls: &[CallRecord],
     metrics: &str,
 ) -> String {

@@ -2,32 +2,35 @@
 
 use crate::helpers::*;
 
-/// `/metrics` carries the exporter's own metrics only, counted per upstream endpoint and code.
+/// `/metrics` carries the exporter's own metrics only, counted per upstream endpoint and code;
+/// the second probe inside `cache_ttl` is a cache hit that makes no request.
 #[actix_rt::test]
-async fn metrics_count_upstream_requests_by_endpoint_and_code() {
+async fn metrics_count_upstream_requests_and_cache_hits() {
     let app = spawn_app(&[("screens", 5)]).await;
-    app.probe("target=screens").await;
-    app.probe("target=screens").await;
+    let first = app.probe("target=screens").await;
+    let second = app.probe("target=screens").await;
+    assert_eq!(first.value("balena_probe_api_requests", &[]), 2.0);
+    assert_eq!(second.value("balena_probe_api_requests", &[]), 0.0);
+    assert!(second.value("balena_probe_data_age_seconds", &[]) >= 0.0);
+    assert_eq!(
+        first.value("balena_fleet_devices", &[("fleet", "acme/screens")]),
+        second.value("balena_fleet_devices", &[("fleet", "acme/screens")])
+    );
     let a = app.get("/metrics").await;
     assert_eq!(a.status, 200);
     let m = parse(&a.body);
-    assert_eq!(
+    let up = |endpoint: &str| {
         m.value(
             "balena_exporter_upstream_requests_total",
-            &[("auth", "acme"), ("endpoint", "device"), ("code", "200")]
-        ),
-        2.0
-    );
+            &[("auth", "acme"), ("endpoint", endpoint), ("code", "200")],
+        )
+    };
+    assert_eq!(up("device"), 1.0);
+    assert_eq!(up("application"), 1.0);
+    assert_eq!(app.sim.requests("/v7/device"), 1);
     assert_eq!(
-        m.value(
-            "balena_exporter_upstream_requests_total",
-            &[
-                ("auth", "acme"),
-                ("endpoint", "application"),
-                ("code", "200")
-            ]
-        ),
-        2.0
+        m.value("balena_exporter_cache_hits_total", &[("kind", "cache")]),
+        1.0
     );
     assert_eq!(
         m.value(
@@ -51,6 +54,40 @@ async fn metrics_count_upstream_requests_by_endpoint_and_code() {
         !m.has("balena_fleet_devices"),
         "target metrics never appear on /metrics"
     );
+    app.stop().await;
+}
+
+/// Concurrent identical probes share one upstream fetch, even with `cache_ttl: 0`.
+#[actix_rt::test]
+async fn concurrent_probes_make_one_upstream_fetch() {
+    use balena_exporter::simulator::{Fault, FaultRule};
+    let app = spawn_with(world(&[("screens", 50)]), |url| {
+        default_config(url, &["screens"])
+            .replace("  timeout: 5s\n", "  timeout: 5s\n  cache_ttl: 0s\n")
+    })
+    .await;
+    app.sim.inject(FaultRule::always(
+        "/v7/device",
+        Fault::Delay(std::time::Duration::from_millis(500)),
+    ));
+    let probes: Vec<_> = (0..30).map(|_| app.probe("target=screens")).collect();
+    let results = futures_util::future::join_all(probes).await;
+    for m in &results {
+        assert_eq!(m.value("probe_success", &[]), 1.0);
+        assert_eq!(
+            m.value("balena_fleet_devices", &[("fleet", "acme/screens")]),
+            50.0
+        );
+    }
+    assert_eq!(app.sim.requests("/v7/device"), 1);
+    let fetched = results
+        .iter()
+        .filter(|m| m.value("balena_probe_api_requests", &[]) > 0.0)
+        .count();
+    assert_eq!(fetched, 1, "exactly one probe made the requests");
+    // With cache_ttl 0 the next probe fetches again.
+    app.probe("target=screens").await;
+    assert_eq!(app.sim.requests("/v7/device"), 2);
     app.stop().await;
 }
 
