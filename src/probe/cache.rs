@@ -216,7 +216,7 @@ mod tests {
             generation: 1,
             ..key()
         };
-        cache
+        let _ = cache
             .get_or_fetch(k2.clone(), Duration::ZERO, deadline, || async {
                 Ok(ProbeData::default())
             })
@@ -235,11 +235,12 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let c = cache.clone();
         let leader = actix_rt::spawn(async move {
-            c.get_or_fetch(key(), Duration::from_secs(60), deadline, || async {
-                actix_rt::time::sleep(Duration::from_secs(60)).await;
-                Ok(ProbeData::default())
-            })
-            .await;
+            let _ = c
+                .get_or_fetch(key(), Duration::from_secs(60), deadline, || async {
+                    actix_rt::time::sleep(Duration::from_secs(60)).await;
+                    Ok(ProbeData::default())
+                })
+                .await;
         });
         actix_rt::time::sleep(Duration::from_millis(50)).await;
         let c = cache.clone();
