@@ -1,0 +1,305 @@
+//! The exporter's configuration: the schema (what each key means, its default), the
+//! `<secret>` view served on `/config`, and the serde helpers for durations, sizes and URLs.
+//! Loading and validation live in [`load`]; the reloadable handle in [`shared`].
+//!
+//! Tokens are [`SecretString`] from the moment they are read; a `token_file` is read at load
+//! and at every reload, never per request.
+
+mod load;
+mod shared;
+
+pub use load::{from_yaml_str, load, LoadOptions};
+pub use shared::SharedConfig;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Default `api.url`.
+pub const DEFAULT_API_URL: &str = "https://api.balena-cloud.com";
+/// Name of the module used when neither the target nor the request names one.
+pub const DEFAULT_MODULE: &str = "default";
+/// Prefix of the environment overrides (`BALENA_EXPORTER_API__TIMEOUT=5s`).
+pub const ENV_PREFIX: &str = "BALENA_EXPORTER_";
+
+/// The whole configuration, as loaded and validated.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How to reach the balena API.
+    #[serde(default)]
+    pub api: ApiConfig,
+    /// Named credentials; targets refer to them by name.
+    #[serde(default)]
+    pub auths: BTreeMap<String, AuthConfig>,
+    /// Named "what to collect" settings; `default` always exists.
+    #[serde(default = "default_modules")]
+    pub modules: BTreeMap<String, ModuleConfig>,
+    /// Named targets: the only values `/probe?target=` accepts.
+    #[serde(default)]
+    pub targets: BTreeMap<String, TargetConfig>,
+    /// Which load this is (0 at start, +1 per successful reload): part of cache keys, so a
+    /// reload never serves data fetched under the previous config.
+    #[serde(skip)]
+    pub generation: u64,
+}
+
+/// `api:` block.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// API root; `/v7/...` is appended. openBalena and the simulator work too.
+    #[serde(deserialize_with = "de_url", serialize_with = "ser_display")]
+    pub url: url::Url,
+    /// Per upstream request; never beyond the probe deadline.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Upstream requests in flight per auth.
+    pub max_concurrency: usize,
+    /// Probes of one target within this share one fetch (0 disables the cache).
+    #[serde(with = "duration")]
+    pub cache_ttl: Duration,
+    /// Devices per request; larger fleets are paged.
+    pub page_size: u32,
+    /// Cap on one response body.
+    #[serde(deserialize_with = "de_bytes")]
+    pub max_response_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            url: url::Url::parse(DEFAULT_API_URL).expect("constant URL parses"),
+            timeout: Duration::from_secs(10),
+            max_concurrency: 4,
+            cache_ttl: Duration::from_secs(30),
+            page_size: 20_000,
+            max_response_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// `auths.NAME`: a token, inline or from a file. After loading, `token` always holds the value.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The API token (`${VAR}` expanded with `--config.expand-environment-variables`).
+    #[serde(default, serialize_with = "ser_secret")]
+    pub token: Option<SecretString>,
+    /// A file holding the token; re-read on reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// The token (present after [`load`]).
+    pub fn secret(&self) -> Option<&SecretString> {
+        self.token.as_ref()
+    }
+}
+
+/// `modules.NAME`: what a probe collects.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModuleConfig {
+    /// Emit per-device series (`balena_device_*`). Off for the fleet summary only.
+    /// Ignored (treated as false) when `counts_only` is set.
+    pub devices: bool,
+    /// Device tag keys that become `tag_<key>` labels on `balena_device_info`.
+    pub device_tags: Vec<String>,
+    /// Fetch only device counts per fleet (one request, no device rows).
+    pub counts_only: bool,
+    /// Also emit `balena_devices_online{fleet_name}` as the older Python exporter did.
+    pub legacy_devices_online: bool,
+}
+
+impl Default for ModuleConfig {
+    fn default() -> Self {
+        Self {
+            devices: true,
+            device_tags: Vec::new(),
+            counts_only: false,
+            legacy_devices_online: false,
+        }
+    }
+}
+
+fn default_modules() -> BTreeMap<String, ModuleConfig> {
+    BTreeMap::from([(DEFAULT_MODULE.to_string(), ModuleConfig::default())])
+}
+
+/// `targets.NAME`: one fleet, every fleet of an organization, or every fleet the token sees.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// `org/app` fleet slug.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<String>,
+    /// Organization handle: every fleet of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// Every fleet the token can access.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    /// Name of an entry in `auths:`.
+    pub auth: String,
+    /// Module used when the request names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// Auths that `&auth=` may pick instead of `auth` (off unless listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_auths: Vec<String>,
+}
+
+/// What a target covers, after validation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// One fleet by slug (lowercased, as the SDK does).
+    Fleet(String),
+    /// Every fleet of an organization handle.
+    Org(String),
+    /// Every fleet the token can access.
+    All,
+}
+
+impl TargetConfig {
+    /// What this target covers (valid after [`load`]).
+    pub fn scope(&self) -> Scope {
+        match (&self.fleet, &self.org) {
+            (Some(f), _) => Scope::Fleet(f.to_lowercase()),
+            (None, Some(o)) => Scope::Org(o.clone()),
+            (None, None) => Scope::All,
+        }
+    }
+
+    /// The module name used when the request names none.
+    pub fn module_name(&self) -> &str {
+        self.module.as_deref().unwrap_or(DEFAULT_MODULE)
+    }
+}
+
+/// A config problem: the file, the key path and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file (or a `token_file`) cannot be read.
+    #[error("{file}: cannot read: {reason}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// A key holds something unacceptable.
+    #[error("{file}: {key}: {msg}")]
+    Invalid {
+        /// The config file (or `environment`).
+        file: String,
+        /// Dotted key path, e.g. `targets.shop.auth`.
+        key: String,
+        /// What was wrong and what was expected.
+        msg: String,
+    },
+}
+
+impl Config {
+    /// The config as YAML with every token shown as `<secret>` (for `/config`).
+    pub fn to_redacted_yaml(&self) -> String {
+        serde_yaml::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+fn ser_secret<S: Serializer>(token: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match token {
+        Some(t) if !t.expose_secret().is_empty() => s.serialize_str("<secret>"),
+        _ => s.serialize_none(),
+    }
+}
+
+fn ser_display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn de_url<'de, D: Deserializer<'de>>(d: D) -> Result<url::Url, D::Error> {
+    let text = String::deserialize(d)?;
+    url::Url::parse(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid URL {text:?} ({e}); expected e.g. https://api.balena-cloud.com"
+        ))
+    })
+}
+
+/// Parses `256MiB`, `10MB`, `1048576`.
+pub fn parse_bytes(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(usize),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Num(n) => Ok(n),
+        Raw::Text(t) => parse_bytes(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid size {t:?}; expected e.g. 256MiB, 10MB or a byte count"
+            ))
+        }),
+    }
+}
+
+/// Serde for durations written the Prometheus way: `10s`, `1m30s`, `500ms`, `0`.
+pub mod duration {
+    use super::*;
+
+    /// Parses a duration; a bare `0` is zero.
+    pub fn parse(text: &str) -> Option<Duration> {
+        let t = text.trim();
+        if t == "0" {
+            return Some(Duration::ZERO);
+        }
+        humantime::parse_duration(t).ok()
+    }
+
+    /// Writes `1m 30s` style text.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    /// Reads text (or a number of seconds).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(n) => Ok(Duration::from_secs(n)),
+            Raw::Text(t) => parse(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {t:?}; expected e.g. 10s, 1m30s, 500ms"
+                ))
+            }),
+        }
+    }
+}

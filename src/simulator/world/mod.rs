@@ -1,0 +1,554 @@
+//! The simulator's data: organizations, fleets, releases, devices and tags generated from a
+//! seed, stored as JSON rows the way pinejs stores them, plus the rules the real API applies
+//! when it reads them: who may see what (guest tokens), computed fields (`overall_status`,
+//! `overall_progress`, `should_be_running__release`), navigation properties, `$filter`
+//! evaluation, `$select`/`$expand` projection and ordering.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::{Map, Value};
+
+/// A JSON row.
+pub type Row = Map<String, Value>;
+
+mod query;
+mod spec;
+
+pub use spec::{FleetSpec, OrgSpec, UserSpec, WorldSpec};
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// No token, or one the API does not know: the built-in guest.
+    Guest,
+    /// A user (by row id) and the organizations it belongs to.
+    User {
+        /// User id.
+        id: u64,
+        /// Actor id (whoami `id`).
+        actor: u64,
+        /// Username.
+        username: String,
+        /// Organization ids.
+        orgs: HashSet<u64>,
+    },
+}
+
+/// Errors that the server turns into HTTP answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// 401, empty body.
+    Unauthorized,
+    /// 400 for a field or navigation that does not exist.
+    BadField(String),
+}
+
+/// Which stored fields each resource has (navigation fields hold `{"__id"}` or null).
+const DEVICE_FIELDS: &[&str] = &[
+    "id",
+    "uuid",
+    "device_name",
+    "note",
+    "belongs_to__application",
+    "is_of__device_type",
+    "is_online",
+    "is_connected_to_vpn",
+    "last_connectivity_event",
+    "last_vpn_event",
+    "api_heartbeat_state",
+    "changed_api_heartbeat_state_on__date",
+    "status",
+    "update_status",
+    "provisioning_state",
+    "provisioning_progress",
+    "download_progress",
+    "os_version",
+    "os_variant",
+    "supervisor_version",
+    "ip_address",
+    "mac_address",
+    "public_address",
+    "cpu_usage",
+    "cpu_temp",
+    "memory_usage",
+    "memory_total",
+    "storage_block_device",
+    "storage_usage",
+    "storage_total",
+    "is_undervolted",
+    "is_web_accessible",
+    "is_active",
+    "is_running__release",
+    "is_pinned_on__release",
+    "created_at",
+    "modified_at",
+    "latitude",
+    "longitude",
+    "location",
+];
+const APPLICATION_FIELDS: &[&str] = &[
+    "id",
+    "app_name",
+    "slug",
+    "uuid",
+    "organization",
+    "is_for__device_type",
+    "should_be_running__release",
+    "should_track_latest_release",
+    "is_of__class",
+    "is_host",
+    "is_archived",
+    "is_public",
+    "created_at",
+];
+const ORGANIZATION_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "handle",
+    "company_name",
+    "is_frozen",
+    "created_at",
+];
+const RELEASE_FIELDS: &[&str] = &[
+    "id",
+    "commit",
+    "raw_version",
+    "semver",
+    "status",
+    "belongs_to__application",
+    "created_at",
+];
+const DEVICE_TYPE_FIELDS: &[&str] = &["id", "slug", "name"];
+const DEVICE_TAG_FIELDS: &[&str] = &["id", "device", "tag_key", "value"];
+
+/// Computed fields: returned only when selected.
+fn computed(resource: &str) -> &'static [&'static str] {
+    match resource {
+        "device" => &[
+            "overall_status",
+            "overall_progress",
+            "should_be_running__release",
+        ],
+        _ => &[],
+    }
+}
+
+/// Stored fields of a resource, or None for an unknown resource.
+fn stored(resource: &str) -> Option<&'static [&'static str]> {
+    Some(match resource {
+        "device" => DEVICE_FIELDS,
+        "application" => APPLICATION_FIELDS,
+        "organization" => ORGANIZATION_FIELDS,
+        "release" => RELEASE_FIELDS,
+        "device_type" => DEVICE_TYPE_FIELDS,
+        "device_tag" => DEVICE_TAG_FIELDS,
+        _ => return None,
+    })
+}
+
+/// The resource a forward navigation points to.
+fn forward(resource: &str, nav: &str) -> Option<&'static str> {
+    Some(match (resource, nav) {
+        ("device", "belongs_to__application") => "application",
+        ("device", "is_of__device_type") => "device_type",
+        (
+            "device",
+            "is_running__release" | "is_pinned_on__release" | "should_be_running__release",
+        ) => "release",
+        ("application", "organization") => "organization",
+        ("application", "is_for__device_type") => "device_type",
+        ("application", "should_be_running__release") => "release",
+        ("release", "belongs_to__application") => "application",
+        ("device_tag", "device") => "device",
+        _ => return None,
+    })
+}
+
+/// Reverse navigations: (resource, nav) → (target resource, its field pointing back).
+fn reverse(resource: &str, nav: &str) -> Option<(&'static str, &'static str)> {
+    Some(match (resource, nav) {
+        ("application", "owns__device") => ("device", "belongs_to__application"),
+        ("application", "owns__release") => ("release", "belongs_to__application"),
+        ("organization", "has__application") => ("application", "organization"),
+        ("device", "device_tag") => ("device_tag", "device"),
+        _ => return None,
+    })
+}
+
+/// The generated data and the indexes the server reads it with.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    tables: HashMap<&'static str, BTreeMap<u64, Row>>,
+    /// token → user row id
+    tokens: HashMap<String, u64>,
+    /// user id → (username, org ids)
+    users: HashMap<u64, (String, HashSet<u64>)>,
+    /// fleet id → device ids (kept in id order)
+    fleet_devices: HashMap<u64, Vec<u64>>,
+    /// device id → tag ids
+    device_tags: HashMap<u64, Vec<u64>>,
+}
+
+impl World {
+    /// Generates the world a spec describes. Timestamps are relative to now.
+    /// Inserts or replaces a row (keeps the fleet and tag indexes).
+    pub fn insert(&mut self, table: &'static str, row: Value) {
+        let Value::Object(row) = row else { return };
+        let id = row["id"].as_u64().unwrap_or_default();
+        match table {
+            "device" => {
+                if let Some(f) = nav_id(&row, "belongs_to__application") {
+                    let list = self.fleet_devices.entry(f).or_default();
+                    if let Err(pos) = list.binary_search(&id) {
+                        list.insert(pos, id);
+                    }
+                }
+            }
+            "device_tag" => {
+                if let Some(d) = nav_id(&row, "device") {
+                    self.device_tags.entry(d).or_default().push(id);
+                }
+            }
+            _ => {}
+        }
+        self.tables.entry(table).or_default().insert(id, row);
+    }
+
+    /// Who a token belongs to.
+    pub fn caller(&self, token: Option<&str>) -> Caller {
+        match token.and_then(|t| self.tokens.get(t)) {
+            Some(&uid) => {
+                let (username, orgs) = &self.users[&uid];
+                Caller::User {
+                    id: uid,
+                    actor: 1000 + uid,
+                    username: username.clone(),
+                    orgs: orgs.clone(),
+                }
+            }
+            None => Caller::Guest,
+        }
+    }
+
+    /// Adds a token for a new user who is a member of the given organizations.
+    pub fn add_user(&mut self, username: &str, token: &str, org_handles: &[&str]) {
+        let uid = self.users.len() as u64 + 1;
+        let orgs = org_handles
+            .iter()
+            .filter_map(|h| self.find("organization", "handle", h))
+            .collect();
+        self.users.insert(uid, (username.into(), orgs));
+        self.tokens.insert(token.into(), uid);
+    }
+
+    /// Id of the first row whose string `field` equals `value`.
+    pub fn find(&self, table: &str, field: &str, value: &str) -> Option<u64> {
+        self.tables
+            .get(table)?
+            .values()
+            .find(|r| r.get(field).and_then(Value::as_str) == Some(value))
+            .and_then(|r| r["id"].as_u64())
+    }
+
+    /// A row by id.
+    pub fn row(&self, table: &str, id: u64) -> Option<&Row> {
+        self.tables.get(table)?.get(&id)
+    }
+
+    /// A mutable row by id.
+    pub fn row_mut(&mut self, table: &str, id: u64) -> Option<&mut Row> {
+        self.tables.get_mut(table)?.get_mut(&id)
+    }
+
+    /// The fleet row with this slug.
+    pub fn fleet(&self, slug: &str) -> Option<&Row> {
+        self.row("application", self.find("application", "slug", slug)?)
+    }
+
+    /// Slugs of every fleet, in id order.
+    pub fn fleet_slugs(&self) -> Vec<String> {
+        self.tables
+            .get("application")
+            .map(|t| {
+                t.values()
+                    .filter_map(|r| r["slug"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Device rows of a fleet, in id order, with computed fields filled in (ground truth for tests).
+    pub fn devices_of(&self, slug: &str) -> Vec<Row> {
+        let Some(fid) = self.find("application", "slug", slug) else {
+            return Vec::new();
+        };
+        self.fleet_devices
+            .get(&fid)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| {
+                let mut row = self.row("device", *id)?.clone();
+                for f in computed("device") {
+                    let v = self.field("device", &row, f);
+                    row.insert(f.to_string(), v);
+                }
+                Some(row)
+            })
+            .collect()
+    }
+
+    /// Ids of a fleet's devices.
+    pub fn device_ids(&self, slug: &str) -> Vec<u64> {
+        self.find("application", "slug", slug)
+            .and_then(|fid| self.fleet_devices.get(&fid).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Tags (key, value) of a device.
+    pub fn tags_of(&self, device_id: u64) -> Vec<(String, String)> {
+        self.device_tags
+            .get(&device_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| self.row("device_tag", *t))
+            .map(|r| {
+                (
+                    r["tag_key"].as_str().unwrap_or_default().to_string(),
+                    r["value"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether `caller` may read a row of `table` at all (guests may not read devices).
+    pub fn check_readable(&self, table: &str, caller: &Caller) -> Result<(), ReadError> {
+        match (table, caller) {
+            ("device" | "device_tag", Caller::Guest) => Err(ReadError::Unauthorized),
+            _ if stored(table).is_none() => Err(ReadError::Unauthorized),
+            _ => Ok(()),
+        }
+    }
+
+    fn visible(&self, table: &str, row: &Row, caller: &Caller) -> bool {
+        let member = |oid: Option<u64>| match caller {
+            Caller::User { orgs, .. } => oid.is_some_and(|o| orgs.contains(&o)),
+            Caller::Guest => false,
+        };
+        let fleet_visible = |fid: Option<u64>| {
+            fid.and_then(|f| self.row("application", f))
+                .is_some_and(|f| {
+                    member(nav_id(f, "organization"))
+                        || (matches!(caller, Caller::Guest) && f["is_public"] == true)
+                })
+        };
+        match table {
+            "organization" => member(row["id"].as_u64()),
+            "application" => {
+                member(nav_id(row, "organization"))
+                    || (matches!(caller, Caller::Guest) && row["is_public"] == true)
+            }
+            "device" => fleet_visible(nav_id(row, "belongs_to__application")),
+            "device_tag" => nav_id(row, "device")
+                .and_then(|d| self.row("device", d))
+                .is_some_and(|d| fleet_visible(nav_id(d, "belongs_to__application"))),
+            _ => true,
+        }
+    }
+
+    /// Candidate row ids for a top-level read (uses the fleet index for the common device filter).
+    /// All device ids (for bulk changes in tests and the demo).
+    pub fn all_device_ids(&self) -> Vec<u64> {
+        self.tables
+            .get("device")
+            .map(|t| t.keys().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// `{"__id": N}` of a navigation field.
+pub fn nav_id(row: &Row, field: &str) -> Option<u64> {
+    row.get(field)?.get("__id")?.as_u64()
+}
+
+/// `overall_status` by the server's rules, first match wins (reference §7).
+pub fn overall_status(d: &Row) -> &'static str {
+    let vpn = d["is_connected_to_vpn"] == true;
+    let hb = d["api_heartbeat_state"].as_str().unwrap_or("unknown");
+    let hb_on = hb == "online" || hb == "timeout";
+    if d["is_active"] == false {
+        "inactive"
+    } else if d["provisioning_state"] == "Post-Provisioning" {
+        "post-provisioning"
+    } else if !vpn && d["last_connectivity_event"].is_null() && hb == "unknown" {
+        "configuring"
+    } else if !vpn && (hb == "offline" || hb == "unknown") {
+        "disconnected"
+    } else if hb_on && !d["download_progress"].is_null() && d["status"] == "Downloading" {
+        "updating"
+    } else if !d["provisioning_progress"].is_null() {
+        "configuring"
+    } else if hb == "timeout" || (vpn && hb != "online") || (!vpn && hb == "online") {
+        "reduced-functionality"
+    } else {
+        "operational"
+    }
+}
+
+fn overall_progress(d: &Row) -> Value {
+    match overall_status(d) {
+        "inactive" | "disconnected" => Value::Null,
+        "post-provisioning" | "configuring" => d["provisioning_progress"].clone(),
+        "updating" => d["download_progress"].clone(),
+        _ => d["provisioning_progress"].clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::odata::{parse_request, Options};
+    use super::*;
+    use serde_json::json;
+
+    fn world() -> World {
+        World::generate(&WorldSpec::demo())
+    }
+
+    fn user(w: &World) -> Caller {
+        w.caller(Some("demo-acme-token"))
+    }
+
+    #[test]
+    fn generation_is_deterministic_and_sized_by_the_spec() {
+        let (a, b) = (world(), world());
+        assert_eq!(a.devices_of("acme/shop-screens").len(), 48);
+        let ua: Vec<_> = a
+            .devices_of("acme/kiosks")
+            .iter()
+            .map(|d| d["uuid"].clone())
+            .collect();
+        let ub: Vec<_> = b
+            .devices_of("acme/kiosks")
+            .iter()
+            .map(|d| d["uuid"].clone())
+            .collect();
+        assert_eq!(ua, ub);
+    }
+
+    #[test]
+    fn computed_fields_come_only_when_selected() {
+        let w = world();
+        let req = parse_request("device", "$filter=belongs_to__application eq 1").unwrap();
+        let rows = w.read("device", None, &req.options, &user(&w)).unwrap();
+        assert!(rows[0].get("overall_status").is_none());
+        let req = parse_request(
+            "device",
+            "$select=id,overall_status&$filter=belongs_to__application eq 1",
+        )
+        .unwrap();
+        let rows = w.read("device", None, &req.options, &user(&w)).unwrap();
+        assert!(rows[0]["overall_status"].is_string());
+        assert_eq!(rows[0].as_object().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn guests_get_401_on_devices_and_nothing_on_private_fleets() {
+        let w = world();
+        let req = parse_request("application", "$filter=slug eq 'acme%2Fkiosks'").unwrap();
+        assert!(w
+            .read("application", None, &req.options, &Caller::Guest)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            w.read("application", None, &req.options, &user(&w))
+                .unwrap()
+                .len(),
+            1
+        );
+        let other = w.caller(Some("demo-partner-token"));
+        assert!(w
+            .read("application", None, &req.options, &other)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            w.read("device", None, &Options::default(), &Caller::Guest),
+            Err(ReadError::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn navigation_filters_expands_and_counts_work() {
+        let w = world();
+        let c = user(&w);
+        let req = parse_request(
+            "application",
+            "$select=slug&$filter=organization/any(o:o/handle eq 'acme')&$orderby=slug asc&$expand=owns__device/$count($filter=is_online eq true),organization($select=handle)",
+        )
+        .unwrap();
+        let rows = w.read("application", None, &req.options, &c).unwrap();
+        let slugs: Vec<_> = rows.iter().map(|r| r["slug"].as_str().unwrap()).collect();
+        assert_eq!(
+            slugs,
+            ["acme/kiosks", "acme/shop-screens", "acme/warehouse-sensors"]
+        );
+        let online = w
+            .devices_of("acme/kiosks")
+            .iter()
+            .filter(|d| d["is_online"] == true)
+            .count();
+        assert_eq!(rows[0]["owns__device"], online);
+        assert_eq!(rows[0]["organization"][0]["handle"], "acme");
+        let req = parse_request(
+            "device",
+            "$select=id&$filter=belongs_to__application/any(a:a/slug eq 'acme%2Fkiosks')",
+        )
+        .unwrap();
+        assert_eq!(w.read("device", None, &req.options, &c).unwrap().len(), 12);
+        let req = parse_request("device", "$select=id&$filter=belongs_to__application/any(a:a/is_directly_accessible_by__user/any(u:1 eq 1))").unwrap();
+        assert_eq!(
+            w.read("device", None, &req.options, &c).unwrap().len(),
+            48 + 12 + 2000
+        );
+        let req = parse_request(
+            "device",
+            "$select=id&$orderby=id asc&$top=5&$skip=10&$filter=belongs_to__application eq 3",
+        )
+        .unwrap();
+        let ids: Vec<_> = w
+            .read("device", None, &req.options, &c)
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 5);
+        assert!(ids.windows(2).all(|p| p[0] < p[1]));
+        let req = parse_request("device", "$select=nope").unwrap();
+        assert!(matches!(
+            w.read("device", None, &req.options, &c),
+            Err(ReadError::BadField(_))
+        ));
+    }
+
+    #[test]
+    fn overall_status_follows_the_first_matching_rule() {
+        let base = json!({"is_active": true, "provisioning_state": "", "is_connected_to_vpn": true,
+            "last_connectivity_event": "x", "api_heartbeat_state": "online", "download_progress": null,
+            "status": "Idle", "provisioning_progress": null});
+        let with = |k: &str, v: Value| {
+            let mut d = base.clone();
+            d[k] = v;
+            d.as_object().unwrap().clone()
+        };
+        assert_eq!(overall_status(base.as_object().unwrap()), "operational");
+        assert_eq!(overall_status(&with("is_active", false.into())), "inactive");
+        assert_eq!(
+            overall_status(&with("api_heartbeat_state", "timeout".into())),
+            "reduced-functionality"
+        );
+        let mut off = with("is_connected_to_vpn", false.into());
+        off.insert("api_heartbeat_state".into(), "offline".into());
+        assert_eq!(overall_status(&off), "disconnected");
+        off.insert("api_heartbeat_state".into(), "unknown".into());
+        off.insert("last_connectivity_event".into(), Value::Null);
+        assert_eq!(overall_status(&off), "configuring");
+    }
+}

@@ -1,0 +1,328 @@
+//! Generating a world from a [`WorldSpec`]: organizations, fleets, releases and devices with
+//! a realistic, seeded mix of statuses, nulls, pins and tags.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+
+use super::World;
+
+/// The shape of a generated world.
+#[derive(Debug, Clone)]
+pub struct WorldSpec {
+    /// Seed of every random choice: the same spec gives the same world.
+    pub seed: u64,
+    /// Organizations and their fleets.
+    pub orgs: Vec<OrgSpec>,
+    /// API tokens and the user each belongs to.
+    pub users: Vec<UserSpec>,
+}
+
+/// An organization to generate.
+#[derive(Debug, Clone)]
+pub struct OrgSpec {
+    /// Handle, `[a-z0-9_]`.
+    pub handle: String,
+    /// Its fleets.
+    pub fleets: Vec<FleetSpec>,
+}
+
+/// A fleet to generate.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// App name (slug is `handle/app_name` lowercased).
+    pub name: String,
+    /// How many devices.
+    pub devices: usize,
+    /// Default device type slug.
+    pub device_type: String,
+    /// Readable by guests.
+    pub public: bool,
+}
+
+/// A user and the token it authenticates with.
+#[derive(Debug, Clone)]
+pub struct UserSpec {
+    /// Username.
+    pub username: String,
+    /// The API key that identifies this user.
+    pub token: String,
+    /// Handles of the organizations the user is a member of.
+    pub orgs: Vec<String>,
+}
+
+impl FleetSpec {
+    /// A private fleet of `devices` Raspberry Pi 4s.
+    pub fn new(name: &str, devices: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            devices,
+            device_type: "raspberrypi4-64".into(),
+            public: false,
+        }
+    }
+}
+
+impl WorldSpec {
+    /// The `--demo` world: two organizations, five fleets, one token each.
+    pub fn demo() -> Self {
+        Self {
+            seed: 42,
+            orgs: vec![
+                OrgSpec {
+                    handle: "acme".into(),
+                    fleets: vec![
+                        FleetSpec::new("shop-screens", 48),
+                        FleetSpec {
+                            device_type: "intel-nuc".into(),
+                            ..FleetSpec::new("kiosks", 12)
+                        },
+                        FleetSpec::new("warehouse-sensors", 2_000),
+                    ],
+                },
+                OrgSpec {
+                    handle: "partner_org".into(),
+                    fleets: vec![
+                        FleetSpec {
+                            device_type: "jetson-nano".into(),
+                            ..FleetSpec::new("cameras", 150)
+                        },
+                        FleetSpec::new("gateways", 0),
+                    ],
+                },
+            ],
+            users: vec![
+                UserSpec {
+                    username: "acme_ops".into(),
+                    token: "demo-acme-token".into(),
+                    orgs: vec!["acme".into()],
+                },
+                UserSpec {
+                    username: "partner_ops".into(),
+                    token: "demo-partner-token".into(),
+                    orgs: vec!["partner_org".into()],
+                },
+            ],
+        }
+    }
+}
+
+fn iso(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn hex(rng: &mut fastrand::Rng, n: usize) -> String {
+    (0..n)
+        .map(|_| char::from_digit(rng.u32(0..16), 16).unwrap_or('0'))
+        .collect()
+}
+
+impl World {
+    pub fn generate(spec: &WorldSpec) -> Self {
+        let mut rng = fastrand::Rng::with_seed(spec.seed);
+        let now = SystemTime::now();
+        let mut w = World::default();
+        let mut next_id = HashMap::<&'static str, u64>::new();
+        let mut id = |t: &'static str| {
+            let n = next_id.entry(t).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let mut device_types = HashMap::<String, u64>::new();
+        let mut org_ids = HashMap::<String, u64>::new();
+        for org in &spec.orgs {
+            let oid = id("organization");
+            org_ids.insert(org.handle.clone(), oid);
+            w.insert(
+                "organization",
+                json!({
+                    "id": oid, "name": org.handle, "handle": org.handle, "company_name": null,
+                    "is_frozen": false, "created_at": iso(now - Duration::from_secs(86_400 * 400)),
+                }),
+            );
+            for fleet in &org.fleets {
+                let dt = *device_types.entry(fleet.device_type.clone()).or_insert_with(|| {
+                    let dtid = id("device_type");
+                    w.insert("device_type", json!({"id": dtid, "slug": fleet.device_type, "name": fleet.device_type}));
+                    dtid
+                });
+                let fid = id("application");
+                let slug = format!("{}/{}", org.handle, fleet.name).to_lowercase();
+                let releases: Vec<(u64, String)> = (0..3)
+                    .map(|i| {
+                        let rid = id("release");
+                        let commit = hex(&mut rng, 32);
+                        w.insert("release", json!({
+                            "id": rid, "commit": commit, "raw_version": format!("1.{i}.0"),
+                            "semver": format!("1.{i}.0"), "status": "success",
+                            "belongs_to__application": {"__id": fid},
+                            "created_at": iso(now - Duration::from_secs(86_400 * (30 - 10 * i as u64))),
+                        }));
+                        (rid, commit)
+                    })
+                    .collect();
+                let target = releases[2].0;
+                w.insert("application", json!({
+                    "id": fid, "app_name": fleet.name, "slug": slug, "uuid": hex(&mut rng, 32),
+                    "organization": {"__id": oid}, "is_for__device_type": {"__id": dt},
+                    "should_be_running__release": {"__id": target}, "should_track_latest_release": true,
+                    "is_of__class": "fleet", "is_host": false, "is_archived": false,
+                    "is_public": fleet.public, "created_at": iso(now - Duration::from_secs(86_400 * 300)),
+                }));
+                w.fleet_devices.insert(fid, Vec::new());
+                for n in 0..fleet.devices {
+                    let did = id("device");
+                    let row = generate_device(&mut rng, now, did, fid, dt, &releases, n);
+                    w.insert("device", row);
+                    for (key, value) in generate_tags(&mut rng, n) {
+                        let tid = id("device_tag");
+                        w.insert("device_tag", json!({"id": tid, "device": {"__id": did}, "tag_key": key, "value": value}));
+                    }
+                }
+            }
+        }
+        for (i, user) in spec.users.iter().enumerate() {
+            let uid = i as u64 + 1;
+            let orgs = user
+                .orgs
+                .iter()
+                .filter_map(|h| org_ids.get(h).copied())
+                .collect();
+            w.users.insert(uid, (user.username.clone(), orgs));
+            w.tokens.insert(user.token.clone(), uid);
+        }
+        w
+    }
+}
+
+const CITIES: &[&str] = &[
+    "Berlin",
+    "Lisbon",
+    "Austin",
+    "Osaka",
+    "Nairobi",
+    "São Paulo",
+];
+
+fn generate_tags(rng: &mut fastrand::Rng, n: usize) -> Vec<(&'static str, String)> {
+    let mut tags = vec![("location", CITIES[n % CITIES.len()].to_string())];
+    if n % 3 == 0 {
+        tags.push(("Floor #2", format!("wing \"{}\"\nwest\\", rng.u8(1..9))));
+    }
+    if n % 5 == 0 {
+        tags.push(("owner", "ops-team".into()));
+    }
+    tags
+}
+
+fn generate_device(
+    rng: &mut fastrand::Rng,
+    now: SystemTime,
+    id: u64,
+    fleet: u64,
+    dt: u64,
+    releases: &[(u64, String)],
+    n: usize,
+) -> Value {
+    let ago = |secs: u64| Value::from(iso(now - Duration::from_secs(secs)));
+    // (vpn, heartbeat, last_connectivity?, provisioning_state, provisioning_progress, download, status, active)
+    let roll = rng.u32(0..100);
+    let os_version = ["balenaOS 6.5.3", "balenaOS 5.3.24", "balenaOS 6.0.13"][rng.usize(0..3)];
+    let supervisor = ["17.0.3", "16.7.9", "17.1.0"][rng.usize(0..3)];
+    let mut d = json!({
+        "id": id, "uuid": hex(rng, 32), "device_name": format!("dev-{n:05}-{}", hex(rng, 4)),
+        "note": null, "belongs_to__application": {"__id": fleet}, "is_of__device_type": {"__id": dt},
+        "is_online": true, "is_connected_to_vpn": true, "last_connectivity_event": ago(rng.u64(60..86_400)),
+        "last_vpn_event": ago(rng.u64(60..86_400)), "api_heartbeat_state": "online",
+        "changed_api_heartbeat_state_on__date": ago(rng.u64(60..86_400)), "status": "Idle",
+        "update_status": "done", "provisioning_state": "", "provisioning_progress": null,
+        "download_progress": null, "os_version": os_version,
+        "os_variant": if rng.u32(0..10) == 0 { "dev" } else { "prod" },
+        "supervisor_version": supervisor,
+        "ip_address": format!("192.168.{}.{} 10.0.0.{}", rng.u8(0..255), rng.u8(1..255), rng.u8(1..255)),
+        "mac_address": format!("dc:a6:32:{:02x}:{:02x}:{:02x}", rng.u8(..), rng.u8(..), rng.u8(..)),
+        "public_address": format!("203.0.113.{}", rng.u8(1..255)),
+        "cpu_usage": rng.u32(0..101), "cpu_temp": rng.u32(35..85),
+        "memory_usage": rng.u32(200..3500), "memory_total": 3796,
+        "storage_block_device": "/dev/mmcblk0", "storage_usage": rng.u32(1000..28000), "storage_total": 29_473,
+        "is_undervolted": rng.u32(0..100) < 4, "is_web_accessible": false, "is_active": true,
+        "is_running__release": {"__id": releases[2].0}, "is_pinned_on__release": null,
+        "created_at": ago(86_400 * rng.u64(2..300)), "modified_at": ago(rng.u64(60..86_400)),
+        "latitude": null, "longitude": null, "location": null,
+    });
+    let set = |d: &mut Value, k: &str, v: Value| d[k] = v;
+    match roll {
+        0..=69 => {}
+        70..=81 => {
+            set(&mut d, "is_online", false.into());
+            set(&mut d, "is_connected_to_vpn", false.into());
+            set(&mut d, "api_heartbeat_state", "offline".into());
+        }
+        82..=86 => {
+            set(&mut d, "status", "Downloading".into());
+            set(&mut d, "update_status", "downloading".into());
+            set(&mut d, "download_progress", rng.u32(0..100).into());
+            set(
+                &mut d,
+                "is_running__release",
+                json!({"__id": releases[1].0}),
+            );
+        }
+        87..=91 => set(&mut d, "api_heartbeat_state", "timeout".into()),
+        92..=94 => {
+            set(&mut d, "is_online", false.into());
+            set(&mut d, "is_connected_to_vpn", false.into());
+            set(&mut d, "api_heartbeat_state", "unknown".into());
+            set(&mut d, "last_connectivity_event", Value::Null);
+            set(&mut d, "last_vpn_event", Value::Null);
+            set(&mut d, "is_running__release", Value::Null);
+            for k in [
+                "cpu_usage",
+                "cpu_temp",
+                "memory_usage",
+                "memory_total",
+                "storage_usage",
+                "storage_total",
+                "os_version",
+                "supervisor_version",
+                "update_status",
+            ] {
+                set(&mut d, k, Value::Null);
+            }
+        }
+        95..=96 => {
+            set(&mut d, "provisioning_state", "Post-Provisioning".into());
+            set(&mut d, "provisioning_progress", rng.u32(50..100).into());
+        }
+        _ => set(&mut d, "is_active", false.into()),
+    }
+    // Some devices run with HARDWARE_METRICS off: metrics are null.
+    if rng.u32(0..100) < 8 {
+        for k in ["cpu_usage", "cpu_temp", "memory_usage", "storage_usage"] {
+            set(&mut d, k, Value::Null);
+        }
+    }
+    // A few devices lag behind (old release) or are pinned to it.
+    match rng.u32(0..100) {
+        0..=4 if !d["is_running__release"].is_null() => set(
+            &mut d,
+            "is_running__release",
+            json!({"__id": releases[0].0}),
+        ),
+        5..=6 => {
+            set(
+                &mut d,
+                "is_pinned_on__release",
+                json!({"__id": releases[1].0}),
+            );
+            set(
+                &mut d,
+                "is_running__release",
+                json!({"__id": releases[1].0}),
+            );
+        }
+        _ => {}
+    }
+    d
+}
