@@ -59,8 +59,8 @@ pub const SUMMARY_DEVICE_FIELDS: &[&str] = &[
 pub enum DeviceScope {
     /// `belongs_to__application eq ID`
     Fleet(u64),
-    /// Every fleet of an organization id.
-    Org(u64),
+    /// Every fleet of an organization handle.
+    Org(String),
     /// Every fleet the token can access.
     Accessible,
 }
@@ -69,7 +69,10 @@ impl DeviceScope {
     fn filter(&self) -> String {
         match self {
             Self::Fleet(id) => format!("belongs_to__application eq {id}"),
-            Self::Org(id) => format!("belongs_to__application/any(a:a/organization eq {id})"),
+            Self::Org(handle) => format!(
+                "belongs_to__application/any(a:a/organization/any(o:o/handle eq {}))",
+                quote_literal(handle)
+            ),
             Self::Accessible => {
                 "belongs_to__application/any(a:a/is_directly_accessible_by__user/any(dau:1 eq 1))"
                     .into()
@@ -131,25 +134,28 @@ pub async fn fleet_by_slug(
     }
 }
 
-/// The id of an organization by handle.
-pub async fn org_id(s: &Session<'_>, handle: &str) -> Result<u64, BalenaError> {
-    let path = format!("/v7/organization(handle={})", quote_literal(handle));
-    let rows: Envelope<model::NavIdRow> = s.get_json("organization", &path, "$select=id").await?;
-    match rows.d.first() {
-        Some(r) => Ok(r.id),
-        None => Err(not_found(s, "organization", handle).await),
-    }
+/// Which fleets an organization or `all` target covers.
+#[derive(Debug, Clone)]
+pub enum FleetSet<'a> {
+    /// Every fleet of the organization with this handle.
+    Org(&'a str),
+    /// Every fleet the token can access.
+    Accessible,
 }
 
-/// Fleets of an organization, or every fleet the token can access, ordered by slug.
+/// The fleets of a set, ordered by slug, in one request. An empty answer is checked (org
+/// lookup, then whoami) so that an empty or unknown organization and a rejected token are told
+/// apart; only the empty case costs the extra requests.
 pub async fn fleets(
     s: &Session<'_>,
-    org: Option<u64>,
+    set: &FleetSet<'_>,
     module: &ModuleConfig,
 ) -> Result<Vec<Fleet>, BalenaError> {
-    let filter = match org {
-        Some(id) => format!("organization eq {id}"),
-        None => "is_directly_accessible_by__user/any(dau:1 eq 1)".to_string(),
+    let filter = match set {
+        FleetSet::Org(handle) => {
+            format!("organization/any(o:o/handle eq {})", quote_literal(handle))
+        }
+        FleetSet::Accessible => "is_directly_accessible_by__user/any(dau:1 eq 1)".to_string(),
     };
     let q = Query::new()
         .option("$filter", filter)
@@ -159,9 +165,20 @@ pub async fn fleets(
     let rows: Envelope<Fleet> = s
         .get_json("application", "/v7/application", &q.to_wire())
         .await?;
-    if rows.d.is_empty() && org.is_none() {
-        // A guest sees no accessible fleets: make sure the token is real.
-        whoami(s).await?;
+    if rows.d.is_empty() {
+        match set {
+            FleetSet::Org(handle) => {
+                let path = format!("/v7/organization(handle={})", quote_literal(handle));
+                let orgs: Envelope<model::NavIdRow> =
+                    s.get_json("organization", &path, "$select=id").await?;
+                if orgs.d.is_empty() {
+                    return Err(not_found(s, "organization", handle).await);
+                }
+            }
+            FleetSet::Accessible => {
+                whoami(s).await?;
+            }
+        }
     }
     Ok(rows.d)
 }

@@ -10,7 +10,7 @@ pub mod series;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::balena::{self, BalenaError, DeviceScope, Session};
+use crate::balena::{self, BalenaError, DeviceScope, FleetSet, Session};
 use crate::config::{ModuleConfig, Scope};
 use crate::metrics::Exposition;
 use series::{tag_labels, write_device, write_fleet, FleetStats};
@@ -44,15 +44,12 @@ pub async fn fetch(
             let id = fleet.id;
             (vec![fleet], DeviceScope::Fleet(id))
         }
-        Scope::Org(handle) => {
-            let id = balena::org_id(session, handle).await?;
-            (
-                balena::fleets(session, Some(id), module).await?,
-                DeviceScope::Org(id),
-            )
-        }
+        Scope::Org(handle) => (
+            balena::fleets(session, &FleetSet::Org(handle), module).await?,
+            DeviceScope::Org(handle.clone()),
+        ),
         Scope::All => (
-            balena::fleets(session, None, module).await?,
+            balena::fleets(session, &FleetSet::Accessible, module).await?,
             DeviceScope::Accessible,
         ),
     };

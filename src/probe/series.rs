@@ -96,7 +96,9 @@ pub fn write_fleet(out: &mut Exposition, s: &FleetStats, module: &ModuleConfig) 
         ],
         1.0,
     );
-    out.gauge(m::FLEET_DEVICES, &[("fleet", slug)], s.devices as f64);
+    if !module.counts_only {
+        out.gauge(m::FLEET_DEVICES, &[("fleet", slug)], s.devices as f64);
+    }
     out.gauge(m::FLEET_DEVICES_ONLINE, &[("fleet", slug)], s.online as f64);
     if module.legacy_devices_online {
         out.gauge(

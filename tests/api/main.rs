@@ -1,6 +1,8 @@
 //! Black-box tests of the exporter against the in-process balena simulator, both on port 0.
 
 mod config;
+mod docs;
 mod helpers;
 mod probe;
 mod surface;
+mod targets;
