@@ -66,3 +66,28 @@ fn config_check_validates_and_exits() {
         "{err}"
     );
 }
+
+/// `BALENA_EXPORTER_`-prefixed variables override the file, and their errors say so.
+#[test]
+fn environment_overrides_apply_and_are_validated() {
+    let good = "auths:\n  a:\n    token: x\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n";
+    let dir = std::env::temp_dir().join(format!("balena-exporter-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yml");
+    std::fs::write(&file, good).unwrap();
+    let run = |key: &str, value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_balena-exporter"))
+            .arg(format!("--config.file={}", file.display()))
+            .arg("--config.check")
+            .env(key, value)
+            .output()
+            .unwrap()
+    };
+    let ok = run("BALENA_EXPORTER_API__TIMEOUT", "3s");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let bad = run("BALENA_EXPORTER_API__TIMEOUT", "whenever");
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("environment BALENA_EXPORTER_*") && err.contains("api.timeout: invalid duration \"whenever\""), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
