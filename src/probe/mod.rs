@@ -4,6 +4,7 @@
 //! Devices are turned into series page by page as they arrive; fleet aggregates are written
 //! once every device of the target has been counted.
 
+pub mod body;
 pub mod cache;
 pub mod series;
 
@@ -13,14 +14,15 @@ use std::time::Duration;
 use crate::balena::{self, BalenaError, DeviceScope, FleetSet, Session};
 use crate::config::{ModuleConfig, Scope};
 use crate::metrics::Exposition;
+use body::CompressedSeries;
 use series::{tag_labels, write_device, write_fleet, FleetStats};
 
 /// What a successful fetch produced.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ProbeData {
-    /// The target's series (fleet and device metrics) in text format, rendered once so that
-    /// cached answers share it.
-    pub series: actix_web::web::Bytes,
+    /// The target's series (fleet and device metrics) in text format, compressed once so that
+    /// every answer served from this fetch shares it.
+    pub series: CompressedSeries,
     /// Fleets covered.
     pub fleets: usize,
     /// Devices counted.
@@ -93,7 +95,7 @@ pub async fn fetch(
     let mut text = String::with_capacity(fleet_series.len() + 64 * 1024);
     fleet_series.render_into(&mut text);
     Ok(ProbeData {
-        series: text.into(),
+        series: CompressedSeries::new(text.as_bytes()),
         fleets: stats.len(),
         devices: device_total,
         api_requests: session.call_count(),

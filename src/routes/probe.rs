@@ -13,7 +13,8 @@ use crate::balena::{BalenaClient, BalenaError, CallRecord, Session};
 use crate::metrics::{self as m, Exposition};
 use crate::probe::cache::{CacheKey, Source};
 use crate::probe::{self, ProbeData};
-use actix_web::web::BytesMut;
+use crate::probe::body::{accepts_gzip, CompressedSeries};
+use actix_web::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, VARY};
 
 /// Deadline used when Prometheus sends no `X-Prometheus-Scrape-Timeout-Seconds` (as blackbox).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -227,30 +228,33 @@ pub async fn probe(
     if result.is_ok() {
         head.gauge(m::PROBE_DATA_AGE, &[], age.as_secs_f64());
     }
-    let mut text = String::with_capacity(4096);
-    head.render_into(&mut text);
-    let series_len = result.as_ref().map(|d| d.series.len()).unwrap_or(0);
-    let mut body = BytesMut::with_capacity(text.len() + series_len);
-    body.extend_from_slice(text.as_bytes());
-    if let Ok(data) = &result {
-        body.extend_from_slice(&data.series);
-    }
+    let mut head_text = String::with_capacity(2048);
+    head.render_into(&mut head_text);
     if params.debug {
-        let text = debug_text(
-            &params.target,
-            module_name,
-            module,
-            &result,
-            &calls,
-            &String::from_utf8_lossy(&body),
-        );
-        return HttpResponse::Ok()
-            .content_type("text/plain; charset=utf-8")
-            .body(text);
+        let mut all = head_text.into_bytes();
+        if let Ok(data) = &result {
+            all.extend_from_slice(&data.series.text());
+        }
+        let text = debug_text(&params.target, module_name, module, &result, &calls, &String::from_utf8_lossy(&all));
+        return HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(text);
     }
+    let empty = CompressedSeries::default();
+    let series = result.as_ref().map(|d| &d.series).unwrap_or(&empty);
+    let accept = req.headers().get(ACCEPT_ENCODING).and_then(|v| v.to_str().ok());
+    if accepts_gzip(accept) {
+        return HttpResponse::Ok()
+            .content_type(TEXT_FORMAT)
+            .insert_header((CONTENT_ENCODING, "gzip"))
+            .insert_header((VARY, "Accept-Encoding"))
+            .body(series.gzip_after(head_text.as_bytes()));
+    }
+    let mut body = head_text.into_bytes();
+    body.extend_from_slice(&series.text());
     HttpResponse::Ok()
         .content_type(TEXT_FORMAT)
-        .body(body.freeze())
+        .insert_header((CONTENT_ENCODING, "identity"))
+        .insert_header((VARY, "Accept-Encoding"))
+        .body(body)
 }
 
 fn debug_text(
