@@ -26,7 +26,8 @@ impl CompressedSeries {
     pub fn new(text: &[u8]) -> Self {
         let mut crc = Crc::new();
         crc.update(text);
-        let mut enc = DeflateEncoder::new(Vec::with_capacity(text.len() / 8 + 64), Compression::fast());
+        let mut enc =
+            DeflateEncoder::new(Vec::with_capacity(text.len() / 8 + 64), Compression::fast());
         enc.write_all(text).expect("writing to a Vec cannot fail");
         let deflate = enc.finish().expect("finishing into a Vec cannot fail");
         Self {
@@ -109,13 +110,19 @@ mod tests {
     fn gunzip(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         // A single-member decoder: the answer must be one member, not several.
-        flate2::read::GzDecoder::new(data).read_to_end(&mut out).unwrap();
+        flate2::read::GzDecoder::new(data)
+            .read_to_end(&mut out)
+            .unwrap();
         out
     }
 
     #[test]
     fn head_plus_precompressed_series_is_one_valid_gzip_member() {
-        let series: Vec<u8> = (0..20_000).flat_map(|i| format!("balena_device_online{{device_uuid=\"{i:032x}\"}} 1\n").into_bytes()).collect();
+        let series: Vec<u8> = (0..20_000)
+            .flat_map(|i| {
+                format!("balena_device_online{{device_uuid=\"{i:032x}\"}} 1\n").into_bytes()
+            })
+            .collect();
         let c = CompressedSeries::new(&series);
         assert!(c.compressed_len() * 5 < series.len());
         assert_eq!(c.text(), series);
@@ -126,7 +133,10 @@ mod tests {
             assert_eq!(gunzip(&gz), want);
         }
         let empty = CompressedSeries::new(b"");
-        assert_eq!(gunzip(&empty.gzip_after(b"probe_success 0\n")), b"probe_success 0\n");
+        assert_eq!(
+            gunzip(&empty.gzip_after(b"probe_success 0\n")),
+            b"probe_success 0\n"
+        );
     }
 
     #[test]

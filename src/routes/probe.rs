@@ -11,9 +11,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::{AppState, TEXT_FORMAT};
 use crate::balena::{BalenaClient, BalenaError, CallRecord, Session};
 use crate::metrics::{self as m, Exposition};
+use crate::probe::body::{accepts_gzip, CompressedSeries};
 use crate::probe::cache::{CacheKey, Source};
 use crate::probe::{self, ProbeData};
-use crate::probe::body::{accepts_gzip, CompressedSeries};
 use actix_web::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, VARY};
 
 /// Deadline used when Prometheus sends no `X-Prometheus-Scrape-Timeout-Seconds` (as blackbox).
@@ -235,12 +235,24 @@ pub async fn probe(
         if let Ok(data) = &result {
             all.extend_from_slice(&data.series.text());
         }
-        let text = debug_text(&params.target, module_name, module, &result, &calls, &String::from_utf8_lossy(&all));
-        return HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(text);
+        let text = debug_text(
+            &params.target,
+            module_name,
+            module,
+            &result,
+            &calls,
+            &String::from_utf8_lossy(&all),
+        );
+        return HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(text);
     }
     let empty = CompressedSeries::default();
     let series = result.as_ref().map(|d| &d.series).unwrap_or(&empty);
-    let accept = req.headers().get(ACCEPT_ENCODING).and_then(|v| v.to_str().ok());
+    let accept = req
+        .headers()
+        .get(ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok());
     if accepts_gzip(accept) {
         return HttpResponse::Ok()
             .content_type(TEXT_FORMAT)

@@ -84,10 +84,18 @@ fn environment_overrides_apply_and_are_validated() {
             .unwrap()
     };
     let ok = run("BALENA_EXPORTER_API__TIMEOUT", "3s");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let bad = run("BALENA_EXPORTER_API__TIMEOUT", "whenever");
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("environment BALENA_EXPORTER_*") && err.contains("api.timeout: invalid duration \"whenever\""), "{err}");
+    assert!(
+        err.contains("environment BALENA_EXPORTER_*")
+            && err.contains("api.timeout: invalid duration \"whenever\""),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -405,7 +405,9 @@ async fn the_next_probe_sees_devices_going_offline() {
 async fn gzip_and_identity_answers_carry_the_same_series() {
     let app = spawn_app(&[("screens", 60)]).await;
     let gz = app.get("/probe?target=screens").await; // awc asks for gzip and inflates
-    let plain = app.get_with("/probe?target=screens", &[("Accept-Encoding", "identity")]).await;
+    let plain = app
+        .get_with("/probe?target=screens", &[("Accept-Encoding", "identity")])
+        .await;
     let strip = |body: &str| -> Vec<String> {
         body.lines()
             .filter(|l| !l.starts_with("probe_duration_seconds") && !l.starts_with("balena_probe_"))
