@@ -46,13 +46,8 @@ fn config_yaml(sim: &str, ttl: &str, targets: &[(&str, &str, &str)]) -> String {
 
 async fn start_exporter(yaml: &str) -> (String, actix_web::dev::ServerHandle) {
     let cfg = config::from_yaml_str(yaml, "bench.yml").expect("config");
-    let app = Application::build(Settings {
-        config: SharedConfig::new(cfg, None),
-        listen: vec!["127.0.0.1:0".into()],
-        timeout_offset: Duration::from_millis(500),
-        workers: 2,
-    })
-    .expect("app");
+    let app = Application::build(Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0"))
+        .expect("app");
     let url = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     actix_rt::spawn(app.run_until_stopped());

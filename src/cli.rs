@@ -46,6 +46,23 @@ pub struct Cli {
     )]
     pub listen: Vec<String>,
 
+    /// Web configuration file (exporter-toolkit format): TLS and basic auth for every path.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// URL under which the exporter is reached (e.g. behind a reverse proxy); its path is the
+    /// default route prefix.
+    #[arg(long = "web.external-url", value_name = "URL")]
+    pub external_url: Option<url::Url>,
+
+    /// Prefix of every route (default: the path of --web.external-url, else /).
+    #[arg(long = "web.route-prefix", value_name = "PATH")]
+    pub route_prefix: Option<String>,
+
+    /// Probes kept for the landing page and /logs (failures are kept apart, as many again).
+    #[arg(long = "history.limit", value_name = "N", default_value_t = 100)]
+    pub history_limit: usize,
+
     /// Subtracted from Prometheus' scrape timeout to leave time to answer.
     #[arg(long = "web.timeout-offset", value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub timeout_offset: Duration,
@@ -66,6 +83,24 @@ pub struct Cli {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::config::duration::parse(s)
         .ok_or_else(|| format!("invalid duration {s:?}; expected e.g. 500ms, 1s"))
+}
+
+impl Cli {
+    /// The route prefix: `--web.route-prefix`, else the path of `--web.external-url`, else
+    /// empty (routes at `/`). Never ends with `/`.
+    pub fn route_prefix(&self) -> String {
+        let raw = self
+            .route_prefix
+            .clone()
+            .or_else(|| self.external_url.as_ref().map(|u| u.path().to_string()))
+            .unwrap_or_default();
+        let trimmed = raw.trim_matches('/');
+        if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("/{trimmed}")
+        }
+    }
 }
 
 /// `:9759` → `0.0.0.0:9759`; anything else as given.
@@ -96,5 +131,16 @@ mod tests {
         assert_eq!(cli.log_format, LogFormat::Json);
         assert_eq!(cli.timeout_offset, Duration::from_secs(1));
         assert_eq!(normalize_listen(":2"), "0.0.0.0:2");
+        assert_eq!(cli.route_prefix(), "");
+        let cli =
+            Cli::try_parse_from(["x", "--web.external-url=https://h.example/balena/"]).unwrap();
+        assert_eq!(cli.route_prefix(), "/balena");
+        let cli = Cli::try_parse_from([
+            "x",
+            "--web.external-url=https://h.example/a",
+            "--web.route-prefix=/b/",
+        ])
+        .unwrap();
+        assert_eq!(cli.route_prefix(), "/b");
     }
 }

@@ -14,9 +14,11 @@
 pub mod balena;
 pub mod cli;
 pub mod config;
+pub mod history;
 pub mod metrics;
 pub mod probe;
 pub mod routes;
 pub mod simulator;
 pub mod startup;
 pub mod telemetry;
+pub mod web_config;

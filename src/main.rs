@@ -5,7 +5,7 @@ use balena_exporter::cli::Cli;
 use balena_exporter::config::{self, LoadOptions, SharedConfig};
 use balena_exporter::simulator::{Simulator, WorldSpec};
 use balena_exporter::startup::{spawn_sighup_reloader, Application, Settings};
-use balena_exporter::telemetry;
+use balena_exporter::{telemetry, web_config};
 use clap::Parser;
 
 /// The `--demo` config, embedded so `--demo` works from any directory.
@@ -53,18 +53,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         SharedConfig::new(c, Some(opts))
     };
+    let web = match &cli.web_config_file {
+        Some(path) => Some(web_config::load(path)?),
+        None => None,
+    };
     let app = Application::build(Settings {
         config,
         listen: cli.listen.clone(),
         timeout_offset: cli.timeout_offset,
         workers: 0,
+        route_prefix: cli.route_prefix(),
+        history_limit: cli.history_limit,
+        web,
     })?;
     for addr in app.addrs() {
         tracing::info!(address = %addr, "listening");
     }
     let port = app.port();
     if let Some(first) = app.state().config.snapshot().targets.keys().next() {
-        eprintln!("balena-exporter {} listening on port {port}: open http://localhost:{port}/ or http://localhost:{port}/probe?target={first}", env!("CARGO_PKG_VERSION"));
+        let prefix = cli.route_prefix();
+        eprintln!(
+            "balena-exporter {} listening on port {port}: open http://localhost:{port}{prefix}/ or http://localhost:{port}{prefix}/probe?target={first}",
+            env!("CARGO_PKG_VERSION")
+        );
     }
     spawn_sighup_reloader(app.state());
     let handle = app.handle();

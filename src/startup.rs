@@ -11,8 +11,10 @@ use anyhow::Context;
 
 use crate::balena::{AuthLimits, BalenaClient};
 use crate::config::{ConfigError, SharedConfig};
+use crate::history::History;
 use crate::metrics::ExporterMetrics;
 use crate::routes::{self, AppState};
+use crate::web_config::{require_basic_auth, BasicAuth, WebConfig};
 
 /// What [`Application::build`] needs.
 pub struct Settings {
@@ -24,6 +26,27 @@ pub struct Settings {
     pub timeout_offset: Duration,
     /// Worker threads (0: one per core).
     pub workers: usize,
+    /// Prefix of every route (`""` or `/something`).
+    pub route_prefix: String,
+    /// Probes kept in the history.
+    pub history_limit: usize,
+    /// TLS and basic auth from `--web.config.file`.
+    pub web: Option<(WebConfig, Option<rustls::ServerConfig>)>,
+}
+
+impl Settings {
+    /// Settings for tests and embedding: listen on `listen`, defaults for the rest.
+    pub fn new(config: SharedConfig, listen: &str) -> Self {
+        Self {
+            config,
+            listen: vec![listen.to_string()],
+            timeout_offset: Duration::from_millis(500),
+            workers: 2,
+            route_prefix: String::new(),
+            history_limit: 100,
+            web: None,
+        }
+    }
 }
 
 /// A bound, not yet running, exporter.
@@ -42,23 +65,34 @@ impl Application {
             metrics: metrics.clone(),
             timeout_offset: settings.timeout_offset,
             cache: Default::default(),
+            history: History::new(settings.history_limit),
         });
         let limits = Arc::new(AuthLimits::default());
+        let (web_config, tls) = settings.web.unwrap_or_default();
+        let basic_auth = web::Data::new(BasicAuth::new(web_config.basic_auth_users.clone()));
+        let extra_headers: Vec<(String, String)> = web_config
+            .http_server_config
+            .iter()
+            .flat_map(|h| h.headers.clone())
+            .collect();
+        let prefix = settings.route_prefix.clone();
         let shared = state.clone();
         let mut server = HttpServer::new(move || {
             let client = BalenaClient::new(shared.metrics.clone(), limits.clone());
+            let prefix = prefix.clone();
+            let headers = extra_headers
+                .iter()
+                .fold(middleware::DefaultHeaders::new(), |h, (k, v)| {
+                    h.add((k.as_str(), v.as_str()))
+                });
             App::new()
                 .app_data(shared.clone())
+                .app_data(basic_auth.clone())
                 .app_data(web::Data::new(client))
                 .wrap(middleware::Compress::default())
-                .route("/", web::get().to(routes::landing))
-                .route("/probe", web::get().to(routes::probe))
-                .route("/metrics", web::get().to(routes::metrics))
-                .route("/config", web::get().to(routes::config))
-                .route("/-/healthy", web::get().to(routes::healthy))
-                .route("/-/ready", web::get().to(routes::ready))
-                .route("/-/reload", web::post().to(routes::reload))
-                .route("/-/reload", web::route().to(method_not_allowed))
+                .wrap(middleware::from_fn(require_basic_auth))
+                .wrap(headers)
+                .configure(|cfg| routes(cfg, &prefix))
         })
         .shutdown_timeout(10)
         .disable_signals();
@@ -71,7 +105,10 @@ impl Application {
             let listener =
                 TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
             addrs.push(listener.local_addr()?);
-            server = server.listen(listener)?;
+            server = match &tls {
+                Some(tls) => server.listen_rustls_0_23(listener, tls.clone())?,
+                None => server.listen(listener)?,
+            };
         }
         Ok(Self {
             addrs,
@@ -104,6 +141,49 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+}
+
+/// The route table, under `prefix` (`""` for `/`).
+fn routes(cfg: &mut web::ServiceConfig, prefix: &str) {
+    if !prefix.is_empty() {
+        let target = format!("{prefix}/");
+        cfg.route(
+            "/",
+            web::get().to(move || {
+                let target = target.clone();
+                async move {
+                    actix_web::HttpResponse::Found()
+                        .insert_header(("Location", target))
+                        .finish()
+                }
+            }),
+        );
+        let target = format!("{prefix}/");
+        cfg.route(
+            prefix,
+            web::get().to(move || {
+                let target = target.clone();
+                async move {
+                    actix_web::HttpResponse::Found()
+                        .insert_header(("Location", target))
+                        .finish()
+                }
+            }),
+        );
+    }
+    cfg.service(
+        web::scope(prefix)
+            .route("/", web::get().to(routes::landing))
+            .route("/probe", web::get().to(routes::probe))
+            .route("/metrics", web::get().to(routes::metrics))
+            .route("/config", web::get().to(routes::config))
+            .route("/logs", web::get().to(routes::logs))
+            .route("/sd", web::get().to(routes::sd))
+            .route("/-/healthy", web::get().to(routes::healthy))
+            .route("/-/ready", web::get().to(routes::ready))
+            .route("/-/reload", web::post().to(routes::reload))
+            .route("/-/reload", web::route().to(method_not_allowed)),
+    );
 }
 
 async fn method_not_allowed() -> actix_web::HttpResponse {

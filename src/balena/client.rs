@@ -85,7 +85,9 @@ pub struct Session<'a> {
     auth_name: &'a str,
     token: &'a SecretString,
     deadline: Instant,
+    started: Instant,
     calls: RefCell<Vec<CallRecord>>,
+    notes: RefCell<Vec<String>>,
 }
 
 impl<'a> Session<'a> {
@@ -103,7 +105,9 @@ impl<'a> Session<'a> {
             auth_name,
             token,
             deadline,
+            started: Instant::now(),
             calls: RefCell::new(Vec::new()),
+            notes: RefCell::new(Vec::new()),
         }
     }
 
@@ -115,6 +119,17 @@ impl<'a> Session<'a> {
     /// The calls made so far.
     pub fn calls(&self) -> Vec<CallRecord> {
         self.calls.borrow().clone()
+    }
+
+    /// Adds a line to this probe's log (shown by `debug=true` and `/logs`).
+    pub fn note(&self, msg: impl std::fmt::Display) {
+        let at = self.started.elapsed().as_secs_f64();
+        self.notes.borrow_mut().push(format!("{at:>8.3}s {msg}"));
+    }
+
+    /// This probe's log lines.
+    pub fn notes(&self) -> Vec<String> {
+        self.notes.borrow().clone()
     }
 
     /// Number of calls made so far.
@@ -152,6 +167,17 @@ impl<'a> Session<'a> {
                 Ok(_) => (Some(200), None),
                 Err((status, e)) => (*status, Some(e.to_string())),
             };
+            self.note(format_args!(
+                "GET {shown} -> {} in {:.3}s{}",
+                status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "no answer".into()),
+                duration.as_secs_f64(),
+                error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            ));
             self.calls.borrow_mut().push(CallRecord {
                 endpoint,
                 url: shown.clone(),

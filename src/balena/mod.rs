@@ -100,12 +100,27 @@ pub async fn whoami(s: &Session<'_>) -> Result<Actor, BalenaError> {
 
 /// Tells "not found" from "bad token" after an empty lookup.
 async fn not_found(s: &Session<'_>, kind: &'static str, name: &str) -> BalenaError {
+    s.note(format_args!(
+        "{kind} {name:?} not in the answer: checking the token with whoami"
+    ));
     match whoami(s).await {
-        Ok(_) => BalenaError::NotFound {
-            kind,
-            name: name.to_string(),
-        },
-        Err(e) => e,
+        Ok(actor) => {
+            s.note(format_args!(
+                "the token is valid ({} {}): the {kind} does not exist or this token cannot see it",
+                actor.actor_type,
+                actor.username.as_deref().unwrap_or("")
+            ));
+            BalenaError::NotFound {
+                kind,
+                name: name.to_string(),
+            }
+        }
+        Err(e) => {
+            s.note(format_args!(
+                "whoami failed: {e}; an unknown token reads as a guest"
+            ));
+            e
+        }
     }
 }
 

@@ -35,12 +35,25 @@ pub async fn landing(state: web::Data<AppState>) -> HttpResponse {
             html_escape(t.module_name()),
         ));
     }
+    let mut recent = String::new();
+    for r in state.history.list() {
+        let time = humantime::format_rfc3339_seconds(r.time);
+        recent.push_str(&format!(
+            "<tr><td>{time}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}s</td><td><a href=\"logs?id={}\">log</a></td></tr>\n",
+            html_escape(&r.target),
+            html_escape(&r.module),
+            if r.success() { "Success".to_string() } else { format!("Failure ({})", r.result) },
+            r.duration.as_secs_f64(),
+            r.id,
+        ));
+    }
     let body = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>balena exporter</title></head><body>\n\
 <h1>balena exporter</h1>\n<p>Version {version}</p>\n\
 <p><a href=\"metrics\">Exporter metrics</a> · <a href=\"config\">Configuration</a> · <a href=\"-/healthy\">Health</a></p>\n\
 <h2>Targets</h2>\n<table border=\"1\" cellpadding=\"4\"><tr><th>target</th><th>covers</th><th>module</th><th>probe</th></tr>\n{rows}</table>\n\
-</body></html>\n",
+<h2>Recent probes</h2>\n<table border=\"1\" cellpadding=\"4\"><tr><th>time</th><th>target</th><th>module</th><th>result</th><th>duration</th><th>debug</th></tr>\n{recent}</table>\n\
+<p><a href=\"sd\">Service discovery (JSON)</a></p>\n</body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
     );
     HttpResponse::Ok()

@@ -3,21 +3,26 @@
 mod config;
 mod health;
 mod landing;
+mod logs;
 mod metrics;
 mod probe;
 mod reload;
+mod sd;
 
 pub use self::config::config;
 pub use health::{healthy, ready};
 pub use landing::landing;
+pub use logs::logs;
 pub use metrics::metrics;
 pub use probe::{effective_timeout, probe, ProbeParams};
 pub use reload::reload;
+pub use sd::sd;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::SharedConfig;
+use crate::history::History;
 use crate::metrics::ExporterMetrics;
 use crate::probe::cache::ProbeCache;
 
@@ -32,6 +37,8 @@ pub struct AppState {
     pub timeout_offset: Duration,
     /// Single-flight and TTL cache of probe results.
     pub cache: ProbeCache,
+    /// Recent probes for the landing page and `/logs`.
+    pub history: History,
 }
 
 /// The Content-Type of text format 0.0.4.

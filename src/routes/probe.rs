@@ -10,11 +10,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::{AppState, TEXT_FORMAT};
 use crate::balena::{BalenaClient, BalenaError, CallRecord, Session};
+use crate::history::ProbeRecord;
 use crate::metrics::{self as m, Exposition};
 use crate::probe::body::{accepts_gzip, CompressedSeries};
 use crate::probe::cache::{CacheKey, Source};
 use crate::probe::{self, ProbeData};
 use actix_web::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, VARY};
+use std::sync::Arc;
 
 /// Deadline used when Prometheus sends no `X-Prometheus-Scrape-Timeout-Seconds` (as blackbox).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -179,42 +181,46 @@ pub async fn probe(
     }
     let duration = started.elapsed();
     let calls = session.calls();
-
     let outcome = match &result {
         Ok(_) => "success",
         Err(e) => e.reason(),
     };
-    state
-        .metrics
-        .probes
+    let m = &state.metrics;
+    m.probes
         .with_label_values(&[&params.target, module_name, outcome])
         .inc();
-    state
-        .metrics
-        .probe_duration
+    m.probe_duration
         .with_label_values(&[module_name])
         .observe(duration.as_secs_f64());
-    match &result {
-        Ok(data) => tracing::info!(
-            target: "balena_exporter::probe",
-            target_name = %params.target, module = module_name, result = "success",
-            duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
-            source = ?source, data_age_seconds = age.as_secs_f64(),
-            fleets = data.fleets, devices = data.devices, "probe succeeded"
-        ),
-        Err(e) => {
-            let last = calls.last();
-            tracing::error!(
-                target: "balena_exporter::probe",
-                target_name = %params.target, module = module_name, auth = auth_name, result = "failure",
-                reason = e.reason(), error = %e,
-                endpoint = last.map(|c| c.endpoint).unwrap_or("-"),
-                status = last.and_then(|c| c.status).unwrap_or(0),
-                duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
-                "probe failed"
-            )
-        }
-    }
+    log_outcome(
+        &params.target,
+        module_name,
+        auth_name,
+        &result,
+        &calls,
+        source,
+        age,
+        duration,
+    );
+
+    let log = probe_log(
+        &params.target,
+        module_name,
+        module,
+        &result,
+        source,
+        age,
+        &session.notes(),
+    );
+    state.history.add(ProbeRecord {
+        id: 0,
+        time: std::time::SystemTime::now(),
+        target: params.target.clone(),
+        module: module_name.to_string(),
+        result: outcome,
+        duration,
+        log: log.clone(),
+    });
 
     let mut head = Exposition::new();
     head.gauge(
@@ -230,52 +236,81 @@ pub async fn probe(
     }
     let mut head_text = String::with_capacity(2048);
     head.render_into(&mut head_text);
+    let empty = CompressedSeries::default();
+    let series = result.as_ref().map(|d| &d.series).unwrap_or(&empty);
     if params.debug {
-        let mut all = head_text.into_bytes();
-        if let Ok(data) = &result {
-            all.extend_from_slice(&data.series.text());
-        }
-        let text = debug_text(
-            &params.target,
-            module_name,
-            module,
-            &result,
-            &calls,
-            &String::from_utf8_lossy(&all),
-        );
+        let mut text = log;
+        text.push_str("\nMetrics that would have been returned:\n");
+        text.push_str(&head_text);
+        text.push_str(&String::from_utf8_lossy(&series.text()));
         return HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
             .body(text);
     }
-    let empty = CompressedSeries::default();
-    let series = result.as_ref().map(|d| &d.series).unwrap_or(&empty);
     let accept = req
         .headers()
         .get(ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok());
+    let mut resp = HttpResponse::Ok();
+    resp.content_type(TEXT_FORMAT)
+        .insert_header((VARY, "Accept-Encoding"));
     if accepts_gzip(accept) {
-        return HttpResponse::Ok()
-            .content_type(TEXT_FORMAT)
+        return resp
             .insert_header((CONTENT_ENCODING, "gzip"))
-            .insert_header((VARY, "Accept-Encoding"))
             .body(series.gzip_after(head_text.as_bytes()));
     }
     let mut body = head_text.into_bytes();
     body.extend_from_slice(&series.text());
-    HttpResponse::Ok()
-        .content_type(TEXT_FORMAT)
-        .insert_header((CONTENT_ENCODING, "identity"))
-        .insert_header((VARY, "Accept-Encoding"))
+    resp.insert_header((CONTENT_ENCODING, "identity"))
         .body(body)
 }
 
-fn debug_text(
+/// One log line per probe: target, result, duration, upstream calls; the failure reason,
+/// endpoint and status when it failed.
+#[allow(clippy::too_many_arguments)]
+fn log_outcome(
+    target: &str,
+    module: &str,
+    auth: &str,
+    result: &Result<Arc<ProbeData>, BalenaError>,
+    calls: &[CallRecord],
+    source: Source,
+    age: Duration,
+    duration: Duration,
+) {
+    match result {
+        Ok(data) => tracing::info!(
+            target: "balena_exporter::probe",
+            target_name = %target, module, result = "success",
+            duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
+            source = ?source, data_age_seconds = age.as_secs_f64(),
+            fleets = data.fleets, devices = data.devices, "probe succeeded"
+        ),
+        Err(e) => {
+            let last = calls.last();
+            tracing::error!(
+                target: "balena_exporter::probe",
+                target_name = %target, module, auth, result = "failure",
+                reason = e.reason(), error = %e,
+                endpoint = last.map(|c| c.endpoint).unwrap_or("-"),
+                status = last.and_then(|c| c.status).unwrap_or(0),
+                duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
+                "probe failed"
+            )
+        }
+    }
+}
+
+/// The probe's log as `debug=true` and `/logs` show it: result, upstream requests and log
+/// lines (never the Authorization header), and the module.
+fn probe_log(
     target: &str,
     module_name: &str,
     module: &crate::config::ModuleConfig,
-    result: &Result<std::sync::Arc<ProbeData>, BalenaError>,
-    calls: &[CallRecord],
-    metrics: &str,
+    result: &Result<Arc<ProbeData>, BalenaError>,
+    source: Source,
+    age: Duration,
+    notes: &[String],
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -294,28 +329,30 @@ fn debug_text(
             let _ = writeln!(out, "Result: failure ({}): {e}", e.reason());
         }
     }
-    let _ = writeln!(out, "\nUpstream requests:");
-    for c in calls {
-        let _ = writeln!(
+    let _ = match source {
+        Source::Fetched => writeln!(out, "Data: fetched for this probe"),
+        Source::Cache => writeln!(
             out,
-            "GET {} -> {} in {:.3}s{}",
-            c.url,
-            c.status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "no answer".into()),
-            c.duration.as_secs_f64(),
-            c.error
-                .as_deref()
-                .map(|e| format!(" ({e})"))
-                .unwrap_or_default()
-        );
+            "Data: from the cache, {:.1}s old (api.cache_ttl)",
+            age.as_secs_f64()
+        ),
+        Source::Shared => writeln!(
+            out,
+            "Data: shared with an identical probe's fetch in flight"
+        ),
+    };
+    let _ = writeln!(out, "\nLog (upstream requests and decisions, in order):");
+    for n in notes {
+        let _ = writeln!(out, "{n}");
+    }
+    if notes.is_empty() {
+        let _ = writeln!(out, "(no upstream request by this probe)");
     }
     let _ = writeln!(
         out,
         "\nModule configuration:\n{}",
         serde_yaml::to_string(module).unwrap_or_default()
     );
-    let _ = writeln!(out, "Metrics that would have been returned:\n{metrics}");
     out
 }
 

@@ -32,6 +32,15 @@ impl Simulator {
     /// Generates the world and serves it on `listen` (port 0 picks a free port). Must be called
     /// inside an actix runtime (the server is spawned on it).
     pub fn start(spec: &WorldSpec, listen: &str) -> std::io::Result<Self> {
+        Self::start_with_tls(spec, listen, None)
+    }
+
+    /// Like [`Simulator::start`], serving HTTPS with `tls` when given.
+    pub fn start_with_tls(
+        spec: &WorldSpec,
+        listen: &str,
+        tls: Option<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
         let state = Arc::new(SimState::default());
         *state.world.write().expect("fresh lock") = World::generate(spec);
         let listener = TcpListener::bind(listen)?;
@@ -44,8 +53,11 @@ impl Simulator {
         })
         .workers(2)
         .disable_signals()
-        .shutdown_timeout(1)
-        .listen(listener)?
+        .shutdown_timeout(1);
+        let server = match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls)?,
+            None => server.listen(listener)?,
+        }
         .run();
         let handle = server.handle();
         actix_rt::spawn(server);

@@ -61,13 +61,12 @@ pub async fn spawn_with(spec: WorldSpec, make_config: impl FnOnce(&str) -> Strin
 
 /// Starts the exporter with a ready config handle.
 pub async fn spawn_config(sim: Simulator, config: SharedConfig) -> TestApp {
-    let app = Application::build(Settings {
-        config,
-        listen: vec!["127.0.0.1:0".into()],
-        timeout_offset: Duration::from_millis(500),
-        workers: 2,
-    })
-    .expect("app builds");
+    spawn_settings(sim, Settings::new(config, "127.0.0.1:0")).await
+}
+
+/// Starts the exporter with full settings (route prefix, web config...).
+pub async fn spawn_settings(sim: Simulator, settings: Settings) -> TestApp {
+    let app = Application::build(settings).expect("app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
     let state = app.state();
@@ -147,6 +146,30 @@ impl TestApp {
         assert_eq!(a.status, 200, "probe {query}: {}", a.body);
         assert_eq!(a.content_type, "text/plain; version=0.0.4; charset=utf-8");
         parse(&a.body)
+    }
+
+    /// Probes by full path (e.g. under a route prefix) and parses the answer.
+    pub async fn probe_path(&self, path: &str) -> Samples {
+        let a = self.get(path).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.body);
+        parse(&a.body)
+    }
+
+    /// GET without following redirects: (status, Location).
+    pub async fn get_no_redirect(&self, path: &str) -> (u16, String) {
+        let client = awc::Client::builder().disable_redirects().finish();
+        let resp = client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("answer");
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (resp.status().as_u16(), location)
     }
 
     /// Stops both servers.

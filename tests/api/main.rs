@@ -3,6 +3,7 @@
 mod config;
 mod docs;
 mod helpers;
+mod operations;
 mod probe;
 mod surface;
 mod targets;

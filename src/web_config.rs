@@ -1,0 +1,393 @@
+//! `--web.config.file`: the Prometheus exporter-toolkit web configuration — TLS (rustls) and
+//! HTTP basic auth (bcrypt hashes) for every path, plus extra response headers.
+//!
+//! ```yaml
+//! tls_server_config:
+//!   cert_file: /etc/balena-exporter/tls.crt
+//!   key_file: /etc/balena-exporter/tls.key
+//!   client_auth_type: RequireAndVerifyClientCert   # optional; needs client_ca_file
+//!   client_ca_file: /etc/balena-exporter/ca.crt
+//!   min_version: TLS12
+//! basic_auth_users:
+//!   prometheus: $2y$10$...                          # htpasswd -nBC 10 "" | tr -d ':\n'
+//! http_server_config:
+//!   headers: { X-Frame-Options: deny }
+//! ```
+//!
+//! The file is read once at start; an invalid file stops the exporter with exit 1.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use base64::Engine as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+
+/// The whole web config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// TLS for the listeners.
+    #[serde(default)]
+    pub tls_server_config: Option<TlsConfig>,
+    /// user → bcrypt hash.
+    #[serde(default)]
+    pub basic_auth_users: BTreeMap<String, String>,
+    /// Extra headers.
+    #[serde(default)]
+    pub http_server_config: Option<HttpServerConfig>,
+}
+
+/// `tls_server_config`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// `NoClientCert` (default), `RequireAnyClientCert` is not supported,
+    /// `VerifyClientCertIfGiven`, `RequireAndVerifyClientCert`.
+    #[serde(default)]
+    pub client_auth_type: Option<String>,
+    /// CA for client certificates.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// `TLS12` (default) or `TLS13`.
+    #[serde(default)]
+    pub min_version: Option<String>,
+    /// `TLS12` or `TLS13` (default).
+    #[serde(default)]
+    pub max_version: Option<String>,
+}
+
+/// `http_server_config`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpServerConfig {
+    /// Accepted for compatibility; HTTP/2 is not served.
+    #[serde(default)]
+    pub http2: Option<bool>,
+    /// Headers added to every response (the exporter-toolkit's security headers).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A web config problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {msg}")]
+pub struct WebConfigError {
+    file: String,
+    msg: String,
+}
+
+fn err(file: &Path, msg: impl Into<String>) -> WebConfigError {
+    WebConfigError {
+        file: file.display().to_string(),
+        msg: msg.into(),
+    }
+}
+
+const ALLOWED_HEADERS: &[&str] = &[
+    "Content-Security-Policy",
+    "X-Frame-Options",
+    "X-Content-Type-Options",
+    "X-XSS-Protection",
+    "Strict-Transport-Security",
+];
+
+/// Reads and validates a web config file (certificates loaded, hashes checked).
+pub fn load(path: &Path) -> Result<(WebConfig, Option<rustls::ServerConfig>), WebConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+    let config: WebConfig = if text.trim().is_empty() {
+        WebConfig::default()
+    } else {
+        serde_yaml::from_str(&text).map_err(|e| err(path, e.to_string()))?
+    };
+    for (user, hash) in &config.basic_auth_users {
+        if hash.parse::<bcrypt::HashParts>().is_err() {
+            return Err(err(
+                path,
+                format!("basic_auth_users.{user}: not a bcrypt hash (use htpasswd -nBC 10)"),
+            ));
+        }
+    }
+    if let Some(h) = &config.http_server_config {
+        for name in h.headers.keys() {
+            if !ALLOWED_HEADERS.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                return Err(err(
+                    path,
+                    format!(
+                        "http_server_config.headers.{name}: not allowed; expected one of {}",
+                        ALLOWED_HEADERS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let tls = match &config.tls_server_config {
+        Some(t) => Some(server_config(path, t)?),
+        None => None,
+    };
+    Ok((config, tls))
+}
+
+fn version(
+    path: &Path,
+    key: &str,
+    v: Option<&str>,
+    default: &'static rustls::SupportedProtocolVersion,
+) -> Result<&'static rustls::SupportedProtocolVersion, WebConfigError> {
+    match v {
+        None => Ok(default),
+        Some("TLS12") => Ok(&rustls::version::TLS12),
+        Some("TLS13") => Ok(&rustls::version::TLS13),
+        Some(other) => Err(err(
+            path,
+            format!("tls_server_config.{key}: {other:?} not supported; expected TLS12 or TLS13"),
+        )),
+    }
+}
+
+fn server_config(path: &Path, t: &TlsConfig) -> Result<rustls::ServerConfig, WebConfigError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert_file)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| {
+            err(
+                path,
+                format!("tls_server_config.cert_file {}: {e}", t.cert_file.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(err(
+            path,
+            format!(
+                "tls_server_config.cert_file {}: no certificate found",
+                t.cert_file.display()
+            ),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&t.key_file).map_err(|e| {
+        err(
+            path,
+            format!("tls_server_config.key_file {}: {e}", t.key_file.display()),
+        )
+    })?;
+    let min = version(
+        path,
+        "min_version",
+        t.min_version.as_deref(),
+        &rustls::version::TLS12,
+    )?;
+    let max = version(
+        path,
+        "max_version",
+        t.max_version.as_deref(),
+        &rustls::version::TLS13,
+    )?;
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        [&rustls::version::TLS12, &rustls::version::TLS13]
+            .into_iter()
+            .filter(|v| {
+                (v.version != rustls::ProtocolVersion::TLSv1_2
+                    || min.version == rustls::ProtocolVersion::TLSv1_2)
+                    && (v.version != rustls::ProtocolVersion::TLSv1_3
+                        || max.version == rustls::ProtocolVersion::TLSv1_3)
+            })
+            .collect();
+    if versions.is_empty() {
+        return Err(err(
+            path,
+            "tls_server_config: min_version is above max_version",
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| err(path, format!("tls_server_config: {e}")))?;
+    let auth = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
+    let builder = match auth {
+        "NoClientCert" => builder.with_no_client_auth(),
+        "VerifyClientCertIfGiven" | "RequireAndVerifyClientCert" => {
+            let ca = t.client_ca_file.as_ref().ok_or_else(|| err(path, format!("tls_server_config.client_auth_type {auth} needs client_ca_file")))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))? {
+                let c = c.map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))?;
+                roots.add(c).map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))?;
+            }
+            let mut v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if auth == "VerifyClientCertIfGiven" {
+                v = v.allow_unauthenticated();
+            }
+            let verifier = v.build().map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        other => {
+            return Err(err(
+                path,
+                format!("tls_server_config.client_auth_type: {other:?} not supported; expected NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"),
+            ))
+        }
+    };
+    builder.with_single_cert(certs, key).map_err(|e| {
+        err(
+            path,
+            format!("tls_server_config: certificate and key do not match: {e}"),
+        )
+    })
+}
+
+/// Basic-auth users and a cache of verified credentials (bcrypt is slow on purpose).
+#[derive(Debug, Default)]
+pub struct BasicAuth {
+    users: BTreeMap<String, String>,
+    verified: Mutex<HashSet<u64>>,
+    hasher: RandomState,
+}
+
+/// A bcrypt hash that matches nothing a client sends: unknown users are checked against it so
+/// that they take as long as known ones.
+static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    bcrypt::hash("balena-exporter-no-such-user", bcrypt::DEFAULT_COST).unwrap_or_default()
+});
+
+impl BasicAuth {
+    /// From the config's `basic_auth_users`.
+    pub fn new(users: BTreeMap<String, String>) -> Self {
+        Self {
+            users,
+            ..Default::default()
+        }
+    }
+
+    /// True when no users are configured (auth off).
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Checks an `Authorization` header value.
+    pub fn check(&self, header: Option<&str>) -> bool {
+        let Some(encoded) = header.and_then(|h| h.strip_prefix("Basic ")) else {
+            return false;
+        };
+        let key = self.hasher.hash_one(encoded);
+        if self
+            .verified
+            .lock()
+            .map(|v| v.contains(&key))
+            .unwrap_or(false)
+        {
+            return true;
+        }
+        let Some((user, password)) = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| {
+                s.split_once(':')
+                    .map(|(u, p)| (u.to_string(), p.to_string()))
+            })
+        else {
+            return false;
+        };
+        let (hash, known) = match self.users.get(&user) {
+            Some(h) => (h.as_str(), true),
+            None => (DUMMY_HASH.as_str(), false),
+        };
+        let ok = bcrypt::verify(password, hash).unwrap_or(false) && known;
+        if ok {
+            if let Ok(mut v) = self.verified.lock() {
+                v.insert(key);
+            }
+        }
+        ok
+    }
+}
+
+/// Middleware: 401 with `WWW-Authenticate` unless the request carries valid credentials.
+pub async fn require_basic_auth(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let auth = req.app_data::<web::Data<BasicAuth>>().cloned();
+    let allowed = match &auth {
+        Some(a) if !a.is_empty() => {
+            let header = req
+                .headers()
+                .get("authorization")
+                .and_then(|h| h.to_str().ok())
+                .map(String::from);
+            let a = a.clone();
+            // bcrypt takes tens of milliseconds: keep it off the async worker.
+            web::block(move || a.check(header.as_deref()))
+                .await
+                .unwrap_or(false)
+        }
+        _ => true,
+    };
+    if allowed {
+        return Ok(next.call(req).await?.map_into_left_body());
+    }
+    let resp = HttpResponse::Unauthorized()
+        .insert_header(("WWW-Authenticate", "Basic realm=\"balena-exporter\""))
+        .body("Unauthorized\n");
+    Ok(req.into_response(resp).map_into_right_body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_accepts_only_matching_credentials() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let auth = BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)]));
+        let enc = |s: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            )
+        };
+        assert!(auth.check(Some(&enc("prom:s3cret"))));
+        assert!(auth.check(Some(&enc("prom:s3cret"))), "cached");
+        assert!(!auth.check(Some(&enc("prom:wrong"))));
+        assert!(!auth.check(Some(&enc("other:s3cret"))));
+        assert!(!auth.check(Some("Bearer x")));
+        assert!(!auth.check(None));
+    }
+
+    #[test]
+    fn bad_web_configs_are_refused_with_the_key() {
+        let dir = std::env::temp_dir().join(format!("balena-webcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("web.yml");
+        let cases = [
+            (
+                "basic_auth_users:\n  u: plaintext\n",
+                "basic_auth_users.u: not a bcrypt hash",
+            ),
+            (
+                "tls_server_config:\n  cert_file: /nope.crt\n  key_file: /nope.key\n",
+                "tls_server_config.cert_file /nope.crt",
+            ),
+            ("bogus: 1\n", "unknown field `bogus`"),
+            (
+                "http_server_config:\n  headers:\n    X-Evil: 1\n",
+                "http_server_config.headers.X-Evil: not allowed",
+            ),
+        ];
+        for (yaml, want) in cases {
+            std::fs::write(&f, yaml).unwrap();
+            let e = load(&f).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,268 @@
+//! Operations parity with the Prometheus exporter family: `/sd`, `debug=true`, history and
+//! `/logs`, the route prefix, and `--web.config.file` (basic auth, TLS).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use balena_exporter::config::{self, SharedConfig};
+use balena_exporter::simulator::Simulator;
+use balena_exporter::startup::Settings;
+use balena_exporter::web_config::{self, WebConfig};
+
+use crate::helpers::*;
+
+/// `/sd` lists every configured target with its module as `__param_module`.
+#[actix_rt::test]
+async fn sd_lists_every_target_with_its_module() {
+    let app = spawn_with(world(&[("one", 1), ("two", 1)]), |url| {
+        format!(
+            "{}    module: summary\nmodules:\n  summary:\n    devices: false\n",
+            default_config(url, &["one", "two"])
+        )
+    })
+    .await;
+    let a = app.get("/sd").await;
+    assert_eq!(a.status, 200);
+    let groups: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    let groups = groups.as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    assert_eq!(groups[0]["targets"], serde_json::json!(["one"]));
+    assert_eq!(groups[0]["labels"]["__param_module"], "default");
+    assert_eq!(groups[1]["targets"], serde_json::json!(["two"]));
+    assert_eq!(groups[1]["labels"]["__param_module"], "summary");
+    assert_eq!(
+        groups[1]["labels"]["__meta_balena_target_covers"],
+        "acme/two"
+    );
+    app.stop().await;
+}
+
+/// `debug=true` shows the requests made, the decisions taken and the metrics, never a token.
+#[actix_rt::test]
+async fn debug_output_explains_a_failed_probe() {
+    let app = spawn_with(world(&[("screens", 3)]), |url| {
+        default_config(url, &["screens"]).replace("fleet: acme/screens", "fleet: acme/missing")
+    })
+    .await;
+    let a = app.get("/probe?target=screens&debug=true").await;
+    assert_eq!(a.status, 200);
+    assert!(a.content_type.starts_with("text/plain"));
+    let body = a.body;
+    assert!(body.contains("Result: failure (not_found)"), "{body}");
+    assert!(
+        body.contains("GET /v7/application?$filter=slug%20eq%20%27acme%2Fmissing%27"),
+        "{body}"
+    );
+    assert!(body.contains("GET /actor/v1/whoami -> 200"), "{body}");
+    assert!(body.contains("the token is valid (user ops)"), "{body}");
+    assert!(
+        body.contains("Metrics that would have been returned:\n"),
+        "{body}"
+    );
+    let metrics = parse(
+        body.split("Metrics that would have been returned:\n")
+            .nth(1)
+            .unwrap(),
+    );
+    assert_eq!(metrics.value("probe_success", &[]), 0.0);
+    assert!(!body.contains(TOKEN) && !body.to_lowercase().contains("authorization"));
+    app.stop().await;
+}
+
+/// The landing page lists recent probes; `/logs` serves their logs by id or target.
+#[actix_rt::test]
+async fn history_is_shown_and_logs_are_served() {
+    let app = spawn_app(&[("screens", 3)]).await;
+    app.probe("target=screens").await;
+    let landing = app.get("/").await.body;
+    assert!(
+        landing.contains("Recent probes") && landing.contains("logs?id=1"),
+        "{landing}"
+    );
+    assert!(
+        landing.contains("<td>screens</td><td>default</td><td>Success</td>"),
+        "{landing}"
+    );
+    let by_id = app.get("/logs?id=1").await;
+    assert_eq!(by_id.status, 200);
+    assert!(
+        by_id.body.contains("Result: success (1 fleets, 3 devices)"),
+        "{}",
+        by_id.body
+    );
+    let by_target = app.get("/logs?target=screens&module=default").await;
+    assert_eq!(by_target.body, by_id.body);
+    assert_eq!(app.get("/logs").await.status, 400);
+    assert_eq!(app.get("/logs?id=1&target=screens").await.status, 400);
+    assert_eq!(app.get("/logs?id=99").await.status, 404);
+    app.stop().await;
+}
+
+/// Every route moves under `--web.route-prefix`; the bare root redirects there.
+#[actix_rt::test]
+async fn routes_live_under_the_route_prefix() {
+    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
+    let cfg = config::from_yaml_str(&default_config(&sim.url(), &["screens"]), "t.yml").unwrap();
+    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
+    settings.route_prefix = "/balena".into();
+    let app = spawn_settings(sim, settings).await;
+    let m = app.probe_path("/balena/probe?target=screens").await;
+    assert_eq!(m.value("probe_success", &[]), 1.0);
+    assert_eq!(app.get("/balena/metrics").await.status, 200);
+    assert_eq!(app.get("/balena/-/healthy").await.status, 200);
+    assert_eq!(app.get("/probe?target=screens").await.status, 404);
+    let root = app.get_no_redirect("/").await;
+    assert_eq!((root.0, root.1.as_str()), (302, "/balena/"));
+    app.stop().await;
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("balena-exporter-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Basic auth from the web config guards every path, `/probe` included.
+#[actix_rt::test]
+async fn basic_auth_guards_every_path() {
+    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
+    let cfg = config::from_yaml_str(&default_config(&sim.url(), &["screens"]), "t.yml").unwrap();
+    let hash = bcrypt::hash("letmein", 4).unwrap();
+    let web = WebConfig {
+        basic_auth_users: BTreeMap::from([("prom".to_string(), hash)]),
+        ..Default::default()
+    };
+    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
+    settings.web = Some((web, None));
+    let app = spawn_settings(sim, settings).await;
+    for path in [
+        "/probe?target=screens",
+        "/metrics",
+        "/config",
+        "/",
+        "/-/healthy",
+        "/sd",
+    ] {
+        let a = app.get(path).await;
+        assert_eq!(a.status, 401, "{path}");
+    }
+    let good = format!("Basic {}", base64_encode("prom:letmein"));
+    let bad = format!("Basic {}", base64_encode("prom:nope"));
+    assert_eq!(
+        app.get_with("/metrics", &[("Authorization", &bad)])
+            .await
+            .status,
+        401
+    );
+    let a = app
+        .get_with("/probe?target=screens", &[("Authorization", &good)])
+        .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(parse(&a.body).value("probe_success", &[]), 1.0);
+    app.stop().await;
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let cert = dir.join("tls.crt");
+    let key = dir.join("tls.key");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (cert, key, ck.cert.der().to_vec())
+}
+
+/// TLS from the web config: a client that trusts the certificate gets metrics over HTTPS.
+#[actix_rt::test]
+async fn tls_from_the_web_config_serves_https() {
+    let dir = temp_dir("tls");
+    let (cert, key, der) = self_signed(&dir);
+    let web_file = dir.join("web.yml");
+    std::fs::write(
+        &web_file,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let web = web_config::load(&web_file).unwrap();
+    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
+    let cfg = config::from_yaml_str(&default_config(&sim.url(), &["screens"]), "t.yml").unwrap();
+    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
+    settings.web = Some(web);
+    let app = spawn_settings(sim, settings).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der))
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().rustls_0_23(Arc::new(tls)))
+        .finish();
+    let https = app.address.replace("http://", "https://");
+    let mut resp = client
+        .get(format!("{https}/probe?target=screens"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = resp.body().await.unwrap();
+    assert_eq!(
+        parse(std::str::from_utf8(&body).unwrap()).value("probe_success", &[]),
+        1.0
+    );
+    // Plain HTTP to the TLS port does not get metrics.
+    assert!(awc::Client::new()
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .map(|r| r.status().as_u16() != 200)
+        .unwrap_or(true));
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The client speaks TLS to an https API URL and verifies the certificate: a self-signed one
+/// fails the probe with a transport error (and no token is sent in clear).
+#[actix_rt::test]
+async fn an_https_api_with_an_untrusted_certificate_fails_the_probe() {
+    let dir = temp_dir("upstream-tls");
+    let (cert, key, _) = self_signed(&dir);
+    std::fs::write(
+        dir.join("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let (_, tls) = web_config::load(&dir.join("web.yml")).unwrap();
+    let sim = Simulator::start_with_tls(&world(&[("screens", 2)]), "127.0.0.1:0", tls).unwrap();
+    let url = sim.url().replace("http://", "https://");
+    let cfg = config::from_yaml_str(&default_config(&url, &["screens"]), "t.yml").unwrap();
+    let app = spawn_config(sim, SharedConfig::new(cfg, None)).await;
+    let debug = app.get("/probe?target=screens&debug=true").await.body;
+    assert!(debug.contains("Result: failure (transport)"), "{debug}");
+    assert!(debug.to_lowercase().contains("certificate"), "{debug}");
+    assert_eq!(
+        app.sim.requests("/"),
+        0,
+        "no request reached the API handler"
+    );
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
