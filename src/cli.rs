@@ -22,13 +22,13 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "balena-exporter", version, about, long_about = None)]
 pub struct Cli {
-    /// Configuration file (YAML).
+    /// Configuration file (YAML); repeat to merge several (each name defined in one file only).
     #[arg(
         long = "config.file",
         value_name = "PATH",
         default_value = "balena-exporter.yml"
     )]
-    pub config_file: PathBuf,
+    pub config_file: Vec<PathBuf>,
 
     /// Validate the configuration, print the result and exit (0 when valid, 1 otherwise).
     #[arg(long = "config.check")]
@@ -126,7 +126,7 @@ mod tests {
             "--web.timeout-offset=1s",
         ])
         .unwrap();
-        assert_eq!(cli.config_file, PathBuf::from("x.yml"));
+        assert_eq!(cli.config_file, [PathBuf::from("x.yml")]);
         assert_eq!(cli.listen, ["127.0.0.1:1", ":2"]);
         assert_eq!(cli.log_format, LogFormat::Json);
         assert_eq!(cli.timeout_offset, Duration::from_secs(1));

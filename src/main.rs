@@ -37,14 +37,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         SharedConfig::new(c, None)
     } else {
         let opts = LoadOptions {
-            file: cli.config_file.clone(),
+            files: cli.config_file.clone(),
             expand_env: cli.expand_env,
         };
         let c = config::load(&opts)?;
         if cli.config_check {
             println!(
                 "{}: config file is ok ({} targets, {} auths, {} modules)",
-                opts.file.display(),
+                opts.describe(),
                 c.targets.len(),
                 c.auths.len(),
                 c.modules.len()

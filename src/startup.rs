@@ -197,7 +197,7 @@ pub fn reload(state: &AppState) -> Result<(), ConfigError> {
     let result = state.config.reload();
     state.metrics.observe_reload(result.is_ok());
     match &result {
-        Ok(()) => tracing::info!(file = ?state.config.file(), "configuration reloaded"),
+        Ok(()) => tracing::info!(files = ?state.config.files(), "configuration reloaded"),
         Err(e) => {
             tracing::error!(error = %e, "configuration reload failed; keeping the previous configuration")
         }

@@ -99,10 +99,7 @@ async fn tokens_appear_in_no_log_response_or_error() {
         token_file.display()
     );
     std::fs::write(&file, &yaml).unwrap();
-    let opts = LoadOptions {
-        file: file.clone(),
-        expand_env: false,
-    };
+    let opts = LoadOptions::file(&file);
     let app = spawn_config(
         sim,
         SharedConfig::new(config::load(&opts).unwrap(), Some(opts)),

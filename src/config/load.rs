@@ -12,28 +12,92 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{Config, ConfigError, DEFAULT_MODULE, ENV_PREFIX};
 
-/// How to load: the file and flags that change loading.
+/// How to load: the files and flags that change loading.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// The YAML file.
-    pub file: PathBuf,
+    /// The YAML files, merged in order; a name defined in two of them is an error.
+    pub files: Vec<PathBuf>,
     /// Expand `${VAR}` in `token` and `token_file` (a missing variable is an error).
     pub expand_env: bool,
 }
 
-/// Loads, overlays the environment, validates and reads token files.
-pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
-    let file = opts.file.display().to_string();
-    if let Err(e) = std::fs::metadata(&opts.file) {
-        return Err(ConfigError::Read {
-            file,
-            reason: e.to_string(),
-        });
+impl LoadOptions {
+    /// Options for one file.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            files: vec![path.into()],
+            expand_env: false,
+        }
     }
-    let figment = Figment::new()
-        .merge(Yaml::file_exact(&opts.file))
-        .merge(Env::prefixed(ENV_PREFIX).split("__"));
-    from_figment(figment, &file, opts.expand_env)
+
+    /// The files as one display string.
+    pub fn describe(&self) -> String {
+        self.files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Loads every file, overlays the environment, validates and reads token files.
+pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
+    let mut figment = Figment::new();
+    for file in &opts.files {
+        if let Err(e) = std::fs::metadata(file) {
+            return Err(ConfigError::Read {
+                file: file.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+        figment = figment.merge(Yaml::file_exact(file));
+    }
+    check_duplicates(&opts.files)?;
+    let figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+    from_figment(figment, &opts.describe(), opts.expand_env)
+}
+
+/// With several files, each auth, module and target name (and the `api` block) may be
+/// defined in one file only: a silent override would be a surprise.
+fn check_duplicates(files: &[PathBuf]) -> Result<(), ConfigError> {
+    if files.len() < 2 {
+        return Ok(());
+    }
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for file in files {
+        let name = file.display().to_string();
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        // Syntax errors are reported by the real parse, with their location.
+        let Ok(serde_yaml::Value::Mapping(top)) = serde_yaml::from_str::<serde_yaml::Value>(&text)
+        else {
+            continue;
+        };
+        for (section, value) in &top {
+            let Some(section) = section.as_str() else {
+                continue;
+            };
+            let keys: Vec<String> = match (section, value) {
+                ("api", _) => vec!["api".to_string()],
+                ("auths" | "modules" | "targets", serde_yaml::Value::Mapping(m)) => m
+                    .keys()
+                    .filter_map(|k| k.as_str().map(|k| format!("{section}.{k}")))
+                    .collect(),
+                _ => continue,
+            };
+            for key in keys {
+                if let Some(first) = seen.insert(key.clone(), name.clone()) {
+                    return Err(invalid(
+                        &name,
+                        key,
+                        format!("already defined in {first}; define each name in one file only"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads from YAML text (tests, `--demo`).
@@ -478,16 +542,45 @@ mod tests {
 
     #[test]
     fn env_expansion_reads_variables_and_fails_on_missing_ones() {
-        std::env::set_var("BALENA_EXPORTER_TEST_TOKEN_X", "from-env");
-        assert_eq!(
-            expand_vars("${BALENA_EXPORTER_TEST_TOKEN_X}").unwrap(),
-            "from-env"
-        );
+        std::env::set_var("BEX_TEST_TOKEN_X", "from-env");
+        assert_eq!(expand_vars("${BEX_TEST_TOKEN_X}").unwrap(), "from-env");
         assert_eq!(expand_vars("a$$b").unwrap(), "a$b");
         assert_eq!(
             expand_vars("${NOPE_NOT_SET_42}").unwrap_err(),
             "NOPE_NOT_SET_42"
         );
+    }
+
+    #[test]
+    fn several_files_merge_and_duplicate_names_are_refused() {
+        let dir = std::env::temp_dir().join(format!("balena-multi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b, c) = (
+            dir.join("auths.yml"),
+            dir.join("targets.yml"),
+            dir.join("more.yml"),
+        );
+        std::fs::write(&a, "auths:\n  a:\n    token: x\n").unwrap();
+        std::fs::write(&b, "targets:\n  t:\n    fleet: org/app\n    auth: a\n").unwrap();
+        std::fs::write(&c, "targets:\n  t:\n    fleet: org/other\n    auth: a\n").unwrap();
+        let opts = |files: Vec<PathBuf>| LoadOptions {
+            files,
+            expand_env: false,
+        };
+        let cfg = load(&opts(vec![a.clone(), b.clone()])).unwrap();
+        assert_eq!(cfg.targets["t"].auth, "a");
+        let e = load(&opts(vec![a, b.clone(), c.clone()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "{}: targets.t: already defined in {}",
+                c.display(),
+                b.display()
+            )),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -39,8 +39,11 @@ impl SharedConfig {
         Ok(())
     }
 
-    /// The config file, if reloadable.
-    pub fn file(&self) -> Option<&Path> {
-        self.options.as_ref().map(|o| o.file.as_path())
+    /// The config files, if reloadable.
+    pub fn files(&self) -> Vec<&Path> {
+        self.options
+            .iter()
+            .flat_map(|o| o.files.iter().map(|f| f.as_path()))
+            .collect()
     }
 }

@@ -132,10 +132,7 @@ async fn reload_swaps_good_configs_and_keeps_the_old_one_on_error() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("config.yml");
     std::fs::write(&file, default_config(&sim.url(), &["one"])).unwrap();
-    let opts = LoadOptions {
-        file: file.clone(),
-        expand_env: false,
-    };
+    let opts = LoadOptions::file(&file);
     let app = spawn_config(
         sim,
         SharedConfig::new(config::load(&opts).unwrap(), Some(opts)),
