@@ -68,7 +68,7 @@ pub struct Cli {
     pub timeout_offset: Duration,
 
     /// Only log messages at this level or above (trace, debug, info, warn, error); RUST_LOG wins.
-    #[arg(long = "log.level", default_value = "info")]
+    #[arg(long = "log.level", default_value = "info", value_parser = ["trace", "debug", "info", "warn", "error"])]
     pub log_level: String,
 
     /// Log format.

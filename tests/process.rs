@@ -25,7 +25,11 @@ impl Drop for Exporter {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start(args: &[String]) -> Exporter {
@@ -48,14 +52,21 @@ async fn start(args: &[String]) -> Exporter {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
 async fn body(url: &str) -> (u16, String) {
     let mut r = awc::Client::new().get(url).send().await.unwrap();
     let b = r.body().limit(64 << 20).await.unwrap();
-    (r.status().as_u16(), String::from_utf8_lossy(&b).into_owned())
+    (
+        r.status().as_u16(),
+        String::from_utf8_lossy(&b).into_owned(),
+    )
 }
 
 /// SIGHUP re-reads the file: a good change applies, a bad one leaves the old config in force.
@@ -75,7 +86,10 @@ async fn sighup_reloads_and_keeps_the_old_config_on_error() {
     loop {
         let (status, text) = body(&format!("{}/probe?target=two", exp.base)).await;
         if status == 200 {
-            assert_eq!(parse(&text).value("balena_fleet_devices", &[("fleet", "acme/two")]), 4.0);
+            assert_eq!(
+                parse(&text).value("balena_fleet_devices", &[("fleet", "acme/two")]),
+                4.0
+            );
             break;
         }
         assert!(Instant::now() < deadline, "SIGHUP did not reload");
@@ -93,7 +107,11 @@ async fn sighup_reloads_and_keeps_the_old_config_on_error() {
         assert!(Instant::now() < deadline, "bad reload not reported");
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(body(&format!("{}/probe?target=two", exp.base)).await.0, 200, "old config still in force");
+    assert_eq!(
+        body(&format!("{}/probe?target=two", exp.base)).await.0,
+        200,
+        "old config still in force"
+    );
     drop(exp);
     sim.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -129,6 +147,9 @@ fn a_bad_web_config_exits_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("web.yml: basic_auth_users.prom: not a bcrypt hash"), "{err}");
+    assert!(
+        err.contains("web.yml: basic_auth_users.prom: not a bcrypt hash"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
