@@ -146,30 +146,21 @@ impl Application {
 /// The route table, under `prefix` (`""` for `/`).
 fn routes(cfg: &mut web::ServiceConfig, prefix: &str) {
     if !prefix.is_empty() {
-        let target = format!("{prefix}/");
-        cfg.route(
-            "/",
-            web::get().to(move || {
-                let target = target.clone();
-                async move {
-                    actix_web::HttpResponse::Found()
-                        .insert_header(("Location", target))
-                        .finish()
-                }
-            }),
-        );
-        let target = format!("{prefix}/");
-        cfg.route(
-            prefix,
-            web::get().to(move || {
-                let target = target.clone();
-                async move {
-                    actix_web::HttpResponse::Found()
-                        .insert_header(("Location", target))
-                        .finish()
-                }
-            }),
-        );
+        // `/` and `/prefix` lead to `/prefix/`, where the landing page's relative links work.
+        for from in ["/", prefix] {
+            let target = format!("{prefix}/");
+            cfg.route(
+                from,
+                web::get().to(move || {
+                    let target = target.clone();
+                    async move {
+                        actix_web::HttpResponse::Found()
+                            .insert_header(("Location", target))
+                            .finish()
+                    }
+                }),
+            );
+        }
     }
     cfg.service(
         web::scope(prefix)
