@@ -99,3 +99,30 @@ fn environment_overrides_apply_and_are_validated() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--config.expand-environment-variables` fills `${VAR}` in tokens; a missing variable is an
+/// error naming the key and the variable, and never the rest of the value.
+#[test]
+fn token_variables_expand_only_when_asked() {
+    let yaml = "auths:\n  a:\n    token: ${BEX_TEST_TOKEN_42}\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n";
+    let dir = std::env::temp_dir().join(format!("balena-exporter-expand-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yml");
+    std::fs::write(&file, yaml).unwrap();
+    let run = |var: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_balena-exporter"));
+        cmd.arg(format!("--config.file={}", file.display()))
+            .args(["--config.check", "--config.expand-environment-variables"])
+            .env_remove("BEX_TEST_TOKEN_42");
+        if let Some(v) = var {
+            cmd.env("BEX_TEST_TOKEN_42", v);
+        }
+        cmd.output().unwrap()
+    };
+    assert!(run(Some("from-the-environment")).status.success());
+    let missing = run(None);
+    assert_eq!(missing.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("auths.a.token: environment variable BEX_TEST_TOKEN_42 is not set"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
