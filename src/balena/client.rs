@@ -148,6 +148,17 @@ impl<'a> Session<'a> {
         path: &str,
         query: &str,
     ) -> Result<T, BalenaError> {
+        let body = self.get_body(endpoint, path, query).await?;
+        serde_json::from_slice(&body).map_err(|e| BalenaError::Decode(e.to_string()))
+    }
+
+    /// GETs `path?query` and returns the raw body of a 2xx answer (for streaming decoders).
+    pub async fn get_body(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        query: &str,
+    ) -> Result<actix_web::web::Bytes, BalenaError> {
         let base = self.api.url.as_str().trim_end_matches('/');
         let url = if query.is_empty() {
             format!("{base}{path}")
@@ -192,10 +203,7 @@ impl<'a> Session<'a> {
                 .metrics
                 .observe_upstream(self.auth_name, endpoint, &code, duration);
             match result {
-                Ok(body) => {
-                    return serde_json::from_slice(&body)
-                        .map_err(|e| BalenaError::Decode(e.to_string()));
-                }
+                Ok(body) => return Ok(body),
                 Err((
                     _,
                     BalenaError::RateLimited {

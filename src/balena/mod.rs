@@ -223,13 +223,13 @@ pub fn device_query(module: &ModuleConfig) -> (String, String) {
     (fields.join(","), expand.join(","))
 }
 
-/// Lists devices in pages of `api.page_size` (`$orderby=id asc`, `$top`, `$skip`), handing each
-/// page to `on_page` as it arrives so that a large fleet is never held twice.
+/// Lists devices in pages of `api.page_size` (`$orderby=id asc`, `$top`, `$skip`), handing
+/// each device to `on_device` as it is decoded: a page's body is the only copy held.
 pub async fn devices(
     s: &Session<'_>,
     scope: &DeviceScope,
     module: &ModuleConfig,
-    mut on_page: impl FnMut(Vec<Device>),
+    mut on_device: impl FnMut(Device<'_>),
 ) -> Result<usize, BalenaError> {
     let (select, expand) = device_query(module);
     let page = s.api().page_size as usize;
@@ -242,10 +242,10 @@ pub async fn devices(
             .option("$orderby", "id asc")
             .option("$top", page.to_string())
             .option("$skip", total.to_string());
-        let rows: Envelope<Device> = s.get_json("device", "/v7/device", &q.to_wire()).await?;
-        let n = rows.d.len();
+        let body = s.get_body("device", "/v7/device", &q.to_wire()).await?;
+        let n = model::for_each_device(&body, &mut on_device)
+            .map_err(|e| BalenaError::Decode(e.to_string()))?;
         total += n;
-        on_page(rows.d);
         if n < page {
             return Ok(total);
         }

@@ -5,6 +5,8 @@
 //! Navigation properties come back as `{"__id": N}` when not expanded and as arrays when
 //! expanded (reference §5).
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 
 /// The `{"d": [...]}` envelope of every OData collection answer.
@@ -42,16 +44,6 @@ pub struct ReleaseRow {
     /// Release commit hash, used as the `release` / `target_release` label.
     #[serde(default)]
     pub commit: Option<String>,
-}
-
-/// A device tag from `$expand=device_tag($select=tag_key,value)`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct TagRow {
-    /// Tag key, e.g. `location`.
-    pub tag_key: String,
-    /// Tag value (free text).
-    #[serde(default)]
-    pub value: Option<String>,
 }
 
 /// A count from `$expand=owns__device/$count(...)`: the API writes the number in place of the
@@ -113,19 +105,50 @@ pub fn first<T>(nav: &Option<Vec<T>>) -> Option<&T> {
     nav.as_ref().and_then(|v| v.first())
 }
 
-/// A device row, with exactly the fields [`crate::balena::DEVICE_FIELDS`] selects.
+/// A string borrowed from the response body when it has no escapes (the common case).
+pub type Text<'a> = Option<Cow<'a, str>>;
+
+/// An expanded navigation row of a device: `is_of__device_type($select=slug)` or
+/// `is_running__release($select=id,commit)`.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct NavRow<'a> {
+    /// Row id.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// Device type slug.
+    #[serde(default, borrow)]
+    pub slug: Text<'a>,
+    /// Release commit.
+    #[serde(default, borrow)]
+    pub commit: Text<'a>,
+}
+
+/// A device tag from `$expand=device_tag($select=tag_key,value)`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceTag<'a> {
+    /// Tag key, e.g. `location`.
+    #[serde(borrow)]
+    pub tag_key: Cow<'a, str>,
+    /// Tag value (free text).
+    #[serde(default, borrow)]
+    pub value: Text<'a>,
+}
+
+/// A device row, with exactly the fields [`crate::balena::DEVICE_FIELDS`] selects. Strings
+/// borrow from the response body: a page of devices is decoded one row at a time without
+/// copying it.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[allow(non_snake_case)]
-pub struct Device {
+pub struct Device<'a> {
     /// Row id (paging order).
     #[serde(default)]
     pub id: u64,
     /// Device UUID (32 or 62 hex chars).
-    #[serde(default)]
-    pub uuid: String,
+    #[serde(default, borrow)]
+    pub uuid: Cow<'a, str>,
     /// Display name; may be "" on legacy devices.
-    #[serde(default)]
-    pub device_name: Option<String>,
+    #[serde(default, borrow)]
+    pub device_name: Text<'a>,
     /// Fleet the device belongs to (org and `all` targets map it to a slug).
     #[serde(default)]
     pub belongs_to__application: Option<NavId>,
@@ -133,23 +156,23 @@ pub struct Device {
     #[serde(default)]
     pub is_online: Option<bool>,
     /// `online` / `offline` / `timeout` / `unknown`.
-    #[serde(default)]
-    pub api_heartbeat_state: Option<String>,
+    #[serde(default, borrow)]
+    pub api_heartbeat_state: Text<'a>,
     /// Computed status (only when selected).
-    #[serde(default)]
-    pub overall_status: Option<String>,
+    #[serde(default, borrow)]
+    pub overall_status: Text<'a>,
     /// Computed progress in percent, null when nothing is in progress.
     #[serde(default)]
     pub overall_progress: Option<f64>,
     /// balenaOS version string.
-    #[serde(default)]
-    pub os_version: Option<String>,
+    #[serde(default, borrow)]
+    pub os_version: Text<'a>,
     /// `prod` / `dev`.
-    #[serde(default)]
-    pub os_variant: Option<String>,
+    #[serde(default, borrow)]
+    pub os_variant: Text<'a>,
     /// Supervisor version.
-    #[serde(default)]
-    pub supervisor_version: Option<String>,
+    #[serde(default, borrow)]
+    pub supervisor_version: Text<'a>,
     /// CPU usage in percent.
     #[serde(default)]
     pub cpu_usage: Option<f64>,
@@ -172,34 +195,58 @@ pub struct Device {
     #[serde(default)]
     pub is_undervolted: Option<bool>,
     /// Last change of `is_online`, ISO-8601.
-    #[serde(default)]
-    pub last_connectivity_event: Option<String>,
+    #[serde(default, borrow)]
+    pub last_connectivity_event: Text<'a>,
     /// Computed: the pin, else the fleet's target release.
     #[serde(default)]
     pub should_be_running__release: Option<NavId>,
     /// `$expand=is_of__device_type($select=slug)`.
-    #[serde(default)]
-    pub is_of__device_type: Option<Vec<SlugRow>>,
+    #[serde(default, borrow)]
+    pub is_of__device_type: Option<Vec<NavRow<'a>>>,
     /// `$expand=is_running__release($select=id,commit)`.
-    #[serde(default)]
-    pub is_running__release: Option<Vec<ReleaseRow>>,
+    #[serde(default, borrow)]
+    pub is_running__release: Option<Vec<NavRow<'a>>>,
     /// `$expand=device_tag($select=tag_key,value)`, only when the module asks for tags.
-    #[serde(default)]
-    pub device_tag: Option<Vec<TagRow>>,
+    #[serde(default, borrow)]
+    pub device_tag: Option<Vec<DeviceTag<'a>>>,
 }
 
-impl Device {
+fn text<'s>(t: &'s Text<'_>) -> &'s str {
+    t.as_deref().unwrap_or("")
+}
+
+impl Device<'_> {
     /// Device type slug, or "".
     pub fn device_type(&self) -> &str {
         first(&self.is_of__device_type)
-            .and_then(|o| o.slug.as_deref())
+            .map(|o| text(&o.slug))
             .unwrap_or("")
     }
 
     /// Commit of the running release, or "".
     pub fn release(&self) -> &str {
         first(&self.is_running__release)
-            .and_then(|r| r.commit.as_deref())
+            .map(|r| text(&r.commit))
+            .unwrap_or("")
+    }
+
+    /// Display name, or "".
+    pub fn name(&self) -> &str {
+        text(&self.device_name)
+    }
+
+    /// A string field as `&str` ("" when null).
+    pub fn str_of<'s>(field: &'s Text<'_>) -> &'s str {
+        text(field)
+    }
+
+    /// Value of a tag, or "".
+    pub fn tag(&self, key: &str) -> &str {
+        self.device_tag
+            .iter()
+            .flatten()
+            .find(|t| t.tag_key == key)
+            .map(|t| text(&t.value))
             .unwrap_or("")
     }
 
@@ -209,6 +256,60 @@ impl Device {
         let running = first(&self.is_running__release).and_then(|r| r.id);
         Some(running == Some(target.id))
     }
+}
+
+/// Decodes `{"d": [...]}` one device at a time, handing each to `on_row` without collecting
+/// them: the page body is the only copy of the data held.
+pub fn for_each_device<'de, F: FnMut(Device<'de>)>(
+    body: &'de [u8],
+    on_row: F,
+) -> Result<usize, serde_json::Error> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    struct Rows<F>(F);
+    impl<'de, F: FnMut(Device<'de>)> Visitor<'de> for &mut Rows<F> {
+        type Value = usize;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of devices")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+            let mut n = 0;
+            while let Some(d) = seq.next_element::<Device<'de>>()? {
+                (self.0)(d);
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+    impl<'de, F: FnMut(Device<'de>)> DeserializeSeed<'de> for &mut Rows<F> {
+        type Value = usize;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    struct Env<F>(Rows<F>);
+    impl<'de, F: FnMut(Device<'de>)> Visitor<'de> for Env<F> {
+        type Value = usize;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object {\"d\": [...]}")
+        }
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<usize, A::Error> {
+            let mut count = None;
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                if key == "d" {
+                    count = Some(map.next_value_seed(&mut self.0)?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            count.ok_or_else(|| serde::de::Error::missing_field("d"))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let n = de.deserialize_map(Env(Rows(on_row)))?;
+    de.end()?;
+    Ok(n)
 }
 
 /// `/actor/v1/whoami`: who a token belongs to.
@@ -230,4 +331,43 @@ pub struct Actor {
 pub struct NavIdRow {
     /// Row id.
     pub id: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_decode_one_at_a_time_borrowing_plain_strings() {
+        let body = br#"{"__count": 2, "d": [
+            {"id": 1, "uuid": "aa", "device_name": "plain", "is_running__release": [{"id": 9, "commit": "c0ffee"}], "should_be_running__release": {"__id": 9}},
+            {"id": 2, "uuid": "bb", "device_name": "with \"quotes\"\n", "overall_status": null, "device_tag": [{"tag_key": "k", "value": "v"}]}
+        ]}"#;
+        let mut seen = Vec::new();
+        let n = for_each_device(body, |d| {
+            seen.push((
+                d.id,
+                d.name().to_string(),
+                matches!(d.device_name, Some(Cow::Borrowed(_))),
+                d.on_target_release(),
+                d.tag("k").to_string(),
+            ))
+        })
+        .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(seen[0], (1, "plain".into(), true, Some(true), "".into()));
+        assert_eq!(
+            seen[1],
+            (2, "with \"quotes\"\n".into(), false, None, "v".into())
+        );
+        assert!(for_each_device(br#"{"x": []}"#, |_| {}).is_err(), "no d");
+        assert!(
+            for_each_device(br#"{"d": [{"id": 1}"#, |_| {}).is_err(),
+            "truncated"
+        );
+        assert!(
+            for_each_device(br#"{"d": []} trailing"#, |_| {}).is_err(),
+            "trailing garbage"
+        );
+    }
 }

@@ -70,18 +70,16 @@ pub async fn fetch(
             .collect();
         let tags = tag_labels(module);
         let single = stats.len() == 1;
-        balena::devices(session, &devices, module, |page| {
-            for d in page {
-                let i = match d.belongs_to__application.and_then(|f| index.get(&f.id)) {
-                    Some(i) => *i,
-                    None if single => 0,
-                    None => continue,
-                };
-                device_total += 1;
-                stats[i].add(&d);
-                if module.devices {
-                    write_device(&mut out, &stats[i].fleet.slug, &d, &tags);
-                }
+        balena::devices(session, &devices, module, |d| {
+            let i = match d.belongs_to__application.and_then(|f| index.get(&f.id)) {
+                Some(i) => *i,
+                None if single => 0,
+                None => return,
+            };
+            device_total += 1;
+            stats[i].add(&d);
+            if module.devices {
+                write_device(&mut out, &stats[i].fleet.slug, &d, &tags);
             }
         })
         .await?;

@@ -2,6 +2,7 @@
 //! aggregates once a fleet's devices are all counted. Pure functions of the data; the probe
 //! decides what to fetch, this decides what to write.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::balena::model::{Device, Fleet};
@@ -48,27 +49,37 @@ impl FleetStats {
     pub fn add(&mut self, d: &Device) {
         self.devices += 1;
         self.online += u64::from(d.is_online == Some(true));
-        *self.status.entry(status_label(d)).or_insert(0) += 1;
-        *self.heartbeat.entry(heartbeat_label(d)).or_insert(0) += 1;
+        bump(&mut self.status, status_label(d));
+        bump(&mut self.heartbeat, heartbeat_label(d));
         self.on_target += u64::from(d.on_target_release() == Some(true));
         self.undervolted += u64::from(d.is_undervolted == Some(true));
     }
 }
 
+/// Adds one to a counter map without allocating for keys already present.
+fn bump(map: &mut BTreeMap<String, u64>, key: Cow<'_, str>) {
+    match map.get_mut(key.as_ref()) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.into_owned(), 1);
+        }
+    }
+}
+
 /// The device's `overall_status` as a label value (unknown values kept, sanitised).
-fn status_label(d: &Device) -> String {
+fn status_label<'a>(d: &'a Device) -> Cow<'a, str> {
     enum_label(d.overall_status.as_deref(), KNOWN_STATUSES)
 }
 
-fn heartbeat_label(d: &Device) -> String {
+fn heartbeat_label<'a>(d: &'a Device) -> Cow<'a, str> {
     enum_label(d.api_heartbeat_state.as_deref(), KNOWN_HEARTBEATS)
 }
 
-fn enum_label(value: Option<&str>, known: &[&str]) -> String {
+fn enum_label<'a>(value: Option<&'a str>, known: &[&str]) -> Cow<'a, str> {
     match value {
-        Some(v) if known.contains(&v) => v.to_string(),
-        Some(v) => m::sanitize_enum(v),
-        None => "unknown".to_string(),
+        Some(v) if known.contains(&v) => Cow::Borrowed(v),
+        Some(v) => Cow::Owned(m::sanitize_enum(v)),
+        None => Cow::Borrowed("unknown"),
     }
 }
 
@@ -147,32 +158,21 @@ pub fn tag_labels(module: &ModuleConfig) -> Vec<(String, String)> {
 
 /// Writes the per-device series of one device.
 pub fn write_device(out: &mut Exposition, fleet: &str, d: &Device, tags: &[(String, String)]) {
-    let name = d.device_name.as_deref().unwrap_or("");
     let base = [
         ("fleet", fleet),
-        ("device_uuid", d.uuid.as_str()),
-        ("device_name", name),
+        ("device_uuid", d.uuid.as_ref()),
+        ("device_name", d.name()),
     ];
     let mut info: Vec<(&str, &str)> = base.to_vec();
     info.extend([
         ("device_type", d.device_type()),
-        ("os_version", d.os_version.as_deref().unwrap_or("")),
-        ("os_variant", d.os_variant.as_deref().unwrap_or("")),
-        (
-            "supervisor_version",
-            d.supervisor_version.as_deref().unwrap_or(""),
-        ),
+        ("os_version", Device::str_of(&d.os_version)),
+        ("os_variant", Device::str_of(&d.os_variant)),
+        ("supervisor_version", Device::str_of(&d.supervisor_version)),
         ("release", d.release()),
     ]);
     for (label, key) in tags {
-        let value = d
-            .device_tag
-            .iter()
-            .flatten()
-            .find(|t| &t.tag_key == key)
-            .and_then(|t| t.value.as_deref())
-            .unwrap_or("");
-        info.push((label.as_str(), value));
+        info.push((label.as_str(), d.tag(key)));
     }
     out.gauge(m::DEVICE_INFO, &info, 1.0);
     if let Some(online) = d.is_online {
@@ -223,8 +223,9 @@ pub fn parse_timestamp(text: &str) -> Option<f64> {
 mod tests {
     use super::*;
 
-    fn device(json: serde_json::Value) -> Device {
-        serde_json::from_value(json).unwrap()
+    fn device(json: serde_json::Value) -> Device<'static> {
+        let text: &'static str = Box::leak(json.to_string().into_boxed_str());
+        serde_json::from_str(text).unwrap()
     }
 
     #[test]

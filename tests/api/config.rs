@@ -123,6 +123,9 @@ fn token_variables_expand_only_when_asked() {
     let missing = run(None);
     assert_eq!(missing.status.code(), Some(1));
     let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(err.contains("auths.a.token: environment variable BEX_TEST_TOKEN_42 is not set"), "{err}");
+    assert!(
+        err.contains("auths.a.token: environment variable BEX_TEST_TOKEN_42 is not set"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
