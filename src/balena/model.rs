@@ -108,6 +108,13 @@ pub fn first<T>(nav: &Option<Vec<T>>) -> Option<&T> {
 /// A string borrowed from the response body when it has no escapes (the common case).
 pub type Text<'a> = Option<Cow<'a, str>>;
 
+/// Serde reads `Option<Cow<str>>` as owned even with `borrow`; this borrows when it can.
+fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Text<'a>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
+}
+
 /// An expanded navigation row of a device: `is_of__device_type($select=slug)` or
 /// `is_running__release($select=id,commit)`.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -116,10 +123,10 @@ pub struct NavRow<'a> {
     #[serde(default)]
     pub id: Option<u64>,
     /// Device type slug.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub slug: Text<'a>,
     /// Release commit.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub commit: Text<'a>,
 }
 
@@ -130,7 +137,7 @@ pub struct DeviceTag<'a> {
     #[serde(borrow)]
     pub tag_key: Cow<'a, str>,
     /// Tag value (free text).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub value: Text<'a>,
 }
 
@@ -147,7 +154,7 @@ pub struct Device<'a> {
     #[serde(default, borrow)]
     pub uuid: Cow<'a, str>,
     /// Display name; may be "" on legacy devices.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub device_name: Text<'a>,
     /// Fleet the device belongs to (org and `all` targets map it to a slug).
     #[serde(default)]
@@ -156,22 +163,22 @@ pub struct Device<'a> {
     #[serde(default)]
     pub is_online: Option<bool>,
     /// `online` / `offline` / `timeout` / `unknown`.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub api_heartbeat_state: Text<'a>,
     /// Computed status (only when selected).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub overall_status: Text<'a>,
     /// Computed progress in percent, null when nothing is in progress.
     #[serde(default)]
     pub overall_progress: Option<f64>,
     /// balenaOS version string.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub os_version: Text<'a>,
     /// `prod` / `dev`.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub os_variant: Text<'a>,
     /// Supervisor version.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub supervisor_version: Text<'a>,
     /// CPU usage in percent.
     #[serde(default)]
@@ -195,7 +202,7 @@ pub struct Device<'a> {
     #[serde(default)]
     pub is_undervolted: Option<bool>,
     /// Last change of `is_online`, ISO-8601.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     pub last_connectivity_event: Text<'a>,
     /// Computed: the pin, else the fleet's target release.
     #[serde(default)]
