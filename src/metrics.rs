@@ -167,15 +167,18 @@ impl Exposition {
     /// Appends every family, with HELP and TYPE lines, to `out`.
     pub fn render_into(&self, out: &mut String) {
         for (def, body) in &self.families {
-            out.push_str("# HELP ");
-            out.push_str(def.name);
-            out.push(' ');
-            out.push_str(def.help);
-            out.push_str("\n# TYPE ");
-            out.push_str(def.name);
-            out.push_str(" gauge\n");
+            out.push_str(&family_header(def));
             out.push_str(body);
         }
+    }
+
+    /// Writes every family to `w` without first joining them into one buffer.
+    pub fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        for (def, body) in &self.families {
+            w.write_all(family_header(def).as_bytes())?;
+            w.write_all(body.as_bytes())?;
+        }
+        Ok(())
     }
 
     /// Bytes of text held.
@@ -187,6 +190,14 @@ impl Exposition {
     pub fn is_empty(&self) -> bool {
         self.families.is_empty()
     }
+}
+
+/// The `# HELP` and `# TYPE` lines of a gauge family.
+fn family_header(def: &MetricDef) -> String {
+    format!(
+        "# HELP {} {}\n# TYPE {} gauge\n",
+        def.name, def.help, def.name
+    )
 }
 
 fn escape_label_value(buf: &mut String, v: &str) {

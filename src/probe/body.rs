@@ -14,6 +14,8 @@ use actix_web::web::Bytes;
 use flate2::write::DeflateEncoder;
 use flate2::{Compression, Crc};
 
+use crate::metrics::Exposition;
+
 /// A target's series in compressed form.
 #[derive(Debug, Default)]
 pub struct CompressedSeries {
@@ -24,15 +26,25 @@ pub struct CompressedSeries {
 impl CompressedSeries {
     /// Compresses `text` (raw deflate, fast level, final block).
     pub fn new(text: &[u8]) -> Self {
-        let mut crc = Crc::new();
-        crc.update(text);
-        let mut enc =
-            DeflateEncoder::new(Vec::with_capacity(text.len() / 8 + 64), Compression::fast());
-        enc.write_all(text).expect("writing to a Vec cannot fail");
-        let deflate = enc.finish().expect("finishing into a Vec cannot fail");
+        Self::build(text.len(), |w| w.write_all(text))
+    }
+
+    /// Compresses an exposition family by family, never joining it into one buffer.
+    pub fn from_exposition(e: &Exposition) -> Self {
+        Self::build(e.len(), |w| e.write_to(w))
+    }
+
+    fn build(size_hint: usize, write: impl FnOnce(&mut CrcWriter) -> std::io::Result<()>) -> Self {
+        let enc = DeflateEncoder::new(Vec::with_capacity(size_hint / 8 + 64), Compression::fast());
+        let mut w = CrcWriter {
+            enc,
+            crc: Crc::new(),
+        };
+        write(&mut w).expect("writing to a Vec cannot fail");
+        let deflate = w.enc.finish().expect("finishing into a Vec cannot fail");
         Self {
             deflate: deflate.into(),
-            crc,
+            crc: w.crc,
         }
     }
 
@@ -92,6 +104,24 @@ impl CompressedSeries {
     }
 }
 
+/// A deflate writer that also keeps the CRC32 of what went in.
+struct CrcWriter {
+    enc: DeflateEncoder<Vec<u8>>,
+    crc: Crc,
+}
+
+impl Write for CrcWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.enc.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.enc.flush()
+    }
+}
+
 /// Whether an `Accept-Encoding` value allows gzip (a `q=0` refuses it).
 pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
     accept_encoding.is_some_and(|v| {
@@ -144,6 +174,18 @@ mod tests {
             gunzip(&empty.gzip_after(b"probe_success 0\n")),
             b"probe_success 0\n"
         );
+    }
+
+    #[test]
+    fn an_exposition_compresses_to_its_rendered_text() {
+        let mut e = Exposition::new();
+        for i in 0..500 {
+            e.gauge(crate::metrics::DEVICE_ONLINE, &[("device_uuid", &format!("{i:032x}"))], 1.0);
+            e.gauge(crate::metrics::FLEET_DEVICES, &[("fleet", "o/f")], i as f64);
+        }
+        let mut text = String::new();
+        e.render_into(&mut text);
+        assert_eq!(CompressedSeries::from_exposition(&e).text(), text.as_bytes());
     }
 
     #[test]

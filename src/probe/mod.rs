@@ -90,10 +90,8 @@ pub async fn fetch(
         write_fleet(&mut fleet_series, s, module);
     }
     fleet_series.append(out);
-    let mut text = String::with_capacity(fleet_series.len() + 64 * 1024);
-    fleet_series.render_into(&mut text);
     Ok(ProbeData {
-        series: CompressedSeries::new(text.as_bytes()),
+        series: CompressedSeries::from_exposition(&fleet_series),
         fleets: stats.len(),
         devices: device_total,
         api_requests: session.call_count(),
