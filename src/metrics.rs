@@ -122,10 +122,18 @@ impl Exposition {
 
     /// Adds one gauge sample.
     pub fn gauge(&mut self, def: MetricDef, labels: &[(&str, &str)], value: f64) {
-        let i = *self.index.entry(def.name).or_insert_with(|| {
-            self.families.push((def, String::new()));
-            self.families.len() - 1
-        });
+        // A probe writes ~25 families: a pointer scan beats hashing the name ~150,000 times.
+        let i = match self
+            .families
+            .iter()
+            .position(|(d, _)| std::ptr::eq(d.name, def.name))
+        {
+            Some(i) => i,
+            None => *self.index.entry(def.name).or_insert_with(|| {
+                self.families.push((def, String::new()));
+                self.families.len() - 1
+            }),
+        };
         let buf = &mut self.families[i].1;
         buf.push_str(def.name);
         if !labels.is_empty() {
@@ -201,6 +209,10 @@ fn family_header(def: &MetricDef) -> String {
 }
 
 fn escape_label_value(buf: &mut String, v: &str) {
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        buf.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => buf.push_str("\\\\"),
@@ -216,6 +228,9 @@ fn write_value(buf: &mut String, v: f64) {
         buf.push_str("NaN");
     } else if v.is_infinite() {
         buf.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        // Counts, bytes and flags are integers: integer formatting is several times faster.
+        let _ = write!(buf, "{}", v as i64);
     } else {
         let _ = write!(buf, "{v}");
     }

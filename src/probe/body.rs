@@ -180,12 +180,19 @@ mod tests {
     fn an_exposition_compresses_to_its_rendered_text() {
         let mut e = Exposition::new();
         for i in 0..500 {
-            e.gauge(crate::metrics::DEVICE_ONLINE, &[("device_uuid", &format!("{i:032x}"))], 1.0);
+            e.gauge(
+                crate::metrics::DEVICE_ONLINE,
+                &[("device_uuid", &format!("{i:032x}"))],
+                1.0,
+            );
             e.gauge(crate::metrics::FLEET_DEVICES, &[("fleet", "o/f")], i as f64);
         }
         let mut text = String::new();
         e.render_into(&mut text);
-        assert_eq!(CompressedSeries::from_exposition(&e).text(), text.as_bytes());
+        assert_eq!(
+            CompressedSeries::from_exposition(&e).text(),
+            text.as_bytes()
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod series;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::balena::model::{Device, Fleet};
 use crate::balena::{self, BalenaError, DeviceScope, FleetSet, Session};
 use crate::config::{ModuleConfig, Scope};
 use crate::metrics::Exposition;
@@ -55,46 +56,92 @@ pub async fn fetch(
             DeviceScope::Accessible,
         ),
     };
-    let mut stats: Vec<FleetStats> = fleets.into_iter().map(FleetStats::new).collect();
-    let mut out = Exposition::new();
-    let mut device_total = 0;
+    let mut builder = SeriesBuilder::new(fleets, module);
     if module.counts_only {
-        for s in &mut stats {
-            s.online = s.fleet.online_count.unwrap_or(0);
-        }
-    } else if !stats.is_empty() {
-        let index: HashMap<u64, usize> = stats
+        builder.use_online_counts();
+    } else if !builder.is_empty() {
+        balena::devices(session, &devices, module, |d| builder.add(&d)).await?;
+    }
+    let (series, fleets, devices) = builder.finish();
+    Ok(ProbeData {
+        series,
+        fleets,
+        devices,
+        api_requests: session.call_count(),
+        fetch_duration: started.elapsed(),
+    })
+}
+
+/// Builds a target's series from its fleets and then its devices, one at a time: pure, so the
+/// benchmarks and tests drive it without HTTP.
+pub struct SeriesBuilder<'m> {
+    module: &'m ModuleConfig,
+    stats: Vec<FleetStats>,
+    index: HashMap<u64, usize>,
+    tags: Vec<(String, String)>,
+    devices: Exposition,
+    device_total: usize,
+}
+
+impl<'m> SeriesBuilder<'m> {
+    /// Starts with the target's fleets.
+    pub fn new(fleets: Vec<Fleet>, module: &'m ModuleConfig) -> Self {
+        let stats: Vec<FleetStats> = fleets.into_iter().map(FleetStats::new).collect();
+        let index = stats
             .iter()
             .enumerate()
             .map(|(i, s)| (s.fleet.id, i))
             .collect();
-        let tags = tag_labels(module);
-        let single = stats.len() == 1;
-        balena::devices(session, &devices, module, |d| {
-            let i = match d.belongs_to__application.and_then(|f| index.get(&f.id)) {
-                Some(i) => *i,
-                None if single => 0,
-                None => return,
-            };
-            device_total += 1;
-            stats[i].add(&d);
-            if module.devices {
-                write_device(&mut out, &stats[i].fleet.slug, &d, &tags);
-            }
-        })
-        .await?;
+        Self {
+            module,
+            stats,
+            index,
+            tags: tag_labels(module),
+            devices: Exposition::new(),
+            device_total: 0,
+        }
     }
-    // Fleet aggregates go first in the output: they are what most dashboards read.
-    let mut fleet_series = Exposition::new();
-    for s in &stats {
-        write_fleet(&mut fleet_series, s, module);
+
+    /// True when the target has no fleet (nothing to list).
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty()
     }
-    fleet_series.append(out);
-    Ok(ProbeData {
-        series: CompressedSeries::from_exposition(&fleet_series),
-        fleets: stats.len(),
-        devices: device_total,
-        api_requests: session.call_count(),
-        fetch_duration: started.elapsed(),
-    })
+
+    /// Counts-only modules: online counts come with the fleet rows.
+    pub fn use_online_counts(&mut self) {
+        for s in &mut self.stats {
+            s.online = s.fleet.online_count.unwrap_or(0);
+        }
+    }
+
+    /// Counts one device and writes its series (if the module wants them).
+    pub fn add(&mut self, d: &Device<'_>) {
+        let i = match d
+            .belongs_to__application
+            .and_then(|f| self.index.get(&f.id))
+        {
+            Some(i) => *i,
+            None if self.stats.len() == 1 => 0,
+            None => return,
+        };
+        self.device_total += 1;
+        self.stats[i].add(d);
+        if self.module.devices {
+            write_device(&mut self.devices, &self.stats[i].fleet.slug, d, &self.tags);
+        }
+    }
+
+    /// The compressed series (fleet aggregates first), the fleet count and the device count.
+    pub fn finish(self) -> (CompressedSeries, usize, usize) {
+        let mut out = Exposition::new();
+        for s in &self.stats {
+            write_fleet(&mut out, s, self.module);
+        }
+        out.append(self.devices);
+        (
+            CompressedSeries::from_exposition(&out),
+            self.stats.len(),
+            self.device_total,
+        )
+    }
 }

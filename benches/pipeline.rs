@@ -1,0 +1,90 @@
+//! The probe pipeline without HTTP: decode a page of devices, build the series, compress.
+//! `cargo bench --bench pipeline` — results and how to read them: docs/performance.md.
+
+use std::hint::black_box;
+
+use balena_exporter::balena::model::{for_each_device, Fleet};
+use balena_exporter::balena::{device_query, odata::Query};
+use balena_exporter::config::ModuleConfig;
+use balena_exporter::probe::SeriesBuilder;
+use balena_exporter::simulator::{parse_request, FleetSpec, OrgSpec, UserSpec, World, WorldSpec};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+/// The JSON body the API would send for a fleet of `n` devices, and its fleet row.
+fn page(n: usize, module: &ModuleConfig) -> (Vec<u8>, Fleet) {
+    let spec = WorldSpec {
+        seed: 3,
+        orgs: vec![OrgSpec {
+            handle: "bench".into(),
+            fleets: vec![FleetSpec::new("fleet", n)],
+        }],
+        users: vec![UserSpec {
+            username: "b".into(),
+            token: "t".into(),
+            orgs: vec!["bench".into()],
+        }],
+    };
+    let world = World::generate(&spec);
+    let caller = world.caller(Some("t"));
+    let (select, expand) = device_query(module);
+    let q = Query::new()
+        .option("$select", select)
+        .option("$expand", expand)
+        .option("$filter", "belongs_to__application eq 1")
+        .option("$orderby", "id asc");
+    let req = parse_request("device", &q.to_wire()).unwrap();
+    let rows = world.read("device", None, &req.options, &caller).unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({ "d": rows })).unwrap();
+    let fleet: Fleet = serde_json::from_value(
+        serde_json::json!({"id": 1, "app_name": "fleet", "slug": "bench/fleet"}),
+    )
+    .unwrap();
+    (body, fleet)
+}
+
+fn pipeline(c: &mut Criterion) {
+    let full = ModuleConfig {
+        device_tags: vec!["location".into()],
+        ..ModuleConfig::default()
+    };
+    let summary = ModuleConfig {
+        devices: false,
+        ..ModuleConfig::default()
+    };
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(10);
+    for n in [100usize, 1_000, 10_000, 50_000] {
+        let (body, fleet) = page(n, &full);
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("decode", n), &body, |b, body| {
+            b.iter(|| for_each_device(black_box(body), |d| drop(black_box(d))).unwrap())
+        });
+        group.bench_with_input(
+            BenchmarkId::new("decode+series+compress/default", n),
+            &body,
+            |b, body| {
+                b.iter(|| {
+                    let mut builder = SeriesBuilder::new(vec![fleet.clone()], &full);
+                    for_each_device(body, |d| builder.add(&d)).unwrap();
+                    black_box(builder.finish())
+                })
+            },
+        );
+        let (sbody, sfleet) = page(n, &summary);
+        group.bench_with_input(
+            BenchmarkId::new("decode+series+compress/summary", n),
+            &sbody,
+            |b, body| {
+                b.iter(|| {
+                    let mut builder = SeriesBuilder::new(vec![sfleet.clone()], &summary);
+                    for_each_device(body, |d| builder.add(&d)).unwrap();
+                    black_box(builder.finish())
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
