@@ -174,6 +174,18 @@ async fn main() {
     let total: u64 = futures_util::future::join_all(workers).await.iter().sum();
     let secs = started.elapsed().as_secs_f64();
     println!("(c) cached /probe of a 100-device fleet, {concurrency} connections for {secs:.1} s (load generator in the same process): {:.0} req/s", total as f64 / secs);
+    // The same with wrk, a load generator in its own process (as Prometheus would be), if installed.
+    match std::process::Command::new("wrk")
+        .args(["-t2", "-c32", "-d5s", "-H", "Accept-Encoding: gzip", &url])
+        .output()
+    {
+        Ok(out) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rps = text.lines().find(|l| l.starts_with("Requests/sec:")).unwrap_or("Requests/sec: ?");
+            println!("    with wrk -t2 -c32 -d5s (gzip): {}", rps.trim_start_matches("Requests/sec:").trim());
+        }
+        _ => println!("    wrk not installed: apt-get install wrk for an external load generator"),
+    }
     handle.stop(false).await;
     sim.stop().await;
 
