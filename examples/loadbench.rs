@@ -181,8 +181,14 @@ async fn main() {
     {
         Ok(out) if out.status.success() => {
             let text = String::from_utf8_lossy(&out.stdout);
-            let rps = text.lines().find(|l| l.starts_with("Requests/sec:")).unwrap_or("Requests/sec: ?");
-            println!("    with wrk -t2 -c32 -d5s (gzip): {}", rps.trim_start_matches("Requests/sec:").trim());
+            let rps = text
+                .lines()
+                .find(|l| l.starts_with("Requests/sec:"))
+                .unwrap_or("Requests/sec: ?");
+            println!(
+                "    with wrk -t2 -c32 -d5s (gzip): {}",
+                rps.trim_start_matches("Requests/sec:").trim()
+            );
         }
         _ => println!("    wrk not installed: apt-get install wrk for an external load generator"),
     }

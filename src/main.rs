@@ -31,7 +31,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let sim = Simulator::start(&WorldSpec::demo(), "127.0.0.1:0")
             .context("starting the demo simulator")?;
         let yaml = DEMO_CONFIG.replace("http://127.0.0.1:1", &sim.url());
-        let c = config::from_yaml_str(&yaml, "config/demo.yml (embedded)")?;
+        let c = config::from_yaml_str_with_env(&yaml, "config/demo.yml (embedded)")?;
         tracing::info!(simulator = %sim.url(), "demo mode: using the built-in balena API simulator");
         demo = Some(sim);
         SharedConfig::new(c, None)

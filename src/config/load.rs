@@ -100,9 +100,17 @@ fn check_duplicates(files: &[PathBuf]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Loads from YAML text (tests, `--demo`).
+/// Loads from YAML text (tests).
 pub fn from_yaml_str(yaml: &str, name: &str) -> Result<Config, ConfigError> {
     from_figment(Figment::new().merge(Yaml::string(yaml)), name, false)
+}
+
+/// Loads from YAML text, then the `BALENA_EXPORTER_` environment overrides (`--demo`).
+pub fn from_yaml_str_with_env(yaml: &str, name: &str) -> Result<Config, ConfigError> {
+    let figment = Figment::new()
+        .merge(Yaml::string(yaml))
+        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+    from_figment(figment, name, false)
 }
 
 fn from_figment(figment: Figment, file: &str, expand_env: bool) -> Result<Config, ConfigError> {

@@ -8,7 +8,7 @@
 mod load;
 mod shared;
 
-pub use load::{from_yaml_str, load, LoadOptions};
+pub use load::{from_yaml_str, from_yaml_str_with_env, load, LoadOptions};
 pub use shared::SharedConfig;
 
 use std::collections::BTreeMap;

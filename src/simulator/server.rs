@@ -87,6 +87,10 @@ pub struct SimState {
     pub faults: Mutex<Vec<FaultRule>>,
     /// Every request received.
     pub log: Mutex<Vec<LoggedRequest>>,
+    /// Requests being answered right now.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    /// The most requests ever answered at once.
+    pub max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 impl SimState {
@@ -151,9 +155,18 @@ fn json_ok(body: &Value) -> HttpResponse {
 
 /// Every request lands here.
 pub async fn dispatch(req: HttpRequest, state: web::Data<Arc<SimState>>) -> HttpResponse {
+    use std::sync::atomic::Ordering;
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let response = answer_with_faults(&req, &state).await;
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+async fn answer_with_faults(req: &HttpRequest, state: &web::Data<Arc<SimState>>) -> HttpResponse {
     let path = req.path().to_string();
     let query = req.query_string().to_string();
-    let token = bearer(&req);
+    let token = bearer(req);
     let caller = state
         .world
         .read()
@@ -176,7 +189,7 @@ pub async fn dispatch(req: HttpRequest, state: web::Data<Arc<SimState>>) -> Http
             )
         }
         Some(Fault::TruncatedJson) => {
-            let full = answer(&state, &req, &path, &query, &caller);
+            let full = answer(state, req, &path, &query, &caller);
             let body = actix_web::body::to_bytes(full.into_body())
                 .await
                 .unwrap_or_default();
@@ -196,7 +209,7 @@ pub async fn dispatch(req: HttpRequest, state: web::Data<Arc<SimState>>) -> Http
         }
         None => {}
     }
-    let response = response.unwrap_or_else(|| answer(&state, &req, &path, &query, &caller));
+    let response = response.unwrap_or_else(|| answer(state, req, &path, &query, &caller));
     if let Ok(mut log) = state.log.lock() {
         log.push(LoggedRequest {
             path,
@@ -215,6 +228,9 @@ fn answer(
     query: &str,
     caller: &Caller,
 ) -> HttpResponse {
+    if let Some(action) = path.strip_prefix("/_sim/") {
+        return admin(state, req, action, query);
+    }
     if req.method() != actix_web::http::Method::GET {
         return error_response(405, None);
     }
@@ -238,6 +254,60 @@ fn answer(
             Caller::Guest => error_response(401, None),
         },
         p if p.starts_with("/v7/") => odata(state, &p["/v7/".len()..], query, caller),
+        _ => error_response(404, None),
+    }
+}
+
+/// The simulator's own control surface (not part of the balena API), for `--demo` users and
+/// end-to-end tests driving a simulator in another process:
+/// `GET /_sim/fleets` (ground truth per fleet) and `POST /_sim/offline?fleet=SLUG` (every device
+/// of the fleet goes offline).
+fn admin(state: &SimState, req: &HttpRequest, action: &str, query: &str) -> HttpResponse {
+    let param = |name: &str| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    let post = req.method() == actix_web::http::Method::POST;
+    match (action, post) {
+        ("fleets", false) => {
+            let Ok(world) = state.world.read() else {
+                return error_response(500, None);
+            };
+            let fleets: Vec<Value> = world
+                .fleet_slugs()
+                .into_iter()
+                .map(|slug| {
+                    let rows = world.devices_of(&slug);
+                    let count =
+                        |f: &dyn Fn(&super::Row) -> bool| rows.iter().filter(|r| f(r)).count();
+                    json!({
+                        "slug": slug,
+                        "devices": rows.len(),
+                        "online": count(&|r| r["is_online"] == true),
+                        "undervolted": count(&|r| r["is_undervolted"] == true),
+                    })
+                })
+                .collect();
+            json_ok(&Value::Array(fleets))
+        }
+        ("offline", true) => {
+            let Some(slug) = param("fleet") else {
+                return HttpResponse::BadRequest().body("fleet parameter is missing\n");
+            };
+            let Ok(mut world) = state.world.write() else {
+                return error_response(500, None);
+            };
+            let ids = world.device_ids(&slug);
+            for id in &ids {
+                if let Some(d) = world.row_mut("device", *id) {
+                    d.insert("is_online".into(), Value::Bool(false));
+                    d.insert("is_connected_to_vpn".into(), Value::Bool(false));
+                    d.insert("api_heartbeat_state".into(), "offline".into());
+                }
+            }
+            json_ok(&json!({ "fleet": slug, "devices_offline": ids.len() }))
+        }
         _ => error_response(404, None),
     }
 }

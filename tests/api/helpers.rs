@@ -148,6 +148,11 @@ impl TestApp {
         parse(&a.body)
     }
 
+    /// Like [`TestApp::probe`] with an owned query (for futures that outlive a loop).
+    pub async fn probe_owned(&self, query: String) -> Samples {
+        self.probe(&query).await
+    }
+
     /// Probes by full path (e.g. under a route prefix) and parses the answer.
     pub async fn probe_path(&self, path: &str) -> Samples {
         let a = self.get(path).await;

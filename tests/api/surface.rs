@@ -181,3 +181,35 @@ async fn reload_swaps_good_configs_and_keeps_the_old_one_on_error() {
     let _ = std::fs::remove_dir_all(&dir);
     app.stop().await;
 }
+
+/// `api.max_concurrency` caps the requests in flight per auth across all targets.
+#[actix_rt::test]
+async fn upstream_concurrency_is_capped_per_auth() {
+    use balena_exporter::simulator::{Fault, FaultRule};
+    use std::sync::atomic::Ordering;
+    let names = ["f1", "f2", "f3", "f4", "f5", "f6"];
+    let fleets: Vec<(&str, usize)> = names.iter().map(|n| (*n, 3)).collect();
+    let app = spawn_with(world(&fleets), |url| {
+        default_config(url, &names)
+            .replace("  timeout: 5s\n", "  timeout: 5s\n  max_concurrency: 2\n")
+    })
+    .await;
+    app.sim.inject(FaultRule::always(
+        "/v7/",
+        Fault::Delay(std::time::Duration::from_millis(150)),
+    ));
+    let probes: Vec<_> = names
+        .iter()
+        .map(|n| app.probe_owned(format!("target={n}")))
+        .collect();
+    for m in futures_util::future::join_all(probes).await {
+        assert_eq!(m.value("probe_success", &[]), 1.0);
+    }
+    assert_eq!(app.sim.requests("/v7/"), 12);
+    assert_eq!(
+        app.sim.state.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "never more than max_concurrency at once"
+    );
+    app.stop().await;
+}
