@@ -418,3 +418,26 @@ async fn gzip_and_identity_answers_carry_the_same_series() {
     assert_eq!(parse(&plain.body).find("balena_device_info", &[]).len(), 60);
     app.stop().await;
 }
+
+/// A response past `api.max_response_bytes` fails the probe with reason `too_large`.
+#[actix_rt::test]
+async fn a_response_over_the_size_cap_fails_the_probe() {
+    let app = spawn_with(world(&[("screens", 50)]), |url| {
+        default_config(url, &["screens"]).replace(
+            "  timeout: 5s\n",
+            "  timeout: 5s\n  max_response_bytes: 4KiB\n",
+        )
+    })
+    .await;
+    let m = app.probe("target=screens").await;
+    assert_eq!(m.value("probe_success", &[]), 0.0);
+    let metrics = parse(&app.get("/metrics").await.body);
+    assert_eq!(
+        metrics.value(
+            "balena_exporter_probes_total",
+            &[("target", "screens"), ("result", "too_large")]
+        ),
+        1.0
+    );
+    app.stop().await;
+}
