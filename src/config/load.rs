@@ -53,8 +53,24 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
         figment = figment.merge(Yaml::file_exact(file));
     }
     check_duplicates(&opts.files)?;
-    let figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+    let figment = figment.merge(env_overrides());
     from_figment(figment, &opts.describe(), opts.expand_env)
+}
+
+/// `BALENA_EXPORTER_<SECTION>__...` variables, for the config's own sections only: other
+/// variables with the prefix are not config (Kubernetes, for one, sets
+/// `BALENA_EXPORTER_SERVICE_HOST` and `BALENA_EXPORTER_PORT` in pods next to a Service named
+/// `balena-exporter`) and must not stop the exporter as unknown keys.
+fn env_overrides() -> Env {
+    Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
+        let section = key
+            .as_str()
+            .split(['.', '_'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        ["api", "auths", "modules", "targets"].contains(&section.as_str())
+    })
 }
 
 /// With several files, each auth, module and target name (and the `api` block) may be
@@ -109,7 +125,7 @@ pub fn from_yaml_str(yaml: &str, name: &str) -> Result<Config, ConfigError> {
 pub fn from_yaml_str_with_env(yaml: &str, name: &str) -> Result<Config, ConfigError> {
     let figment = Figment::new()
         .merge(Yaml::string(yaml))
-        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+        .merge(env_overrides());
     from_figment(figment, name, false)
 }
 

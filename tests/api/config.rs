@@ -129,3 +129,28 @@ fn token_variables_expand_only_when_asked() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Variables with the prefix that are not config keys (Kubernetes service links set
+/// `BALENA_EXPORTER_SERVICE_HOST` and `BALENA_EXPORTER_PORT`) do not stop the exporter.
+#[test]
+fn unrelated_prefixed_variables_are_not_config() {
+    let good = "auths:\n  a:\n    token: x\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n";
+    let dir = std::env::temp_dir().join(format!("balena-exporter-links-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yml");
+    std::fs::write(&file, good).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_balena-exporter"))
+        .arg(format!("--config.file={}", file.display()))
+        .arg("--config.check")
+        .env("BALENA_EXPORTER_SERVICE_HOST", "10.0.0.1")
+        .env("BALENA_EXPORTER_PORT", "tcp://10.0.0.1:9759")
+        .env("BALENA_EXPORTER_PORT_9759_TCP_PROTO", "tcp")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
