@@ -275,16 +275,43 @@ async fn upstream_faults_fail_only_the_affected_probe() {
     app.stop().await;
 }
 
-/// A 429 whose Retry-After fits in the deadline is retried and the probe succeeds.
+/// A 429 whose Retry-After fits in the deadline is retried and the probe succeeds; one that
+/// does not fit fails the probe at once.
 #[actix_rt::test]
 async fn a_short_retry_after_is_honoured() {
-    let app = spawn_app(&[("screens", 5)]).await;
+    let app = spawn_with(world(&[("screens", 5)]), |url| {
+        default_config(url, &["screens"])
+            .replace("  timeout: 5s\n", "  timeout: 5s\n  cache_ttl: 0s\n")
+    })
+    .await;
+    let deadline = [("X-Prometheus-Scrape-Timeout-Seconds", "3.5")];
+    app.sim
+        .inject(FaultRule::always("/v7/device", Fault::RateLimit(Some("60".into()))).times(1));
+    let started = std::time::Instant::now();
+    let a = app.get_with("/probe?target=screens", &deadline).await;
+    assert_eq!(
+        parse(&a.body).value("probe_success", &[]),
+        0.0,
+        "Retry-After: 60 cannot fit in 3 s"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "fails fast instead of waiting"
+    );
     app.sim
         .inject(FaultRule::always("/v7/device", Fault::RateLimit(Some("1".into()))).times(1));
-    let m = app.probe("target=screens").await;
-    assert_eq!(m.value("probe_success", &[]), 1.0);
-    assert_eq!(app.sim.requests("/v7/device"), 2);
-    assert_eq!(m.value("balena_probe_api_requests", &[]), 3.0);
+    let m = parse(&app.get_with("/probe?target=screens", &deadline).await.body);
+    assert_eq!(
+        m.value("probe_success", &[]),
+        1.0,
+        "Retry-After: 1 fits in 3 s"
+    );
+    assert_eq!(app.sim.requests("/v7/device"), 3);
+    assert_eq!(
+        m.value("balena_probe_api_requests", &[]),
+        3.0,
+        "fleet row, 429, retry"
+    );
     app.stop().await;
 }
 

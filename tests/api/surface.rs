@@ -213,3 +213,29 @@ async fn upstream_concurrency_is_capped_per_auth() {
     );
     app.stop().await;
 }
+
+/// A cached result expires after `api.cache_ttl`: the next probe fetches again.
+#[actix_rt::test]
+async fn the_cache_expires_after_its_ttl() {
+    let app = spawn_with(world(&[("screens", 5)]), |url| {
+        default_config(url, &["screens"])
+            .replace("  timeout: 5s\n", "  timeout: 5s\n  cache_ttl: 1s\n")
+    })
+    .await;
+    app.probe("target=screens").await;
+    app.probe("target=screens").await;
+    assert_eq!(
+        app.sim.requests("/v7/device"),
+        1,
+        "second probe inside the TTL"
+    );
+    actix_rt::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let m = app.probe("target=screens").await;
+    assert_eq!(
+        app.sim.requests("/v7/device"),
+        2,
+        "after the TTL a new fetch"
+    );
+    assert_eq!(m.value("balena_probe_data_age_seconds", &[]), 0.0);
+    app.stop().await;
+}
