@@ -73,3 +73,61 @@ async fn docs_list_exactly_the_emitted_metrics() {
     );
     app.stop().await;
 }
+
+/// The Grafana dashboard is valid JSON and its queries use only metrics the exporter emits.
+#[test]
+fn dashboard_queries_use_only_documented_metrics() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/balena-fleets.json"
+    );
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON");
+    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "definition", serde_json::Value::String(s)) => {
+                            out.push(s.clone())
+                        }
+                        _ => exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    exprs(&dash, &mut all);
+    assert!(all.len() >= 20, "{} queries", all.len());
+    let documented = documented();
+    let mut used = BTreeSet::new();
+    for e in &all {
+        let mut rest = e.as_str();
+        while let Some(pos) = rest.find(|c: char| c.is_ascii_lowercase()) {
+            let tail = &rest[pos..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(tail.len());
+            let word = &tail[..end];
+            let preceded_by_quote = pos > 0 && rest.as_bytes()[pos - 1] == b'"';
+            if !preceded_by_quote && (word.starts_with("balena_") || word.starts_with("probe_")) {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s))
+                    .filter(|b| documented.contains(*b))
+                    .unwrap_or(word);
+                used.insert(base.to_string());
+            }
+            rest = &tail[end..];
+        }
+    }
+    let unknown: Vec<_> = used.iter().filter(|n| !documented.contains(*n)).collect();
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics the exporter does not emit: {unknown:?}"
+    );
+    assert!(used.len() >= 20, "{used:?}");
+}
