@@ -4,8 +4,12 @@
 # read-only (the exporter writes nothing to disk).
 #
 #   docker build -t balena-exporter .
+#   docker run -p 9759:9759 -e BALENA_TOKEN=... balena-exporter          # every fleet the token sees
 #   docker run -p 9759:9759 -v $PWD/balena-exporter.yml:/etc/balena-exporter/balena-exporter.yml:ro balena-exporter
 #   docker run -p 9759:9759 balena-exporter --demo --web.listen-address=:9759
+#
+# Without flags the exporter reads /etc/balena-exporter/balena-exporter.yml if it exists, else
+# configures itself from BALENA_TOKEN / BALENA_TOKEN_FILE / BALENA_API_URL.
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
@@ -23,6 +27,6 @@ LABEL org.opencontainers.image.title="balena-exporter" \
 COPY --from=build /out/balena-exporter /usr/local/bin/balena-exporter
 COPY config/demo.yml /etc/balena-exporter/demo.yml
 USER 65532:65532
+WORKDIR /etc/balena-exporter
 EXPOSE 9759
 ENTRYPOINT ["/usr/local/bin/balena-exporter"]
-CMD ["--config.file=/etc/balena-exporter/balena-exporter.yml"]

@@ -8,6 +8,12 @@ use clap::{Parser, ValueEnum};
 /// The exporter's default port (in the exporter range 9100–9999).
 pub const DEFAULT_PORT: u16 = 9759;
 
+/// Config files tried, in order, when `--config.file` is not given.
+pub const DEFAULT_CONFIG_FILES: &[&str] = &[
+    "balena-exporter.yml",
+    "/etc/balena-exporter/balena-exporter.yml",
+];
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -23,11 +29,9 @@ pub enum LogFormat {
 #[command(name = "balena-exporter", version, about, long_about = None)]
 pub struct Cli {
     /// Configuration file (YAML); repeat to merge several (each name defined in one file only).
-    #[arg(
-        long = "config.file",
-        value_name = "PATH",
-        default_value = "balena-exporter.yml"
-    )]
+    /// Without it: ./balena-exporter.yml, then /etc/balena-exporter/balena-exporter.yml, then
+    /// the environment (BALENA_TOKEN or BALENA_TOKEN_FILE, BALENA_API_URL).
+    #[arg(long = "config.file", value_name = "PATH")]
     pub config_file: Vec<PathBuf>,
 
     /// Validate the configuration, print the result and exit (0 when valid, 1 otherwise).
@@ -62,6 +66,10 @@ pub struct Cli {
     /// Probes kept for the landing page and /logs (failures are kept apart, as many again).
     #[arg(long = "history.limit", value_name = "N", default_value_t = 100)]
     pub history_limit: usize,
+
+    /// How often to list the fleets of org and `all` targets (for per-fleet targets on /sd).
+    #[arg(long = "discovery.interval", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub discovery_interval: Duration,
 
     /// Subtracted from Prometheus' scrape timeout to leave time to answer.
     #[arg(long = "web.timeout-offset", value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]

@@ -14,6 +14,7 @@
 pub mod balena;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod history;
 pub mod metrics;
 pub mod probe;

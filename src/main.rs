@@ -1,7 +1,9 @@
 //! The `balena-exporter` binary: flags, logging, config, then serve.
 
 use anyhow::Context;
-use balena_exporter::cli::Cli;
+use std::path::PathBuf;
+
+use balena_exporter::cli::{Cli, DEFAULT_CONFIG_FILES};
 use balena_exporter::config::{self, LoadOptions, SharedConfig};
 use balena_exporter::simulator::{Simulator, WorldSpec};
 use balena_exporter::startup::{spawn_sighup_reloader, Application, Settings};
@@ -25,6 +27,35 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// The config files given, else the first default file that exists, else the environment.
+fn load_config(cli: &Cli) -> anyhow::Result<(config::Config, Option<LoadOptions>)> {
+    let files = if cli.config_file.is_empty() {
+        DEFAULT_CONFIG_FILES
+            .iter()
+            .map(PathBuf::from)
+            .filter(|f| f.exists())
+            .take(1)
+            .collect()
+    } else {
+        cli.config_file.clone()
+    };
+    if files.is_empty() {
+        let defaults: Vec<PathBuf> = DEFAULT_CONFIG_FILES.iter().map(PathBuf::from).collect();
+        let config =
+            config::from_env()?.ok_or_else(|| anyhow::anyhow!(config::how_to_start(&defaults)))?;
+        tracing::info!(
+            from = config::ENV_SOURCE,
+            "no config file: configured from the environment"
+        );
+        return Ok((config, None));
+    }
+    let opts = LoadOptions {
+        files,
+        expand_env: cli.expand_env,
+    };
+    Ok((config::load(&opts)?, Some(opts)))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut demo = None;
     let config = if cli.demo {
@@ -36,22 +67,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         demo = Some(sim);
         SharedConfig::new(c, None)
     } else {
-        let opts = LoadOptions {
-            files: cli.config_file.clone(),
-            expand_env: cli.expand_env,
-        };
-        let c = config::load(&opts)?;
+        let (config, opts) = load_config(&cli)?;
         if cli.config_check {
+            let source = opts
+                .as_ref()
+                .map(|o| o.describe())
+                .unwrap_or_else(|| config::ENV_SOURCE.to_string());
             println!(
-                "{}: config file is ok ({} targets, {} auths, {} modules)",
-                opts.describe(),
-                c.targets.len(),
-                c.auths.len(),
-                c.modules.len()
+                "{source}: config file is ok ({} targets, {} auths, {} modules)",
+                config.targets.len(),
+                config.auths.len(),
+                config.modules.len()
             );
             return Ok(());
         }
-        SharedConfig::new(c, Some(opts))
+        SharedConfig::new(config, opts)
     };
     let web = match &cli.web_config_file {
         Some(path) => Some(web_config::load(path)?),
@@ -65,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         route_prefix: cli.route_prefix(),
         history_limit: cli.history_limit,
         web,
+        discovery_interval: Some(cli.discovery_interval),
     })?;
     for addr in app.addrs() {
         tracing::info!(address = %addr, "listening");

@@ -32,10 +32,13 @@ pub struct Settings {
     pub history_limit: usize,
     /// TLS and basic auth from `--web.config.file`.
     pub web: Option<(WebConfig, Option<rustls::ServerConfig>)>,
+    /// How often to list the fleets of org and `all` targets for `/sd` (None: never).
+    pub discovery_interval: Option<Duration>,
 }
 
 impl Settings {
-    /// Settings for tests and embedding: listen on `listen`, defaults for the rest.
+    /// Settings for tests and embedding: listen on `listen`, defaults for the rest, and no
+    /// background discovery (its requests would be counted by tests).
     pub fn new(config: SharedConfig, listen: &str) -> Self {
         Self {
             config,
@@ -45,6 +48,7 @@ impl Settings {
             route_prefix: String::new(),
             history_limit: 100,
             web: None,
+            discovery_interval: None,
         }
     }
 }
@@ -66,8 +70,13 @@ impl Application {
             timeout_offset: settings.timeout_offset,
             cache: Default::default(),
             history: History::new(settings.history_limit),
+            limits: Arc::new(AuthLimits::default()),
+            discovery: Default::default(),
         });
-        let limits = Arc::new(AuthLimits::default());
+        let limits = state.limits.clone();
+        if let Some(interval) = settings.discovery_interval {
+            crate::discovery::spawn(state.clone(), interval);
+        }
         let (web_config, tls) = settings.web.unwrap_or_default();
         let basic_auth = web::Data::new(BasicAuth::new(web_config.basic_auth_users.clone()));
         let extra_headers: Vec<(String, String)> = web_config
@@ -187,6 +196,9 @@ async fn method_not_allowed() -> actix_web::HttpResponse {
 pub fn reload(state: &AppState) -> Result<(), ConfigError> {
     let result = state.config.reload();
     state.metrics.observe_reload(result.is_ok());
+    if result.is_ok() {
+        state.discovery.request_refresh();
+    }
     match &result {
         Ok(()) => tracing::info!(files = ?state.config.files(), "configuration reloaded"),
         Err(e) => {

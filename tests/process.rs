@@ -153,3 +153,149 @@ fn a_bad_web_config_exits_1() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Started with only `BALENA_TOKEN` and `BALENA_API_URL`: `/sd` lists every fleet the token can
+/// see, each probes with the simulator's numbers, and the token appears nowhere.
+#[actix_rt::test]
+async fn environment_only_start_discovers_and_probes_every_fleet() {
+    let token = "env-only-TOKEN-6d2a1f";
+    let mut spec = world(&[("one", 4), ("two", 7)]);
+    spec.users[0].token = token.into();
+    let sim = Simulator::start(&spec, "127.0.0.1:0").unwrap();
+    let dir = std::env::temp_dir().join(format!("balena-exporter-envonly-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let stderr_path = dir.join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_balena-exporter"))
+        .current_dir(&dir)
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=trace")
+        .env("BALENA_TOKEN", token)
+        .env("BALENA_API_URL", sim.url())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let exp = Exporter {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let targets = loop {
+        if let Ok(mut r) = awc::Client::new()
+            .get(format!("{}/sd", exp.base))
+            .send()
+            .await
+        {
+            let groups: serde_json::Value =
+                serde_json::from_slice(&r.body().await.unwrap()).unwrap();
+            let names: Vec<String> = groups
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|g| {
+                    g["targets"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.as_str().unwrap().to_string())
+                })
+                .collect();
+            if names.len() == 2 {
+                break names;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "discovery did not list the fleets"
+        );
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(targets, ["all/acme/one", "all/acme/two"]);
+    let mut bodies = Vec::new();
+    for (target, slug) in [("all/acme/one", "acme/one"), ("all/acme/two", "acme/two")] {
+        let (status, text) = body(&format!("{}/probe?target={target}", exp.base)).await;
+        assert_eq!(status, 200);
+        let m = parse(&text);
+        assert_eq!(m.value("probe_success", &[]), 1.0);
+        let want = sim.with_world(|w| w.devices_of(slug).len()) as f64;
+        assert_eq!(m.value("balena_fleet_devices", &[("fleet", slug)]), want);
+        assert!(
+            !m.has("balena_fleet_info") || m.find("balena_fleet_info", &[]).len() == 1,
+            "one fleet per per-fleet target"
+        );
+        bodies.push(text);
+    }
+    // The drop-in scrape of docs/migration.md: the older exporter's gauge in one request.
+    let before = sim.requests("/");
+    let (_, text) = body(&format!("{}/probe?target=all&module=compat", exp.base)).await;
+    assert_eq!(
+        sim.requests("/") - before,
+        1,
+        "one API request for every fleet"
+    );
+    let m = parse(&text);
+    for (name, slug) in [("one", "acme/one"), ("two", "acme/two")] {
+        let online = sim.with_world(|w| {
+            w.devices_of(slug)
+                .iter()
+                .filter(|d| d["is_online"] == true)
+                .count()
+        }) as f64;
+        assert_eq!(
+            m.value("balena_devices_online", &[("fleet_name", name)]),
+            online
+        );
+    }
+    bodies.push(text);
+    // A fleet discovery did not find is not probed: the name never reaches the API.
+    assert_eq!(
+        body(&format!("{}/probe?target=all/acme/three", exp.base))
+            .await
+            .0,
+        400
+    );
+    for path in ["/config", "/probe?target=all&debug=true", "/metrics", "/"] {
+        bodies.push(body(&format!("{}{path}", exp.base)).await.1);
+    }
+    drop(exp);
+    let logs = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        logs.contains("level=trace") || logs.contains("level=debug"),
+        "trace logging was on"
+    );
+    for text in bodies.iter().chain(std::iter::once(&logs)) {
+        assert!(
+            !text.contains(token) && !text.contains("TOKEN-6d2a1f"),
+            "the token leaked"
+        );
+    }
+    sim.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Neither a config file nor a token: exit 1 with a message showing the ways to start.
+#[test]
+fn no_file_and_no_token_exits_1_with_guidance() {
+    let dir = std::env::temp_dir().join(format!("balena-exporter-noconf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_balena-exporter"))
+        .current_dir(&dir)
+        .arg("--web.listen-address=127.0.0.1:0")
+        .env_remove("BALENA_TOKEN")
+        .env_remove("BALENA_TOKEN_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "no configuration",
+        "--config.file=balena-exporter.yml",
+        "BALENA_TOKEN=",
+        "--demo",
+    ] {
+        assert!(err.contains(want), "{want} missing in {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

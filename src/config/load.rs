@@ -61,7 +61,7 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
 /// variables with the prefix are not config (Kubernetes, for one, sets
 /// `BALENA_EXPORTER_SERVICE_HOST` and `BALENA_EXPORTER_PORT` in pods next to a Service named
 /// `balena-exporter`) and must not stop the exporter as unknown keys.
-fn env_overrides() -> Env {
+pub(super) fn env_overrides() -> Env {
     Env::prefixed(ENV_PREFIX).split("__").filter(|key| {
         let section = key
             .as_str()
@@ -130,7 +130,17 @@ pub fn from_yaml_str_with_env(yaml: &str, name: &str) -> Result<Config, ConfigEr
 }
 
 fn from_figment(figment: Figment, file: &str, expand_env: bool) -> Result<Config, ConfigError> {
-    let mut config: Config = figment.extract().map_err(|e| figment_error(e, file))?;
+    let config: Config = figment.extract().map_err(|e| figment_error(e, file))?;
+    finish(config, file, expand_env)
+}
+
+/// The steps after parsing: the built-in module, tokens (files read, variables expanded) and
+/// validation.
+pub(super) fn finish(
+    mut config: Config,
+    file: &str,
+    expand_env: bool,
+) -> Result<Config, ConfigError> {
     config
         .modules
         .entry(DEFAULT_MODULE.to_string())
@@ -142,7 +152,7 @@ fn from_figment(figment: Figment, file: &str, expand_env: bool) -> Result<Config
 
 /// Turns a figment error into one line naming the file, key and expectation. Values found
 /// under a `token` key are never repeated.
-fn figment_error(e: figment::Error, file: &str) -> ConfigError {
+pub(super) fn figment_error(e: figment::Error, file: &str) -> ConfigError {
     use figment::error::Kind;
     let e = e
         .into_iter()

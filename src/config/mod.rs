@@ -5,9 +5,11 @@
 //! Tokens are [`SecretString`] from the moment they are read; a `token_file` is read at load
 //! and at every reload, never per request.
 
+mod env_only;
 mod load;
 mod shared;
 
+pub use env_only::{from_env, how_to_start, ENV_SOURCE};
 pub use load::{from_yaml_str, from_yaml_str_with_env, load, LoadOptions};
 pub use shared::SharedConfig;
 

@@ -21,7 +21,9 @@ pub use sd::sd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::balena::AuthLimits;
 use crate::config::SharedConfig;
+use crate::discovery::Discovery;
 use crate::history::History;
 use crate::metrics::ExporterMetrics;
 use crate::probe::cache::ProbeCache;
@@ -39,6 +41,10 @@ pub struct AppState {
     pub cache: ProbeCache,
     /// Recent probes for the landing page and `/logs`.
     pub history: History,
+    /// Upstream requests in flight per auth (shared by every client).
+    pub limits: Arc<AuthLimits>,
+    /// Fleets found under org and `all` targets.
+    pub discovery: Discovery,
 }
 
 /// The Content-Type of text format 0.0.4.

@@ -110,12 +110,22 @@ pub async fn probe(
         Err((reason, msg)) => return bad_request(&state, reason, msg),
     };
     let config = state.config.snapshot();
-    let Some(target) = config.targets.get(&params.target) else {
-        return bad_request(
-            &state,
-            "unknown_target",
-            format!("Unknown target {:?}", params.target),
-        );
+    let discovered;
+    let target = match config.targets.get(&params.target) {
+        Some(t) => t,
+        None => match discovered_fleet(&state, &config, &params.target) {
+            Some(t) => {
+                discovered = t;
+                &discovered
+            }
+            None => {
+                return bad_request(
+                    &state,
+                    "unknown_target",
+                    format!("Unknown target {:?}", params.target),
+                );
+            }
+        },
     };
     let module_name = params.module.as_deref().unwrap_or(target.module_name());
     let Some(module) = config.modules.get(module_name) else {
@@ -263,6 +273,28 @@ pub async fn probe(
     body.extend_from_slice(&series.text());
     resp.insert_header((CONTENT_ENCODING, "identity"))
         .body(body)
+}
+
+/// `<org or all target>/<fleet slug>`, for a fleet that discovery found under that target:
+/// probed as a fleet target with the parent's auth and module.
+fn discovered_fleet(
+    state: &AppState,
+    config: &crate::config::Config,
+    name: &str,
+) -> Option<crate::config::TargetConfig> {
+    let (parent_name, slug) = name.split_once('/')?;
+    let parent = config.targets.get(parent_name)?;
+    if matches!(parent.scope(), crate::config::Scope::Fleet(_))
+        || !state.discovery.knows(parent_name, config.generation, slug)
+    {
+        return None;
+    }
+    Some(crate::config::TargetConfig {
+        fleet: Some(slug.to_string()),
+        org: None,
+        all: false,
+        ..parent.clone()
+    })
 }
 
 /// One log line per probe: target, result, duration, upstream calls; the failure reason,

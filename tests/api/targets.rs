@@ -300,3 +300,64 @@ async fn auth_override_is_limited_to_allowed_auths() {
     assert_eq!(refused.status, 400, "acme does not allow the other auth");
     app.stop().await;
 }
+
+/// `/sd` expands org and `all` targets into one target per discovered fleet; each probes as a
+/// fleet target; an org that cannot be listed stays as itself.
+#[actix_rt::test]
+async fn sd_lists_one_target_per_discovered_fleet() {
+    use balena_exporter::config::{self, SharedConfig};
+    use balena_exporter::simulator::Simulator;
+    use balena_exporter::startup::Settings;
+    let sim = Simulator::start(&orgs_world(), "127.0.0.1:0").unwrap();
+    let cfg = config::from_yaml_str(&orgs_config(&sim.url()), "t.yml").unwrap();
+    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
+    settings.discovery_interval = Some(std::time::Duration::from_secs(300));
+    let app = spawn_settings(sim, settings).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let names = loop {
+        let groups: serde_json::Value = serde_json::from_str(&app.get("/sd").await.body).unwrap();
+        let names: Vec<String> = groups
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["targets"][0].as_str().unwrap().to_string())
+            .collect();
+        if names.iter().any(|n| n.starts_with("acme/"))
+            && names.iter().any(|n| n.starts_with("everything/"))
+        {
+            break names;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no discovery: {names:?}"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let want = [
+        "acme/acme/alpha",
+        "acme/acme/bravo",
+        "acme/acme/charlie",
+        "alpha",
+        "everything/acme/alpha",
+        "everything/acme/bravo",
+        "everything/acme/charlie",
+        "hidden",
+        "xray",
+    ];
+    assert_eq!(
+        names, want,
+        "empty_org has no fleet to list; hidden cannot be listed and stays itself"
+    );
+    let m = app.probe("target=acme/acme/bravo").await;
+    assert_eq!(
+        m.value("balena_fleet_devices", &[("fleet", "acme/bravo")]),
+        40.0
+    );
+    assert_eq!(m.find("balena_fleet_info", &[]).len(), 1);
+    assert_eq!(
+        app.get("/probe?target=acme/other_org/xray").await.status,
+        400,
+        "not discovered under acme"
+    );
+    app.stop().await;
+}
