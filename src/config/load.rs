@@ -50,6 +50,11 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
                 reason: e.to_string(),
             });
         }
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read {
+            file: file.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        check_yaml(&text, &file.display().to_string())?;
         figment = figment.merge(Yaml::file_exact(file));
     }
     check_duplicates(&opts.files)?;
@@ -116,8 +121,26 @@ fn check_duplicates(files: &[PathBuf]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Rejects what the YAML reader behind figment lets through: duplicate keys at any level
+/// (strict, as blackbox and snmp exporters are). The message carries serde_yaml's location.
+fn check_yaml(text: &str, file: &str) -> Result<(), ConfigError> {
+    match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Err(e) if e.to_string().contains("duplicate entry") => {
+            let msg = e.to_string();
+            let (key, msg) = match msg.split_once(": duplicate") {
+                Some((path, rest)) => (path.to_string(), format!("duplicate{rest}")),
+                None => ("(top level)".to_string(), msg),
+            };
+            Err(invalid(file, key, msg))
+        }
+        // Other syntax errors are reported by the real parse, with their location.
+        _ => Ok(()),
+    }
+}
+
 /// Loads from YAML text (tests).
 pub fn from_yaml_str(yaml: &str, name: &str) -> Result<Config, ConfigError> {
+    check_yaml(yaml, name)?;
     from_figment(Figment::new().merge(Yaml::string(yaml)), name, false)
 }
 
