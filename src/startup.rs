@@ -175,6 +175,7 @@ fn routes(cfg: &mut web::ServiceConfig, prefix: &str) {
         web::scope(prefix)
             .route("/", web::get().to(routes::landing))
             .route("/probe", web::get().to(routes::probe))
+            .route("/probe", web::route().to(get_only))
             .route("/metrics", web::get().to(routes::metrics))
             .route("/config", web::get().to(routes::config))
             .route("/logs", web::get().to(routes::logs))
@@ -184,6 +185,12 @@ fn routes(cfg: &mut web::ServiceConfig, prefix: &str) {
             .route("/-/reload", web::post().to(routes::reload))
             .route("/-/reload", web::route().to(method_not_allowed)),
     );
+}
+
+async fn get_only() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::MethodNotAllowed()
+        .insert_header(("Allow", "GET"))
+        .body("Only GET requests allowed\n")
 }
 
 async fn method_not_allowed() -> actix_web::HttpResponse {

@@ -204,7 +204,8 @@ pub(super) fn figment_error(e: figment::Error, file: &str) -> ConfigError {
     } else {
         e.path.join(".")
     };
-    let secret_key = e.path.last().is_some_and(|k| k == "token");
+    // Under `auths` any value may be (or hold) a token: never repeat a value found there.
+    let secret_key = e.path.first().is_some_and(|k| k == "auths");
     let msg = match &e.kind {
         Kind::InvalidType(_, expected) if secret_key => format!("expected {expected}"),
         Kind::InvalidValue(_, expected) if secret_key => format!("expected {expected}"),
