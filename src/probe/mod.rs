@@ -81,6 +81,7 @@ pub struct SeriesBuilder<'m> {
     tags: Vec<(String, String)>,
     devices: Exposition,
     device_total: usize,
+    seen: std::collections::HashSet<u64>,
 }
 
 impl<'m> SeriesBuilder<'m> {
@@ -99,6 +100,7 @@ impl<'m> SeriesBuilder<'m> {
             tags: tag_labels(module),
             devices: Exposition::new(),
             device_total: 0,
+            seen: Default::default(),
         }
     }
 
@@ -116,6 +118,11 @@ impl<'m> SeriesBuilder<'m> {
 
     /// Counts one device and writes its series (if the module wants them).
     pub fn add(&mut self, d: &Device<'_>) {
+        // A row seen twice (the API paged under a concurrent change, or a proxy repeated
+        // itself) would write duplicate series, which Prometheus rejects: count it once.
+        if !self.seen.insert(d.id) {
+            return;
+        }
         let i = match d
             .belongs_to__application
             .and_then(|f| self.index.get(&f.id))

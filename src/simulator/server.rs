@@ -26,6 +26,12 @@ pub enum Fault {
     TruncatedJson,
     /// 502 with an HTML page, as a cloud gateway sends.
     Html502,
+    /// 200 whose body arrives one byte per this interval.
+    SlowBody(Duration),
+    /// 200 whose body stops half way and the connection drops.
+    Reset,
+    /// The normal answer with every row of `d` twice.
+    DuplicateRows,
 }
 
 /// When a fault applies.
@@ -199,6 +205,56 @@ async fn answer_with_faults(req: &HttpRequest, state: &web::Data<Arc<SimState>>)
                     .content_type("application/json")
                     .body(cut),
             );
+        }
+        Some(Fault::SlowBody(every)) => {
+            let full = answer(state, req, &path, &query, &caller);
+            let body = actix_web::body::to_bytes(full.into_body())
+                .await
+                .unwrap_or_default();
+            let stream =
+                futures_util::stream::unfold((body, 0usize), move |(body, i)| async move {
+                    if i >= body.len() {
+                        return None;
+                    }
+                    actix_rt::time::sleep(every).await;
+                    Some((Ok::<_, std::io::Error>(body.slice(i..i + 1)), (body, i + 1)))
+                });
+            response = Some(
+                HttpResponse::Ok()
+                    .content_type("application/json")
+                    .streaming(stream),
+            );
+        }
+        Some(Fault::Reset) => {
+            let full = answer(state, req, &path, &query, &caller);
+            let body = actix_web::body::to_bytes(full.into_body())
+                .await
+                .unwrap_or_default();
+            let half = body.slice(..body.len() / 2);
+            let stream = futures_util::stream::iter(vec![
+                Ok(half),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "simulated reset",
+                )),
+            ]);
+            response = Some(
+                HttpResponse::Ok()
+                    .content_type("application/json")
+                    .streaming(stream),
+            );
+        }
+        Some(Fault::DuplicateRows) => {
+            let full = answer(state, req, &path, &query, &caller);
+            let body = actix_web::body::to_bytes(full.into_body())
+                .await
+                .unwrap_or_default();
+            let mut value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if let Some(rows) = value.get_mut("d").and_then(Value::as_array_mut) {
+                let copy = rows.clone();
+                rows.extend(copy);
+            }
+            response = Some(json_ok(&value));
         }
         Some(Fault::Html502) => {
             response = Some(

@@ -3,6 +3,7 @@
 mod abuse;
 mod config;
 mod docs;
+mod faults;
 mod helpers;
 mod operations;
 mod probe;

@@ -320,6 +320,37 @@ impl World {
             .collect()
     }
 
+    /// Sets (or adds) a device's tag.
+    pub fn set_tag(&mut self, device_id: u64, key: &str, value: &str) {
+        let existing = self
+            .device_tags
+            .get(&device_id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .find(|t| {
+                self.row("device_tag", *t)
+                    .is_some_and(|r| r["tag_key"] == key)
+            });
+        match existing.and_then(|t| self.row_mut("device_tag", t)) {
+            Some(row) => {
+                row.insert("value".into(), Value::from(value));
+            }
+            None => {
+                let id = self
+                    .tables
+                    .get("device_tag")
+                    .and_then(|t| t.keys().last().copied())
+                    .unwrap_or(0)
+                    + 1;
+                self.insert(
+                    "device_tag",
+                    serde_json::json!({"id": id, "device": {"__id": device_id}, "tag_key": key, "value": value}),
+                );
+            }
+        }
+    }
+
     /// Whether `caller` may read a row of `table` at all (guests may not read devices).
     pub fn check_readable(&self, table: &str, caller: &Caller) -> Result<(), ReadError> {
         match (table, caller) {

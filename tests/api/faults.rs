@@ -1,0 +1,369 @@
+//! The fault matrix: every way the balena API (or the path to it) can misbehave, injected by
+//! the simulator on one fleet while a second fleet stays healthy. Each case asserts the probe
+//! result, that a healthy target is unaffected in the same run, and that the process still
+//! serves. docs/reliability.md lists the same cases; `UPDATE_DOCS=1 cargo test --test api
+//! faults` regenerates its table from [`CASES`].
+
+use std::time::Duration;
+
+use balena_exporter::simulator::{Fault, FaultRule};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// (case, what is injected, expected outcome)
+const CASES: &[(&str, &str, &str)] = &[
+    (
+        "status_401",
+        "device listing answers 401",
+        "probe_success 0, reason unauthorized",
+    ),
+    (
+        "status_403",
+        "device listing answers 403",
+        "probe_success 0, reason forbidden",
+    ),
+    (
+        "status_404",
+        "device listing answers 404 (empty body)",
+        "probe_success 0, reason api_error",
+    ),
+    (
+        "status_429_retry_after_beyond_deadline",
+        "429 with Retry-After: 3600",
+        "probe_success 0 at once, reason rate_limited",
+    ),
+    (
+        "status_429_without_retry_after",
+        "429 with no Retry-After",
+        "probe_success 0, reason rate_limited",
+    ),
+    (
+        "status_500",
+        "500 \"Server error\"",
+        "probe_success 0, reason api_error",
+    ),
+    ("status_503", "503", "probe_success 0, reason api_error"),
+    (
+        "html_502_from_a_gateway",
+        "502 with an HTML page",
+        "probe_success 0, reason api_error",
+    ),
+    (
+        "hang_past_the_deadline",
+        "no answer for 20 s, scrape timeout 2 s",
+        "probe_success 0 within the deadline, reason timeout",
+    ),
+    (
+        "slow_byte_by_byte_body",
+        "200 whose body trickles one byte per 50 ms",
+        "probe_success 0 within the deadline, reason timeout",
+    ),
+    (
+        "connection_reset_mid_body",
+        "200, half the body, then the connection drops",
+        "probe_success 0, reason transport",
+    ),
+    (
+        "truncated_json",
+        "200 with the JSON cut in half",
+        "probe_success 0, reason decode",
+    ),
+    (
+        "malformed_json",
+        "200 with a body that is not JSON",
+        "probe_success 0, reason decode",
+    ),
+    (
+        "body_over_the_size_cap",
+        "a 400-device answer over max_response_bytes (64 KiB)",
+        "probe_success 0, reason too_large",
+    ),
+    (
+        "guest_token_on_a_private_fleet",
+        "an unknown token: the fleet lookup is empty, whoami 401",
+        "probe_success 0, reason unauthorized",
+    ),
+    (
+        "valid_token_missing_fleet",
+        "a fleet that does not exist: empty lookup, whoami 200",
+        "probe_success 0, reason not_found",
+    ),
+    (
+        "unknown_enum_values",
+        "overall_status \"Frozen!\" and api_heartbeat_state \"hibernating\"",
+        "success; values kept sanitised: status=\"frozen_\", state=\"hibernating\"",
+    ),
+    (
+        "every_nullable_field_null",
+        "a device with every nullable field null",
+        "success; that device has info/status/heartbeat but no value series",
+    ),
+    (
+        "duplicate_device_rows",
+        "every device row sent twice",
+        "success; each device counted and written once",
+    ),
+    (
+        "quotes_backslashes_newlines_in_names_and_tags",
+        "device name and tag value with \", \\, newline and %41-style escapes",
+        "success; labels escaped and read back unchanged",
+    ),
+];
+
+fn config(url: &str) -> String {
+    format!(
+        r#"
+api:
+  url: {url}
+  timeout: 5s
+  cache_ttl: 0s
+  max_response_bytes: 64KiB
+auths:
+  good:
+    token: {TOKEN}
+  guest:
+    token: unknown-token
+modules:
+  default:
+    device_tags: [location]
+targets:
+  sick: {{fleet: acme/sick, auth: good}}
+  fine: {{fleet: acme/fine, auth: good}}
+  big: {{fleet: acme/big, auth: good}}
+  guest: {{fleet: acme/sick, auth: guest}}
+  gone: {{fleet: acme/gone, auth: good}}
+"#
+    )
+}
+
+async fn result_of(app: &TestApp, target: &str, timeout: &str) -> (f64, String, Samples) {
+    let a = app
+        .get_with(
+            &format!("/probe?target={target}&debug=true"),
+            &[("X-Prometheus-Scrape-Timeout-Seconds", timeout)],
+        )
+        .await;
+    let reason = a
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("Result: "))
+        .unwrap_or("")
+        .to_string();
+    let metrics = parse(
+        a.body
+            .split("Metrics that would have been returned:\n")
+            .nth(1)
+            .unwrap_or(""),
+    );
+    (metrics.value("probe_success", &[]), reason, metrics)
+}
+
+/// Every case of the matrix, in one run with a healthy neighbour.
+#[actix_rt::test]
+async fn the_fault_matrix() {
+    let app = spawn_with(world(&[("sick", 5), ("fine", 6), ("big", 400)]), config).await;
+    let sick_id = app
+        .sim
+        .with_world(|w| w.fleet("acme/sick").unwrap()["id"].as_u64().unwrap());
+    let only_sick = format!("belongs_to__application eq {sick_id}&");
+    let upstream: &[(&str, Fault, &str)] = &[
+        ("status_401", Fault::Status(401), "unauthorized"),
+        ("status_403", Fault::Status(403), "forbidden"),
+        ("status_404", Fault::Status(404), "api_error"),
+        (
+            "status_429_retry_after_beyond_deadline",
+            Fault::RateLimit(Some("3600".into())),
+            "rate_limited",
+        ),
+        (
+            "status_429_without_retry_after",
+            Fault::RateLimit(None),
+            "rate_limited",
+        ),
+        ("status_500", Fault::Status(500), "api_error"),
+        ("status_503", Fault::Status(503), "api_error"),
+        ("html_502_from_a_gateway", Fault::Html502, "api_error"),
+        (
+            "hang_past_the_deadline",
+            Fault::Delay(Duration::from_secs(20)),
+            "timeout",
+        ),
+        (
+            "slow_byte_by_byte_body",
+            Fault::SlowBody(Duration::from_millis(50)),
+            "timeout",
+        ),
+        ("connection_reset_mid_body", Fault::Reset, "transport"),
+        ("truncated_json", Fault::TruncatedJson, "decode"),
+        ("malformed_json", Fault::MalformedJson, "decode"),
+    ];
+    let mut covered = Vec::new();
+    for (case, fault, reason) in upstream {
+        app.sim.clear_faults();
+        app.sim
+            .inject(FaultRule::always("/v7/device", fault.clone()).when_query_contains(&only_sick));
+        let started = std::time::Instant::now();
+        let (ok, result, _) = result_of(&app, "sick", "2").await;
+        assert_eq!(ok, 0.0, "{case}");
+        assert!(
+            result.starts_with(&format!("failure ({reason})")),
+            "{case}: {result}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{case}: answered within the scrape timeout"
+        );
+        let (fine, _, m) = result_of(&app, "fine", "2").await;
+        assert_eq!(fine, 1.0, "{case}: the healthy target is unaffected");
+        assert_eq!(
+            m.value("balena_fleet_devices", &[("fleet", "acme/fine")]),
+            6.0
+        );
+        assert_eq!(app.get("/-/healthy").await.status, 200, "{case}");
+        covered.push(*case);
+    }
+    app.sim.clear_faults();
+    for (case, target, reason) in [
+        ("body_over_the_size_cap", "big", "too_large"),
+        ("guest_token_on_a_private_fleet", "guest", "unauthorized"),
+        ("valid_token_missing_fleet", "gone", "not_found"),
+    ] {
+        let (ok, result, _) = result_of(&app, target, "5").await;
+        assert_eq!(ok, 0.0, "{case}");
+        assert!(
+            result.starts_with(&format!("failure ({reason})")),
+            "{case}: {result}"
+        );
+        assert_eq!(result_of(&app, "fine", "5").await.0, 1.0, "{case}");
+        covered.push(case);
+    }
+
+    // Data the exporter must survive: mutate the sick fleet's devices.
+    let ids = app.sim.with_world(|w| w.device_ids("acme/sick"));
+    let uuid = |i: usize| {
+        app.sim.with_world(|w| {
+            w.row("device", ids[i]).unwrap()["uuid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    };
+    app.sim.with_world_mut(|w| {
+        let d = w.row_mut("device", ids[0]).unwrap();
+        d.insert("test_overall_status".into(), "Frozen!".into());
+        d.insert("api_heartbeat_state".into(), "hibernating".into());
+        let d = w.row_mut("device", ids[1]).unwrap();
+        for k in [
+            "device_name",
+            "os_version",
+            "os_variant",
+            "supervisor_version",
+            "cpu_usage",
+            "cpu_temp",
+            "memory_usage",
+            "memory_total",
+            "storage_usage",
+            "storage_total",
+            "last_connectivity_event",
+            "is_running__release",
+            "is_pinned_on__release",
+            "provisioning_progress",
+            "download_progress",
+        ] {
+            d.insert(k.into(), Value::Null);
+        }
+        let d = w.row_mut("device", ids[2]).unwrap();
+        d.insert("device_name".into(), "say \"hi\" \\o/\nline2 %41".into());
+    });
+    let weird_tag = "back\\slash \"quoted\"\nnext %2F";
+    app.sim
+        .with_world_mut(|w| w.set_tag(ids[2], "location", weird_tag));
+    let (ok, _, m) = result_of(&app, "sick", "5").await;
+    assert_eq!(ok, 1.0);
+    assert_eq!(
+        m.value(
+            "balena_device_status",
+            &[("device_uuid", &uuid(0)), ("status", "frozen_")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "balena_device_heartbeat",
+            &[("device_uuid", &uuid(0)), ("state", "hibernating")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.value(
+            "balena_fleet_devices_status",
+            &[("fleet", "acme/sick"), ("status", "frozen_")]
+        ),
+        1.0
+    );
+    covered.push("unknown_enum_values");
+    let nulls = [("device_uuid", uuid(1))];
+    let nulls: Vec<(&str, &str)> = nulls.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(m.find("balena_device_info", &nulls).len(), 1);
+    for absent in [
+        "balena_device_cpu_usage_ratio",
+        "balena_device_memory_usage_bytes",
+        "balena_device_storage_total_bytes",
+        "balena_device_last_connectivity_timestamp_seconds",
+        "balena_device_update_progress_ratio",
+        "balena_device_cpu_temperature_celsius",
+    ] {
+        assert!(
+            m.find(absent, &nulls).is_empty(),
+            "{absent} for a null field"
+        );
+    }
+    covered.push("every_nullable_field_null");
+    let info = m.find("balena_device_info", &[("device_uuid", &uuid(2))]);
+    assert_eq!(info[0].labels["device_name"], "say \"hi\" \\o/\nline2 %41");
+    assert_eq!(info[0].labels["tag_location"], weird_tag);
+    covered.push("quotes_backslashes_newlines_in_names_and_tags");
+    app.sim.inject(
+        FaultRule::always("/v7/device", Fault::DuplicateRows).when_query_contains(&only_sick),
+    );
+    let (ok, _, m) = result_of(&app, "sick", "5").await;
+    assert_eq!(ok, 1.0);
+    assert_eq!(
+        m.value("balena_fleet_devices", &[("fleet", "acme/sick")]),
+        5.0
+    );
+    assert_eq!(
+        m.find("balena_device_info", &[("fleet", "acme/sick")])
+            .len(),
+        5
+    );
+    covered.push("duplicate_device_rows");
+
+    let listed: Vec<&str> = CASES.iter().map(|c| c.0).collect();
+    let mut sorted_covered = covered.clone();
+    sorted_covered.sort();
+    let mut sorted_listed = listed.clone();
+    sorted_listed.sort();
+    assert_eq!(sorted_covered, sorted_listed, "CASES and the test agree");
+    app.stop().await;
+}
+
+/// docs/reliability.md carries the matrix generated from [`CASES`].
+#[test]
+fn reliability_doc_lists_the_fault_matrix() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reliability.md");
+    let mut table = String::from("| case (test) | injected | expected |\n|---|---|---|\n");
+    for (case, injected, expected) in CASES {
+        table.push_str(&format!("| `{case}` | {injected} | {expected} |\n"));
+    }
+    let doc = std::fs::read_to_string(path).unwrap_or_default();
+    let (begin, end) = ("<!-- fault-matrix:begin -->\n", "<!-- fault-matrix:end -->");
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let (head, rest) = doc.split_once(begin).expect("begin marker");
+        let (_, tail) = rest.split_once(end).expect("end marker");
+        std::fs::write(path, format!("{head}{begin}{table}{end}{tail}")).unwrap();
+        return;
+    }
+    assert!(doc.contains(&format!("{begin}{table}{end}")), "docs/reliability.md is out of date: run UPDATE_DOCS=1 cargo test --test api reliability_doc");
+}
