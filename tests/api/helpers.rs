@@ -153,6 +153,18 @@ impl TestApp {
         self.probe(&query).await
     }
 
+    /// `balena_exporter_probes_total{target,result}` from `/metrics` (0 when absent).
+    pub async fn probes_total(&self, target: &str, result: &str) -> f64 {
+        let m = parse(&self.get("/metrics").await.body);
+        m.find(
+            "balena_exporter_probes_total",
+            &[("target", target), ("result", result)],
+        )
+        .iter()
+        .map(|s| s.value)
+        .sum()
+    }
+
     /// Probes by full path (e.g. under a route prefix) and parses the answer.
     pub async fn probe_path(&self, path: &str) -> Samples {
         let a = self.get(path).await;

@@ -198,14 +198,7 @@ async fn a_rejected_token_fails_the_probe_after_a_whoami_check() {
     assert_eq!(m.value("probe_success", &[]), 0.0);
     assert!(!m.has("balena_fleet_devices"));
     assert_eq!(app.sim.requests("/actor/v1/whoami"), 1);
-    let metrics = parse(&app.get("/metrics").await.body);
-    assert_eq!(
-        metrics.value(
-            "balena_exporter_probes_total",
-            &[("target", "screens"), ("result", "unauthorized")]
-        ),
-        1.0
-    );
+    assert_eq!(app.probes_total("screens", "unauthorized").await, 1.0);
     app.stop().await;
 }
 
@@ -218,14 +211,7 @@ async fn a_missing_fleet_fails_the_probe_with_reason_not_found() {
     .await;
     let m = app.probe("target=screens").await;
     assert_eq!(m.value("probe_success", &[]), 0.0);
-    let metrics = parse(&app.get("/metrics").await.body);
-    assert_eq!(
-        metrics.value(
-            "balena_exporter_probes_total",
-            &[("target", "screens"), ("result", "not_found")]
-        ),
-        1.0
-    );
+    assert_eq!(app.probes_total("screens", "not_found").await, 1.0);
     app.stop().await;
 }
 
@@ -335,14 +321,7 @@ async fn a_hanging_api_fails_the_probe_within_the_scrape_timeout() {
     assert_eq!(m.value("probe_timeout_seconds", &[]), 1.5);
     // Not a speed assertion: the answer must simply come before the 20 s the API would take.
     assert!(started.elapsed() < Duration::from_secs(15));
-    let metrics = parse(&app.get("/metrics").await.body);
-    assert_eq!(
-        metrics.value(
-            "balena_exporter_probes_total",
-            &[("target", "screens"), ("result", "timeout")]
-        ),
-        1.0
-    );
+    assert_eq!(app.probes_total("screens", "timeout").await, 1.0);
     app.stop().await;
 }
 
@@ -458,13 +437,6 @@ async fn a_response_over_the_size_cap_fails_the_probe() {
     .await;
     let m = app.probe("target=screens").await;
     assert_eq!(m.value("probe_success", &[]), 0.0);
-    let metrics = parse(&app.get("/metrics").await.body);
-    assert_eq!(
-        metrics.value(
-            "balena_exporter_probes_total",
-            &[("target", "screens"), ("result", "too_large")]
-        ),
-        1.0
-    );
+    assert_eq!(app.probes_total("screens", "too_large").await, 1.0);
     app.stop().await;
 }
