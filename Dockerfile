@@ -17,6 +17,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY config ./config
 COPY examples ./examples
+COPY benches ./benches
 RUN cargo build --release --locked --bin balena-exporter \
     && install -D -m 0755 target/release/balena-exporter /out/balena-exporter
 
