@@ -72,6 +72,7 @@ impl Application {
             history: History::new(settings.history_limit),
             limits: Arc::new(AuthLimits::default()),
             discovery: Default::default(),
+            fleet_rows: Default::default(),
         });
         let limits = state.limits.clone();
         if let Some(interval) = settings.discovery_interval {

@@ -64,6 +64,10 @@ pub struct ApiConfig {
     /// Probes of one target within this share one fetch (0 disables the cache).
     #[serde(with = "duration")]
     pub cache_ttl: Duration,
+    /// How long a fleet's row (id, name, organization, target release) is reused by fleet
+    /// targets, so that a steady-state probe is one request (0 disables).
+    #[serde(with = "duration")]
+    pub fleet_cache_ttl: Duration,
     /// Devices per request; larger fleets are paged.
     pub page_size: u32,
     /// Cap on one response body.
@@ -78,6 +82,7 @@ impl Default for ApiConfig {
             timeout: Duration::from_secs(10),
             max_concurrency: 4,
             cache_ttl: Duration::from_secs(30),
+            fleet_cache_ttl: Duration::from_secs(300),
             page_size: 20_000,
             max_response_bytes: 256 * 1024 * 1024,
         }

@@ -148,6 +148,47 @@ impl ProbeCache {
     }
 }
 
+/// Fleet rows by (auth, slug, config generation), reused for `api.fleet_cache_ttl`: a fleet's
+/// id, name, organization and target release rarely change, so a fleet probe in steady state
+/// is one request (the device listing).
+#[derive(Debug, Default)]
+pub struct FleetRows {
+    rows: Mutex<HashMap<(String, String, u64), (crate::balena::model::Fleet, Instant)>>,
+}
+
+impl FleetRows {
+    /// A row younger than `ttl`.
+    pub fn get(
+        &self,
+        auth: &str,
+        slug: &str,
+        generation: u64,
+        ttl: Duration,
+    ) -> Option<crate::balena::model::Fleet> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        rows.get(&(auth.to_string(), slug.to_string(), generation))
+            .filter(|(_, at)| at.elapsed() < ttl)
+            .map(|(f, _)| f.clone())
+    }
+
+    /// Keeps a row (and drops expired ones).
+    pub fn put(
+        &self,
+        auth: &str,
+        slug: &str,
+        generation: u64,
+        ttl: Duration,
+        fleet: crate::balena::model::Fleet,
+    ) {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        rows.retain(|_, (_, at)| at.elapsed() < ttl);
+        rows.insert(
+            (auth.to_string(), slug.to_string(), generation),
+            (fleet, Instant::now()),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

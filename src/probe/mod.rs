@@ -39,11 +39,12 @@ pub async fn fetch(
     session: &Session<'_>,
     scope: &Scope,
     module: &ModuleConfig,
+    rows: &FleetRowsAt<'_>,
 ) -> Result<ProbeData, BalenaError> {
     let started = std::time::Instant::now();
     let (fleets, devices) = match scope {
         Scope::Fleet(slug) => {
-            let fleet = balena::fleet_by_slug(session, slug, module).await?;
+            let fleet = fleet_row(session, slug, module, rows).await?;
             let id = fleet.id;
             (vec![fleet], DeviceScope::Fleet(id))
         }
@@ -70,6 +71,43 @@ pub async fn fetch(
         api_requests: session.call_count(),
         fetch_duration: started.elapsed(),
     })
+}
+
+/// The fleet-row cache as one probe sees it: which auth and config generation, for how long.
+pub struct FleetRowsAt<'a> {
+    /// The shared rows.
+    pub rows: &'a cache::FleetRows,
+    /// Auth name (rows are per token: another token may not see the fleet).
+    pub auth: &'a str,
+    /// Config generation.
+    pub generation: u64,
+    /// `api.fleet_cache_ttl`.
+    pub ttl: Duration,
+}
+
+/// A fleet's row: from the cache when young enough (never for counts-only modules, whose
+/// rows carry live counts), else from the API.
+async fn fleet_row(
+    session: &Session<'_>,
+    slug: &str,
+    module: &ModuleConfig,
+    at: &FleetRowsAt<'_>,
+) -> Result<Fleet, BalenaError> {
+    let cacheable = !module.counts_only && !at.ttl.is_zero();
+    if cacheable {
+        if let Some(f) = at.rows.get(at.auth, slug, at.generation, at.ttl) {
+            session.note(format_args!(
+                "fleet row of {slug:?} from the cache (api.fleet_cache_ttl)"
+            ));
+            return Ok(f);
+        }
+    }
+    let fleet = balena::fleet_by_slug(session, slug, module).await?;
+    if cacheable {
+        at.rows
+            .put(at.auth, slug, at.generation, at.ttl, fleet.clone());
+    }
+    Ok(fleet)
 }
 
 /// Builds a target's series from its fleets and then its devices, one at a time: pure, so the

@@ -45,6 +45,8 @@ pub struct AppState {
     pub limits: Arc<AuthLimits>,
     /// Fleets found under org and `all` targets.
     pub discovery: Discovery,
+    /// Fleet rows reused by fleet targets.
+    pub fleet_rows: crate::probe::cache::FleetRows,
 }
 
 /// The Content-Type of text format 0.0.4.

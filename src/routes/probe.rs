@@ -171,10 +171,18 @@ pub async fn probe(
         generation: config.generation,
     };
     let scope = target.scope();
+    let rows = probe::FleetRowsAt {
+        rows: &state.fleet_rows,
+        auth: auth_name,
+        generation: config.generation,
+        ttl: config.api.fleet_cache_ttl,
+    };
     let (result, age, source) = state
         .cache
         .get_or_fetch(key, config.api.cache_ttl, deadline, || async {
-            match actix_rt::time::timeout(timeout, probe::fetch(&session, &scope, module)).await {
+            match actix_rt::time::timeout(timeout, probe::fetch(&session, &scope, module, &rows))
+                .await
+            {
                 Ok(r) => r,
                 Err(_) => Err(BalenaError::Timeout(timeout)),
             }

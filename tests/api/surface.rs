@@ -239,3 +239,47 @@ async fn the_cache_expires_after_its_ttl() {
     assert_eq!(m.value("balena_probe_data_age_seconds", &[]), 0.0);
     app.stop().await;
 }
+
+/// In steady state a fleet probe is one request: the fleet row is reused for
+/// `api.fleet_cache_ttl`; counts-only probes never reuse it (it carries live counts).
+#[actix_rt::test]
+async fn steady_state_fleet_probes_make_one_request() {
+    let app = spawn_with(world(&[("screens", 5)]), |url| {
+        format!(
+            "{}modules:\n  compat:\n    counts_only: true\n",
+            default_config(url, &["screens"])
+                .replace("  timeout: 5s\n", "  timeout: 5s\n  cache_ttl: 0s\n")
+        )
+    })
+    .await;
+    let first = app.probe("target=screens").await;
+    let second = app.probe("target=screens").await;
+    assert_eq!(first.value("balena_probe_api_requests", &[]), 2.0);
+    assert_eq!(
+        second.value("balena_probe_api_requests", &[]),
+        1.0,
+        "only the device listing"
+    );
+    assert_eq!(
+        second.value("balena_fleet_devices", &[("fleet", "acme/screens")]),
+        5.0
+    );
+    assert_eq!(
+        second
+            .find(
+                "balena_fleet_info",
+                &[("fleet", "acme/screens"), ("organization", "acme")]
+            )
+            .len(),
+        1
+    );
+    assert_eq!(app.sim.requests("/v7/application"), 1);
+    app.probe("target=screens&module=compat").await;
+    app.probe("target=screens&module=compat").await;
+    assert_eq!(
+        app.sim.requests("/v7/application"),
+        3,
+        "counts-only rows are always fresh"
+    );
+    app.stop().await;
+}
