@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::ProbeData;
+use crate::balena::model::Fleet;
 use crate::balena::BalenaError;
 
 /// What identifies identical probes.
@@ -153,18 +154,15 @@ impl ProbeCache {
 /// is one request (the device listing).
 #[derive(Debug, Default)]
 pub struct FleetRows {
-    rows: Mutex<HashMap<(String, String, u64), (crate::balena::model::Fleet, Instant)>>,
+    rows: Mutex<HashMap<FleetKey, (Fleet, Instant)>>,
 }
+
+/// (auth name, fleet slug, config generation)
+type FleetKey = (String, String, u64);
 
 impl FleetRows {
     /// A row younger than `ttl`.
-    pub fn get(
-        &self,
-        auth: &str,
-        slug: &str,
-        generation: u64,
-        ttl: Duration,
-    ) -> Option<crate::balena::model::Fleet> {
+    pub fn get(&self, auth: &str, slug: &str, generation: u64, ttl: Duration) -> Option<Fleet> {
         let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         rows.get(&(auth.to_string(), slug.to_string(), generation))
             .filter(|(_, at)| at.elapsed() < ttl)
@@ -172,14 +170,7 @@ impl FleetRows {
     }
 
     /// Keeps a row (and drops expired ones).
-    pub fn put(
-        &self,
-        auth: &str,
-        slug: &str,
-        generation: u64,
-        ttl: Duration,
-        fleet: crate::balena::model::Fleet,
-    ) {
+    pub fn put(&self, auth: &str, slug: &str, generation: u64, ttl: Duration, fleet: Fleet) {
         let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         rows.retain(|_, (_, at)| at.elapsed() < ttl);
         rows.insert(
