@@ -4,6 +4,16 @@
 use std::process::Command;
 
 fn run_with_config(yaml: &str, extra: &[&str]) -> (i32, String, String) {
+    run_with_config_env(yaml, extra, &[])
+}
+
+/// Runs the binary on `yaml` with extra flags and environment changes (`None` removes a
+/// variable); returns (exit code, stdout, stderr).
+fn run_with_config_env(
+    yaml: &str,
+    extra: &[&str],
+    env: &[(&str, Option<&str>)],
+) -> (i32, String, String) {
     let dir = std::env::temp_dir().join(format!(
         "balena-exporter-test-{}-{}",
         std::process::id(),
@@ -12,13 +22,18 @@ fn run_with_config(yaml: &str, extra: &[&str]) -> (i32, String, String) {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("config.yml");
     std::fs::write(&file, yaml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_balena-exporter"))
-        .arg(format!("--config.file={}", file.display()))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_balena-exporter"));
+    cmd.arg(format!("--config.file={}", file.display()))
         .arg("--web.listen-address=127.0.0.1:0")
         .args(extra)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
+        .env_remove("RUST_LOG");
+    for (key, value) in env {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    let out = cmd.output().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     (
         out.status.code().unwrap_or(-1),
@@ -55,8 +70,7 @@ fn a_bad_config_exits_1_naming_the_key() {
 /// `--config.check` exits 0 on a valid file and 1 on an invalid one.
 #[test]
 fn config_check_validates_and_exits() {
-    let good = "auths:\n  a:\n    token: x\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n";
-    let (code, out, _) = run_with_config(good, &["--config.check"]);
+    let (code, out, _) = run_with_config(GOOD, &["--config.check"]);
     assert_eq!(code, 0);
     assert!(out.contains("config file is ok"), "{out}");
     let (code, _, err) = run_with_config("api:\n  timeout: forever\n", &["--config.check"]);
@@ -67,90 +81,59 @@ fn config_check_validates_and_exits() {
     );
 }
 
+const GOOD: &str = "auths:\n  a:\n    token: x\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n";
+
 /// `BALENA_EXPORTER_`-prefixed variables override the file, and their errors say so.
 #[test]
 fn environment_overrides_apply_and_are_validated() {
-    let good = "auths:\n  a:\n    token: x\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n";
-    let dir = std::env::temp_dir().join(format!("balena-exporter-env-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("config.yml");
-    std::fs::write(&file, good).unwrap();
-    let run = |key: &str, value: &str| {
-        Command::new(env!("CARGO_BIN_EXE_balena-exporter"))
-            .arg(format!("--config.file={}", file.display()))
-            .arg("--config.check")
-            .env(key, value)
-            .output()
-            .unwrap()
+    let run = |value: &str| {
+        run_with_config_env(
+            GOOD,
+            &["--config.check"],
+            &[("BALENA_EXPORTER_API__TIMEOUT", Some(value))],
+        )
     };
-    let ok = run("BALENA_EXPORTER_API__TIMEOUT", "3s");
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
-    let bad = run("BALENA_EXPORTER_API__TIMEOUT", "whenever");
-    assert_eq!(bad.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&bad.stderr);
+    let (code, _, err) = run("3s");
+    assert!(code == 0, "{err}");
+    let (code, _, err) = run("whenever");
+    assert_eq!(code, 1);
     assert!(
         err.contains("environment BALENA_EXPORTER_*")
             && err.contains("api.timeout: invalid duration \"whenever\""),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `--config.expand-environment-variables` fills `${VAR}` in tokens; a missing variable is an
 /// error naming the key and the variable, and never the rest of the value.
 #[test]
 fn token_variables_expand_only_when_asked() {
-    let yaml = "auths:\n  a:\n    token: ${BEX_TEST_TOKEN_42}\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n";
-    let dir = std::env::temp_dir().join(format!("balena-exporter-expand-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("config.yml");
-    std::fs::write(&file, yaml).unwrap();
+    let yaml = GOOD.replace("token: x", "token: ${BEX_TEST_TOKEN_42}");
     let run = |var: Option<&str>| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_balena-exporter"));
-        cmd.arg(format!("--config.file={}", file.display()))
-            .args(["--config.check", "--config.expand-environment-variables"])
-            .env_remove("BEX_TEST_TOKEN_42");
-        if let Some(v) = var {
-            cmd.env("BEX_TEST_TOKEN_42", v);
-        }
-        cmd.output().unwrap()
+        run_with_config_env(
+            &yaml,
+            &["--config.check", "--config.expand-environment-variables"],
+            &[("BEX_TEST_TOKEN_42", var)],
+        )
     };
-    assert!(run(Some("from-the-environment")).status.success());
-    let missing = run(None);
-    assert_eq!(missing.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(run(Some("from-the-environment")).0, 0);
+    let (code, _, err) = run(None);
+    assert_eq!(code, 1);
     assert!(
         err.contains("auths.a.token: environment variable BEX_TEST_TOKEN_42 is not set"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Variables with the prefix that are not config keys (Kubernetes service links set
 /// `BALENA_EXPORTER_SERVICE_HOST` and `BALENA_EXPORTER_PORT`) do not stop the exporter.
 #[test]
 fn unrelated_prefixed_variables_are_not_config() {
-    let good = "auths:\n  a:\n    token: x\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n";
-    let dir = std::env::temp_dir().join(format!("balena-exporter-links-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("config.yml");
-    std::fs::write(&file, good).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_balena-exporter"))
-        .arg(format!("--config.file={}", file.display()))
-        .arg("--config.check")
-        .env("BALENA_EXPORTER_SERVICE_HOST", "10.0.0.1")
-        .env("BALENA_EXPORTER_PORT", "tcp://10.0.0.1:9759")
-        .env("BALENA_EXPORTER_PORT_9759_TCP_PROTO", "tcp")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    let env = [
+        ("BALENA_EXPORTER_SERVICE_HOST", Some("10.0.0.1")),
+        ("BALENA_EXPORTER_PORT", Some("tcp://10.0.0.1:9759")),
+        ("BALENA_EXPORTER_PORT_9759_TCP_PROTO", Some("tcp")),
+    ];
+    let (code, _, err) = run_with_config_env(GOOD, &["--config.check"], &env);
+    assert!(code == 0, "{err}");
 }
