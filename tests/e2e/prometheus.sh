@@ -14,27 +14,15 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${1:-$root/target/debug/balena-exporter}
 command -v prometheus >/dev/null || { echo "prometheus not found (apt-get install prometheus)" >&2; exit 1; }
 started=$(date +%s)
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-fail() { echo "FAIL: $*" >&2; for f in "$tmp"/*.log; do echo "--- $f" >&2; tail -n 20 "$f" >&2; done; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-# json FILTER: reads JSON on stdin, evaluates a Python expression over `d`.
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# shellcheck source=tests/e2e/lib.sh
+source "$root/tests/e2e/lib.sh"
 
 # 1. The exporter on its demo simulator, cache off so that changes show on the next scrape.
-exporter_port=$(free_port)
+exporter_port=$(free_port 127.0.0.1)
 BALENA_EXPORTER_API__CACHE_TTL=0s "$bin" --demo --web.listen-address="127.0.0.1:$exporter_port" >"$tmp/exporter.log" 2>&1 &
 pids+=($!)
 exporter="127.0.0.1:$exporter_port"
-for _ in $(seq 1 100); do curl -fsS "http://$exporter/-/ready" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fsS "http://$exporter/-/ready" >/dev/null || fail "exporter did not start"
+wait_ready "$exporter" exporter
 sim=$(sed -n 's/.*simulator=\(http:\/\/127\.0\.0\.1:[0-9]*\).*/\1/p' "$tmp/exporter.log" | head -n1)
 [ -n "$sim" ] || fail "simulator URL not in the exporter log"
 
@@ -46,30 +34,14 @@ for variant in static sd; do
   cp -r "$root/deploy/prometheus/rules" "$dir/rules"
   src="$root/deploy/prometheus/prometheus.yml"
   [ "$variant" = sd ] && src="$root/deploy/prometheus/prometheus-sd.yml"
-  sed -e "s/balena-exporter:9759/$exporter/g" \
-      -e 's/scrape_interval: 60s/scrape_interval: 2s/' \
-      -e 's/scrape_timeout: 30s/scrape_timeout: 2s/' \
-      -e 's/evaluation_interval: 60s/evaluation_interval: 2s/' \
-      -e 's/refresh_interval: 5m/refresh_interval: 5s/' \
-      "$src" >"$dir/prometheus.yml"
-  port=$(free_port)
+  sed -e "s/balena-exporter:9759/$exporter/g" "$src" | shorten_intervals >"$dir/prometheus.yml"
+  port=$(free_port 127.0.0.1)
   prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
     --web.listen-address="127.0.0.1:$port" >"$tmp/prometheus-$variant.log" 2>&1 &
   pids+=($!)
   prom[$variant]="http://127.0.0.1:$port"
 done
 
-query() { # query BASE PROMQL → JSON result list
-  curl -fsS --get "$1/api/v1/query" --data-urlencode "query=$2" | json 'json.dumps(d["data"]["result"])'
-}
-wait_for() { # wait_for DESCRIPTION SECONDS COMMAND...
-  local what=$1 limit=$2; shift 2
-  local deadline=$(( $(date +%s) + limit ))
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || fail "timed out waiting for: $what"
-    sleep 1
-  done
-}
 expected_targets() { # the targets each variant should scrape
   if [ "$1" = static ]; then echo "broken-token kiosks partner-all shop-screens"
   else curl -fsS "http://$exporter/sd" | json '" ".join(sorted(t for g in d for t in g["targets"]))'; fi

@@ -12,6 +12,7 @@ import os
 import subprocess
 import tempfile
 import unittest
+import zlib
 
 import helm_python as helm
 import kubernetes_validate
@@ -51,6 +52,22 @@ def render(values, namespace="monitoring"):
             if doc:
                 objects[doc["kind"]] = doc
     return objects, out
+
+
+def render_all(values, namespace="monitoring"):
+    """Every rendered object, in order (several of one kind allowed)."""
+    chart = helm.Chart.load(CHART)
+    out = chart.render(values, name="rel", namespace=namespace, is_install=True)
+    return [doc for path, text in sorted(out.items()) if path.endswith(".yaml")
+            for doc in yaml.safe_load_all(text) if doc]
+
+
+SHARDED = dict(
+    FULL,
+    replicaCount=3,
+    sharding={"enabled": True},
+    config={"targets": {f"fleet-{i:02}": {"fleet": f"acme/app-{i}", "auth": "acme"} for i in range(12)}},
+)
 
 
 class ChartTest(unittest.TestCase):
@@ -173,6 +190,45 @@ class ChartTest(unittest.TestCase):
             kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
             checked += 1
         self.assertGreaterEqual(checked, 7)
+
+    def test_sharding_gives_each_target_to_one_replica_by_its_own_address(self):
+        objs = render_all(SHARDED)
+        kinds = [o["kind"] for o in objs]
+        self.assertNotIn("Deployment", kinds)
+        sts = next(o for o in objs if o["kind"] == "StatefulSet")
+        self.assertEqual(sts["spec"]["replicas"], 3)
+        headless = next(o for o in objs if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None")
+        self.assertEqual(sts["spec"]["serviceName"], headless["metadata"]["name"])
+        self.assertEqual(headless["metadata"]["name"], "rel-balena-exporter-headless")
+        pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+        self.assertTrue(headless["spec"]["selector"].items() <= pod_labels.items())
+        for obj in objs:
+            if obj["kind"] in ("StatefulSet", "Service"):
+                kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+        # One Probe per replica; each target in exactly one, the replica adler32(name) % 3 names,
+        # probed at that replica's own DNS name (never the load-balanced Service).
+        owner = {}
+        for probe in (o for o in objs if o["kind"] == "Probe"):
+            url = probe["spec"]["prober"]["url"]
+            replica = int(probe["metadata"]["name"].rsplit("-", 1)[1])
+            self.assertEqual(url, f"rel-balena-exporter-{replica}.rel-balena-exporter-headless.monitoring.svc:9759")
+            for target in probe["spec"]["targets"]["staticConfig"]["static"]:
+                self.assertNotIn(target, owner, "a target is listed by two replicas")
+                owner[target] = replica
+        self.assertEqual(sorted(owner), sorted(SHARDED["config"]["targets"]))
+        for target, replica in owner.items():
+            self.assertEqual(replica, zlib.adler32(target.encode()) % 3, target)
+        self.assertEqual(len(set(owner.values())), 3, "12 targets should reach all 3 replicas")
+        # Adding a target moves no other target (and so no other cache).
+        more = dict(SHARDED, config={"targets": dict(SHARDED["config"]["targets"], extra={"fleet": "acme/x", "auth": "acme"})})
+        owner_after = {t: int(p["metadata"]["name"].rsplit("-", 1)[1]) for p in render_all(more)
+                       if p["kind"] == "Probe" for t in p["spec"]["targets"]["staticConfig"]["static"]}
+        self.assertEqual({t: owner_after[t] for t in owner}, owner)
+        report = helm.lint(CHART, SHARDED, strict=True)
+        self.assertEqual(report["errors"], [])
+        with self.assertRaises(helm.HelmError) as e:
+            render(dict(SHARDED, replicaCount=0))
+        self.assertIn("sharding.enabled needs replicaCount >= 1", str(e.exception))
 
     def test_defaults_render_and_lint(self):
         objs, _ = render({})

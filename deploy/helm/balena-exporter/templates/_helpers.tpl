@@ -44,3 +44,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $config "auths" $auths -}}
 {{- toYaml $config -}}
 {{- end -}}
+
+{{- define "balena-exporter.headlessName" -}}
+{{- printf "%s-headless" (include "balena-exporter.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The replica that owns a target when sharding: adler32(name) mod replicaCount. Stable: it
+depends on the name and the replica count only. Call with (list $name $replicas). */}}
+{{- define "balena-exporter.shardOf" -}}
+{{- mod (atoi (adler32sum (index . 0))) (index . 1) -}}
+{{- end -}}
