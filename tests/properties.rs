@@ -10,7 +10,8 @@ mod helpers;
 use balena_exporter::balena::model::for_each_device;
 use balena_exporter::balena::odata::{quote_literal, wire_query};
 use balena_exporter::config;
-use balena_exporter::metrics::{Exposition, DEVICE_INFO};
+use balena_exporter::metrics::{Exposition, DEVICE_INFO, DEVICE_ONLINE, FLEET_DEVICES};
+use balena_exporter::probe::body::CompressedSeries;
 use balena_exporter::simulator::{parse_filter, Expr, Lit};
 use proptest::prelude::*;
 
@@ -41,6 +42,46 @@ proptest! {
         prop_assert_eq!(samples.0.len(), 1);
         prop_assert_eq!(&samples.0[0].labels["device_name"], &name);
         prop_assert_eq!(&samples.0[0].labels["tag_x"], &tag);
+    }
+
+    /// Packing (compressing each family's text in pieces as it grows) changes nothing in the
+    /// text: whatever the threshold and the order samples arrive in, the series read back are
+    /// the series written, grouped by family, and the gzip answer is one valid member.
+    #[test]
+    fn packing_families_in_pieces_keeps_the_text(
+        threshold in 1usize..4096,
+        samples in proptest::collection::vec((0u8..3, "[a-z\"\\\\ ]{0,40}", 0u32..1000), 0..300),
+    ) {
+        let mut plain = Exposition::new();
+        let mut packing = Exposition::packing(threshold);
+        let mut prefix = Exposition::new();
+        prefix.gauge(FLEET_DEVICES, &[("fleet", "o/f")], samples.len() as f64);
+        for (family, name, value) in &samples {
+            let def = [DEVICE_INFO, DEVICE_ONLINE, FLEET_DEVICES][*family as usize];
+            for e in [&mut plain, &mut packing] {
+                e.gauge(def, &[("device_name", name)], f64::from(*value));
+            }
+        }
+        let mut want = String::new();
+        prefix.render_into(&mut want);
+        plain.render_into(&mut want);
+        let mut rendered = String::new();
+        packing.render_into(&mut rendered);
+        let mut plain_text = String::new();
+        plain.render_into(&mut plain_text);
+        prop_assert_eq!(&rendered, &plain_text);
+        let mut prefix2 = Exposition::new();
+        prefix2.gauge(FLEET_DEVICES, &[("fleet", "o/f")], samples.len() as f64);
+        let series = CompressedSeries::from_expositions([prefix2, packing]);
+        prop_assert_eq!(series.len(), want.len());
+        prop_assert_eq!(String::from_utf8(series.text()).unwrap(), want.clone());
+        let head = "probe_success 1\n";
+        let mut gunzipped = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(&series.gzip_after(head.as_bytes())[..]),
+            &mut gunzipped,
+        ).unwrap();
+        prop_assert_eq!(gunzipped, format!("{head}{want}"));
     }
 
     /// Mangled YAML gives a config or an error, never a panic; errors are one line.

@@ -12,9 +12,118 @@ use std::io::{Read, Write};
 
 use actix_web::web::Bytes;
 use flate2::write::DeflateEncoder;
-use flate2::{Compression, Crc};
+use flate2::{Compress, Compression, Crc, FlushCompress};
 
 use crate::metrics::Exposition;
+
+/// The empty final block (fixed Huffman, no symbols but end-of-block) that closes a stream of
+/// pieces.
+const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
+
+/// Compresses text into raw-deflate *pieces* that can be concatenated in any order: each piece
+/// starts from a reset compressor (it never refers back before its own start) and ends with a
+/// sync flush (byte-aligned, not final). Concatenated pieces followed by an empty final block
+/// are one valid deflate stream. One compressor serves a whole probe.
+pub struct PieceDeflater {
+    compress: Compress,
+}
+
+impl std::fmt::Debug for PieceDeflater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PieceDeflater")
+    }
+}
+
+impl Default for PieceDeflater {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PieceDeflater {
+    /// A fast-level raw-deflate compressor.
+    pub fn new() -> Self {
+        Self {
+            compress: Compress::new(Compression::fast(), false),
+        }
+    }
+
+    /// Compresses `parts`, in order, as one piece appended to `out`.
+    pub fn piece(&mut self, parts: &[&[u8]], out: &mut Packed) {
+        if parts.iter().all(|p| p.is_empty()) {
+            return;
+        }
+        self.compress.reset();
+        for (i, part) in parts.iter().enumerate() {
+            out.crc.update(part);
+            let last = i + 1 == parts.len();
+            let flush = if last {
+                FlushCompress::Sync
+            } else {
+                FlushCompress::None
+            };
+            let mut input: &[u8] = part;
+            loop {
+                out.deflate.reserve(input.len() / 4 + 256);
+                let before = self.compress.total_in();
+                self.compress
+                    .compress_vec(input, &mut out.deflate, flush)
+                    .expect("deflate of in-memory text cannot fail");
+                input = &input[(self.compress.total_in() - before) as usize..];
+                // Done when the input is consumed and (for the flush) output room was left over.
+                if input.is_empty() && (!last || out.deflate.len() < out.deflate.capacity()) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Deflate pieces and the CRC32 of the text they hold.
+#[derive(Debug, Default)]
+pub struct Packed {
+    deflate: Vec<u8>,
+    crc: Crc,
+}
+
+impl Packed {
+    /// True when no text was packed.
+    pub fn is_empty(&self) -> bool {
+        self.crc.amount() == 0
+    }
+
+    /// Appends `other`'s pieces after these.
+    pub fn append(&mut self, other: Packed) {
+        if other.is_empty() {
+            return;
+        }
+        if self.deflate.is_empty() {
+            *self = other;
+            return;
+        }
+        self.deflate.extend_from_slice(&other.deflate);
+        self.crc.combine(&other.crc);
+    }
+
+    /// The text of the pieces.
+    pub fn inflate(&self) -> Vec<u8> {
+        let mut stream = self.deflate.clone();
+        stream.extend_from_slice(&FINAL_EMPTY_BLOCK);
+        inflate(&stream, self.crc.amount() as usize)
+    }
+}
+
+fn inflate(deflate: &[u8], size_hint: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size_hint);
+    if !deflate.is_empty() {
+        if let Err(e) = flate2::read::DeflateDecoder::new(deflate).read_to_end(&mut out) {
+            // Cannot happen with a stream we wrote ourselves; never panic on a request.
+            tracing::error!(error = %e, "cannot inflate cached series");
+            out.clear();
+        }
+    }
+    out
+}
 
 /// A target's series in compressed form.
 #[derive(Debug, Default)]
@@ -24,27 +133,31 @@ pub struct CompressedSeries {
 }
 
 impl CompressedSeries {
-    /// Compresses `text` (raw deflate, fast level, final block).
+    /// Compresses `text`.
     pub fn new(text: &[u8]) -> Self {
-        Self::build(text.len(), |w| w.write_all(text))
+        let mut packed = Packed::default();
+        PieceDeflater::new().piece(&[text], &mut packed);
+        Self::from_packed(packed)
     }
 
-    /// Compresses an exposition family by family, never joining it into one buffer.
-    pub fn from_exposition(e: &Exposition) -> Self {
-        Self::build(e.len(), |w| e.write_to(w))
+    /// Compresses expositions one after another (families in order); text already packed by
+    /// a packing exposition is not compressed again.
+    pub fn from_expositions(parts: impl IntoIterator<Item = Exposition>) -> Self {
+        let mut packer = PieceDeflater::new();
+        let mut packed = Packed::default();
+        for e in parts {
+            e.pack_into(&mut packer, &mut packed);
+        }
+        Self::from_packed(packed)
     }
 
-    fn build(size_hint: usize, write: impl FnOnce(&mut CrcWriter) -> std::io::Result<()>) -> Self {
-        let enc = DeflateEncoder::new(Vec::with_capacity(size_hint / 8 + 64), Compression::fast());
-        let mut w = CrcWriter {
-            enc,
-            crc: Crc::new(),
-        };
-        write(&mut w).expect("writing to a Vec cannot fail");
-        let deflate = w.enc.finish().expect("finishing into a Vec cannot fail");
+    /// Closes a stream of pieces.
+    pub fn from_packed(packed: Packed) -> Self {
+        let Packed { mut deflate, crc } = packed;
+        deflate.extend_from_slice(&FINAL_EMPTY_BLOCK);
         Self {
             deflate: deflate.into(),
-            crc: w.crc,
+            crc,
         }
     }
 
@@ -65,17 +178,7 @@ impl CompressedSeries {
 
     /// The uncompressed text.
     pub fn text(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len());
-        if !self.deflate.is_empty() {
-            if let Err(e) =
-                flate2::read::DeflateDecoder::new(&self.deflate[..]).read_to_end(&mut out)
-            {
-                // Cannot happen with a stream we wrote ourselves; never panic on a request.
-                tracing::error!(error = %e, "cannot inflate cached series");
-                out.clear();
-            }
-        }
-        out
+        inflate(&self.deflate, self.len())
     }
 
     /// `head` followed by the series, as one gzip member.
@@ -91,7 +194,7 @@ impl CompressedSeries {
         drop(enc);
         if self.deflate.is_empty() {
             // No series: close the stream with an empty final block.
-            out.extend_from_slice(&[0x03, 0x00]);
+            out.extend_from_slice(&FINAL_EMPTY_BLOCK);
         } else {
             out.extend_from_slice(&self.deflate);
         }
@@ -101,24 +204,6 @@ impl CompressedSeries {
         out.extend_from_slice(&crc.sum().to_le_bytes());
         out.extend_from_slice(&crc.amount().to_le_bytes());
         out.into()
-    }
-}
-
-/// A deflate writer that also keeps the CRC32 of what went in.
-struct CrcWriter {
-    enc: DeflateEncoder<Vec<u8>>,
-    crc: Crc,
-}
-
-impl Write for CrcWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.enc.write(buf)?;
-        self.crc.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.enc.flush()
     }
 }
 
@@ -190,7 +275,7 @@ mod tests {
         let mut text = String::new();
         e.render_into(&mut text);
         assert_eq!(
-            CompressedSeries::from_exposition(&e).text(),
+            CompressedSeries::from_expositions([e]).text(),
             text.as_bytes()
         );
     }

@@ -18,6 +18,11 @@ use crate::metrics::Exposition;
 use body::CompressedSeries;
 use series::{tag_labels, write_device, write_fleet, FleetStats};
 
+/// Pending text of one family that is compressed as one piece: large enough to compress well
+/// (the deflate window is 32 KiB), small enough that ~13 per-device families of a probe hold
+/// under 1 MiB of text at any time.
+pub const PACK_THRESHOLD: usize = 64 * 1024;
+
 /// What a successful fetch produced.
 #[derive(Debug, Default)]
 pub struct ProbeData {
@@ -136,7 +141,7 @@ impl<'m> SeriesBuilder<'m> {
             stats,
             index,
             tags: tag_labels(module),
-            devices: Exposition::new(),
+            devices: Exposition::packing(PACK_THRESHOLD),
             device_total: 0,
             seen: Default::default(),
         }
@@ -178,13 +183,12 @@ impl<'m> SeriesBuilder<'m> {
 
     /// The compressed series (fleet aggregates first), the fleet count and the device count.
     pub fn finish(self) -> (CompressedSeries, usize, usize) {
-        let mut out = Exposition::new();
+        let mut fleets = Exposition::new();
         for s in &self.stats {
-            write_fleet(&mut out, s, self.module);
+            write_fleet(&mut fleets, s, self.module);
         }
-        out.append(self.devices);
         (
-            CompressedSeries::from_exposition(&out),
+            CompressedSeries::from_expositions([fleets, self.devices]),
             self.stats.len(),
             self.device_total,
         )
