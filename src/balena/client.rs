@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::header::{HeaderValue, AUTHORIZATION};
+use futures_util::StreamExt as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
@@ -152,13 +153,32 @@ impl<'a> Session<'a> {
         serde_json::from_slice(&body).map_err(|e| BalenaError::Decode(e.to_string()))
     }
 
-    /// GETs `path?query` and returns the raw body of a 2xx answer (for streaming decoders).
+    /// GETs `path?query` and returns the raw body of a 2xx answer.
     pub async fn get_body(
         &self,
         endpoint: &'static str,
         path: &str,
         query: &str,
     ) -> Result<actix_web::web::Bytes, BalenaError> {
+        let mut body = actix_web::web::BytesMut::new();
+        self.get_streamed(endpoint, path, query, &mut |chunk| {
+            body.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(body.freeze())
+    }
+
+    /// GETs `path?query` and hands the body of a 2xx answer to `sink` chunk by chunk as it
+    /// arrives (a sink error ends the request with that error). Only a 2xx body reaches the
+    /// sink, so a 429 retried after `Retry-After` never feeds it twice.
+    pub async fn get_streamed(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        query: &str,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), BalenaError>,
+    ) -> Result<(), BalenaError> {
         let base = self.api.url.as_str().trim_end_matches('/');
         let url = if query.is_empty() {
             format!("{base}{path}")
@@ -172,7 +192,7 @@ impl<'a> Session<'a> {
         };
         loop {
             let started = Instant::now();
-            let result = self.send_once(&url).await;
+            let result = self.send_once(&url, &mut *sink).await;
             let duration = started.elapsed();
             let (status, error) = match &result {
                 Ok(_) => (Some(200), None),
@@ -203,7 +223,7 @@ impl<'a> Session<'a> {
                 .metrics
                 .observe_upstream(self.auth_name, endpoint, &code, duration);
             match result {
-                Ok(body) => return Ok(body),
+                Ok(()) => return Ok(()),
                 Err((
                     _,
                     BalenaError::RateLimited {
@@ -222,11 +242,12 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// One HTTP exchange: Ok(body) on 2xx, else (status, error).
+    /// One HTTP exchange: the body of a 2xx answer into `sink`, else (status, error).
     async fn send_once(
         &self,
         url: &str,
-    ) -> Result<actix_web::web::Bytes, (Option<u16>, BalenaError)> {
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), BalenaError>,
+    ) -> Result<(), (Option<u16>, BalenaError)> {
         let remaining = self.remaining();
         if remaining.is_zero() {
             return Err((None, BalenaError::Timeout(Duration::ZERO)));
@@ -248,6 +269,7 @@ impl<'a> Session<'a> {
                 )
             })?;
         auth.set_sensitive(true);
+        let limit = self.api.max_response_bytes;
         let exchange = async {
             let mut resp = self
                 .client
@@ -265,20 +287,21 @@ impl<'a> Session<'a> {
                     status_error(status, resp.headers().get("retry-after")),
                 ));
             }
-            let body = resp
-                .body()
-                .limit(self.api.max_response_bytes)
-                .await
-                .map_err(|e| {
-                    let err = match e {
-                        awc::error::PayloadError::Overflow => BalenaError::TooLarge {
-                            limit: self.api.max_response_bytes,
-                        },
-                        other => BalenaError::Transport(format!("reading the body: {other}")),
-                    };
-                    (Some(status), err)
+            let mut read = 0usize;
+            while let Some(chunk) = resp.next().await {
+                let chunk = chunk.map_err(|e| {
+                    (
+                        Some(status),
+                        BalenaError::Transport(format!("reading the body: {e}")),
+                    )
                 })?;
-            Ok(body)
+                read += chunk.len();
+                if read > limit {
+                    return Err((Some(status), BalenaError::TooLarge { limit }));
+                }
+                sink(&chunk).map_err(|e| (Some(status), e))?;
+            }
+            Ok(())
         };
         match actix_rt::time::timeout(timeout, exchange).await {
             Ok(r) => r,

@@ -10,6 +10,7 @@ mod client;
 mod error;
 pub mod model;
 pub mod odata;
+pub mod stream;
 
 pub use client::{parse_retry_after, AuthLimits, BalenaClient, CallRecord, Session};
 pub use error::BalenaError;
@@ -224,7 +225,7 @@ pub fn device_query(module: &ModuleConfig) -> (String, String) {
 }
 
 /// Lists devices in pages of `api.page_size` (`$orderby=id asc`, `$top`, `$skip`), handing
-/// each device to `on_device` as it is decoded: a page's body is the only copy held.
+/// each device to `on_device` as soon as its row has arrived: no page is ever held whole.
 pub async fn devices(
     s: &Session<'_>,
     scope: &DeviceScope,
@@ -242,9 +243,16 @@ pub async fn devices(
             .option("$orderby", "id asc")
             .option("$top", page.to_string())
             .option("$skip", total.to_string());
-        let body = s.get_body("device", "/v7/device", &q.to_wire()).await?;
-        let n = model::for_each_device(&body, &mut on_device)
-            .map_err(|e| BalenaError::Decode(e.to_string()))?;
+        let mut rows = stream::RowStream::new();
+        s.get_streamed("device", "/v7/device", &q.to_wire(), &mut |chunk| {
+            rows.feed(chunk, &mut |row| {
+                on_device(model::decode_device(row)?);
+                Ok(())
+            })
+            .map_err(|e| BalenaError::Decode(e.0))
+        })
+        .await?;
+        let n = rows.finish().map_err(|e| BalenaError::Decode(e.0))?;
         total += n;
         if n < page {
             return Ok(total);

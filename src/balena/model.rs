@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 
+use super::stream::{RowStream, StreamError};
 use serde::Deserialize;
 
 /// The `{"d": [...]}` envelope of every OData collection answer.
@@ -265,58 +266,23 @@ impl Device<'_> {
     }
 }
 
-/// Decodes `{"d": [...]}` one device at a time, handing each to `on_row` without collecting
-/// them: the page body is the only copy of the data held.
-pub fn for_each_device<'de, F: FnMut(Device<'de>)>(
-    body: &'de [u8],
-    on_row: F,
-) -> Result<usize, serde_json::Error> {
-    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-    use std::fmt;
+/// Decodes one device row (strings borrowed from `row` where they need no unescaping).
+pub fn decode_device(row: &[u8]) -> Result<Device<'_>, StreamError> {
+    serde_json::from_slice(row).map_err(|e| StreamError(e.to_string()))
+}
 
-    struct Rows<F>(F);
-    impl<'de, F: FnMut(Device<'de>)> Visitor<'de> for &mut Rows<F> {
-        type Value = usize;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an array of devices")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-            let mut n = 0;
-            while let Some(d) = seq.next_element::<Device<'de>>()? {
-                (self.0)(d);
-                n += 1;
-            }
-            Ok(n)
-        }
-    }
-    impl<'de, F: FnMut(Device<'de>)> DeserializeSeed<'de> for &mut Rows<F> {
-        type Value = usize;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<usize, D::Error> {
-            d.deserialize_seq(self)
-        }
-    }
-    struct Env<F>(Rows<F>);
-    impl<'de, F: FnMut(Device<'de>)> Visitor<'de> for Env<F> {
-        type Value = usize;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an object {\"d\": [...]}")
-        }
-        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<usize, A::Error> {
-            let mut count = None;
-            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                if key == "d" {
-                    count = Some(map.next_value_seed(&mut self.0)?);
-                } else {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            count.ok_or_else(|| serde::de::Error::missing_field("d"))
-        }
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let n = de.deserialize_map(Env(Rows(on_row)))?;
-    de.end()?;
-    Ok(n)
+/// Decodes a whole `{"d": [...]}` body one device at a time, handing each to `on_row` without
+/// collecting them (the same decoder the probe runs on a body as it arrives).
+pub fn for_each_device(
+    body: &[u8],
+    mut on_row: impl FnMut(Device<'_>),
+) -> Result<usize, StreamError> {
+    let mut rows = RowStream::new();
+    rows.feed(body, &mut |row| {
+        on_row(decode_device(row)?);
+        Ok(())
+    })?;
+    rows.finish()
 }
 
 /// `/actor/v1/whoami`: who a token belongs to.

@@ -1,0 +1,344 @@
+//! Decodes a `{"d": [ {...}, {...} ]}` answer while it arrives: bytes are fed chunk by chunk,
+//! and each row is handed over as soon as its closing brace is in. Only a row that straddles
+//! two chunks is copied, so a 10,000-device page (6.6 MB of JSON) is never held whole, and
+//! decoding overlaps the transfer.
+//!
+//! The envelope is checked here (one object; its `d` member an array of objects; other members
+//! validated and ignored; nothing after the object); each row is decoded by the caller (serde).
+//! Strings are skipped with `memchr`: only structure is looked at byte by byte.
+
+use serde::de::IgnoredAny;
+
+/// An answer that is not a valid `{"d": [...]}`, or a row the caller refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StreamError(pub String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Before the envelope's `{`.
+    Start,
+    /// After `{`: a member name or `}`.
+    FirstKey,
+    /// After `,`: a member name.
+    Key,
+    /// Inside a member name.
+    KeyText { escaped: bool },
+    /// After a member name.
+    Colon,
+    /// After `:`.
+    Value,
+    /// Inside the value of a member other than `d` (captured, validated, dropped).
+    Other,
+    /// After the `[` of `d`: a row or `]`.
+    FirstRow,
+    /// After `,` between rows: a row.
+    Row,
+    /// Inside a row (captured).
+    InRow,
+    /// After a row: `,` or `]`.
+    AfterRow,
+    /// After a member value: `,` or `}`.
+    AfterValue,
+    /// After the envelope's `}`: only whitespace may follow.
+    Done,
+}
+
+/// A value being captured: bytes from earlier chunks, nesting depth, string state.
+#[derive(Debug, Default)]
+struct Capture {
+    carried: Vec<u8>,
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// A number or literal: it ends at the first delimiter, which is not part of it.
+    scalar: bool,
+}
+
+impl Capture {
+    fn begin(&mut self, first: u8) {
+        self.carried.clear();
+        self.depth = u32::from(matches!(first, b'{' | b'['));
+        self.in_string = first == b'"';
+        self.escaped = false;
+        self.scalar = !matches!(first, b'{' | b'[' | b'"');
+    }
+
+    /// Scans `chunk[from..]`; the end (exclusive) of the value if it completes here.
+    fn scan(&mut self, chunk: &[u8], from: usize) -> Option<usize> {
+        let mut j = from;
+        while j < chunk.len() {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                    j += 1;
+                    continue;
+                }
+                j += memchr::memchr2(b'"', b'\\', &chunk[j..])?;
+                if chunk[j] == b'\\' {
+                    self.escaped = true;
+                } else {
+                    self.in_string = false;
+                    if self.depth == 0 {
+                        return Some(j + 1);
+                    }
+                }
+                j += 1;
+                continue;
+            }
+            let b = chunk[j];
+            if self.scalar {
+                if matches!(b, b',' | b'}' | b']') || is_space(b) {
+                    return Some(j);
+                }
+            } else {
+                match b {
+                    b'"' => self.in_string = true,
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => {
+                        self.depth -= 1;
+                        if self.depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            j += 1;
+        }
+        None
+    }
+}
+
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\n' | b'\r' | b'\t')
+}
+
+/// The incremental decoder: [`RowStream::feed`] each chunk as it arrives, then
+/// [`RowStream::finish`].
+#[derive(Debug)]
+pub struct RowStream {
+    state: State,
+    key: Vec<u8>,
+    seen_d: bool,
+    capture: Capture,
+    offset: usize,
+    rows: usize,
+}
+
+impl Default for RowStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RowStream {
+    /// A decoder at the start of a body.
+    pub fn new() -> Self {
+        Self {
+            state: State::Start,
+            key: Vec::new(),
+            seen_d: false,
+            capture: Capture::default(),
+            offset: 0,
+            rows: 0,
+        }
+    }
+
+    /// Hands every row that `chunk` completes to `on_row`, as the row's JSON bytes.
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        on_row: &mut impl FnMut(&[u8]) -> Result<(), StreamError>,
+    ) -> Result<(), StreamError> {
+        let mut i = 0;
+        // Where the capture in progress started in this chunk (0 when carried over).
+        let mut start = 0;
+        while i < chunk.len() {
+            match self.state {
+                State::InRow | State::Other => {
+                    let from = if self.capture.carried.is_empty() && i == start {
+                        i + 1
+                    } else {
+                        i
+                    };
+                    let Some(end) = self.capture.scan(chunk, from) else {
+                        self.capture.carried.extend_from_slice(&chunk[start..]);
+                        break;
+                    };
+                    let value: &[u8] = if self.capture.carried.is_empty() {
+                        &chunk[start..end]
+                    } else {
+                        self.capture.carried.extend_from_slice(&chunk[..end]);
+                        &self.capture.carried
+                    };
+                    if self.state == State::InRow {
+                        on_row(value)
+                            .map_err(|e| StreamError(format!("row {}: {}", self.rows + 1, e.0)))?;
+                        self.rows += 1;
+                        self.state = State::AfterRow;
+                    } else {
+                        serde_json::from_slice::<IgnoredAny>(value).map_err(|e| {
+                            StreamError(format!(
+                                "member {:?}: {e}",
+                                String::from_utf8_lossy(&self.key)
+                            ))
+                        })?;
+                        self.state = State::AfterValue;
+                    }
+                    self.capture.carried.clear();
+                    i = end;
+                }
+                State::KeyText { escaped } => {
+                    let b = chunk[i];
+                    i += 1;
+                    self.state = match (escaped, b) {
+                        (true, _) => State::KeyText { escaped: false },
+                        (false, b'\\') => State::KeyText { escaped: true },
+                        (false, b'"') => State::Colon,
+                        _ => State::KeyText { escaped: false },
+                    };
+                    if self.state != State::Colon {
+                        self.key.push(b);
+                    }
+                }
+                state => {
+                    let b = chunk[i];
+                    if is_space(b) {
+                        i += 1;
+                        continue;
+                    }
+                    let next = match (state, b) {
+                        (State::Start, b'{') => State::FirstKey,
+                        (State::FirstKey, b'}') | (State::AfterValue, b'}') => State::Done,
+                        (State::FirstKey | State::Key, b'"') => {
+                            self.key.clear();
+                            State::KeyText { escaped: false }
+                        }
+                        (State::Colon, b':') => State::Value,
+                        (State::Value, b'[') if self.key == b"d" => {
+                            self.seen_d = true;
+                            State::FirstRow
+                        }
+                        (State::Value, _) if self.key == b"d" => {
+                            return Err(self.error("`d` is not an array", i));
+                        }
+                        (State::Value, _) => {
+                            self.capture.begin(b);
+                            start = i;
+                            self.state = State::Other;
+                            continue;
+                        }
+                        (State::FirstRow | State::Row, b'{') => {
+                            self.capture.begin(b);
+                            start = i;
+                            self.state = State::InRow;
+                            continue;
+                        }
+                        (State::FirstRow, b']') | (State::AfterRow, b']') => State::AfterValue,
+                        (State::FirstRow | State::Row, _) => {
+                            return Err(self.error("expected a device object", i));
+                        }
+                        (State::AfterRow, b',') => State::Row,
+                        (State::AfterValue, b',') => State::Key,
+                        (State::Done, _) => return Err(self.error("trailing characters", i)),
+                        _ => {
+                            return Err(
+                                self.error(&format!("unexpected character {:?}", char::from(b)), i)
+                            )
+                        }
+                    };
+                    self.state = next;
+                    i += 1;
+                }
+            }
+        }
+        self.offset += chunk.len();
+        Ok(())
+    }
+
+    /// Checks that the body ended where a body may end; the number of rows.
+    pub fn finish(&self) -> Result<usize, StreamError> {
+        match self.state {
+            State::Done if self.seen_d => Ok(self.rows),
+            State::Done => Err(StreamError("missing field `d`".into())),
+            _ => Err(StreamError(format!(
+                "EOF while parsing: the answer ends after {} bytes",
+                self.offset
+            ))),
+        }
+    }
+
+    fn error(&self, what: &str, i: usize) -> StreamError {
+        StreamError(format!("{what} at byte {}", self.offset + i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row of `body` fed in chunks of `size`, or the error.
+    fn rows(body: &[u8], size: usize) -> Result<Vec<String>, StreamError> {
+        let mut s = RowStream::new();
+        let mut out = Vec::new();
+        for chunk in body.chunks(size.max(1)) {
+            s.feed(chunk, &mut |row: &[u8]| {
+                out.push(String::from_utf8(row.to_vec()).unwrap());
+                Ok(())
+            })?;
+        }
+        assert_eq!(s.finish()?, out.len());
+        Ok(out)
+    }
+
+    #[test]
+    fn rows_come_out_whole_whatever_the_chunking() {
+        let body = br#" { "__count": [1, {"x": "]}"}], "d" : [ {"id":1,"n":"a\"}{b\\"}, {"id":2,"t":[{"k":"v"}]} ] , "z": -1.5e3 , "s": "\\\"" } "#;
+        let want = vec![
+            r#"{"id":1,"n":"a\"}{b\\"}"#.to_string(),
+            r#"{"id":2,"t":[{"k":"v"}]}"#.to_string(),
+        ];
+        for size in 1..body.len() + 1 {
+            assert_eq!(rows(body, size).unwrap(), want, "chunk size {size}");
+        }
+        assert_eq!(rows(br#"{"d":[]}"#, 3).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn bad_bodies_are_errors_never_rows_missed_silently() {
+        for (body, what) in [
+            (&br#"{"d":[{"id":1}"#[..], "EOF while parsing"),
+            (br#"{"d":[{"id":1}]"#, "EOF while parsing"),
+            (br#""#, "EOF while parsing"),
+            (br#"{"d":[{"id":1}]} x"#, "trailing characters"),
+            (br#"{"d":{"id":1}}"#, "`d` is not an array"),
+            (br#"{"d":[1]}"#, "expected a device object"),
+            (br#"{"e":[]}"#, "missing field `d`"),
+            (br#"{"d":[] "e":1}"#, "unexpected character"),
+            (br#"{"x": tru, "d":[]}"#, "member \"x\""),
+            (br#"<html>502</html>"#, "unexpected character '<'"),
+            (br#"{"d":[{"id":1},]}"#, "expected a device object"),
+        ] {
+            for size in [1, 4, body.len().max(1)] {
+                let err = rows(body, size).unwrap_err();
+                assert!(err.0.contains(what), "{body:?} in chunks of {size}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_refused_row_stops_the_stream_with_its_number() {
+        let mut s = RowStream::new();
+        let err = s
+            .feed(br#"{"d":[{"id":1},{"id":"x"}]}"#, &mut |row: &[u8]| {
+                serde_json::from_slice::<serde_json::Value>(row)
+                    .ok()
+                    .filter(|v| v["id"].is_u64())
+                    .map(|_| ())
+                    .ok_or_else(|| StreamError("id is not a number".into()))
+            })
+            .unwrap_err();
+        assert_eq!(err.0, "row 2: id is not a number");
+    }
+}
