@@ -249,6 +249,18 @@ async fn main() {
             } else {
                 futures_util::future::join_all(reqs).await;
             }
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+            if let Some(l) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+                println!(
+                    "    after round {round} ({}): {l}",
+                    if round == 0 {
+                        "targets one by one"
+                    } else {
+                        "10 targets at once"
+                    }
+                );
+            }
         }
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();

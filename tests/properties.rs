@@ -78,7 +78,7 @@ proptest! {
         let head = "probe_success 1\n";
         let mut gunzipped = String::new();
         std::io::Read::read_to_string(
-            &mut flate2::read::GzDecoder::new(&series.gzip_after(head.as_bytes())[..]),
+            &mut flate2::read::GzDecoder::new(&series.gzip_after(head.as_bytes()).to_vec()[..]),
             &mut gunzipped,
         ).unwrap();
         prop_assert_eq!(gunzipped, format!("{head}{want}"));

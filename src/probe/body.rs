@@ -155,6 +155,8 @@ impl CompressedSeries {
     pub fn from_packed(packed: Packed) -> Self {
         let Packed { mut deflate, crc } = packed;
         deflate.extend_from_slice(&FINAL_EMPTY_BLOCK);
+        // Cached for the TTL: keep no spare capacity (it was up to ~40% of the stream).
+        deflate.shrink_to_fit();
         Self {
             deflate: deflate.into(),
             crc,
@@ -181,29 +183,74 @@ impl CompressedSeries {
         inflate(&self.deflate, self.len())
     }
 
-    /// `head` followed by the series, as one gzip member.
-    pub fn gzip_after(&self, head: &[u8]) -> Bytes {
-        let mut out = Vec::with_capacity(self.deflate.len() + head.len() / 4 + 64);
+    /// `head` followed by the series, as one gzip member whose largest part is the cached
+    /// stream itself (shared, not copied).
+    pub fn gzip_after(&self, head: &[u8]) -> GzipAnswer {
+        let mut out = Vec::with_capacity(head.len() / 4 + 64);
         // gzip header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
         out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
         let mut enc = DeflateEncoder::new(out, Compression::fast());
         enc.write_all(head).expect("writing to a Vec cannot fail");
         enc.flush().expect("sync flush into a Vec cannot fail");
         // Take the sync-flushed bytes; dropping the encoder then finishes into an empty Vec.
-        let mut out = std::mem::take(enc.get_mut());
+        let out = std::mem::take(enc.get_mut());
         drop(enc);
-        if self.deflate.is_empty() {
+        let series = if self.deflate.is_empty() {
             // No series: close the stream with an empty final block.
-            out.extend_from_slice(&FINAL_EMPTY_BLOCK);
+            Bytes::from_static(&FINAL_EMPTY_BLOCK)
         } else {
-            out.extend_from_slice(&self.deflate);
-        }
+            self.deflate.clone()
+        };
         let mut crc = Crc::new();
         crc.update(head);
         crc.combine(&self.crc);
-        out.extend_from_slice(&crc.sum().to_le_bytes());
-        out.extend_from_slice(&crc.amount().to_le_bytes());
-        out.into()
+        let mut trailer = [0u8; 8];
+        trailer[..4].copy_from_slice(&crc.sum().to_le_bytes());
+        trailer[4..].copy_from_slice(&crc.amount().to_le_bytes());
+        GzipAnswer {
+            head: out.into(),
+            series,
+            trailer,
+        }
+    }
+}
+
+/// A gzip answer in three parts: header and compressed head, the cached series stream, and
+/// the trailer (CRC32 and length).
+#[derive(Debug, Clone)]
+pub struct GzipAnswer {
+    head: Bytes,
+    series: Bytes,
+    trailer: [u8; 8],
+}
+
+impl GzipAnswer {
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.series.len() + self.trailer.len()
+    }
+
+    /// Never empty (a gzip member has a header), for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The parts in order, for a streamed response body.
+    pub fn into_parts(self) -> [Bytes; 3] {
+        [
+            self.head,
+            self.series,
+            Bytes::copy_from_slice(&self.trailer),
+        ]
+    }
+
+    /// The whole member in one buffer (tests).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len());
+        v.extend_from_slice(&self.head);
+        v.extend_from_slice(&self.series);
+        v.extend_from_slice(&self.trailer);
+        v
     }
 }
 
@@ -248,7 +295,7 @@ mod tests {
         assert!(c.compressed_len() * 5 < series.len());
         assert_eq!(c.text(), series);
         for head in [&b"probe_success 1\nprobe_duration_seconds 0.25\n"[..], b""] {
-            let gz = c.gzip_after(head);
+            let gz = c.gzip_after(head).to_vec();
             let mut want = head.to_vec();
             want.extend_from_slice(&series);
             assert_eq!(gunzip(&gz), want);
@@ -256,7 +303,7 @@ mod tests {
         assert!(CompressedSeries::default().text().is_empty());
         let empty = CompressedSeries::new(b"");
         assert_eq!(
-            gunzip(&empty.gzip_after(b"probe_success 0\n")),
+            gunzip(&empty.gzip_after(b"probe_success 0\n").to_vec()),
             b"probe_success 0\n"
         );
     }

@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use actix_web::body::SizedStream;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::{AppState, TEXT_FORMAT};
@@ -273,9 +274,15 @@ pub async fn probe(
     resp.content_type(TEXT_FORMAT)
         .insert_header((VARY, "Accept-Encoding"));
     if accepts_gzip(accept) {
+        // Streamed in three parts so that the cached series (megabytes for a large fleet) is
+        // shared by every concurrent answer, not copied into each.
+        let answer = series.gzip_after(head_text.as_bytes());
+        let len = answer.len() as u64;
+        let parts =
+            futures_util::stream::iter(answer.into_parts().map(Ok::<_, std::convert::Infallible>));
         return resp
             .insert_header((CONTENT_ENCODING, "gzip"))
-            .body(series.gzip_after(head_text.as_bytes()));
+            .body(SizedStream::new(len, parts));
     }
     let mut body = head_text.into_bytes();
     body.extend_from_slice(&series.text());
