@@ -222,13 +222,20 @@ async fn main() {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let mut child = std::process::Command::new(&bin)
+        let mut child = match std::env::var("LOADBENCH_WRAP") {
+            Ok(w) => {
+                let mut c = std::process::Command::new(w);
+                c.arg(&bin);
+                c
+            }
+            Err(_) => std::process::Command::new(&bin),
+        };
+        child
             .arg(format!("--config.file={}", file.display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--log.level=warn")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("exporter starts");
+            .stderr(std::process::Stdio::null());
+        let mut child = child.spawn().expect("exporter starts");
         let base = format!("http://127.0.0.1:{port}");
         for _ in 0..100 {
             if client.get(format!("{base}/-/healthy")).send().await.is_ok() {

@@ -104,6 +104,7 @@ impl Application {
                 .wrap(headers)
                 .configure(|cfg| routes(cfg, &prefix))
         })
+        .on_connect(no_delay)
         .shutdown_timeout(10)
         .disable_signals();
         if settings.workers > 0 {
@@ -229,4 +230,18 @@ pub fn spawn_sighup_reloader(state: web::Data<AppState>) {
             let _ = reload(&state);
         }
     });
+}
+
+/// Sends small writes at once (TCP_NODELAY), as Go's net/http does: a streamed `/probe`
+/// answer ends with an 8-byte gzip trailer that Nagle's algorithm would otherwise hold back
+/// until the client's delayed ACK, ~40 ms per answer.
+fn no_delay(conn: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
+    use actix_web::rt::net::TcpStream;
+    let tcp = conn.downcast_ref::<TcpStream>().or_else(|| {
+        conn.downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<TcpStream>>()
+            .map(|tls| tls.get_ref().0)
+    });
+    if let Some(tcp) = tcp {
+        let _ = tcp.set_nodelay(true);
+    }
 }

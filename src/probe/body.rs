@@ -235,13 +235,19 @@ impl GzipAnswer {
         false
     }
 
-    /// The parts in order, for a streamed response body.
-    pub fn into_parts(self) -> [Bytes; 3] {
-        [
-            self.head,
-            self.series,
-            Bytes::copy_from_slice(&self.trailer),
-        ]
+    /// The answer in pieces of at most `piece` bytes, for a streamed response body: the
+    /// server copies each piece into its write buffer just before sending it, so an answer in
+    /// flight holds about one piece per connection besides the shared series.
+    pub fn into_pieces(self, piece: usize) -> impl Iterator<Item = Bytes> {
+        let piece = piece.max(1);
+        let series = self.series;
+        let count = series.len().div_ceil(piece);
+        std::iter::once(self.head)
+            .chain(
+                (0..count)
+                    .map(move |i| series.slice(i * piece..((i + 1) * piece).min(series.len()))),
+            )
+            .chain(std::iter::once(Bytes::copy_from_slice(&self.trailer)))
     }
 
     /// The whole member in one buffer (tests).
@@ -325,6 +331,31 @@ mod tests {
             CompressedSeries::from_expositions([e]).text(),
             text.as_bytes()
         );
+    }
+
+    #[test]
+    fn an_answer_in_pieces_is_the_same_member_and_shares_the_series() {
+        let series: Vec<u8> = (0..5_000)
+            .flat_map(|i| format!("m{{device_uuid=\"{i:032x}\"}} {i}\n").into_bytes())
+            .collect();
+        let c = CompressedSeries::new(&series);
+        let answer = c.gzip_after(b"probe_success 1\n");
+        let whole = answer.to_vec();
+        assert_eq!(answer.len(), whole.len());
+        let pieces: Vec<Bytes> = answer.into_pieces(1000).collect();
+        assert!(pieces.len() > 3);
+        assert!(pieces
+            .iter()
+            .all(|p| p.len() <= 1000 || p.len() == pieces[0].len()));
+        // The series pieces point into the cached stream: no copy per answer.
+        let cached = c.deflate.as_ptr_range();
+        assert!(pieces[1..pieces.len() - 1]
+            .iter()
+            .all(|p| cached.contains(&p.as_ptr())));
+        assert_eq!(pieces.concat(), whole);
+        let mut want = b"probe_success 1\n".to_vec();
+        want.extend_from_slice(&series);
+        assert_eq!(gunzip(&whole), want);
     }
 
     #[test]

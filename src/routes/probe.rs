@@ -278,8 +278,11 @@ pub async fn probe(
         // shared by every concurrent answer, not copied into each.
         let answer = series.gzip_after(head_text.as_bytes());
         let len = answer.len() as u64;
-        let parts =
-            futures_util::stream::iter(answer.into_parts().map(Ok::<_, std::convert::Infallible>));
+        let parts = futures_util::stream::iter(
+            answer
+                .into_pieces(64 * 1024)
+                .map(Ok::<_, std::convert::Infallible>),
+        );
         return resp
             .insert_header((CONTENT_ENCODING, "gzip"))
             .body(SizedStream::new(len, parts));
