@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::probe::body::{Packed, PieceDeflater};
+use crate::probe::body::{Packed, Packer, PieceDeflater};
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -118,7 +118,7 @@ pub const MIB: f64 = 1_048_576.0;
 pub struct Exposition {
     families: Vec<Family>,
     index: HashMap<&'static str, usize>,
-    packer: Option<Box<PieceDeflater>>,
+    packer: Option<Box<Packer>>,
     pack_at: usize,
 }
 
@@ -144,7 +144,7 @@ impl Exposition {
     /// are pending.
     pub fn packing(threshold: usize) -> Self {
         Self {
-            packer: Some(Box::new(PieceDeflater::new())),
+            packer: Some(Box::new(Packer::new(true))),
             pack_at: threshold.max(1),
             ..Self::default()
         }
@@ -189,8 +189,7 @@ impl Exposition {
         buf.push('\n');
         if buf.len() >= self.pack_at {
             if let Some(packer) = self.packer.as_mut() {
-                packer.piece(&[buf.as_bytes()], &mut family.packed);
-                buf.clear();
+                packer.pack(i, buf, &mut family.packed);
             }
         }
     }
@@ -200,7 +199,8 @@ impl Exposition {
         self.families.iter().map(|f| f.def.name)
     }
 
-    /// Appends every family, with HELP and TYPE lines, to `out` (inflating what was packed).
+    /// Appends every family, with HELP and TYPE lines, to `out`. For an exposition that is not
+    /// packing (a packing one is read through `CompressedSeries::from_expositions`).
     pub fn render_into(&self, out: &mut String) {
         for f in &self.families {
             if !f.packed.is_empty() {
@@ -210,24 +210,25 @@ impl Exposition {
         }
     }
 
-    /// Compresses every family, in order, onto `out`; uses this output's own compressor when
-    /// it has one, else `packer`.
+    /// Compresses every family, in order, onto `out`: the pieces packed so far (waiting for
+    /// the helper thread if one packed them), then the rest of each family's text with this
+    /// output's own compressor when it has one, else `packer`.
     pub fn pack_into(self, packer: &mut PieceDeflater, out: &mut Packed) {
         let Self {
             families,
             packer: mut own,
             ..
         } = self;
+        let mut threaded = own.as_mut().map(|p| p.finish()).unwrap_or_default();
         let packer = match own.as_deref_mut() {
-            Some(own) => own,
+            Some(own) => own.deflater(),
             None => packer,
         };
-        Self::pack_families(families, packer, out);
-    }
-
-    fn pack_families(families: Vec<Family>, packer: &mut PieceDeflater, out: &mut Packed) {
-        for f in families {
+        for (i, f) in families.into_iter().enumerate() {
             out.append(f.packed);
+            if let Some(p) = threaded.get_mut(i) {
+                out.append(std::mem::take(p));
+            }
             if !f.text.is_empty() {
                 packer.piece(&[f.text.as_bytes()], out);
             }
