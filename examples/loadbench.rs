@@ -235,7 +235,7 @@ async fn main() {
         .map(|i| FleetSpec::new(&format!("f{i}"), 10_000))
         .collect();
     let sim = Simulator::start(&spec(fleets), "127.0.0.1:0").unwrap();
-    for module in ["summary", "default"] {
+    for (module, ttl) in [("summary", "30s"), ("default", "30s"), ("default", "0s")] {
         let targets: Vec<(String, String)> = (0..10)
             .map(|i| (format!("t{i}"), format!("f{i}")))
             .collect();
@@ -246,7 +246,7 @@ async fn main() {
         let dir = std::env::temp_dir().join(format!("balena-loadbench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("config.yml");
-        std::fs::write(&file, config_yaml(&sim.url(), "30s", &t)).unwrap();
+        std::fs::write(&file, config_yaml(&sim.url(), ttl, &t)).unwrap();
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -307,7 +307,7 @@ async fn main() {
                 .map(|l| l[k.len()..].trim().to_string())
                 .unwrap_or_default()
         };
-        println!("(d) exporter process, 10 targets x 10,000 devices, module {module}: peak RSS (VmHWM) {}, RSS now {}", field("VmHWM:"), field("VmRSS:"));
+        println!("(d) exporter process, 10 targets x 10,000 devices, module {module}, cache_ttl {ttl}: peak RSS (VmHWM) {}, RSS now {}", field("VmHWM:"), field("VmRSS:"));
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
