@@ -1,12 +1,15 @@
 //! The `/probe` answer body: a per-request head (`probe_*` metrics) followed by the target's
 //! series, which are compressed once per fetch and shared by every answer served from it.
 //!
+//! The series are compressed as they are written, in *pieces*: each family's text is deflated
+//! every 64 KiB from a reset compressor and sync-flushed, so pieces concatenate into one valid
+//! stream in whatever order the families need, and a probe never holds its whole text (18 MB
+//! for 10,000 devices). [`Packer`] does this on a helper thread while rows are still decoded.
+//!
 //! For clients that accept gzip (Prometheus always does), the answer is one gzip member built
-//! without recompressing the series: the head is deflated and sync-flushed (byte-aligned,
-//! non-final), the stored deflate stream of the series follows (it never refers back before its
-//! own start, so the head's history is irrelevant to it), and the trailer carries the CRC32 of
-//! both parts combined. Other clients get the series inflated on the fly. Keeping only the
-//! compressed form also makes a cached 10,000-device answer ~10× smaller in memory.
+//! without recompressing the series: the head is deflated and sync-flushed, the cached pieces
+//! follow as they are (streamed, shared by every answer in flight), then an empty final block
+//! and the CRC32 of both parts combined. Other clients get the series inflated.
 
 use std::io::{Read, Write};
 
@@ -26,6 +29,7 @@ const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
 /// are one valid deflate stream. One compressor serves a whole probe.
 pub struct PieceDeflater {
     compress: Compress,
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for PieceDeflater {
@@ -45,15 +49,18 @@ impl PieceDeflater {
     pub fn new() -> Self {
         Self {
             compress: Compress::new(Compression::fast(), false),
+            scratch: Vec::new(),
         }
     }
 
-    /// Compresses `parts`, in order, as one piece appended to `out`.
+    /// Compresses `parts`, in order, as one piece appended to `out` (in a buffer of exactly
+    /// its size: pieces are kept for the cache TTL).
     pub fn piece(&mut self, parts: &[&[u8]], out: &mut Packed) {
         if parts.iter().all(|p| p.is_empty()) {
             return;
         }
         self.compress.reset();
+        self.scratch.clear();
         for (i, part) in parts.iter().enumerate() {
             out.crc.update(part);
             let last = i + 1 == parts.len();
@@ -64,18 +71,19 @@ impl PieceDeflater {
             };
             let mut input: &[u8] = part;
             loop {
-                out.deflate.reserve(input.len() / 4 + 256);
+                self.scratch.reserve(input.len() / 4 + 256);
                 let before = self.compress.total_in();
                 self.compress
-                    .compress_vec(input, &mut out.deflate, flush)
+                    .compress_vec(input, &mut self.scratch, flush)
                     .expect("deflate of in-memory text cannot fail");
                 input = &input[(self.compress.total_in() - before) as usize..];
                 // Done when the input is consumed and (for the flush) output room was left over.
-                if input.is_empty() && (!last || out.deflate.len() < out.deflate.capacity()) {
+                if input.is_empty() && (!last || self.scratch.len() < self.scratch.capacity()) {
                     break;
                 }
             }
         }
+        out.pieces.push(Bytes::copy_from_slice(&self.scratch));
     }
 }
 
@@ -175,7 +183,7 @@ impl PackWorker {
 /// Deflate pieces and the CRC32 of the text they hold.
 #[derive(Debug, Default)]
 pub struct Packed {
-    deflate: Vec<u8>,
+    pieces: Vec<Bytes>,
     crc: Crc,
 }
 
@@ -190,38 +198,40 @@ impl Packed {
         if other.is_empty() {
             return;
         }
-        if self.deflate.is_empty() {
+        if self.is_empty() {
             *self = other;
             return;
         }
-        self.deflate.extend_from_slice(&other.deflate);
+        self.pieces.extend(other.pieces);
         self.crc.combine(&other.crc);
     }
 
     /// The text of the pieces.
     pub fn inflate(&self) -> Vec<u8> {
-        let mut stream = self.deflate.clone();
-        stream.extend_from_slice(&FINAL_EMPTY_BLOCK);
-        inflate(&stream, self.crc.amount() as usize)
+        inflate(&self.pieces, self.crc.amount() as usize)
     }
 }
 
-fn inflate(deflate: &[u8], size_hint: usize) -> Vec<u8> {
+/// Inflates pieces (closing the stream with an empty final block).
+fn inflate(pieces: &[Bytes], size_hint: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(size_hint);
-    if !deflate.is_empty() {
-        if let Err(e) = flate2::read::DeflateDecoder::new(deflate).read_to_end(&mut out) {
-            // Cannot happen with a stream we wrote ourselves; never panic on a request.
-            tracing::error!(error = %e, "cannot inflate cached series");
-            out.clear();
-        }
+    if pieces.is_empty() {
+        return out;
+    }
+    let mut stream: Vec<u8> = pieces.concat();
+    stream.extend_from_slice(&FINAL_EMPTY_BLOCK);
+    if let Err(e) = flate2::read::DeflateDecoder::new(&stream[..]).read_to_end(&mut out) {
+        // Cannot happen with a stream we wrote ourselves; never panic on a request.
+        tracing::error!(error = %e, "cannot inflate cached series");
+        out.clear();
     }
     out
 }
 
-/// A target's series in compressed form.
+/// A target's series in compressed form: deflate pieces, each in a buffer of its own size.
 #[derive(Debug, Default)]
 pub struct CompressedSeries {
-    deflate: Bytes,
+    pieces: Vec<Bytes>,
     crc: Crc,
 }
 
@@ -244,16 +254,11 @@ impl CompressedSeries {
         Self::from_packed(packed)
     }
 
-    /// Closes a stream of pieces.
+    /// The series of `packed`.
     pub fn from_packed(packed: Packed) -> Self {
-        let Packed { mut deflate, crc } = packed;
-        deflate.extend_from_slice(&FINAL_EMPTY_BLOCK);
-        // Cached for the TTL: keep no spare capacity (it was up to ~40% of the stream).
-        deflate.shrink_to_fit();
-        Self {
-            deflate: deflate.into(),
-            crc,
-        }
+        let Packed { mut pieces, crc } = packed;
+        pieces.shrink_to_fit();
+        Self { pieces, crc }
     }
 
     /// Length of the uncompressed text.
@@ -268,16 +273,16 @@ impl CompressedSeries {
 
     /// Bytes held in memory.
     pub fn compressed_len(&self) -> usize {
-        self.deflate.len()
+        self.pieces.iter().map(Bytes::len).sum()
     }
 
     /// The uncompressed text.
     pub fn text(&self) -> Vec<u8> {
-        inflate(&self.deflate, self.len())
+        inflate(&self.pieces, self.len())
     }
 
     /// `head` followed by the series, as one gzip member whose largest part is the cached
-    /// stream itself (shared, not copied).
+    /// pieces themselves (shared, not copied).
     pub fn gzip_after(&self, head: &[u8]) -> GzipAnswer {
         let mut out = Vec::with_capacity(head.len() / 4 + 64);
         // gzip header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
@@ -288,39 +293,35 @@ impl CompressedSeries {
         // Take the sync-flushed bytes; dropping the encoder then finishes into an empty Vec.
         let out = std::mem::take(enc.get_mut());
         drop(enc);
-        let series = if self.deflate.is_empty() {
-            // No series: close the stream with an empty final block.
-            Bytes::from_static(&FINAL_EMPTY_BLOCK)
-        } else {
-            self.deflate.clone()
-        };
         let mut crc = Crc::new();
         crc.update(head);
         crc.combine(&self.crc);
-        let mut trailer = [0u8; 8];
-        trailer[..4].copy_from_slice(&crc.sum().to_le_bytes());
-        trailer[4..].copy_from_slice(&crc.amount().to_le_bytes());
+        let mut trailer = Vec::with_capacity(2 + 8);
+        // Close the stream: an empty final block, then CRC32 and length.
+        trailer.extend_from_slice(&FINAL_EMPTY_BLOCK);
+        trailer.extend_from_slice(&crc.sum().to_le_bytes());
+        trailer.extend_from_slice(&crc.amount().to_le_bytes());
         GzipAnswer {
             head: out.into(),
-            series,
-            trailer,
+            series: self.pieces.clone(),
+            trailer: trailer.into(),
         }
     }
 }
 
-/// A gzip answer in three parts: header and compressed head, the cached series stream, and
-/// the trailer (CRC32 and length).
+/// A gzip answer: header and compressed head, the cached series pieces, and the closing
+/// block with the trailer (CRC32 and length).
 #[derive(Debug, Clone)]
 pub struct GzipAnswer {
     head: Bytes,
-    series: Bytes,
-    trailer: [u8; 8],
+    series: Vec<Bytes>,
+    trailer: Bytes,
 }
 
 impl GzipAnswer {
     /// Total length in bytes.
     pub fn len(&self) -> usize {
-        self.head.len() + self.series.len() + self.trailer.len()
+        self.head.len() + self.series.iter().map(Bytes::len).sum::<usize>() + self.trailer.len()
     }
 
     /// Never empty (a gzip member has a header), for clippy's sake.
@@ -328,26 +329,26 @@ impl GzipAnswer {
         false
     }
 
-    /// The answer in pieces of at most `piece` bytes, for a streamed response body: the
-    /// server copies each piece into its write buffer just before sending it, so an answer in
-    /// flight holds about one piece per connection besides the shared series.
+    /// The answer in pieces of at most `piece` bytes (the head and trailer excepted), for a
+    /// streamed response body: the server copies each into its write buffer just before
+    /// sending it, so an answer in flight holds about one piece besides the shared series.
     pub fn into_pieces(self, piece: usize) -> impl Iterator<Item = Bytes> {
         let piece = piece.max(1);
-        let series = self.series;
-        let count = series.len().div_ceil(piece);
         std::iter::once(self.head)
-            .chain(
-                (0..count)
-                    .map(move |i| series.slice(i * piece..((i + 1) * piece).min(series.len()))),
-            )
-            .chain(std::iter::once(Bytes::copy_from_slice(&self.trailer)))
+            .chain(self.series.into_iter().flat_map(move |b| {
+                let count = b.len().div_ceil(piece);
+                (0..count).map(move |i| b.slice(i * piece..((i + 1) * piece).min(b.len())))
+            }))
+            .chain(std::iter::once(self.trailer))
     }
 
     /// The whole member in one buffer (tests).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len());
         v.extend_from_slice(&self.head);
-        v.extend_from_slice(&self.series);
+        for p in &self.series {
+            v.extend_from_slice(p);
+        }
         v.extend_from_slice(&self.trailer);
         v
     }
@@ -440,8 +441,8 @@ mod tests {
         assert!(pieces
             .iter()
             .all(|p| p.len() <= 1000 || p.len() == pieces[0].len()));
-        // The series pieces point into the cached stream: no copy per answer.
-        let cached = c.deflate.as_ptr_range();
+        // The series pieces point into the cached pieces: no copy per answer.
+        let cached = c.pieces[0].as_ptr_range();
         assert!(pieces[1..pieces.len() - 1]
             .iter()
             .all(|p| cached.contains(&p.as_ptr())));
