@@ -346,6 +346,10 @@ pub struct ExporterMetrics {
     pub reload_timestamp: Gauge,
     /// Probes answered from the cache or a shared in-flight fetch.
     pub cache_hits: IntCounterVec,
+    /// Compressed series bytes held by the probe cache (set on each `/metrics` scrape).
+    pub cache_bytes: IntGauge,
+    /// Results held by the probe cache (set on each `/metrics` scrape).
+    pub cache_entries: IntGauge,
 }
 
 impl ExporterMetrics {
@@ -425,8 +429,20 @@ impl ExporterMetrics {
             &["kind"],
         )
         .expect("valid metric");
+        let cache_bytes = IntGauge::new(
+            "balena_exporter_cache_bytes",
+            "Compressed series held by the probe cache, in bytes: with per-device series the exporter's largest use of memory (about 0.5 KB per device).",
+        )
+        .expect("valid metric");
+        let cache_entries = IntGauge::new(
+            "balena_exporter_cache_entries",
+            "Probe results held by the probe cache (target, module, auth).",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
+            Box::new(cache_bytes.clone()),
+            Box::new(cache_entries.clone()),
             Box::new(probes.clone()),
             Box::new(probe_duration.clone()),
             Box::new(request_errors.clone()),
@@ -456,6 +472,8 @@ impl ExporterMetrics {
             reload_success,
             reload_timestamp,
             cache_hits,
+            cache_bytes,
+            cache_entries,
         }
     }
 

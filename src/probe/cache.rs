@@ -128,6 +128,18 @@ impl ProbeCache {
         Step::Lead(tx)
     }
 
+    /// Results held (successful fetches not yet dropped) and their compressed series bytes.
+    pub fn usage(&self) -> (usize, usize) {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots
+            .values()
+            .filter_map(|rx| match &*rx.borrow() {
+                Some((Ok(data), _)) => Some(data.series.compressed_len()),
+                _ => None,
+            })
+            .fold((0, 0), |(n, bytes), b| (n + 1, bytes + b))
+    }
+
     fn forget(&self, key: &CacheKey, tx: &watch::Sender<Option<Finished>>) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if slots

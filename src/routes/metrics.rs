@@ -6,6 +6,9 @@ use super::{AppState, TEXT_FORMAT};
 
 /// The self-metrics registry in text format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let (entries, bytes) = state.cache.usage();
+    state.metrics.cache_entries.set(entries as i64);
+    state.metrics.cache_bytes.set(bytes as i64);
     HttpResponse::Ok()
         .content_type(TEXT_FORMAT)
         .body(state.metrics.render())

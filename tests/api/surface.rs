@@ -32,6 +32,15 @@ async fn metrics_count_upstream_requests_and_cache_hits() {
         m.value("balena_exporter_cache_hits_total", &[("kind", "cache")]),
         1.0
     );
+    // One result held; its compressed series are smaller than their text but not empty.
+    assert_eq!(m.value("balena_exporter_cache_entries", &[]), 1.0);
+    let text = app.get("/probe?target=screens").await.body;
+    let held = m.value("balena_exporter_cache_bytes", &[]);
+    assert!(
+        held > 100.0 && held < text.len() as f64 / 2.0,
+        "{held} bytes held for {} bytes of text",
+        text.len()
+    );
     assert_eq!(
         m.value(
             "balena_exporter_probes_total",
