@@ -2,6 +2,8 @@
 # Prometheus API helpers. Source it after `set -euo pipefail`; it sets `tmp` and `pids`.
 # shellcheck shell=bash
 
+# shellcheck disable=SC2034  # read by the scripts that source this file
+started=$(date +%s)
 tmp=$(mktemp -d)
 pids=()
 cleanup() {
@@ -51,4 +53,11 @@ shorten_intervals() {
       -e 's/scrape_timeout: 30s/scrape_timeout: 2s/' \
       -e 's/evaluation_interval: 60s/evaluation_interval: 2s/' \
       -e 's/refresh_interval: 5m/refresh_interval: 5s/'
+}
+# require COMMAND...: exits with a hint when one is missing.
+require() {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null || { echo "$c not found (apt-get install prometheus curl python3)" >&2; exit 1; }
+  done
 }

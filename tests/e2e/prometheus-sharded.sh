@@ -15,10 +15,9 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${1:-$root/target/debug/balena-exporter}
-command -v prometheus >/dev/null || { echo "prometheus not found (apt-get install prometheus)" >&2; exit 1; }
-started=$(date +%s)
 # shellcheck source=tests/e2e/lib.sh
 source "$root/tests/e2e/lib.sh"
+require prometheus curl python3
 
 # 1. Two replicas; a long cache TTL so that the fetch count below does not depend on timing.
 port=$(free_port 127.0.1.10 127.0.1.11)

@@ -12,10 +12,9 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${1:-$root/target/debug/balena-exporter}
-command -v prometheus >/dev/null || { echo "prometheus not found (apt-get install prometheus)" >&2; exit 1; }
-started=$(date +%s)
 # shellcheck source=tests/e2e/lib.sh
 source "$root/tests/e2e/lib.sh"
+require prometheus curl python3
 
 # 1. The exporter on its demo simulator, cache off so that changes show on the next scrape.
 exporter_port=$(free_port 127.0.0.1)
