@@ -224,15 +224,26 @@ impl Exposition {
             Some(own) => own.deflater(),
             None => packer,
         };
+        // Text not packed yet is compressed in as few pieces as the order allows: one for all
+        // the families that have no pieces of their own (each piece costs a compressor reset).
+        let mut pending: Vec<String> = Vec::new();
+        let flush = |pending: &mut Vec<String>, packer: &mut PieceDeflater, out: &mut Packed| {
+            let parts: Vec<&[u8]> = pending.iter().map(|t| t.as_bytes()).collect();
+            packer.piece(&parts, out);
+            pending.clear();
+        };
         for (i, f) in families.into_iter().enumerate() {
-            out.append(f.packed);
-            if let Some(p) = threaded.get_mut(i) {
-                out.append(std::mem::take(p));
+            let from_thread = threaded.get_mut(i).map(std::mem::take).unwrap_or_default();
+            if !f.packed.is_empty() || !from_thread.is_empty() {
+                flush(&mut pending, packer, out);
+                out.append(f.packed);
+                out.append(from_thread);
             }
             if !f.text.is_empty() {
-                packer.piece(&[f.text.as_bytes()], out);
+                pending.push(f.text);
             }
         }
+        flush(&mut pending, packer, out);
     }
 
     /// Bytes of text held (not yet packed).
