@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 
 use actix_web::web::Bytes;
 use flate2::write::DeflateEncoder;
-use flate2::{Compress, Compression, Crc, FlushCompress};
+use flate2::{Compress, Compression, Crc, Decompress, FlushCompress, FlushDecompress};
 
 use crate::metrics::Exposition;
 
@@ -281,6 +281,18 @@ impl CompressedSeries {
         inflate(&self.pieces, self.len())
     }
 
+    /// The text inflated piece by piece, in chunks of at most `chunk` bytes: an answer to a
+    /// client without gzip holds one chunk at a time, not the whole text.
+    pub fn text_chunks(&self, chunk: usize) -> TextChunks {
+        TextChunks {
+            pieces: self.pieces.clone().into_iter(),
+            current: Bytes::new(),
+            pos: 0,
+            inflate: Decompress::new(false),
+            chunk: chunk.max(1),
+        }
+    }
+
     /// `head` followed by the series, as one gzip member whose largest part is the cached
     /// pieces themselves (shared, not copied).
     pub fn gzip_after(&self, head: &[u8]) -> GzipAnswer {
@@ -306,6 +318,49 @@ impl CompressedSeries {
             series: self.pieces.clone(),
             trailer: trailer.into(),
         }
+    }
+}
+
+/// The series' text, inflated chunk by chunk (see [`CompressedSeries::text_chunks`]).
+pub struct TextChunks {
+    pieces: std::vec::IntoIter<Bytes>,
+    current: Bytes,
+    pos: usize,
+    inflate: Decompress,
+    chunk: usize,
+}
+
+impl Iterator for TextChunks {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        let mut out = Vec::with_capacity(self.chunk);
+        while out.len() < out.capacity() {
+            if self.pos >= self.current.len() {
+                if let Some(piece) = self.pieces.next() {
+                    self.current = piece;
+                    self.pos = 0;
+                }
+            }
+            let (before_in, before_out) = (self.inflate.total_in(), self.inflate.total_out());
+            if let Err(e) = self.inflate.decompress_vec(
+                &self.current[self.pos..],
+                &mut out,
+                FlushDecompress::None,
+            ) {
+                // Cannot happen with pieces we wrote ourselves; end the text, never panic.
+                tracing::error!(error = %e, "cannot inflate cached series");
+                return None;
+            }
+            self.pos += (self.inflate.total_in() - before_in) as usize;
+            let progressed =
+                self.inflate.total_in() != before_in || self.inflate.total_out() != before_out;
+            if !progressed {
+                // Every piece is read and nothing is left in the inflater.
+                break;
+            }
+        }
+        (!out.is_empty()).then(|| out.into())
     }
 }
 
@@ -450,6 +505,30 @@ mod tests {
         let mut want = b"probe_success 1\n".to_vec();
         want.extend_from_slice(&series);
         assert_eq!(gunzip(&whole), want);
+    }
+
+    #[test]
+    fn text_chunks_inflate_every_piece_in_order() {
+        let mut e = Exposition::packing(2_000);
+        for i in 0..3_000 {
+            e.gauge(
+                crate::metrics::DEVICE_ONLINE,
+                &[("device_uuid", &format!("{i:032x}"))],
+                1.0,
+            );
+            e.gauge(
+                crate::metrics::DEVICE_CPU,
+                &[("device_uuid", &format!("{i:x}"))],
+                0.5,
+            );
+        }
+        let series = CompressedSeries::from_expositions([e]);
+        assert!(series.pieces.len() > 20);
+        let chunks: Vec<Bytes> = series.text_chunks(4096).collect();
+        assert!(chunks.iter().all(|c| c.len() <= 4096 && !c.is_empty()));
+        assert_eq!(chunks.concat(), series.text());
+        assert_eq!(chunks.concat().len(), series.len());
+        assert_eq!(CompressedSeries::default().text_chunks(10).count(), 0);
     }
 
     #[test]

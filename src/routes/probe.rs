@@ -274,8 +274,8 @@ pub async fn probe(
     resp.content_type(TEXT_FORMAT)
         .insert_header((VARY, "Accept-Encoding"));
     if accepts_gzip(accept) {
-        // Streamed in three parts so that the cached series (megabytes for a large fleet) is
-        // shared by every concurrent answer, not copied into each.
+        // Streamed in slices of the cached pieces (megabytes for a large fleet), which every
+        // concurrent answer shares instead of copying them.
         let answer = series.gzip_after(head_text.as_bytes());
         let len = answer.len() as u64;
         let parts = futures_util::stream::iter(
@@ -287,10 +287,13 @@ pub async fn probe(
             .insert_header((CONTENT_ENCODING, "gzip"))
             .body(SizedStream::new(len, parts));
     }
-    let mut body = head_text.into_bytes();
-    body.extend_from_slice(&series.text());
+    // Without gzip the text is inflated as it is sent, 64 KiB at a time.
+    let len = (head_text.len() + series.len()) as u64;
+    let chunks = std::iter::once(web::Bytes::from(head_text))
+        .chain(series.text_chunks(64 * 1024))
+        .map(Ok::<_, std::convert::Infallible>);
     resp.insert_header((CONTENT_ENCODING, "identity"))
-        .body(body)
+        .body(SizedStream::new(len, futures_util::stream::iter(chunks)))
 }
 
 /// `<org or all target>/<fleet slug>`, for a fleet that discovery found under that target:
