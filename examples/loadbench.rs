@@ -1,12 +1,17 @@
 //! Load benchmark: the simulator and the exporter on loopback, measured in one run.
 //!
-//! `cargo run --release --example loadbench` (after `cargo build --release` so that the
+//! `cargo run --release --example loadbench` (after `cargo build --release --bins` so that the
 //! exporter binary exists for the memory part). Reports, side by side:
 //! (a) a bare fetch of a 10,000-device fleet's device list vs a full `/probe` of it;
 //! (b) 100 concurrent probes of one target → upstream device fetches;
 //! (c) cached probe throughput on a 100-device fleet;
 //! (d) peak RSS of an exporter process probing 100,000 devices across targets.
 //! Only loopback; every loop is bounded in count and time.
+//!
+//! `LOADBENCH_WRAP=heaptrack` starts the memory part's exporters under that command (a heap
+//! profiler). The RSS figures are then the wrapper's, and the wrapped exporters outlive the
+//! benchmark: stop them with `pkill -TERM -f 'balena-exporter --config.file=/tmp/balena-loadbench'`,
+//! which also makes heaptrack write its data.
 
 use std::time::{Duration, Instant};
 
