@@ -205,11 +205,6 @@ impl Packed {
         self.pieces.extend(other.pieces);
         self.crc.combine(&other.crc);
     }
-
-    /// The text of the pieces.
-    pub fn inflate(&self) -> Vec<u8> {
-        inflate(&self.pieces, self.crc.amount() as usize)
-    }
 }
 
 /// Inflates pieces (closing the stream with an empty final block).
