@@ -70,6 +70,27 @@ fn pipeline(c: &mut Criterion) {
                 })
             },
         );
+        // compact_cache: what every cached answer costs, rendering and compressing the
+        // per-device series from the kept values.
+        let compact_module = ModuleConfig {
+            compact_cache: true,
+            ..full.clone()
+        };
+        let mut builder = SeriesBuilder::new(vec![fleet.clone()], &compact_module);
+        for_each_device(&body, |d| builder.add(&d)).unwrap();
+        let (fleet_series, compact, _, _) = builder.finish();
+        let compact = compact.expect("compact module keeps values");
+        group.bench_function(
+            BenchmarkId::new("compact answer (render+compress)", n),
+            |b| {
+                b.iter(|| {
+                    fleet_series
+                        .gzip_then(b"probe_success 1\n", compact.render(64 * 1024))
+                        .map(|piece| piece.len())
+                        .sum::<usize>()
+                })
+            },
+        );
         let (sbody, sfleet) = page(n, &summary);
         group.bench_with_input(
             BenchmarkId::new("decode+series+compress/summary", n),

@@ -39,7 +39,7 @@ fn spec(fleets: Vec<FleetSpec>) -> WorldSpec {
 
 fn config_yaml(sim: &str, ttl: &str, targets: &[(&str, &str, &str)]) -> String {
     let mut y = format!(
-        "api:\n  url: {sim}\n  timeout: 60s\n  cache_ttl: {ttl}\nauths:\n  bench:\n    token: {TOKEN}\nmodules:\n  summary:\n    devices: false\ntargets:\n"
+        "api:\n  url: {sim}\n  timeout: 60s\n  cache_ttl: {ttl}\nauths:\n  bench:\n    token: {TOKEN}\nmodules:\n  summary:\n    devices: false\n  compact:\n    compact_cache: true\ntargets:\n"
     );
     for (name, fleet, module) in targets {
         y.push_str(&format!(
@@ -240,7 +240,12 @@ async fn main() {
         .map(|i| FleetSpec::new(&format!("f{i}"), 10_000))
         .collect();
     let sim = Simulator::start(&spec(fleets), "127.0.0.1:0").unwrap();
-    for (module, ttl) in [("summary", "30s"), ("default", "30s"), ("default", "0s")] {
+    for (module, ttl) in [
+        ("summary", "30s"),
+        ("default", "30s"),
+        ("default", "0s"),
+        ("compact", "30s"),
+    ] {
         let targets: Vec<(String, String)> = (0..10)
             .map(|i| (format!("t{i}"), format!("f{i}")))
             .collect();

@@ -170,23 +170,7 @@ impl Exposition {
         };
         let family = &mut self.families[i];
         let buf = &mut family.text;
-        buf.push_str(def.name);
-        if !labels.is_empty() {
-            buf.push('{');
-            for (n, (k, v)) in labels.iter().enumerate() {
-                if n > 0 {
-                    buf.push(',');
-                }
-                buf.push_str(k);
-                buf.push_str("=\"");
-                escape_label_value(buf, v);
-                buf.push('"');
-            }
-            buf.push('}');
-        }
-        buf.push(' ');
-        write_value(buf, value);
-        buf.push('\n');
+        write_sample(buf, def.name, labels, value);
         if buf.len() >= self.pack_at {
             if let Some(packer) = self.packer.as_mut() {
                 packer.pack(i, buf, &mut family.packed);
@@ -254,8 +238,29 @@ impl Exposition {
     }
 }
 
+/// One sample line: `name{labels} value`.
+pub fn write_sample(buf: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    buf.push_str(name);
+    if !labels.is_empty() {
+        buf.push('{');
+        for (n, (k, v)) in labels.iter().enumerate() {
+            if n > 0 {
+                buf.push(',');
+            }
+            buf.push_str(k);
+            buf.push_str("=\"");
+            escape_label_value(buf, v);
+            buf.push('"');
+        }
+        buf.push('}');
+    }
+    buf.push(' ');
+    write_value(buf, value);
+    buf.push('\n');
+}
+
 /// The `# HELP` and `# TYPE` lines of a gauge family.
-fn family_header(def: &MetricDef) -> String {
+pub fn family_header(def: &MetricDef) -> String {
     format!(
         "# HELP {} {}\n# TYPE {} gauge\n",
         def.name, def.help, def.name

@@ -395,6 +395,13 @@ fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
                 ));
             }
         }
+        if module.compact_cache && (!module.devices || module.counts_only) {
+            return Err(invalid(
+                file,
+                format!("modules.{name}.compact_cache"),
+                "compact_cache keeps per-device series, so it needs devices: true and no counts_only",
+            ));
+        }
         if module.counts_only && !module.device_tags.is_empty() {
             return Err(invalid(
                 file,

@@ -291,28 +291,88 @@ impl CompressedSeries {
     /// `head` followed by the series, as one gzip member whose largest part is the cached
     /// pieces themselves (shared, not copied).
     pub fn gzip_after(&self, head: &[u8]) -> GzipAnswer {
-        let mut out = Vec::with_capacity(head.len() / 4 + 64);
-        // gzip header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
-        out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
-        let mut enc = DeflateEncoder::new(out, Compression::fast());
-        enc.write_all(head).expect("writing to a Vec cannot fail");
-        enc.flush().expect("sync flush into a Vec cannot fail");
-        // Take the sync-flushed bytes; dropping the encoder then finishes into an empty Vec.
-        let out = std::mem::take(enc.get_mut());
-        drop(enc);
         let mut crc = Crc::new();
         crc.update(head);
         crc.combine(&self.crc);
-        let mut trailer = Vec::with_capacity(2 + 8);
-        // Close the stream: an empty final block, then CRC32 and length.
-        trailer.extend_from_slice(&FINAL_EMPTY_BLOCK);
-        trailer.extend_from_slice(&crc.sum().to_le_bytes());
-        trailer.extend_from_slice(&crc.amount().to_le_bytes());
         GzipAnswer {
-            head: out.into(),
+            head: gzip_head(head),
             series: self.pieces.clone(),
-            trailer: trailer.into(),
+            trailer: gzip_trailer(&crc),
         }
+    }
+
+    /// `head`, the series, then the text of `more` compressed piece by piece as it is sent,
+    /// as one gzip member (for series rendered per answer, `compact_cache`).
+    pub fn gzip_then<I: Iterator<Item = String>>(&self, head: &[u8], more: I) -> GzipStream<I> {
+        let mut crc = Crc::new();
+        crc.update(head);
+        crc.combine(&self.crc);
+        GzipStream {
+            head: Some(gzip_head(head)),
+            pieces: self.pieces.clone().into_iter(),
+            more,
+            deflater: PieceDeflater::new(),
+            crc,
+            done: false,
+        }
+    }
+}
+
+/// The gzip header and `head` deflated and sync-flushed.
+fn gzip_head(head: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(head.len() / 4 + 64);
+    // gzip header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+    let mut enc = DeflateEncoder::new(out, Compression::fast());
+    enc.write_all(head).expect("writing to a Vec cannot fail");
+    enc.flush().expect("sync flush into a Vec cannot fail");
+    // Take the sync-flushed bytes; dropping the encoder then finishes into an empty Vec.
+    let out = std::mem::take(enc.get_mut());
+    drop(enc);
+    out.into()
+}
+
+/// Closes a gzip member: an empty final block, then CRC32 and length.
+fn gzip_trailer(crc: &Crc) -> Bytes {
+    let mut trailer = Vec::with_capacity(2 + 8);
+    trailer.extend_from_slice(&FINAL_EMPTY_BLOCK);
+    trailer.extend_from_slice(&crc.sum().to_le_bytes());
+    trailer.extend_from_slice(&crc.amount().to_le_bytes());
+    trailer.into()
+}
+
+/// A gzip answer whose end is compressed while it is sent (see
+/// [`CompressedSeries::gzip_then`]).
+pub struct GzipStream<I> {
+    head: Option<Bytes>,
+    pieces: std::vec::IntoIter<Bytes>,
+    more: I,
+    deflater: PieceDeflater,
+    crc: Crc,
+    done: bool,
+}
+
+impl<I: Iterator<Item = String>> Iterator for GzipStream<I> {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        if let Some(head) = self.head.take() {
+            return Some(head);
+        }
+        if let Some(piece) = self.pieces.next() {
+            return Some(piece);
+        }
+        if let Some(text) = self.more.next() {
+            self.crc.update(text.as_bytes());
+            let mut packed = Packed::default();
+            self.deflater.piece(&[text.as_bytes()], &mut packed);
+            return Some(packed.pieces.concat().into());
+        }
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        Some(gzip_trailer(&self.crc))
     }
 }
 

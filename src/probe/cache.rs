@@ -134,7 +134,9 @@ impl ProbeCache {
         slots
             .values()
             .filter_map(|rx| match &*rx.borrow() {
-                Some((Ok(data), _)) => Some(data.series.compressed_len()),
+                Some((Ok(data), _)) => Some(
+                    data.series.compressed_len() + data.compact.as_ref().map_or(0, |c| c.bytes()),
+                ),
                 _ => None,
             })
             .fold((0, 0), |(n, bytes), b| (n + 1, bytes + b))

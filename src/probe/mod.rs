@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod cache;
+pub mod compact;
 pub mod series;
 
 use std::collections::HashMap;
@@ -16,6 +17,7 @@ use crate::balena::{self, BalenaError, DeviceScope, FleetSet, Session};
 use crate::config::{ModuleConfig, Scope};
 use crate::metrics::Exposition;
 use body::CompressedSeries;
+use compact::CompactDevices;
 use series::{tag_labels, write_device, write_fleet, FleetStats};
 
 /// Pending text of one family that is compressed as one piece: large enough to compress well
@@ -29,6 +31,9 @@ pub struct ProbeData {
     /// The target's series (fleet and device metrics) in text format, compressed once so that
     /// every answer served from this fetch shares it.
     pub series: CompressedSeries,
+    /// Per-device series kept as values (modules with `compact_cache`), rendered for each
+    /// answer after `series`.
+    pub compact: Option<std::sync::Arc<CompactDevices>>,
     /// Fleets covered.
     pub fleets: usize,
     /// Devices counted.
@@ -68,9 +73,10 @@ pub async fn fetch(
     } else if !builder.is_empty() {
         balena::devices(session, &devices, module, |d| builder.add(&d)).await?;
     }
-    let (series, fleets, devices) = builder.finish();
+    let (series, compact, fleets, devices) = builder.finish();
     Ok(ProbeData {
         series,
+        compact,
         fleets,
         devices,
         api_requests: session.call_count(),
@@ -123,6 +129,7 @@ pub struct SeriesBuilder<'m> {
     index: HashMap<u64, usize>,
     tags: Vec<(String, String)>,
     devices: Exposition,
+    compact: Option<CompactDevices>,
     device_total: usize,
     seen: std::collections::HashSet<u64>,
 }
@@ -136,10 +143,17 @@ impl<'m> SeriesBuilder<'m> {
             .enumerate()
             .map(|(i, s)| (s.fleet.id, i))
             .collect();
+        let compact = (module.compact_cache && module.devices && !module.counts_only).then(|| {
+            CompactDevices::new(
+                stats.iter().map(|s| s.fleet.slug.clone()).collect(),
+                tag_labels(module),
+            )
+        });
         Self {
             module,
             stats,
             index,
+            compact,
             tags: tag_labels(module),
             devices: Exposition::packing(PACK_THRESHOLD),
             device_total: 0,
@@ -176,19 +190,34 @@ impl<'m> SeriesBuilder<'m> {
         };
         self.device_total += 1;
         self.stats[i].add(d);
-        if self.module.devices {
+        if let Some(compact) = &mut self.compact {
+            compact.push(i, d);
+        } else if self.module.devices {
             write_device(&mut self.devices, &self.stats[i].fleet.slug, d, &self.tags);
         }
     }
 
-    /// The compressed series (fleet aggregates first), the fleet count and the device count.
-    pub fn finish(self) -> (CompressedSeries, usize, usize) {
+    /// The compressed series (fleet aggregates first), the per-device values when the module
+    /// keeps them compact, the fleet count and the device count.
+    #[allow(clippy::type_complexity)]
+    pub fn finish(
+        self,
+    ) -> (
+        CompressedSeries,
+        Option<std::sync::Arc<CompactDevices>>,
+        usize,
+        usize,
+    ) {
         let mut fleets = Exposition::new();
         for s in &self.stats {
             write_fleet(&mut fleets, s, self.module);
         }
         (
             CompressedSeries::from_expositions([fleets, self.devices]),
+            self.compact.map(|mut c| {
+                c.shrink();
+                std::sync::Arc::new(c)
+            }),
             self.stats.len(),
             self.device_total,
         )

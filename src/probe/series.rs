@@ -156,58 +156,146 @@ pub fn tag_labels(module: &ModuleConfig) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Every per-device family, in the order a device writes them; [`DeviceSeries::sample`] takes
+/// an index into this list.
+pub const DEVICE_FAMILIES: [m::MetricDef; 14] = [
+    m::DEVICE_INFO,
+    m::DEVICE_ONLINE,
+    m::DEVICE_STATUS,
+    m::DEVICE_HEARTBEAT,
+    m::DEVICE_LAST_CONNECTIVITY,
+    m::DEVICE_CPU,
+    m::DEVICE_TEMP,
+    m::DEVICE_MEM_USED,
+    m::DEVICE_MEM_TOTAL,
+    m::DEVICE_STORAGE_USED,
+    m::DEVICE_STORAGE_TOTAL,
+    m::DEVICE_UNDERVOLTED,
+    m::DEVICE_ON_TARGET,
+    m::DEVICE_PROGRESS,
+];
+
+/// What one device contributes to the series, computed once from its row: identifying
+/// labels, info labels, enum labels and one value per family of [`DEVICE_FAMILIES`] (`None`:
+/// no series, as for a null field).
+#[derive(Debug, Clone)]
+pub struct DeviceSeries<'a> {
+    /// `fleet` label.
+    pub fleet: &'a str,
+    /// `device_uuid` label.
+    pub uuid: &'a str,
+    /// `device_name` label.
+    pub name: &'a str,
+    /// `device_type`, `os_version`, `os_variant`, `supervisor_version`, `release`.
+    pub info: [&'a str; 5],
+    /// Tag values, in the order of the module's tag labels.
+    pub tags: Vec<&'a str>,
+    /// `status` label of `balena_device_status`.
+    pub status: Cow<'a, str>,
+    /// `state` label of `balena_device_heartbeat`.
+    pub heartbeat: Cow<'a, str>,
+    /// The value of each family (units converted).
+    pub values: [Option<f64>; 14],
+}
+
+/// Label names of [`DeviceSeries::info`].
+const INFO_LABELS: [&str; 5] = [
+    "device_type",
+    "os_version",
+    "os_variant",
+    "supervisor_version",
+    "release",
+];
+
+impl<'a> DeviceSeries<'a> {
+    /// The series of device `d` of fleet `fleet`, for the module's tag labels `tags`.
+    pub fn of(fleet: &'a str, d: &'a Device<'_>, tags: &[(String, String)]) -> Self {
+        let last_connectivity = d
+            .last_connectivity_event
+            .as_deref()
+            .and_then(parse_timestamp);
+        Self {
+            fleet,
+            uuid: d.uuid.as_ref(),
+            name: d.name(),
+            info: [
+                d.device_type(),
+                Device::str_of(&d.os_version),
+                Device::str_of(&d.os_variant),
+                Device::str_of(&d.supervisor_version),
+                d.release(),
+            ],
+            tags: tags.iter().map(|(_, key)| d.tag(key)).collect(),
+            status: status_label(d),
+            heartbeat: heartbeat_label(d),
+            values: [
+                Some(1.0),
+                d.is_online.map(flag),
+                Some(1.0),
+                Some(1.0),
+                last_connectivity,
+                d.cpu_usage.map(|v| v / 100.0),
+                d.cpu_temp,
+                d.memory_usage.map(|v| v * MIB),
+                d.memory_total.map(|v| v * MIB),
+                d.storage_usage.map(|v| v * MIB),
+                d.storage_total.map(|v| v * MIB),
+                d.is_undervolted.map(flag),
+                d.on_target_release().map(flag),
+                d.overall_progress.map(|v| v / 100.0),
+            ],
+        }
+    }
+
+    /// Hands the device's sample of family number `family` to `write` (nothing when the value
+    /// is absent). `tags` are the module's tag labels, as for [`DeviceSeries::of`].
+    pub fn sample(
+        &self,
+        family: usize,
+        tags: &[(String, String)],
+        write: impl FnOnce(m::MetricDef, &[(&str, &str)], f64),
+    ) {
+        let Some(value) = self.values[family] else {
+            return;
+        };
+        let def = DEVICE_FAMILIES[family];
+        let base = [
+            ("fleet", self.fleet),
+            ("device_uuid", self.uuid),
+            ("device_name", self.name),
+        ];
+        match family {
+            0 => {
+                let mut labels: Vec<(&str, &str)> = Vec::with_capacity(8 + tags.len());
+                labels.extend(base);
+                labels.extend(INFO_LABELS.iter().copied().zip(self.info));
+                labels.extend(
+                    tags.iter()
+                        .map(|(l, _)| l.as_str())
+                        .zip(self.tags.iter().copied()),
+                );
+                write(def, &labels, value);
+            }
+            2 => {
+                let [a, b, c] = base;
+                write(def, &[a, b, c, ("status", &self.status)], value);
+            }
+            3 => {
+                let [a, b, c] = base;
+                write(def, &[a, b, c, ("state", &self.heartbeat)], value);
+            }
+            _ => write(def, &base, value),
+        }
+    }
+}
+
 /// Writes the per-device series of one device.
 pub fn write_device(out: &mut Exposition, fleet: &str, d: &Device, tags: &[(String, String)]) {
-    let base = [
-        ("fleet", fleet),
-        ("device_uuid", d.uuid.as_ref()),
-        ("device_name", d.name()),
-    ];
-    let mut info: Vec<(&str, &str)> = base.to_vec();
-    info.extend([
-        ("device_type", d.device_type()),
-        ("os_version", Device::str_of(&d.os_version)),
-        ("os_variant", Device::str_of(&d.os_variant)),
-        ("supervisor_version", Device::str_of(&d.supervisor_version)),
-        ("release", d.release()),
-    ]);
-    for (label, key) in tags {
-        info.push((label.as_str(), d.tag(key)));
-    }
-    out.gauge(m::DEVICE_INFO, &info, 1.0);
-    if let Some(online) = d.is_online {
-        out.gauge(m::DEVICE_ONLINE, &base, flag(online));
-    }
-    let status = status_label(d);
-    let mut with = base.to_vec();
-    with.push(("status", &status));
-    out.gauge(m::DEVICE_STATUS, &with, 1.0);
-    let hb = heartbeat_label(d);
-    with.pop();
-    with.push(("state", &hb));
-    out.gauge(m::DEVICE_HEARTBEAT, &with, 1.0);
-    if let Some(ts) = d
-        .last_connectivity_event
-        .as_deref()
-        .and_then(parse_timestamp)
-    {
-        out.gauge(m::DEVICE_LAST_CONNECTIVITY, &base, ts);
-    }
-    let optional = [
-        (m::DEVICE_CPU, d.cpu_usage.map(|v| v / 100.0)),
-        (m::DEVICE_TEMP, d.cpu_temp),
-        (m::DEVICE_MEM_USED, d.memory_usage.map(|v| v * MIB)),
-        (m::DEVICE_MEM_TOTAL, d.memory_total.map(|v| v * MIB)),
-        (m::DEVICE_STORAGE_USED, d.storage_usage.map(|v| v * MIB)),
-        (m::DEVICE_STORAGE_TOTAL, d.storage_total.map(|v| v * MIB)),
-        (m::DEVICE_UNDERVOLTED, d.is_undervolted.map(flag)),
-        (m::DEVICE_ON_TARGET, d.on_target_release().map(flag)),
-        (m::DEVICE_PROGRESS, d.overall_progress.map(|v| v / 100.0)),
-    ];
-    for (def, value) in optional {
-        if let Some(v) = value {
-            out.gauge(def, &base, v);
-        }
+    let series = DeviceSeries::of(fleet, d, tags);
+    for family in 0..DEVICE_FAMILIES.len() {
+        series.sample(family, tags, |def, labels, value| {
+            out.gauge(def, labels, value)
+        });
     }
 }
 

@@ -257,11 +257,22 @@ pub async fn probe(
     head.render_into(&mut head_text);
     let empty = CompressedSeries::default();
     let series = result.as_ref().map(|d| &d.series).unwrap_or(&empty);
+    // Per-device series kept as values (`compact_cache`) are rendered for this answer.
+    let compact = result.as_ref().ok().and_then(|d| d.compact.clone());
+    let rendered = move || {
+        compact
+            .iter()
+            .flat_map(|c| c.render(64 * 1024))
+            .collect::<Vec<_>>()
+    };
     if params.debug {
         let mut text = log;
         text.push_str("\nMetrics that would have been returned:\n");
         text.push_str(&head_text);
         text.push_str(&String::from_utf8_lossy(&series.text()));
+        for chunk in rendered() {
+            text.push_str(&chunk);
+        }
         return HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
             .body(text);
@@ -273,6 +284,25 @@ pub async fn probe(
     let mut resp = HttpResponse::Ok();
     resp.content_type(TEXT_FORMAT)
         .insert_header((VARY, "Accept-Encoding"));
+    if let Some(compact) = result.as_ref().ok().and_then(|d| d.compact.clone()) {
+        // Rendered and compressed while it is sent: the length is not known ahead.
+        let text = compact.render(64 * 1024);
+        if accepts_gzip(accept) {
+            let parts = series
+                .gzip_then(head_text.as_bytes(), text)
+                .map(Ok::<_, std::convert::Infallible>);
+            return resp
+                .insert_header((CONTENT_ENCODING, "gzip"))
+                .streaming(futures_util::stream::iter(parts));
+        }
+        let chunks = std::iter::once(web::Bytes::from(head_text))
+            .chain(series.text_chunks(64 * 1024))
+            .chain(text.map(web::Bytes::from))
+            .map(Ok::<_, std::convert::Infallible>);
+        return resp
+            .insert_header((CONTENT_ENCODING, "identity"))
+            .streaming(futures_util::stream::iter(chunks));
+    }
     if accepts_gzip(accept) {
         // Streamed in slices of the cached pieces (megabytes for a large fleet), which every
         // concurrent answer shares instead of copying them.

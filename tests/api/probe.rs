@@ -440,3 +440,51 @@ async fn a_response_over_the_size_cap_fails_the_probe() {
     assert_eq!(app.probes_total("screens", "too_large").await, 1.0);
     app.stop().await;
 }
+
+/// A module with `compact_cache` keeps per-device values and renders them for every answer:
+/// the same series as the default path, whether fetched or cached, gzip or not.
+#[actix_rt::test]
+async fn a_compact_cache_module_answers_the_same_series() {
+    let app = spawn_with(world(&[("screens", 700)]), |url| {
+        default_config(url, &["screens"])
+            + "modules:\n  default:\n    device_tags: [location]\n  compact:\n    device_tags: [location]\n    compact_cache: true\n"
+    })
+    .await;
+    let series = |body: &str| -> Vec<String> {
+        let mut v: Vec<String> = body
+            .lines()
+            .filter(|l| !l.contains("probe_"))
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let normal = app.get("/probe?target=screens").await;
+    let fetched = app.get("/probe?target=screens&module=compact").await;
+    let cached = app.get("/probe?target=screens&module=compact").await;
+    let plain = app
+        .get_with(
+            "/probe?target=screens&module=compact",
+            &[("Accept-Encoding", "identity")],
+        )
+        .await;
+    assert_eq!(
+        parse(&normal.body).find("balena_device_info", &[]).len(),
+        700
+    );
+    assert!(series(&normal.body).len() > 700 * 10);
+    for (what, answer) in [
+        ("fetched", &fetched),
+        ("cached", &cached),
+        ("identity", &plain),
+    ] {
+        assert_eq!(answer.status, 200, "{what}");
+        assert_eq!(series(&answer.body), series(&normal.body), "{what}");
+    }
+    assert_eq!(
+        parse(&cached.body).value("balena_probe_api_requests", &[]),
+        0.0
+    );
+    assert_eq!(app.sim.requests("/v7/device"), 2, "one fetch per module");
+    app.stop().await;
+}
