@@ -90,16 +90,10 @@ impl CompactDevices {
 
     /// Stores device `d` of fleet number `fleet`.
     pub fn push(&mut self, fleet: usize, d: &Device<'_>) {
-        let tags = std::mem::take(&mut self.tags);
-        // The fleet label is stored as the fleet number.
-        let series = DeviceSeries::of("", d, &tags);
-        let (uuid, name) = (
-            clip(series.uuid, u16::MAX as usize),
-            clip(series.name, u16::MAX as usize),
-        );
-        let info = series.info;
-        let (status, heartbeat) = (series.status.to_string(), series.heartbeat.to_string());
-        let tag_values: Vec<String> = series.tags.iter().map(|t| t.to_string()).collect();
+        // The fleet label is stored as the fleet number; the series borrow only from `d`.
+        let series = DeviceSeries::of("", d, &self.tags);
+        let uuid = clip(series.uuid, u16::MAX as usize);
+        let name = clip(series.name, u16::MAX as usize);
         let mut values = [f64::NAN; 11];
         for (slot, family) in values.iter_mut().zip(STORED) {
             *slot = series.values[family].unwrap_or(f64::NAN);
@@ -112,17 +106,16 @@ impl CompactDevices {
             text,
             uuid_len: uuid.len() as u16,
             name_len: name.len() as u16,
-            info: info.map(|s| self.intern(s)),
-            status: self.intern(&status),
-            heartbeat: self.intern(&heartbeat),
+            info: series.info.map(|s| self.intern(s)),
+            status: self.intern(&series.status),
+            heartbeat: self.intern(&series.heartbeat),
             values,
         };
-        for t in &tag_values {
+        for t in &series.tags {
             let i = self.intern(t);
             self.tag_values.push(i);
         }
         self.rows.push(row);
-        self.tags = tags;
     }
 
     /// Drops spare capacity before the store is cached.

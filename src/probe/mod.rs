@@ -143,10 +143,11 @@ impl<'m> SeriesBuilder<'m> {
             .enumerate()
             .map(|(i, s)| (s.fleet.id, i))
             .collect();
+        let tags = tag_labels(module);
         let compact = (module.compact_cache && module.devices && !module.counts_only).then(|| {
             CompactDevices::new(
                 stats.iter().map(|s| s.fleet.slug.clone()).collect(),
-                tag_labels(module),
+                tags.clone(),
             )
         });
         Self {
@@ -154,7 +155,7 @@ impl<'m> SeriesBuilder<'m> {
             stats,
             index,
             compact,
-            tags: tag_labels(module),
+            tags,
             devices: Exposition::packing(PACK_THRESHOLD),
             device_total: 0,
             seen: Default::default(),

@@ -259,18 +259,12 @@ pub async fn probe(
     let series = result.as_ref().map(|d| &d.series).unwrap_or(&empty);
     // Per-device series kept as values (`compact_cache`) are rendered for this answer.
     let compact = result.as_ref().ok().and_then(|d| d.compact.clone());
-    let rendered = move || {
-        compact
-            .iter()
-            .flat_map(|c| c.render(64 * 1024))
-            .collect::<Vec<_>>()
-    };
     if params.debug {
         let mut text = log;
         text.push_str("\nMetrics that would have been returned:\n");
         text.push_str(&head_text);
         text.push_str(&String::from_utf8_lossy(&series.text()));
-        for chunk in rendered() {
+        for chunk in compact.iter().flat_map(|c| c.render(64 * 1024)) {
             text.push_str(&chunk);
         }
         return HttpResponse::Ok()
@@ -284,7 +278,7 @@ pub async fn probe(
     let mut resp = HttpResponse::Ok();
     resp.content_type(TEXT_FORMAT)
         .insert_header((VARY, "Accept-Encoding"));
-    if let Some(compact) = result.as_ref().ok().and_then(|d| d.compact.clone()) {
+    if let Some(compact) = compact {
         // Rendered and compressed while it is sent: the length is not known ahead.
         let text = compact.render(64 * 1024);
         if accepts_gzip(accept) {
