@@ -24,7 +24,8 @@ RUN cargo build --release --locked --bin balena-exporter \
 FROM gcr.io/distroless/cc-debian12:nonroot
 LABEL org.opencontainers.image.title="balena-exporter" \
       org.opencontainers.image.description="Prometheus multi-target exporter for the balena cloud API" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/balena-exporter/balena-exporter"
 COPY --from=build /out/balena-exporter /usr/local/bin/balena-exporter
 COPY config/demo.yml /etc/balena-exporter/demo.yml
 USER 65532:65532

@@ -8,11 +8,14 @@ exporter itself (`--config.check`).
 Run: python tests/helm/test_chart.py   (EXPORTER_BIN=path/to/balena-exporter)
 """
 
+import hashlib
+import json
 import os
+import re
+import shlex
 import subprocess
 import tempfile
 import unittest
-import zlib
 
 import helm_python as helm
 import kubernetes_validate
@@ -22,6 +25,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CHART = os.path.join(ROOT, "deploy", "helm", "balena-exporter")
 BIN = os.environ.get("EXPORTER_BIN", os.path.join(ROOT, "target", "debug", "balena-exporter"))
 KUBE_VERSION = "1.30.0"
+try:  # Prometheus Operator CRD models (pydantic), to validate Probe/ServiceMonitor/PrometheusRule
+    from cloudcoil.models.prometheus_operator import v1 as promop
+except ImportError:  # pragma: no cover - installed by tests/helm/requirements.txt
+    promop = None
 TOKEN = "chart-test-token-9f1c"
 
 FULL = {
@@ -60,6 +67,157 @@ def render_all(values, namespace="monitoring"):
     out = chart.render(values, name="rel", namespace=namespace, is_install=True)
     return [doc for path, text in sorted(out.items()) if path.endswith(".yaml")
             for doc in yaml.safe_load_all(text) if doc]
+
+
+# ---- Prometheus semantics, as small emulations (the sharding agreement is checked with them) --
+
+def hashmod(value, modulus):
+    """Prometheus' hashmod: the last 8 bytes of md5(value), big-endian, modulo `modulus`."""
+    return int.from_bytes(hashlib.md5(value.encode()).digest()[8:], "big") % modulus
+
+
+def relabel(labels, rules):
+    """Apply Prometheus relabel rules (snake_case or the operator's camelCase keys); None when
+    the target is dropped."""
+    labels = dict(labels)
+    for rule in rules:
+        get = lambda snake, camel, default=None: rule.get(snake, rule.get(camel, default))
+        sources = get("source_labels", "sourceLabels", [])
+        value = get("separator", "separator", ";").join(labels.get(l, "") for l in sources)
+        action = get("action", "action", "replace").lower()
+        regex = re.compile("^(?:" + get("regex", "regex", "(.*)") + ")$")
+        target = get("target_label", "targetLabel")
+        if action == "hashmod":
+            labels[target] = str(hashmod(value, int(rule["modulus"])))
+        elif action in ("keep", "drop"):
+            if bool(regex.match(value)) != (action == "keep"):
+                return None
+        elif action == "replace":
+            m = regex.match(value)
+            if m:
+                repl = str(get("replacement", "replacement", "$1"))
+                out = re.sub(r"\$\{(\w+)\}|\$(\d+)", lambda g: m.group(int(g.group(1) or g.group(2))) or "", repl)
+                if out:
+                    labels[target] = out
+                else:
+                    labels.pop(target, None)
+        else:
+            raise AssertionError(f"relabel action {action} not emulated")
+    return labels
+
+
+def probe_address(probe, target):
+    """The address Prometheus scrapes for `target` of an operator Probe: the operator's own
+    relabelling (target -> __param_target -> instance, __address__ = prober.url), then the
+    Probe's relabelingConfigs (prometheus-operator pkg/prometheus/promcfg.go, static targets)."""
+    spec = probe["spec"]
+    rules = [
+        {"source_labels": ["__address__"], "target_label": "__param_target"},
+        {"source_labels": ["__param_target"], "target_label": "instance"},
+        {"target_label": "__address__", "replacement": spec["prober"]["url"]},
+    ] + spec["targets"]["staticConfig"].get("relabelingConfigs", [])
+    out = relabel({"__address__": target}, rules)
+    return out and out["__address__"]
+
+
+def selects(selector, labels):
+    """Whether a Kubernetes label selector (matchLabels + matchExpressions) selects `labels`."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        op, key, values = e["operator"], e["key"], e.get("values", [])
+        ok = {"In": labels.get(key) in values, "NotIn": labels.get(key) not in values,
+              "Exists": key in labels, "DoesNotExist": key not in labels}[op]
+        if not ok:
+            return False
+    return True
+
+
+def validate_crd(obj):
+    """A Prometheus Operator object against the operator's schema (pydantic models generated
+    from its CRDs); unknown keys, which the API server would prune silently, are refused too."""
+    model = {"Probe": promop.Probe, "ServiceMonitor": promop.ServiceMonitor,
+             "PrometheusRule": promop.PrometheusRule}[obj["kind"]]
+    parsed = model.model_validate(obj)
+    back = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
+
+    def unknown(a, b, path):
+        if isinstance(a, dict):
+            for k, v in a.items():
+                if k not in b:
+                    yield f"{path}.{k}"
+                else:
+                    yield from unknown(v, b[k], f"{path}.{k}")
+        elif isinstance(a, list):
+            for i, (x, y) in enumerate(zip(a, b)):
+                yield from unknown(x, y, f"{path}[{i}]")
+    dropped = list(unknown(obj, back, obj["kind"]))
+    assert not dropped, f"keys the operator's schema does not know: {dropped}"
+
+
+def helm_install_commands(path):
+    """Every `helm install` command in a Markdown file's sh blocks, joined across `\\` lines."""
+    with open(os.path.join(ROOT, path)) as f:
+        text = f.read()
+    cmds = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        cmds += [l.strip() for l in joined.splitlines() if l.strip().startswith("helm install")]
+    return cmds
+
+
+def deep_merge(a, b):
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(a.get(k), dict):
+            deep_merge(a[k], v)
+        else:
+            a[k] = v
+    return a
+
+
+def values_of_helm_install(cmd, env):
+    """(release, chart, namespace, values) of a `helm install` line, its --set flags applied in
+    order with Helm's own parser, shell variables taken from `env`."""
+    words = shlex.split(re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: env[m.group(1) or m.group(2)], cmd))
+    assert words[:2] == ["helm", "install"], cmd
+    positional, values, namespace, i = [], {}, "default", 2
+    while i < len(words):
+        w = words[i]
+        flag, _, inline = w.partition("=")
+        takes = {"--set": helm.parse_set_string, "--set-string": helm.parse_set_string_values}
+        if flag in takes:
+            arg = inline if inline else words[i + 1]
+            i += 0 if inline else 1
+            deep_merge(values, takes[flag](arg))
+        elif flag in ("-n", "--namespace"):
+            namespace = inline or words[i + 1]
+            i += 0 if inline else 1
+        elif flag == "--version":
+            i += 0 if inline else 1
+        elif w in ("--create-namespace", "--wait", "--atomic"):
+            pass
+        elif w.startswith("-"):
+            raise AssertionError(f"flag {w} of {cmd!r} is not understood by this test")
+        else:
+            positional.append(w)
+        i += 1
+    release, chart = positional
+    return release, chart, namespace, values
+
+
+def release_workflow():
+    with open(os.path.join(ROOT, ".github", "workflows", "release.yml")) as f:
+        return yaml.safe_load(f)
+
+
+def chart_metadata():
+    with open(os.path.join(CHART, "Chart.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def cargo_field(name):
+    with open(os.path.join(ROOT, "Cargo.toml")) as f:
+        return re.search(rf'^{name} = "(.*)"$', f.read(), re.M).group(1)
 
 
 SHARDED = dict(
@@ -205,25 +363,15 @@ class ChartTest(unittest.TestCase):
         for obj in objs:
             if obj["kind"] in ("StatefulSet", "Service"):
                 kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
-        # One Probe per replica; each target in exactly one, the replica adler32(name) % 3 names,
-        # probed at that replica's own DNS name (never the load-balanced Service).
-        owner = {}
-        for probe in (o for o in objs if o["kind"] == "Probe"):
-            url = probe["spec"]["prober"]["url"]
-            replica = int(probe["metadata"]["name"].rsplit("-", 1)[1])
-            self.assertEqual(url, f"rel-balena-exporter-{replica}.rel-balena-exporter-headless.monitoring.svc:9759")
-            for target in probe["spec"]["targets"]["staticConfig"]["static"]:
-                self.assertNotIn(target, owner, "a target is listed by two replicas")
-                owner[target] = replica
-        self.assertEqual(sorted(owner), sorted(SHARDED["config"]["targets"]))
-        for target, replica in owner.items():
-            self.assertEqual(replica, zlib.adler32(target.encode()) % 3, target)
+        # One Probe for all targets; the operator's relabelling plus the chart's sends each
+        # target to the replica md5-hashmod names, at that replica's own DNS name.
+        probes = [o for o in objs if o["kind"] == "Probe"]
+        self.assertEqual(len(probes), 1)
+        owner = {t: probe_address(probes[0], t) for t in SHARDED["config"]["targets"]}
+        for target, address in owner.items():
+            replica = hashmod(target, 3)
+            self.assertEqual(address, f"rel-balena-exporter-{replica}.rel-balena-exporter-headless.monitoring.svc:9759")
         self.assertEqual(len(set(owner.values())), 3, "12 targets should reach all 3 replicas")
-        # Adding a target moves no other target (and so no other cache).
-        more = dict(SHARDED, config={"targets": dict(SHARDED["config"]["targets"], extra={"fleet": "acme/x", "auth": "acme"})})
-        owner_after = {t: int(p["metadata"]["name"].rsplit("-", 1)[1]) for p in render_all(more)
-                       if p["kind"] == "Probe" for t in p["spec"]["targets"]["staticConfig"]["static"]}
-        self.assertEqual({t: owner_after[t] for t in owner}, owner)
         report = helm.lint(CHART, SHARDED, strict=True)
         self.assertEqual(report["errors"], [])
         with self.assertRaises(helm.HelmError) as e:
@@ -235,6 +383,356 @@ class ChartTest(unittest.TestCase):
         self.assertIn("Deployment", objs)
         self.assertNotIn("Probe", objs)
         self.assertEqual(helm.lint(CHART, strict=True)["errors"], [])
+
+
+class InstallPathTest(unittest.TestCase):
+    """The README's install paths, verbatim: the image the chart pulls is the one the release
+    workflow publishes, and each `helm install` line renders manifests that validate."""
+
+    def test_default_image_is_what_the_release_workflow_publishes(self):
+        wf = release_workflow()
+        image = wf["env"]["IMAGE"]
+        meta = chart_metadata()
+        objs, _ = render({})
+        container = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(container["image"], f"{image}:{meta['appVersion']}")
+        # The workflow tags a release v<version> as <version> (metadata-action semver) and
+        # refuses a tag whose version is not Cargo's and the chart's.
+        steps = wf["jobs"]["image"]["steps"]
+        meta_step = next(st for st in steps if st.get("id") == "meta")
+        self.assertEqual(meta_step["with"]["images"], "${{ env.IMAGE }}")
+        self.assertIn("type=semver,pattern={{version}}", meta_step["with"]["tags"])
+        self.assertEqual(meta["appVersion"], cargo_field("version"))
+        self.assertEqual(meta["version"], meta["appVersion"])
+        self.assertIn("versions", wf["jobs"]["image"]["needs"])
+        # The chart is published as OCI with that same version, where the README says.
+        chart_job = wf["jobs"]["chart"]
+        run = "\n".join(st.get("run", "") for st in chart_job["steps"])
+        self.assertIn('helm push dist/balena-exporter-*.tgz "$CHART_REPO"', run)
+        oci = f"{wf['env']['CHART_REPO']}/{meta['name']}"
+        with open(os.path.join(ROOT, "README.md")) as f:
+            readme = f.read()
+        self.assertIn(oci, readme)
+        self.assertIn(image, readme)
+        # One repository name everywhere: Cargo.toml, Chart.yaml, the image namespace.
+        repo = cargo_field("repository")
+        self.assertEqual(meta["home"], repo)
+        self.assertEqual(image, "ghcr.io/" + repo.removeprefix("https://github.com/"))
+        self.assertEqual(wf["env"]["CANONICAL"], repo.removeprefix("https://github.com/"))
+
+    def test_readme_helm_install_lines_render_valid_manifests(self):
+        env = {"ACME_TOKEN": "readme-token-3c1e"}
+        cmds = helm_install_commands("README.md") + helm_install_commands("deploy/README.md")
+        self.assertGreaterEqual(len(cmds), 3, cmds)
+        meta = chart_metadata()
+        for cmd in cmds:
+            release, chart, namespace, values = values_of_helm_install(cmd, env)
+            # The OCI line installs the published copy of this very chart (same version).
+            if chart.startswith("oci://"):
+                self.assertIn(f"--version {meta['version']}", cmd)
+                self.assertTrue(chart.endswith("/" + meta["name"]), chart)
+            else:
+                self.assertEqual(os.path.normpath(os.path.join(ROOT, chart)), CHART)
+            helm.Chart.load(CHART).validate_schema(values)
+            out = helm.Chart.load(CHART).render(values, name=release, namespace=namespace, is_install=True)
+            docs = [d for path, text in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+            kinds = {d["kind"] for d in docs}
+            self.assertTrue({"Deployment", "Service", "ConfigMap", "Secret", "Probe"} <= kinds, (cmd, kinds))
+            for d in docs:
+                if d["kind"] in ("Probe", "ServiceMonitor", "PrometheusRule"):
+                    validate_crd(d)
+                else:
+                    kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+                self.assertEqual(d["metadata"]["namespace"], namespace)
+            secret = next(d for d in docs if d["kind"] == "Secret")
+            self.assertEqual(secret["stringData"], {"acme": env["ACME_TOKEN"]})
+            self.assertIn("NOTES.txt", " ".join(out))
+            config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["balena-exporter.yml"])
+            self.assertEqual(config["targets"]["shop-screens"], {"fleet": "acme/shop-screens", "auth": "acme"})
+            check_config(self, config, {"acme": env["ACME_TOKEN"]})
+
+    def test_license_file_matches_the_manifest(self):
+        with open(os.path.join(ROOT, "LICENSE")) as f:
+            text = f.read()
+        self.assertIn("Apache License", text)
+        self.assertIn("Version 2.0, January 2004", text)
+        self.assertEqual(cargo_field("license"), "Apache-2.0")
+        self.assertEqual(chart_metadata()["annotations"]["artifacthub.io/license"], "Apache-2.0")
+        with open(os.path.join(ROOT, "Dockerfile")) as f:
+            self.assertIn('org.opencontainers.image.licenses="Apache-2.0"', f.read())
+
+
+def check_config(test, config, tokens):
+    """The rendered exporter config passes the exporter's own --config.check."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, token in tokens.items():
+            with open(os.path.join(tmp, name), "w") as f:
+                f.write(token)
+        text = yaml.safe_dump(config).replace("/etc/balena-exporter/secrets", tmp)
+        path = os.path.join(tmp, "config.yml")
+        with open(path, "w") as f:
+            f.write(text)
+        result = subprocess.run([BIN, f"--config.file={path}", "--config.check"], capture_output=True, text=True)
+        test.assertEqual(result.returncode, 0, result.stderr)
+
+
+def workload(objs):
+    return next(o for o in objs if o["kind"] in ("Deployment", "StatefulSet"))
+
+
+class RealClusterTest(unittest.TestCase):
+    """What an operator of the prometheus-community charts expects, and each bug found when
+    the chart was tried as one (every test here failed on the chart before it was fixed)."""
+
+    def test_usable_as_a_subchart(self):
+        values = dict(FULL, **{"global": {"imageRegistry": "mirror.example.com"}, "enabled": True})
+        helm.Chart.load(CHART).validate_schema(values)
+        objs = render_all(values)
+        image = workload(objs)["spec"]["template"]["spec"]["containers"][0]["image"]
+        self.assertTrue(image.startswith("mirror.example.com/balena-exporter/balena-exporter:"), image)
+        self.assertEqual(helm.lint(CHART, values, strict=True)["errors"], [])
+
+    def test_name_and_namespace_overrides_and_common_labels(self):
+        values = dict(FULL, nameOverride="bx", namespaceOverride="observability",
+                      commonLabels={"team": "iot"}, grafanaDashboard={"enabled": True})
+        objs = render_all(values, namespace="default")
+        for o in objs:
+            self.assertEqual(o["metadata"]["namespace"], "observability", o["kind"])
+            self.assertEqual(o["metadata"]["labels"]["team"], "iot", o["kind"])
+            self.assertEqual(o["metadata"]["labels"]["app.kubernetes.io/name"], "bx", o["kind"])
+        self.assertEqual(workload(objs)["metadata"]["name"], "rel-bx")
+        probe = next(o for o in objs if o["kind"] == "Probe")
+        self.assertEqual(probe["spec"]["prober"]["url"], "rel-bx.observability.svc:9759")
+        objs = render_all(dict(FULL, fullnameOverride="balena"))
+        self.assertEqual(workload(objs)["metadata"]["name"], "balena")
+
+    def test_image_digest_wins_over_tag(self):
+        digest = "sha256:" + "ab" * 32
+        objs = render_all({"image": {"digest": digest, "tag": "9.9.9"}})
+        image = workload(objs)["spec"]["template"]["spec"]["containers"][0]["image"]
+        self.assertEqual(image, f"ghcr.io/balena-exporter/balena-exporter@{digest}")
+
+    def test_extra_args_env_and_volumes_mount_a_web_config(self):
+        values = dict(FULL,
+                      extraArgs=["--web.config.file=/etc/balena-exporter/web/web-config.yml"],
+                      extraEnv=[{"name": "TZ", "value": "UTC"}],
+                      extraEnvFrom=[{"configMapRef": {"name": "proxy-settings"}}],
+                      extraVolumes=[{"name": "web", "secret": {"secretName": "exporter-web-config"}}],
+                      extraVolumeMounts=[{"name": "web", "mountPath": "/etc/balena-exporter/web", "readOnly": True}],
+                      annotations={"secret.reloader.stakater.com/reload": "x"})
+        objs = render_all(values)
+        w = workload(objs)
+        pod = w["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        self.assertIn("--web.config.file=/etc/balena-exporter/web/web-config.yml", c["args"])
+        self.assertEqual(c["env"], values["extraEnv"])
+        self.assertEqual(c["envFrom"], values["extraEnvFrom"])
+        self.assertIn(values["extraVolumes"][0], pod["volumes"])
+        self.assertIn(values["extraVolumeMounts"][0], c["volumeMounts"])
+        self.assertEqual(w["metadata"]["annotations"], values["annotations"])
+        kubernetes_validate.validate(w, KUBE_VERSION, strict=True)
+
+    def test_service_port_is_not_the_container_port(self):
+        objs = render_all(dict(FULL, service={"port": 80}))
+        c = workload(objs)["spec"]["template"]["spec"]["containers"][0]
+        self.assertIn("--web.listen-address=:9759", c["args"], "a non-root container cannot listen on :80")
+        self.assertEqual(c["ports"][0]["containerPort"], 9759)
+        svc = next(o for o in objs if o["kind"] == "Service")
+        self.assertEqual(svc["spec"]["ports"][0], {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"})
+        probe = next(o for o in objs if o["kind"] == "Probe")
+        self.assertEqual(probe["spec"]["prober"]["url"], "rel-balena-exporter.monitoring.svc:80")
+        with self.assertRaises(helm.HelmValuesError):
+            helm.Chart.load(CHART).validate_schema({"containerPort": 80})
+
+    def test_probes_of_the_pod_are_configurable(self):
+        objs = render_all({"livenessProbe": {"httpGet": {"path": "/-/healthy", "port": "http"}, "periodSeconds": 30},
+                           "readinessProbe": None})
+        c = workload(objs)["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(c["livenessProbe"]["periodSeconds"], 30)
+        self.assertNotIn("readinessProbe", c)
+
+    def test_sharded_statefulset_is_spread_and_its_name_fits(self):
+        long = "a-very-long-release-name-for-the-balena-exporter-in-prod"
+        chart = helm.Chart.load(CHART)
+        objs = [d for p, t in chart.render(SHARDED, name=long, namespace="monitoring", is_install=True).items()
+                if p.endswith(".yaml") for d in yaml.safe_load_all(t) if d]
+        sts = workload(objs)
+        self.assertLessEqual(len(sts["metadata"]["name"]), 52, sts["metadata"]["name"])
+        spread = sts["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        self.assertEqual(spread[0]["topologyKey"], "kubernetes.io/hostname")
+        self.assertTrue(selects(spread[0]["labelSelector"], sts["spec"]["template"]["metadata"]["labels"]))
+        # The Probe still addresses the pods by the StatefulSet's real name.
+        probe = next(o for o in objs if o["kind"] == "Probe")
+        name = sts["metadata"]["name"]
+        for t in SHARDED["config"]["targets"]:
+            self.assertTrue(probe_address(probe, t).startswith(f"{name}-{hashmod(t, 3)}.{sts['spec']['serviceName']}."))
+        kubernetes_validate.validate(sts, KUBE_VERSION, strict=True)
+        custom = render_all(dict(SHARDED, topologySpreadConstraints=[{"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]))
+        self.assertEqual(workload(custom)["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["maxSkew"], 2)
+
+    def test_service_monitor_scrapes_each_pod_once_even_when_sharded(self):
+        for values in (FULL, SHARDED):
+            objs = render_all(values)
+            monitor = next(o for o in objs if o["kind"] == "ServiceMonitor")
+            services = [o for o in objs if o["kind"] == "Service"]
+            chosen = [s["metadata"]["name"] for s in services if selects(monitor["spec"]["selector"], s["metadata"]["labels"])]
+            self.assertEqual(chosen, ["rel-balena-exporter"], "the headless Service would scrape every pod twice")
+            validate_crd(monitor)
+        # The shipped alerts select the exporter by job="balena-exporter": the ServiceMonitor
+        # gives its targets that job.
+        ep = monitor["spec"]["endpoints"][0]
+        self.assertEqual(relabel({"job": "serviceMonitor/monitoring/rel/0"}, ep["relabelings"])["job"], "balena-exporter")
+
+    def test_monitor_and_probe_options(self):
+        relabel_rule = {"targetLabel": "cluster", "replacement": "eu-1"}
+        drop = {"sourceLabels": ["__name__"], "regex": "go_.*", "action": "drop"}
+        values = dict(FULL,
+                      serviceMonitor={"enabled": True, "scrapeTimeout": "20s", "labels": {"release": "kps"},
+                                      "relabelings": [relabel_rule], "metricRelabelings": [drop]},
+                      probe={"enabled": True, "scrapeTimeout": "25s", "labels": {"release": "kps"},
+                             "relabelings": [relabel_rule], "metricRelabelings": [drop]})
+        objs = render_all(values)
+        monitor = next(o for o in objs if o["kind"] == "ServiceMonitor")
+        ep = monitor["spec"]["endpoints"][0]
+        self.assertEqual(ep["scrapeTimeout"], "20s")
+        self.assertEqual(ep["relabelings"][-1], relabel_rule)
+        self.assertEqual(ep["metricRelabelings"], [drop])
+        self.assertEqual(monitor["metadata"]["labels"]["release"], "kps")
+        probe = next(o for o in objs if o["kind"] == "Probe")
+        self.assertEqual(probe["spec"]["scrapeTimeout"], "25s")
+        self.assertEqual(probe["spec"]["targets"]["staticConfig"]["relabelingConfigs"], [relabel_rule])
+        self.assertEqual(probe["spec"]["metricRelabelings"], [drop])
+        for o in (monitor, probe):
+            validate_crd(o)
+
+    def test_prometheus_rule_overrides_per_alert(self):
+        values = dict(FULL, prometheusRule={
+            "enabled": True, "additionalRuleLabels": {"team": "iot"},
+            "rules": {"BalenaDeviceUndervolted": {"disabled": True},
+                      "BalenaFleetDevicesOffline": {"for": "30m", "severity": "critical", "labels": {"page": "yes"}}}})
+        objs, _ = render(values)
+        validate_crd(objs["PrometheusRule"])
+        rules = {r["alert"]: r for g in objs["PrometheusRule"]["spec"]["groups"] for r in g["rules"]}
+        self.assertNotIn("BalenaDeviceUndervolted", rules)
+        offline = rules["BalenaFleetDevicesOffline"]
+        self.assertEqual(offline["for"], "30m")
+        self.assertEqual(offline["labels"], {"severity": "critical", "team": "iot", "page": "yes"})
+        self.assertEqual(rules["BalenaProbeFailing"]["labels"], {"severity": "warning", "team": "iot"})
+        with self.assertRaises(helm.HelmError) as e:
+            render(dict(FULL, prometheusRule={"enabled": True, "rules": {"BalenaTypo": {"disabled": True}}}))
+        self.assertIn("prometheusRule.rules.BalenaTypo: no such alert", str(e.exception))
+
+    def test_every_alert_has_a_runbook_section_that_exists(self):
+        with open(os.path.join(ROOT, "deploy", "prometheus", "rules", "balena-alerts.yml")) as f:
+            rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+        with open(os.path.join(ROOT, "docs", "runbook.md")) as f:
+            runbook = f.read()
+        # GitHub's anchors: the heading lowercased, spaces to '-', punctuation dropped.
+        anchors = {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-")
+                   for h in re.findall(r"^#+ (.*)$", runbook, re.M)}
+        base = cargo_field("repository") + "/blob/main/docs/runbook.md#"
+        for r in rules:
+            url = r["annotations"]["runbook_url"]
+            self.assertTrue(url.startswith(base), url)
+            self.assertIn(url[len(base):], anchors, r["alert"])
+        names = {r["alert"] for r in rules}
+        self.assertTrue({"BalenaExporterDown", "BalenaUpstreamRateLimited", "BalenaUpstreamErrors"} <= names)
+
+    def test_pod_disruption_budget_never_blocks_a_drain_by_default(self):
+        objs, _ = render(dict(FULL, podDisruptionBudget={"enabled": True}))
+        self.assertEqual(objs["PodDisruptionBudget"]["spec"]["maxUnavailable"], 1)
+        self.assertNotIn("minAvailable", objs["PodDisruptionBudget"]["spec"])
+        objs, _ = render(dict(FULL, podDisruptionBudget={"enabled": True, "maxUnavailable": "50%"}))
+        self.assertEqual(objs["PodDisruptionBudget"]["spec"]["maxUnavailable"], "50%")
+        objs, _ = render(dict(FULL, replicaCount=3, podDisruptionBudget={"enabled": True, "minAvailable": 2}))
+        self.assertEqual(objs["PodDisruptionBudget"]["spec"], {"minAvailable": 2, "selector": objs["PodDisruptionBudget"]["spec"]["selector"]})
+        kubernetes_validate.validate(objs["PodDisruptionBudget"], KUBE_VERSION, strict=True)
+        with self.assertRaises((helm.HelmError, helm.HelmValuesError)):
+            render(dict(FULL, podDisruptionBudget={"enabled": True, "minAvailable": 1, "maxUnavailable": 1}))
+
+    def test_cache_ttl_follows_the_probe_interval(self):
+        cases = {"60s": "55s", "30s": "27s", "2m": "115s", "15s": "13500ms", "1h": "3595s"}
+        for interval, ttl in cases.items():
+            objs, _ = render(dict(FULL, probe={"enabled": True, "interval": interval}))
+            config = yaml.safe_load(objs["ConfigMap"]["data"]["balena-exporter.yml"])
+            self.assertEqual(config["api"]["cache_ttl"], ttl, interval)
+        check_config(self, config, {n: a["token"] for n, a in FULL["auths"].items()})
+        explicit = dict(FULL, config=dict(FULL["config"], api={"cache_ttl": "10s"}))
+        objs, _ = render(explicit)
+        self.assertEqual(yaml.safe_load(objs["ConfigMap"]["data"]["balena-exporter.yml"])["api"]["cache_ttl"], "10s")
+
+    def test_notes_warn_about_replicas_without_sharding_and_unwatched_secrets(self):
+        _, raw = render(dict(FULL, replicaCount=3))
+        notes = next(t for p, t in raw.items() if p.endswith("NOTES.txt"))
+        self.assertIn("WARNING: replicaCount is 3 without sharding.enabled", notes)
+        _, raw = render(FULL)
+        self.assertNotIn("WARNING", next(t for p, t in raw.items() if p.endswith("NOTES.txt")))
+        _, raw = render(dict(FULL, auths={"acme": {}, "partner": {}}, existingSecret="sealed"))
+        notes = next(t for p, t in raw.items() if p.endswith("NOTES.txt"))
+        self.assertIn("set configReloader.enabled=true", notes)
+
+    def test_rotation_of_an_existing_secret_is_offered_not_promised(self):
+        values = dict(FULL, auths={"acme": {}, "partner": {}}, existingSecret="sealed")
+        objs = render_all(values)
+        annotations = workload(objs)["spec"]["template"]["metadata"]["annotations"]
+        self.assertNotIn("checksum/auths", annotations, "a checksum of empty maps cannot roll the pods")
+        objs = render_all(dict(values, configReloader={"enabled": True}))
+        pod = workload(objs)["spec"]["template"]["spec"]
+        exporter, reloader = pod["containers"]
+        self.assertEqual(reloader["name"], "config-reloader")
+        mounts = {m["mountPath"] for m in exporter["volumeMounts"] if m["name"] in ("config", "tokens")}
+        watched = {a.split("=", 1)[1] for a in reloader["args"] if a.startswith("--watched-dir=")}
+        self.assertEqual(watched, mounts)
+        self.assertIn(f"--reload-url=http://127.0.0.1:{exporter['ports'][0]['containerPort']}/-/reload", reloader["args"])
+        self.assertTrue(reloader["securityContext"]["readOnlyRootFilesystem"])
+        kubernetes_validate.validate(workload(objs), KUBE_VERSION, strict=True)
+
+    def test_grafana_dashboard_configmap_is_the_shipped_dashboard(self):
+        objs, _ = render(dict(FULL, grafanaDashboard={"enabled": True}))
+        cm = objs["ConfigMap"] if "balena-fleets.json" in objs["ConfigMap"]["data"] else None
+        cms = [o for o in render_all(dict(FULL, grafanaDashboard={"enabled": True})) if o["kind"] == "ConfigMap"]
+        cm = next(o for o in cms if "balena-fleets.json" in o["data"])
+        self.assertEqual(cm["metadata"]["labels"]["grafana_dashboard"], "1")
+        with open(os.path.join(ROOT, "deploy", "grafana", "balena-fleets.json")) as f:
+            self.assertEqual(json.loads(cm["data"]["balena-fleets.json"]), json.load(f))
+        kubernetes_validate.validate(cm, KUBE_VERSION, strict=True)
+        self.assertFalse([o for o in render_all(FULL) if o["kind"] == "ConfigMap" and "balena-fleets.json" in o["data"]])
+
+
+class ShardingAgreementTest(unittest.TestCase):
+    """One assignment rule everywhere: the chart's Probe, NOTES and
+    deploy/prometheus/prometheus-sharded.yml send every target to the same replica."""
+
+    def test_chart_notes_and_prometheus_file_agree_for_every_target(self):
+        with open(os.path.join(ROOT, "deploy", "prometheus", "prometheus-sharded.yml")) as f:
+            prom = yaml.safe_load(f)
+        job = next(j for j in prom["scrape_configs"] if j.get("metrics_path") == "/probe")
+        rules = job["relabel_configs"]
+        modulus = next(r["modulus"] for r in rules if r.get("action") == "hashmod")
+        file_targets = [t for sc in job["static_configs"] for t in sc["targets"]]
+        targets = file_targets + [f"fleet-{i:02}" for i in range(40)] + ["acme/shop-screens", "o'neil", "ünïcode"]
+        values = dict(FULL, replicaCount=modulus, sharding={"enabled": True}, fullnameOverride="balena-exporter",
+                      config={"targets": {t: {"fleet": "acme/x", "auth": "acme"} for t in targets}})
+        objs = render_all(values, namespace="monitoring")
+        probe = next(o for o in objs if o["kind"] == "Probe")
+        validate_crd(probe)
+        _, raw = render(values, namespace="monitoring")
+        notes = next(t for p, t in raw.items() if p.endswith("NOTES.txt"))
+        snippet = yaml.safe_load("\n".join(l for l in notes.splitlines() if l.startswith("  ")
+                                          and not l.startswith("  kubectl") and not l.startswith("  curl")
+                                          and not l.startswith("  balena-exporter-<i>")))
+        sts = workload(objs)
+        replicas_seen = set()
+        for t in targets:
+            by_file = relabel({"__address__": t}, rules)["__address__"]
+            by_chart = probe_address(probe, t)
+            by_notes = relabel({"__address__": "x", "__param_target": t}, snippet)["__address__"]
+            self.assertEqual(by_chart, by_file, t)
+            self.assertEqual(by_notes, by_file, t)
+            replica = hashmod(t, modulus)
+            replicas_seen.add(replica)
+            self.assertEqual(by_file, f"{sts['metadata']['name']}-{replica}.{sts['spec']['serviceName']}.monitoring.svc:9759")
+        self.assertEqual(replicas_seen, set(range(modulus)))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,25 @@
 {{- define "balena-exporter.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The name of every object. A StatefulSet (sharding) keeps it to 52 characters: Kubernetes
+adds an 11-character revision hash to it in the controller-revision-hash label (63 at most). */}}
 {{- define "balena-exporter.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- $max := ternary 52 63 (and .Values.sharding .Values.sharding.enabled | default false) -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc $max | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc $max | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc $max | trimSuffix "-" -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "balena-exporter.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "balena-exporter.selectorLabels" -}}
@@ -20,6 +32,28 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "balena-exporter.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: balena-exporter
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The image: [global.imageRegistry or image.registry/]repository, then @digest if set,
+else :tag (default: the chart's appVersion, which is what the release workflow publishes). */}}
+{{- define "balena-exporter.image" -}}
+{{- $registry := .Values.image.registry -}}
+{{- if and .Values.global .Values.global.imageRegistry -}}
+{{- $registry = .Values.global.imageRegistry -}}
+{{- end -}}
+{{- $repo := .Values.image.repository -}}
+{{- if $registry -}}
+{{- $repo = printf "%s/%s" $registry $repo -}}
+{{- end -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "balena-exporter.serviceAccountName" -}}
@@ -34,13 +68,41 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-tokens" (include "balena-exporter.fullname" .)) .Values.existingSecret -}}
 {{- end -}}
 
-{{/* The exporter config: values.config plus one token_file auth per entry of values.auths. */}}
+{{/* A Prometheus duration ("1m30s", "90s", "500ms") in milliseconds. */}}
+{{- define "balena-exporter.durationMs" -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 "w" 604800000 -}}
+{{- $total := 0 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d|w)" (toString .) -1 -}}
+{{- $unit := regexFind "(ms|s|m|h|d|w)$" . -}}
+{{- $n := trimSuffix $unit . | atoi -}}
+{{- $total = add $total (mul $n (get $units $unit)) -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
+
+{{/* api.cache_ttl when not set: a little under the probe interval (docs/scaling.md), so one
+fetch per interval serves every Prometheus and data is never older than one interval:
+the interval minus 10 % of it, at most 5 s less (60s -> 55s, 30s -> 27s, 5m -> 4m55s). */}}
+{{- define "balena-exporter.cacheTtl" -}}
+{{- $interval := include "balena-exporter.durationMs" .Values.probe.interval | int -}}
+{{- $margin := min 5000 (div $interval 10) -}}
+{{- $ttl := sub $interval $margin -}}
+{{- if eq (mod $ttl 1000) 0 }}{{ printf "%ds" (div $ttl 1000) }}{{ else }}{{ printf "%dms" $ttl }}{{ end -}}
+{{- end -}}
+
+{{/* The exporter config: values.config plus one token_file auth per entry of values.auths,
+and api.cache_ttl derived from probe.interval unless set. */}}
 {{- define "balena-exporter.config" -}}
 {{- $auths := dict -}}
 {{- range $name, $_ := .Values.auths -}}
 {{- $_ := set $auths $name (dict "token_file" (printf "/etc/balena-exporter/secrets/%s" $name)) -}}
 {{- end -}}
 {{- $config := deepCopy .Values.config -}}
+{{- $api := default dict $config.api -}}
+{{- if not $api.cache_ttl -}}
+{{- $_ := set $api "cache_ttl" (include "balena-exporter.cacheTtl" .) -}}
+{{- end -}}
+{{- $_ := set $config "api" $api -}}
 {{- $_ := set $config "auths" $auths -}}
 {{- toYaml $config -}}
 {{- end -}}
@@ -49,8 +111,20 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s-headless" (include "balena-exporter.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* The replica that owns a target when sharding: adler32(name) mod replicaCount. Stable: it
-depends on the name and the replica count only. Call with (list $name $replicas). */}}
-{{- define "balena-exporter.shardOf" -}}
-{{- mod (atoi (adler32sum (index . 0))) (index . 1) -}}
+{{/* The address of replica ${1} (sharding), as the replacement of a relabelling whose regex
+captured the replica number. */}}
+{{- define "balena-exporter.replicaAddress" -}}
+{{- printf "%s-${1}.%s.%s.svc:%v" (include "balena-exporter.fullname" .) (include "balena-exporter.headlessName" .) (include "balena-exporter.namespace" .) .Values.service.port -}}
+{{- end -}}
+
+{{/* The one sharding rule (the same as deploy/prometheus/prometheus-sharded.yml and NOTES):
+md5 hashmod of the target name, modulo replicaCount, then that replica's own address. */}}
+{{- define "balena-exporter.shardRelabelings" -}}
+- sourceLabels: [__param_target]
+  action: hashmod
+  modulus: {{ .Values.replicaCount }}
+  targetLabel: __tmp_exporter_replica
+- sourceLabels: [__tmp_exporter_replica]
+  targetLabel: __address__
+  replacement: {{ include "balena-exporter.replicaAddress" . | quote }}
 {{- end -}}

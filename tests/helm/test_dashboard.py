@@ -1,0 +1,190 @@
+"""Tests of the Grafana dashboard deploy/grafana/balena-fleets.json with promtool.
+
+Every query of the dashboard is checked as PromQL (`promtool check rules`), and every fleet and
+device panel is evaluated (`promtool test rules`) on series where one fleet is reported by two
+targets -- a fleet target and its organization's target, as the README example and the demo
+configuration do. Each panel must show the fleet's own numbers (the ground truth below), never
+their sum over targets.
+
+Run: python tests/helm/test_dashboard.py   (needs promtool on PATH)
+"""
+
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "balena-fleets.json")
+
+# Variables as Grafana would send them with "All" selected.
+VARIABLES = {"$__rate_interval": "5m", "$exporter_job": "balena-exporter", "$instance": ".*",
+             "$fleet": ".*", "$device": ".*", "$job": "balena"}
+
+# Ground truth: fleets, the targets that report each one, and their devices.
+FLEETS = {
+    "acme/screens": dict(targets=["screens", "acme-all"], devices=10, online=7, on_target=8, undervolted=1,
+                         status={"operational": 6, "disconnected": 3, "updating": 1},
+                         heartbeat={"online": 7, "offline": 3}),
+    "acme/tiny": dict(targets=["acme-all"], devices=2, online=0, on_target=2, undervolted=0,
+                      status={"disconnected": 2}, heartbeat={"offline": 2}),
+    "partner/kiosk": dict(targets=["kiosk", "partner-all"], devices=4, online=4, on_target=1, undervolted=0,
+                          status={"operational": 4}, heartbeat={"online": 4}),
+}
+STATUSES = ["configuring", "disconnected", "inactive", "operational", "post-provisioning",
+            "reduced-functionality", "updating"]
+STATES = ["online", "offline", "timeout", "unknown"]
+DEVICES = {  # uuid -> fleet, name, values
+    "a1": dict(fleet="acme/screens", name="lobby", cpu=0.5, temp=51.0, mem=(1 << 30, 4 << 30),
+               disk=(8 << 30, 32 << 30), online=1, on_target=1, undervolted=1, progress=0.25, seen=1000),
+    "b2": dict(fleet="partner/kiosk", name="lobby", cpu=0.125, temp=40.0, mem=(2 << 30, 8 << 30),
+               disk=(4 << 30, 16 << 30), online=1, on_target=0, undervolted=0, progress=None, seen=500),
+}
+
+
+def series():
+    out = []
+    add = lambda name, labels, value: out.append((name, labels, value))
+    for fleet, f in FLEETS.items():
+        for t in f["targets"]:
+            base = {"job": "balena", "instance": t, "fleet": fleet}
+            add("balena_fleet_info", dict(base, fleet_id=str(len(fleet)), organization=fleet.split("/")[0],
+                                          device_type="raspberrypi4-64", target_release="abc"), 1)
+            add("balena_fleet_devices", base, f["devices"])
+            add("balena_fleet_devices_online", base, f["online"])
+            add("balena_fleet_devices_on_target_release", base, f["on_target"])
+            add("balena_fleet_devices_undervolted", base, f["undervolted"])
+            for s in STATUSES:
+                add("balena_fleet_devices_status", dict(base, status=s), f["status"].get(s, 0))
+            for s in STATES:
+                add("balena_fleet_devices_heartbeat", dict(base, state=s), f["heartbeat"].get(s, 0))
+    for uuid, d in DEVICES.items():
+        for t in FLEETS[d["fleet"]]["targets"]:
+            base = {"job": "balena", "instance": t, "fleet": d["fleet"], "device_uuid": uuid, "device_name": d["name"]}
+            add("balena_device_info", dict(base, device_type="raspberrypi4-64", os_version="balenaOS 6.0.0",
+                                           release="abc", tag_location="hall"), 1)
+            add("balena_device_cpu_usage_ratio", base, d["cpu"])
+            add("balena_device_cpu_temperature_celsius", base, d["temp"])
+            add("balena_device_memory_usage_bytes", base, d["mem"][0])
+            add("balena_device_memory_total_bytes", base, d["mem"][1])
+            add("balena_device_storage_usage_bytes", base, d["disk"][0])
+            add("balena_device_storage_total_bytes", base, d["disk"][1])
+            add("balena_device_online", base, d["online"])
+            add("balena_device_on_target_release", base, d["on_target"])
+            add("balena_device_undervolted", base, d["undervolted"])
+            add("balena_device_last_connectivity_timestamp_seconds", base, d["seen"])
+            if d["progress"] is not None:
+                add("balena_device_update_progress_ratio", base, d["progress"])
+    return out
+
+
+def per_fleet(fn):
+    return {f'{{fleet="{name}"}}': fn(f) for name, f in FLEETS.items()}
+
+
+def per_device(fn):
+    return {f'{{device_name="{d["name"]}", device_uuid="{u}", fleet="{d["fleet"]}"}}': fn(d)
+            for u, d in DEVICES.items() if fn(d) is not None}
+
+
+def summed(key, values):
+    return {f'{{{key}="{v}"}}': sum(f[{"status": "status", "state": "heartbeat"}[key]].get(v, 0) for f in FLEETS.values())
+            for v in values}
+
+
+# What each fleet and device panel must show, from the ground truth (panel title -> one
+# expectation per query of the panel). Eval time is 5m: `time()` is 300.
+EXPECTED = {
+    "Devices online / offline": [per_fleet(lambda f: f["online"]), per_fleet(lambda f: f["devices"] - f["online"])],
+    "Offline ratio": [per_fleet(lambda f: 1 - f["online"] / f["devices"])],
+    "Status mix (overall_status)": [summed("status", STATUSES)],
+    "Heartbeat states": [summed("state", STATES)],
+    "Release rollout: devices on their target release": [per_fleet(lambda f: f["on_target"] / f["devices"])],
+    "Undervolted devices": [per_fleet(lambda f: f["undervolted"])],
+    "Fleets": [{f'{{device_type="raspberrypi4-64", fleet="{n}", fleet_id="{len(n)}", '
+                f'organization="{n.split("/")[0]}", target_release="abc"}}': 1 for n in FLEETS}],
+    "Devices": [{f'{{device_name="{d["name"]}", device_type="raspberrypi4-64", device_uuid="{u}", '
+                 f'fleet="{d["fleet"]}", os_version="balenaOS 6.0.0", release="abc", tag_location="hall"}}': 1
+                 for u, d in DEVICES.items()}],
+    "CPU usage": [per_device(lambda d: d["cpu"])],
+    "CPU temperature": [per_device(lambda d: d["temp"])],
+    "Memory used": [per_device(lambda d: d["mem"][0] / d["mem"][1])],
+    "Storage used": [per_device(lambda d: d["disk"][0] / d["disk"][1])],
+    "Time since last connectivity change": [per_device(lambda d: 300 - d["seen"])],
+    "Online, on target release, undervolted": [per_device(lambda d: d["online"]), per_device(lambda d: d["on_target"]),
+                                               per_device(lambda d: d["undervolted"])],
+    "Update progress": [per_device(lambda d: d["progress"])],
+}
+
+
+def panels():
+    with open(DASHBOARD) as f:
+        dash = json.load(f)
+    return dash, [p for p in dash["panels"] if p.get("targets")]
+
+
+def substitute(expr):
+    for k, v in VARIABLES.items():
+        expr = expr.replace(k, v)
+    assert "$" not in expr, expr
+    return expr
+
+
+def promtool(*args, cwd):
+    return subprocess.run(["promtool", *args], capture_output=True, text=True, cwd=cwd)
+
+
+class DashboardTest(unittest.TestCase):
+    def test_every_query_is_valid_promql(self):
+        _, ps = panels()
+        rules = [{"record": f"panel_{p['id']}_{t['refId']}", "expr": substitute(t["expr"])} for p in ps for t in p["targets"]]
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "rules.yml"), "w") as f:
+                yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, f)
+            r = promtool("check", "rules", "rules.yml", cwd=tmp)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertGreaterEqual(len(rules), 25)
+
+    def test_fleet_and_device_panels_count_each_fleet_once(self):
+        _, ps = panels()
+        by_title = {p["title"]: p for p in ps}
+        self.assertLessEqual(set(EXPECTED), set(by_title))
+        input_series = [{"series": name + "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(l.items())) + "}",
+                         "values": f"{v}x10"} for name, l, v in series()]
+        tests = []
+        for title, expectations in EXPECTED.items():
+            targets = by_title[title]["targets"]
+            self.assertEqual(len(targets), len(expectations), title)
+            for t, exp in zip(targets, expectations):
+                tests.append({"expr": substitute(t["expr"]), "eval_time": "5m",
+                              "exp_samples": [{"labels": k, "value": v} for k, v in exp.items()]})
+        doc = {"evaluation_interval": "1m",
+               "tests": [{"interval": "1m", "input_series": input_series, "promql_expr_test": tests}]}
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "test.yml"), "w") as f:
+                yaml.safe_dump(doc, f, width=1000)
+            r = promtool("test", "rules", "test.yml", cwd=tmp)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_variables_and_rate_intervals_follow_the_mixin_conventions(self):
+        dash, ps = panels()
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        self.assertTrue({"datasource", "job", "instance", "fleet", "device"} <= set(variables))
+        # Devices are chosen by UUID (names need not be unique), shown by name.
+        device = variables["device"]
+        self.assertIn("(?<value>", device["regex"])
+        self.assertIn("device_uuid", device["regex"].split("(?<value>")[0])
+        for p in ps:
+            for t in p["targets"]:
+                if "rate(" in t["expr"]:
+                    self.assertIn("[$__rate_interval]", t["expr"], p["title"])
+                if "balena_device_" in t["expr"]:
+                    self.assertIn('device_uuid=~"$device"', t["expr"], p["title"])
+                    self.assertNotIn("device_name=~", t["expr"], p["title"])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
