@@ -60,7 +60,7 @@ pub const SUMMARY_DEVICE_FIELDS: &[&str] = &[
 pub enum DeviceScope {
     /// `belongs_to__application eq ID`
     Fleet(u64),
-    /// Every fleet of an organization handle.
+    /// Every fleet of an organization handle (lowercased when sent, as balena's handles are).
     Org(String),
     /// Every fleet the token can access.
     Accessible,
@@ -72,7 +72,7 @@ impl DeviceScope {
             Self::Fleet(id) => format!("belongs_to__application eq {id}"),
             Self::Org(handle) => format!(
                 "belongs_to__application/any(a:a/organization/any(o:o/handle eq {}))",
-                quote_literal(handle)
+                quote_literal(&handle.to_lowercase())
             ),
             Self::Accessible => {
                 "belongs_to__application/any(a:a/is_directly_accessible_by__user/any(dau:1 eq 1))"
@@ -159,7 +159,8 @@ pub enum FleetSet<'a> {
     Accessible,
 }
 
-/// The fleets of a set, ordered by slug, in one request. An empty answer is checked (org
+/// The fleets of a set, ordered by slug, in one request. Organization handles, like fleet
+/// slugs, are lowercase on balena: a handle is lowercased before it is sent. An empty answer is checked (org
 /// lookup, then whoami) so that an empty or unknown organization and a rejected token are told
 /// apart; only the empty case costs the extra requests.
 pub async fn fleets(
@@ -168,9 +169,10 @@ pub async fn fleets(
     module: &ModuleConfig,
 ) -> Result<Vec<Fleet>, BalenaError> {
     let filter = match set {
-        FleetSet::Org(handle) => {
-            format!("organization/any(o:o/handle eq {})", quote_literal(handle))
-        }
+        FleetSet::Org(handle) => format!(
+            "organization/any(o:o/handle eq {})",
+            quote_literal(&handle.to_lowercase())
+        ),
         FleetSet::Accessible => "is_directly_accessible_by__user/any(dau:1 eq 1)".to_string(),
     };
     let q = Query::new()
@@ -184,7 +186,10 @@ pub async fn fleets(
     if rows.d.is_empty() {
         match set {
             FleetSet::Org(handle) => {
-                let path = format!("/v7/organization(handle={})", quote_literal(handle));
+                let path = format!(
+                    "/v7/organization(handle={})",
+                    quote_literal(&handle.to_lowercase())
+                );
                 let orgs: Envelope<model::NavIdRow> =
                     s.get_json("organization", &path, "$select=id").await?;
                 if orgs.d.is_empty() {
@@ -224,8 +229,15 @@ pub fn device_query(module: &ModuleConfig) -> (String, String) {
     (fields.join(","), expand.join(","))
 }
 
-/// Lists devices in pages of `api.page_size` (`$orderby=id asc`, `$top`, `$skip`), handing
-/// each device to `on_device` as soon as its row has arrived: no page is ever held whole.
+/// Lists devices in pages of at most `api.page_size`, by keyset: `$filter=(<scope>) and id gt
+/// <last id>&$orderby=id asc&$top=N`, until a page comes back empty. Each device is handed to
+/// `on_device` as soon as its row has arrived: no page is ever held whole.
+///
+/// A short page does not end the listing: a server that caps `$top` below `page_size` answers
+/// short pages that are not the last, so only an empty page is the end (one small request,
+/// ~10 ms on the real API whatever the fleet size). Keyset pages cost the same however deep they
+/// go (`$skip` costs more per row skipped), and devices created or deleted while the listing
+/// runs shift nothing: no device that exists throughout is missed or counted twice.
 pub async fn devices(
     s: &Session<'_>,
     scope: &DeviceScope,
@@ -235,27 +247,51 @@ pub async fn devices(
     let (select, expand) = device_query(module);
     let page = s.api().page_size as usize;
     let mut total = 0;
+    let mut after: Option<u64> = None;
     loop {
+        let filter = match after {
+            None => scope.filter(),
+            Some(id) => format!("({}) and id gt {id}", scope.filter()),
+        };
         let q = Query::new()
             .option("$select", select.clone())
             .option("$expand", expand.clone())
-            .option("$filter", scope.filter())
+            .option("$filter", filter)
             .option("$orderby", "id asc")
-            .option("$top", page.to_string())
-            .option("$skip", total.to_string());
+            .option("$top", page.to_string());
         let mut rows = stream::RowStream::new();
+        let mut last = after;
+        let mut repeated = 0usize;
         s.get_streamed("device", "/v7/device", &q.to_wire(), &mut |chunk| {
             rows.feed(chunk, &mut |row| {
-                on_device(model::decode_device(row)?);
+                let device = model::decode_device(row)?;
+                // Rows come by ascending id: one at or below the last is a repeat (a proxy or
+                // a server sending rows twice), counted once.
+                if last.is_some_and(|l| device.id <= l) {
+                    repeated += 1;
+                    return Ok(());
+                }
+                last = Some(device.id);
+                on_device(device);
                 Ok(())
             })
             .map_err(|e| BalenaError::Decode(e.0))
         })
         .await?;
         let n = rows.finish().map_err(|e| BalenaError::Decode(e.0))?;
-        total += n;
-        if n < page {
+        if repeated > 0 {
+            s.note(format_args!("{repeated} repeated device rows ignored"));
+        }
+        total += n - repeated;
+        if n == 0 || last == after {
             return Ok(total);
+        }
+        after = last;
+        if n < page {
+            s.note(format_args!(
+                "a page of {n} rows (asked {page}): asking for rows after id {} to be sure it was the last",
+                after.unwrap_or(0)
+            ));
         }
     }
 }

@@ -97,6 +97,9 @@ pub struct SimState {
     pub in_flight: std::sync::atomic::AtomicUsize,
     /// The most requests ever answered at once.
     pub max_in_flight: std::sync::atomic::AtomicUsize,
+    /// A server-side cap on `$top` (0: none), as a deployment may set: asked for more rows, the
+    /// server answers at most this many.
+    pub top_cap: std::sync::atomic::AtomicUsize,
 }
 
 impl SimState {
@@ -379,9 +382,13 @@ fn malformed(path: &str, query: &str) -> HttpResponse {
 
 fn odata(state: &SimState, rest: &str, query: &str, caller: &Caller) -> HttpResponse {
     let full_path = format!("/v7/{rest}");
-    let Ok(request) = parse_request(rest, query) else {
+    let Ok(mut request) = parse_request(rest, query) else {
         return malformed(&full_path, query);
     };
+    let cap = state.top_cap.load(std::sync::atomic::Ordering::Relaxed);
+    if cap > 0 {
+        request.options.top = Some(request.options.top.map_or(cap, |t| t.min(cap)));
+    }
     let Ok(world) = state.world.read() else {
         return error_response(500, None);
     };

@@ -144,11 +144,124 @@ async fn large_fleets_are_paged_and_counted_once() {
         120.0
     );
     assert_eq!(m.find("balena_device_info", &[]).len(), 120);
-    assert_eq!(app.sim.requests("/v7/device"), 3, "pages of 50, 50 and 20");
+    assert_eq!(
+        app.sim.requests("/v7/device"),
+        4,
+        "pages of 50, 50 and 20, and the empty page that ends the listing"
+    );
     assert_eq!(
         m.value("balena_probe_api_requests", &[]),
-        4.0,
-        "fleet row + 3 pages"
+        5.0,
+        "fleet row + 4 pages"
+    );
+    app.stop().await;
+}
+
+/// A server that caps `$top` below `page_size` answers short pages that are not the last:
+/// the listing goes on until an empty page, so nothing is undercounted.
+#[actix_rt::test]
+async fn a_server_cap_on_top_does_not_end_the_listing() {
+    let app = spawn_with(world(&[("big", 120)]), |url| {
+        default_config(url, &["big"]).replace("  timeout: 5s\n", "  timeout: 5s\n  page_size: 50\n")
+    })
+    .await;
+    app.sim
+        .state
+        .top_cap
+        .store(20, std::sync::atomic::Ordering::Relaxed);
+    let m = app.probe("target=big").await;
+    assert_eq!(m.value("probe_success", &[]), 1.0);
+    assert_eq!(
+        m.value("balena_fleet_devices", &[("fleet", "acme/big")]),
+        120.0
+    );
+    assert_eq!(m.find("balena_device_info", &[]).len(), 120);
+    assert_eq!(
+        app.sim.requests("/v7/device"),
+        7,
+        "six capped pages of 20 and the empty one"
+    );
+    app.stop().await;
+}
+
+/// Devices created and deleted while a listing runs: keyset pages (`id gt <last>`) miss no
+/// device that exists throughout and count none twice (`$skip` paging would skip as many
+/// unseen devices as were deleted among the seen ones).
+#[actix_rt::test]
+async fn devices_changing_between_pages_are_neither_missed_nor_counted_twice() {
+    use balena_exporter::simulator::{Fault, FaultRule};
+    let app = spawn_with(world(&[("big", 120)]), |url| {
+        default_config(url, &["big"]).replace("  timeout: 5s\n", "  timeout: 5s\n  page_size: 50\n")
+    })
+    .await;
+    // Hold the second page back while the world changes.
+    app.sim.inject(
+        FaultRule::always(
+            "/v7/device",
+            Fault::Delay(std::time::Duration::from_millis(400)),
+        )
+        .when_query_contains(" gt ")
+        .times(1),
+    );
+    let ids = app.sim.with_world(|w| w.device_ids("acme/big"));
+    let uuid_of = |id: u64| {
+        app.sim.with_world(|w| {
+            w.row("device", id).unwrap()["uuid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    };
+    let all: Vec<String> = ids.iter().map(|id| uuid_of(*id)).collect();
+    let probe = app.probe("target=big");
+    let change = async {
+        actix_rt::time::sleep(std::time::Duration::from_millis(150)).await;
+        app.sim.with_world_mut(|w| {
+            // Ten seen devices and five not yet seen are deleted; three are created.
+            for id in ids[10..20].iter().chain(&ids[80..85]) {
+                assert!(w.remove("device", *id));
+            }
+            let template = w.row("device", ids[0]).unwrap().clone();
+            for n in 0..3u64 {
+                let mut row = template.clone();
+                let id = w.max_id("device") + 1;
+                row.insert("id".into(), id.into());
+                row.insert("uuid".into(), format!("{:032x}", 0xfeed_0000 + n).into());
+                row.insert("device_name".into(), format!("new-{n}").into());
+                w.insert("device", serde_json::Value::Object(row));
+            }
+        });
+    };
+    let (m, ()) = futures_util::future::join(probe, change).await;
+    assert_eq!(m.value("probe_success", &[]), 1.0);
+    let seen: Vec<String> = m
+        .find("balena_device_info", &[])
+        .iter()
+        .map(|s| s.labels["device_uuid"].clone())
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "a device counted twice");
+    let throughout: Vec<&String> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(10..20).contains(i) && !(80..85).contains(i))
+        .map(|(_, u)| u)
+        .collect();
+    let missed: Vec<&&String> = throughout
+        .iter()
+        .filter(|u| !unique.contains(**u))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "missed {} devices: {missed:?}",
+        missed.len()
+    );
+    // The first page (50) was read before the change: its 10 deleted devices are in it; the 5
+    // deleted later are not; the 3 created (higher ids) are in the last page.
+    assert_eq!(seen.len(), 50 + (70 - 5) + 3);
+    assert_eq!(
+        m.value("balena_fleet_devices", &[("fleet", "acme/big")]),
+        seen.len() as f64
     );
     app.stop().await;
 }
@@ -187,7 +300,8 @@ async fn upstream_requests_select_fields_and_quote_the_slug() {
     app.stop().await;
 }
 
-/// An unknown token reads as a guest: the empty fleet lookup is checked with whoami → 401.
+/// An unknown token reads as a guest, and the real API answers a guest's fleet lookup (it
+/// expands the organization) with 401: unauthorized, with no whoami needed.
 #[actix_rt::test]
 async fn a_rejected_token_fails_the_probe_after_a_whoami_check() {
     let app = spawn_with(world(&[("screens", 5)]), |url| {
@@ -197,7 +311,9 @@ async fn a_rejected_token_fails_the_probe_after_a_whoami_check() {
     let m = app.probe("target=screens").await;
     assert_eq!(m.value("probe_success", &[]), 0.0);
     assert!(!m.has("balena_fleet_devices"));
-    assert_eq!(app.sim.requests("/actor/v1/whoami"), 1);
+    assert_eq!(app.sim.requests("/v7/application"), 1);
+    assert_eq!(app.sim.requests("/v7/device"), 0);
+    assert_eq!(app.sim.requests("/actor/v1/whoami"), 0);
     assert_eq!(app.probes_total("screens", "unauthorized").await, 1.0);
     app.stop().await;
 }
@@ -292,11 +408,11 @@ async fn a_short_retry_after_is_honoured() {
         1.0,
         "Retry-After: 1 fits in 3 s"
     );
-    assert_eq!(app.sim.requests("/v7/device"), 3);
+    assert_eq!(app.sim.requests("/v7/device"), 4);
     assert_eq!(
         m.value("balena_probe_api_requests", &[]),
-        2.0,
-        "429 and the retry; the fleet row comes from the fleet-row cache"
+        3.0,
+        "429, the retry and the end-of-listing page; the fleet row comes from the fleet-row cache"
     );
     app.stop().await;
 }
@@ -485,6 +601,10 @@ async fn a_compact_cache_module_answers_the_same_series() {
         parse(&cached.body).value("balena_probe_api_requests", &[]),
         0.0
     );
-    assert_eq!(app.sim.requests("/v7/device"), 2, "one fetch per module");
+    assert_eq!(
+        app.sim.requests("/v7/device"),
+        4,
+        "one fetch (a page and the empty end page) per module"
+    );
     app.stop().await;
 }

@@ -9,7 +9,11 @@ async fn metrics_count_upstream_requests_and_cache_hits() {
     let app = spawn_app(&[("screens", 5)]).await;
     let first = app.probe("target=screens").await;
     let second = app.probe("target=screens").await;
-    assert_eq!(first.value("balena_probe_api_requests", &[]), 2.0);
+    assert_eq!(
+        first.value("balena_probe_api_requests", &[]),
+        3.0,
+        "fleet row, device page, empty end page"
+    );
     assert_eq!(second.value("balena_probe_api_requests", &[]), 0.0);
     assert!(second.value("balena_probe_data_age_seconds", &[]) >= 0.0);
     assert_eq!(
@@ -25,9 +29,9 @@ async fn metrics_count_upstream_requests_and_cache_hits() {
             &[("auth", "acme"), ("endpoint", endpoint), ("code", "200")],
         )
     };
-    assert_eq!(up("device"), 1.0);
+    assert_eq!(up("device"), 2.0, "a page and the empty end page");
     assert_eq!(up("application"), 1.0);
-    assert_eq!(app.sim.requests("/v7/device"), 1);
+    assert_eq!(app.sim.requests("/v7/device"), 2);
     assert_eq!(
         m.value("balena_exporter_cache_hits_total", &[("kind", "cache")]),
         1.0
@@ -88,7 +92,11 @@ async fn concurrent_probes_make_one_upstream_fetch() {
             50.0
         );
     }
-    assert_eq!(app.sim.requests("/v7/device"), 1);
+    assert_eq!(
+        app.sim.requests("/v7/device"),
+        2,
+        "one fetch: a page and the end"
+    );
     let fetched = results
         .iter()
         .filter(|m| m.value("balena_probe_api_requests", &[]) > 0.0)
@@ -96,7 +104,7 @@ async fn concurrent_probes_make_one_upstream_fetch() {
     assert_eq!(fetched, 1, "exactly one probe made the requests");
     // With cache_ttl 0 the next probe fetches again.
     app.probe("target=screens").await;
-    assert_eq!(app.sim.requests("/v7/device"), 2);
+    assert_eq!(app.sim.requests("/v7/device"), 4);
     app.stop().await;
 }
 
@@ -214,7 +222,11 @@ async fn upstream_concurrency_is_capped_per_auth() {
     for m in futures_util::future::join_all(probes).await {
         assert_eq!(m.value("probe_success", &[]), 1.0);
     }
-    assert_eq!(app.sim.requests("/v7/"), 12);
+    assert_eq!(
+        app.sim.requests("/v7/"),
+        18,
+        "fleet row, page and end page per target"
+    );
     assert_eq!(
         app.sim.state.max_in_flight.load(Ordering::SeqCst),
         2,
@@ -235,21 +247,22 @@ async fn the_cache_expires_after_its_ttl() {
     app.probe("target=screens").await;
     assert_eq!(
         app.sim.requests("/v7/device"),
-        1,
-        "second probe inside the TTL"
+        2,
+        "second probe inside the TTL (one fetch: a page and the end)"
     );
     actix_rt::time::sleep(std::time::Duration::from_millis(1200)).await;
     let m = app.probe("target=screens").await;
     assert_eq!(
         app.sim.requests("/v7/device"),
-        2,
+        4,
         "after the TTL a new fetch"
     );
     assert_eq!(m.value("balena_probe_data_age_seconds", &[]), 0.0);
     app.stop().await;
 }
 
-/// In steady state a fleet probe is one request: the fleet row is reused for
+/// In steady state a fleet probe is the device listing only (a page and the empty page that
+/// ends it): the fleet row is reused for
 /// `api.fleet_cache_ttl`; counts-only probes never reuse it (it carries live counts).
 #[actix_rt::test]
 async fn steady_state_fleet_probes_make_one_request() {
@@ -263,10 +276,10 @@ async fn steady_state_fleet_probes_make_one_request() {
     .await;
     let first = app.probe("target=screens").await;
     let second = app.probe("target=screens").await;
-    assert_eq!(first.value("balena_probe_api_requests", &[]), 2.0);
+    assert_eq!(first.value("balena_probe_api_requests", &[]), 3.0);
     assert_eq!(
         second.value("balena_probe_api_requests", &[]),
-        1.0,
+        2.0,
         "only the device listing"
     );
     assert_eq!(

@@ -62,6 +62,7 @@ modules:
     legacy_devices_online: true
 targets:
   acme: {{org: acme, auth: acme}}
+  acme-caps: {{org: ACME, auth: acme}}
   empty: {{org: empty_org, auth: acme}}
   hidden: {{org: other_org, auth: acme}}
   everything: {{all: true, auth: acme}}
@@ -73,9 +74,9 @@ targets:
 
 const FLEETS: [&str; 3] = ["acme/alpha", "acme/bravo", "acme/charlie"];
 
-/// An org target reports every fleet with the simulator's numbers, in two requests in all.
+/// An org target reports every fleet with the simulator's numbers, in three requests in all.
 #[actix_rt::test]
-async fn org_target_covers_every_fleet_in_two_requests() {
+async fn org_target_covers_every_fleet_in_three_requests() {
     let app = spawn_with(orgs_world(), orgs_config).await;
     let m = app.probe("target=acme").await;
     assert_eq!(m.value("probe_success", &[]), 1.0);
@@ -120,10 +121,36 @@ async fn org_target_covers_every_fleet_in_two_requests() {
     }
     assert_eq!(
         app.sim.requests("/v7/"),
-        2,
-        "fleets of the org + devices of those fleets"
+        3,
+        "fleets of the org + devices of those fleets (a page and the end)"
     );
-    assert_eq!(m.value("balena_probe_api_requests", &[]), 2.0);
+    assert_eq!(m.value("balena_probe_api_requests", &[]), 3.0);
+    app.stop().await;
+}
+
+/// balena organization handles are lowercase, like fleet slugs: `org: ACME` is `acme`.
+#[actix_rt::test]
+async fn org_handles_are_lowercased_like_slugs() {
+    let app = spawn_with(orgs_world(), orgs_config).await;
+    let lower = app.probe("target=acme").await;
+    let caps = app.probe("target=acme-caps").await;
+    assert_eq!(caps.value("probe_success", &[]), 1.0);
+    assert_eq!(
+        caps.find("balena_fleet_info", &[]).len(),
+        lower.find("balena_fleet_info", &[]).len()
+    );
+    assert_eq!(
+        caps.find("balena_device_info", &[]).len(),
+        lower.find("balena_device_info", &[]).len()
+    );
+    assert!(app
+        .sim
+        .state
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|r| !r.query.contains("ACME")));
     app.stop().await;
 }
 
@@ -316,6 +343,7 @@ async fn sd_lists_one_target_per_discovered_fleet() {
             .map(|g| g["targets"][0].as_str().unwrap().to_string())
             .collect();
         if names.iter().any(|n| n.starts_with("acme/"))
+            && names.iter().any(|n| n.starts_with("acme-caps/"))
             && names.iter().any(|n| n.starts_with("everything/"))
         {
             break names;
@@ -330,6 +358,9 @@ async fn sd_lists_one_target_per_discovered_fleet() {
         "acme/acme/alpha",
         "acme/acme/bravo",
         "acme/acme/charlie",
+        "acme-caps/acme/alpha",
+        "acme-caps/acme/bravo",
+        "acme-caps/acme/charlie",
         "alpha",
         "everything/acme/alpha",
         "everything/acme/bravo",

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use super::odata::{Expr, Options};
 use serde_json::{Map, Value};
 
 /// A JSON row.
@@ -214,6 +215,29 @@ impl World {
         self.tables.entry(table).or_default().insert(id, row);
     }
 
+    /// Removes a row (a device also from the fleet index). Returns whether it was there.
+    pub fn remove(&mut self, table: &'static str, id: u64) -> bool {
+        let Some(row) = self.tables.get_mut(table).and_then(|t| t.remove(&id)) else {
+            return false;
+        };
+        if table == "device" {
+            if let Some(list) =
+                nav_id(&row, "belongs_to__application").and_then(|f| self.fleet_devices.get_mut(&f))
+            {
+                list.retain(|d| *d != id);
+            }
+        }
+        true
+    }
+
+    /// The highest id of a table (0 when empty), for creating rows.
+    pub fn max_id(&self, table: &str) -> u64 {
+        self.tables
+            .get(table)
+            .and_then(|t| t.keys().last().copied())
+            .unwrap_or(0)
+    }
+
     /// Who a token belongs to.
     pub fn caller(&self, token: Option<&str>) -> Caller {
         match token.and_then(|t| self.tokens.get(t)) {
@@ -351,10 +375,22 @@ impl World {
         }
     }
 
-    /// Whether `caller` may read a row of `table` at all (guests may not read devices).
-    pub fn check_readable(&self, table: &str, caller: &Caller) -> Result<(), ReadError> {
+    /// Whether `caller` may run this read at all. A guest (no token, or one the API does not
+    /// know) gets 401 on devices and organizations, and on fleet queries that reach an
+    /// organization, devices or the user relation (by `$filter` or `$expand`); a fleet query on
+    /// the fleet's own fields answers 200 with the rows a guest may see (public fleets). This
+    /// is what open-balena-api answers (tests/conformance holds the simulator to it).
+    pub fn check_readable(
+        &self,
+        table: &str,
+        opts: &Options,
+        caller: &Caller,
+    ) -> Result<(), ReadError> {
         match (table, caller) {
-            ("device" | "device_tag", Caller::Guest) => Err(ReadError::Unauthorized),
+            ("device" | "device_tag" | "organization", Caller::Guest) => {
+                Err(ReadError::Unauthorized)
+            }
+            ("application", Caller::Guest) if reaches_guarded(opts) => Err(ReadError::Unauthorized),
             _ if stored(table).is_none() => Err(ReadError::Unauthorized),
             _ => Ok(()),
         }
@@ -394,6 +430,38 @@ impl World {
             .map(|t| t.keys().copied().collect())
             .unwrap_or_default()
     }
+}
+
+/// Navigations a guest may not follow from a fleet: the real API's guest role has no
+/// permission on them, so a query that touches one is refused as a whole (401).
+const GUARDED_NAVS: &[&str] = &[
+    "organization",
+    "owns__device",
+    "is_directly_accessible_by__user",
+];
+
+/// Whether a query's `$filter` or `$expand` touches a [`GUARDED_NAVS`] navigation.
+fn reaches_guarded(opts: &Options) -> bool {
+    fn in_expr(e: &Expr) -> bool {
+        match e {
+            Expr::Or(a, b) | Expr::And(a, b) | Expr::Cmp(_, a, b) => in_expr(a) || in_expr(b),
+            Expr::Not(a) | Expr::In(a, _) => in_expr(a),
+            Expr::Path(p) => p
+                .first()
+                .is_some_and(|n| GUARDED_NAVS.contains(&n.as_str())),
+            Expr::Lambda { path, body, .. } => {
+                path.first()
+                    .is_some_and(|n| GUARDED_NAVS.contains(&n.as_str()))
+                    || in_expr(body)
+            }
+            Expr::Lit(_) => false,
+        }
+    }
+    opts.filter.as_ref().is_some_and(in_expr)
+        || opts
+            .expand
+            .iter()
+            .any(|e| GUARDED_NAVS.contains(&e.nav.as_str()) || reaches_guarded(&e.options))
 }
 
 /// `{"__id": N}` of a navigation field.

@@ -11,8 +11,14 @@ use super::{
 
 impl World {
     pub(super) fn candidates(&self, table: &str, filter: Option<&Expr>) -> Vec<u64> {
+        // `belongs_to__application eq N`, alone or as the left side of an `and` (keyset pages:
+        // `(belongs_to__application eq N) and id gt M`).
+        let mut f = filter;
+        while let Some(Expr::And(l, _)) = f {
+            f = Some(l.as_ref());
+        }
         if table == "device" {
-            if let Some(Expr::Cmp(CmpOp::Eq, l, r)) = filter {
+            if let Some(Expr::Cmp(CmpOp::Eq, l, r)) = f {
                 if let (Expr::Path(p), Expr::Lit(Lit::Num(n))) = (l.as_ref(), r.as_ref()) {
                     if p.len() == 1 && p[0] == "belongs_to__application" {
                         return self
@@ -38,7 +44,7 @@ impl World {
         opts: &Options,
         caller: &Caller,
     ) -> Result<Vec<Value>, ReadError> {
-        self.check_readable(table, caller)?;
+        self.check_readable(table, opts, caller)?;
         let ids = self.select_ids(table, key_ids, opts, caller)?;
         ids.iter()
             .map(|id| self.project(table, &self.tables[table][id], opts, caller))
@@ -53,7 +59,7 @@ impl World {
         opts: &Options,
         caller: &Caller,
     ) -> Result<usize, ReadError> {
-        self.check_readable(table, caller)?;
+        self.check_readable(table, opts, caller)?;
         Ok(self.select_ids(table, key_ids, opts, caller)?.len())
     }
 
