@@ -41,8 +41,17 @@ impl Simulator {
         listen: &str,
         tls: Option<rustls::ServerConfig>,
     ) -> std::io::Result<Self> {
+        Self::serve(World::generate(spec), listen, tls)
+    }
+
+    /// Serves a world built elsewhere (e.g. [`World::from_dump`]) on `listen`.
+    pub fn serve(
+        world: World,
+        listen: &str,
+        tls: Option<rustls::ServerConfig>,
+    ) -> std::io::Result<Self> {
         let state = Arc::new(SimState::default());
-        *state.world.write().expect("fresh lock") = World::generate(spec);
+        *state.world.write().expect("fresh lock") = world;
         let listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         let data = web::Data::new(state.clone());

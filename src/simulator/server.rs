@@ -319,8 +319,9 @@ fn answer(
 
 /// The simulator's own control surface (not part of the balena API), for `--demo` users and
 /// end-to-end tests driving a simulator in another process:
-/// `GET /_sim/fleets` (ground truth per fleet) and `POST /_sim/offline?fleet=SLUG` (every device
-/// of the fleet goes offline).
+/// `GET /_sim/fleets` (ground truth per fleet), `POST /_sim/offline?fleet=SLUG` (every device
+/// of the fleet goes offline) and `GET /_sim/requests` (the request log: path, raw query,
+/// caller, status).
 fn admin(state: &SimState, req: &HttpRequest, action: &str, query: &str) -> HttpResponse {
     let param = |name: &str| {
         url::form_urlencoded::parse(query.as_bytes())
@@ -349,6 +350,17 @@ fn admin(state: &SimState, req: &HttpRequest, action: &str, query: &str) -> Http
                 })
                 .collect();
             json_ok(&Value::Array(fleets))
+        }
+        ("requests", false) => {
+            let Ok(log) = state.log.lock() else {
+                return error_response(500, None);
+            };
+            let rows: Vec<Value> = log
+                .iter()
+                .filter(|r| !r.path.starts_with("/_sim/"))
+                .map(|r| json!({"path": r.path, "query": r.query, "caller": r.caller, "status": r.status}))
+                .collect();
+            json_ok(&Value::Array(rows))
         }
         ("offline", true) => {
             let Some(slug) = param("fleet") else {

@@ -215,6 +215,54 @@ impl World {
         self.tables.entry(table).or_default().insert(id, row);
     }
 
+    /// A world from rows as the balena API returns them, and users with their tokens: how the
+    /// conformance suite (tests/conformance) loads the data of a seeded open-balena-api, so
+    /// that both servers can be asked the same questions about the same data.
+    ///
+    /// `{"tables": {"organization": [row, ...], "application": [...], "device": [...],
+    /// "release": [...], "device_type": [...], "device_tag": [...]},
+    ///  "users": [{"username": "...", "token": "...", "orgs": ["handle", ...]}]}`;
+    /// navigation fields as `{"__id": N}`, as the API writes them.
+    pub fn from_dump(dump: &Value) -> Result<Self, String> {
+        let mut w = World::default();
+        let tables = dump["tables"].as_object().ok_or("no \"tables\" object")?;
+        for (name, rows) in tables {
+            let table: &'static str = match name.as_str() {
+                "organization" => "organization",
+                "application" => "application",
+                "device" => "device",
+                "release" => "release",
+                "device_type" => "device_type",
+                "device_tag" => "device_tag",
+                other => return Err(format!("unknown table {other:?}")),
+            };
+            for row in rows.as_array().ok_or(format!("{name}: not an array"))? {
+                if row["id"].as_u64().is_none() {
+                    return Err(format!("{name}: a row without a numeric id"));
+                }
+                // Fields the real model lacks (e.g. `is_active`, `is_public`) read as null.
+                let mut row = row.clone();
+                if let Value::Object(fields) = &mut row {
+                    for f in stored(table).unwrap_or_default() {
+                        fields.entry(f.to_string()).or_insert(Value::Null);
+                    }
+                }
+                w.insert(table, row);
+            }
+        }
+        for user in dump["users"].as_array().into_iter().flatten() {
+            let field = |k: &str| user[k].as_str().ok_or(format!("user without {k:?}"));
+            let orgs: Vec<&str> = user["orgs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            w.add_user(field("username")?, field("token")?, &orgs);
+        }
+        Ok(w)
+    }
+
     /// Removes a row (a device also from the fleet index). Returns whether it was there.
     pub fn remove(&mut self, table: &'static str, id: u64) -> bool {
         let Some(row) = self.tables.get_mut(table).and_then(|t| t.remove(&id)) else {
@@ -469,22 +517,28 @@ pub fn nav_id(row: &Row, field: &str) -> Option<u64> {
     row.get(field)?.get("__id")?.as_u64()
 }
 
+/// A field of a row, null when the row has no such field (rows loaded from the real API lack
+/// the fields its model does not have, e.g. `is_active`).
+fn get<'a>(d: &'a Row, field: &str) -> &'a Value {
+    d.get(field).unwrap_or(&Value::Null)
+}
+
 /// `overall_status` by the server's rules, first match wins (reference §7).
 pub fn overall_status(d: &Row) -> &'static str {
-    let vpn = d["is_connected_to_vpn"] == true;
-    let hb = d["api_heartbeat_state"].as_str().unwrap_or("unknown");
+    let vpn = get(d, "is_connected_to_vpn") == true;
+    let hb = get(d, "api_heartbeat_state").as_str().unwrap_or("unknown");
     let hb_on = hb == "online" || hb == "timeout";
-    if d["is_active"] == false {
+    if get(d, "is_active") == false {
         "inactive"
-    } else if d["provisioning_state"] == "Post-Provisioning" {
+    } else if get(d, "provisioning_state") == "Post-Provisioning" {
         "post-provisioning"
-    } else if !vpn && d["last_connectivity_event"].is_null() && hb == "unknown" {
+    } else if !vpn && get(d, "last_connectivity_event").is_null() && hb == "unknown" {
         "configuring"
     } else if !vpn && (hb == "offline" || hb == "unknown") {
         "disconnected"
-    } else if hb_on && !d["download_progress"].is_null() && d["status"] == "Downloading" {
+    } else if hb_on && !get(d, "download_progress").is_null() && get(d, "status") == "Downloading" {
         "updating"
-    } else if !d["provisioning_progress"].is_null() {
+    } else if !get(d, "provisioning_progress").is_null() {
         "configuring"
     } else if hb == "timeout" || (vpn && hb != "online") || (!vpn && hb == "online") {
         "reduced-functionality"
@@ -496,9 +550,9 @@ pub fn overall_status(d: &Row) -> &'static str {
 fn overall_progress(d: &Row) -> Value {
     match overall_status(d) {
         "inactive" | "disconnected" => Value::Null,
-        "post-provisioning" | "configuring" => d["provisioning_progress"].clone(),
-        "updating" => d["download_progress"].clone(),
-        _ => d["provisioning_progress"].clone(),
+        "post-provisioning" | "configuring" => get(d, "provisioning_progress").clone(),
+        "updating" => get(d, "download_progress").clone(),
+        _ => get(d, "provisioning_progress").clone(),
     }
 }
 

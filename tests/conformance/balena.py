@@ -1,0 +1,256 @@
+"""Talking to a running open-balena-api: HTTP, OData quoting, seeding through the API, and the
+ground truth the conformance suite compares the exporter with.
+
+The ground truth is computed here from independent queries (plain `$select`s of each table,
+no `$expand`), never from the exporter's own request shapes, so that a mistake in those shapes
+cannot hide in both sides.
+"""
+
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import datetime
+
+MIB = 1024 * 1024
+STATUSES = ["configuring", "disconnected", "inactive", "operational", "post-provisioning",
+            "reduced-functionality", "updating"]
+STATES = ["online", "offline", "timeout", "unknown"]
+
+
+def quote(value):
+    """An OData string literal ('' doubles a quote), percent-encoded the way the API accepts."""
+    return urllib.parse.quote("'" + value.replace("'", "''") + "'", safe="'")
+
+
+class Api:
+    def __init__(self, url, token=None):
+        self.url = url.rstrip("/")
+        self.token = token
+
+    def request(self, method, path, body=None, token=None, raw_query=""):
+        url = self.url + path + (("?" + raw_query) if raw_query else "")
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        tok = self.token if token is None else token
+        if tok:
+            req.add_header("Authorization", f"Bearer {tok}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def json(self, method, path, body=None, raw_query="", expect=(200, 201)):
+        status, text = self.request(method, path, body, raw_query=raw_query)
+        if status not in expect:
+            raise RuntimeError(f"{method} {path}?{raw_query}: {status} {text[:300]!r}")
+        return json.loads(text) if text.strip() else None
+
+    def get(self, resource, query):
+        """`GET /v7/<resource>?<query>` → rows."""
+        return self.json("GET", f"/v7/{resource}", raw_query=query)["d"]
+
+    def post(self, resource, body):
+        return self.json("POST", f"/v7/{resource}", body)
+
+    def patch(self, resource, rid, body):
+        self.json("PATCH", f"/v7/{resource}({rid})", body)
+
+
+def login(url, email, password):
+    status, text = Api(url).request("POST", "/login_", {"username": email, "password": password})
+    assert status == 200, (status, text)
+    return text.decode().strip().strip('"')
+
+
+def api_key(url, jwt, name, expiry=None):
+    body = {"name": name}
+    if expiry:
+        body["expiryDate"] = expiry
+    status, text = Api(url, jwt).request("POST", "/api-key/user/full", body)
+    assert status in (200, 201), (status, text)
+    return json.loads(text)
+
+
+def psql(pg_port, sql):
+    """Runs SQL as postgres on the throwaway cluster (bulk rows only; see seed.py)."""
+    out = subprocess.run(["psql", "-X", "-q", "-t", "-A", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres",
+                          "-d", "balena", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def epoch(iso):
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def nav(value):
+    """The id of a navigation field (`{"__id": N}`), or None."""
+    return value["__id"] if isinstance(value, dict) else None
+
+
+def sanitize_tag(key):
+    """A tag key as a label name suffix: what docs/configuration.md says of device_tags."""
+    out = "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in key.lower())
+    return out
+
+
+DEVICE_SELECT = ",".join([
+    "id", "uuid", "device_name", "belongs_to__application", "is_of__device_type", "is_online",
+    "api_heartbeat_state", "overall_status", "overall_progress", "os_version", "os_variant",
+    "supervisor_version", "cpu_usage", "cpu_temp", "memory_usage", "memory_total", "storage_usage",
+    "storage_total", "is_undervolted", "last_connectivity_event", "is_running__release",
+    "should_be_running__release",
+])
+
+
+class Truth:
+    """What the API says, by independent queries: fleets, devices, releases, tags."""
+
+    def __init__(self, api):
+        self.orgs = {o["id"]: o["handle"] for o in api.get("organization", "$select=id,handle")}
+        self.types = {t["id"]: t["slug"] for t in api.get("device_type", "$select=id,slug")}
+        self.releases = {r["id"]: r["commit"] for r in api.get("release", "$select=id,commit")}
+        self.fleets = {f["slug"]: f for f in api.get(
+            "application", "$select=id,app_name,slug,organization,is_for__device_type,should_be_running__release")}
+        self.devices = {}
+        for slug, f in self.fleets.items():
+            rows, after = [], 0
+            while True:  # plain keyset pages of 1000, written independently of the exporter's
+                page = api.get("device", f"$select={DEVICE_SELECT}&$filter=belongs_to__application%20eq%20{f['id']}"
+                                         f"%20and%20id%20gt%20{after}&$orderby=id%20asc&$top=1000")
+                if not page:
+                    break
+                rows += page
+                after = page[-1]["id"]
+            self.devices[slug] = rows
+        self.tags = {}
+        for t in api.get("device_tag", "$select=device,tag_key,value"):
+            self.tags.setdefault(nav(t["device"]), {})[t["tag_key"]] = t["value"]
+
+    def fleet_series(self, slug, module):
+        f = self.fleets[slug]
+        devs = self.devices[slug]
+        out = {}
+        target = self.releases.get(nav(f["should_be_running__release"]), "")
+        out[("balena_fleet_info", (("device_type", self.types[nav(f["is_for__device_type"])]),
+                                   ("fleet", slug), ("fleet_id", str(f["id"])),
+                                   ("organization", self.orgs[nav(f["organization"])]),
+                                   ("target_release", target)))] = 1.0
+        fl = (("fleet", slug),)
+        online = sum(1 for d in devs if d["is_online"])
+        out[("balena_fleet_devices_online", fl)] = float(online)
+        if module.get("legacy_devices_online"):
+            out[("balena_devices_online", (("fleet_name", f["app_name"]),))] = float(online)
+        if module.get("counts_only"):
+            return out
+        out[("balena_fleet_devices", fl)] = float(len(devs))
+        for s in STATUSES:
+            out[("balena_fleet_devices_status", fl + (("status", s),))] = float(
+                sum(1 for d in devs if d["overall_status"] == s))
+        for s in STATES:
+            out[("balena_fleet_devices_heartbeat", fl + (("state", s),))] = float(
+                sum(1 for d in devs if d["api_heartbeat_state"] == s))
+        out[("balena_fleet_devices_on_target_release", fl)] = float(sum(1 for d in devs if self.on_target(d)))
+        out[("balena_fleet_devices_undervolted", fl)] = float(sum(1 for d in devs if d["is_undervolted"]))
+        if module.get("devices", True):
+            for d in devs:
+                out.update(self.device_series(slug, d, module.get("device_tags", [])))
+        return out
+
+    @staticmethod
+    def on_target(d):
+        target = nav(d["should_be_running__release"])
+        return target is not None and nav(d["is_running__release"]) == target
+
+    def device_series(self, slug, d, tag_keys):
+        base = (("device_name", d["device_name"]), ("device_uuid", d["uuid"]), ("fleet", slug))
+        tags = self.tags.get(d["id"], {})
+        info = dict(base)
+        info.update(device_type=self.types[nav(d["is_of__device_type"])], os_version=d["os_version"] or "",
+                    os_variant=d["os_variant"] or "", supervisor_version=d["supervisor_version"] or "",
+                    release=self.releases.get(nav(d["is_running__release"]), ""))
+        for k in tag_keys:
+            info["tag_" + sanitize_tag(k)] = tags.get(k, "")
+        out = {("balena_device_info", tuple(sorted(info.items()))): 1.0}
+
+        def put(name, value, extra=()):
+            if value is not None:
+                out[(name, tuple(sorted(base + extra)))] = float(value)
+        put("balena_device_online", None if d["is_online"] is None else int(d["is_online"]))
+        put("balena_device_status", 1, (("status", d["overall_status"]),))
+        put("balena_device_heartbeat", 1, (("state", d["api_heartbeat_state"]),))
+        put("balena_device_last_connectivity_timestamp_seconds",
+            None if d["last_connectivity_event"] is None else epoch(d["last_connectivity_event"]))
+        put("balena_device_cpu_usage_ratio", None if d["cpu_usage"] is None else d["cpu_usage"] / 100)
+        put("balena_device_cpu_temperature_celsius", d["cpu_temp"])
+        for field in ("memory_usage", "memory_total", "storage_usage", "storage_total"):
+            put(f"balena_device_{field}_bytes", None if d[field] is None else d[field] * MIB)
+        put("balena_device_undervolted", None if d["is_undervolted"] is None else int(d["is_undervolted"]))
+        if nav(d["should_be_running__release"]) is not None:
+            put("balena_device_on_target_release", int(self.on_target(d)))
+        put("balena_device_update_progress_ratio",
+            None if d["overall_progress"] is None else d["overall_progress"] / 100)
+        return out
+
+
+def parse_exposition(text):
+    """Prometheus text format → {(name, ((label, value), ...)): value} (sorted labels)."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_end = min(i for i in (line.find("{"), line.find(" ")) if i >= 0)
+        name, rest = line[:name_end], line[name_end:]
+        labels = []
+        if rest.startswith("{"):
+            i = 1
+            while rest[i] != "}":
+                eq = rest.index("=", i)
+                key = rest[i:eq].strip().lstrip(",").strip()
+                assert rest[eq + 1] == '"', line
+                j, val = eq + 2, []
+                while rest[j] != '"':
+                    if rest[j] == "\\":
+                        val.append({"\\": "\\", '"': '"', "n": "\n"}[rest[j + 1]])
+                        j += 2
+                    else:
+                        val.append(rest[j])
+                        j += 1
+                labels.append((key, "".join(val)))
+                i = j + 1
+                if rest[i] == ",":
+                    i += 1
+            rest = rest[i + 1:]
+        key = (name, tuple(sorted(labels)))
+        assert key not in out, f"duplicate series {key}"
+        out[key] = float(rest.split()[0])
+    return out
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def env_file(path):
+    env = {}
+    with open(path) as f:
+        for line in f:
+            k, _, v = line.strip().partition("=")
+            if k:
+                env[k] = v.strip("'\"")
+    return env
+
+
+def here(*parts):
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), *parts)

@@ -1,0 +1,129 @@
+"""Seeds a fresh open-balena-api through its own API: two organizations, fleets (one empty,
+one of 2,000+ devices), devices in every `overall_status` and `api_heartbeat_state` the API can
+be made to compute, metrics with nulls, undervolted devices, a fleet target release with devices
+on it, off it and pinned to another release, device tags with odd characters, and one device
+whose heartbeat comes from its own device key.
+
+Two things go in with SQL, and only these: the second organization (users cannot create
+organizations through open-balena-api; add-org.sh) and the 2,000 rows of the big fleet
+(through the API they would take minutes; each is an ordinary device row, read back through
+the API like every other).
+"""
+
+import subprocess
+import time
+from datetime import datetime, timedelta, timezone
+
+from balena import psql
+
+BIG_DEVICES = 2000
+TAG_KEYS = ["location", "Floor-2", "owner.team"]
+
+
+def iso(dt):
+    return dt.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def commit(n):
+    return f"{n:032x}"
+
+
+def uuid(n):
+    return f"{0xc0ffee000000 + n:032x}"
+
+
+def seed(api, env, add_org):
+    now = datetime.now(timezone.utc)
+    types = {t["slug"]: t["id"] for t in api.get("device_type", "$select=id,slug")}
+    orgs = {o["handle"]: o["id"] for o in api.get("organization", "$select=id,handle")}
+    out = subprocess.run([add_org, env["DIR"], "partner", "Partner Org"], capture_output=True, text=True, check=True)
+    orgs["partner"] = int(out.stdout.split()[-1])
+
+    def fleet(org, name, dtype):
+        return api.post("application", {"app_name": name, "organization": orgs[org],
+                                        "is_for__device_type": types[dtype]})["id"]
+    fleets = {
+        "admin/screens": fleet("admin", "Screens", "raspberrypi4-64"),
+        "admin/empty-fleet": fleet("admin", "Empty-Fleet", "raspberrypi4-64"),
+        "admin/big-fleet": fleet("admin", "Big-Fleet", "raspberrypi3"),
+        "partner/kiosks": fleet("partner", "Kiosks", "intel-nuc"),
+    }
+
+    def release(fid, n):
+        return api.post("release", {"belongs_to__application": fid, "commit": commit(n), "composition": {},
+                                    "status": "success", "source": "cloud", "start_timestamp": iso(now)})["id"]
+    screens = fleets["admin/screens"]
+    r_target, r_other = release(screens, 1), release(screens, 2)
+    api.patch("application", screens, {"should_track_latest_release": False, "should_be_running__release": r_target})
+    release(fleets["partner/kiosks"], 3)  # a release, but no target: on-target series are absent
+
+    connected = iso(now - timedelta(hours=1))
+    metrics = {"cpu_usage": 37, "cpu_temp": 52, "memory_usage": 812, "memory_total": 3906,
+               "storage_usage": 2048, "storage_total": 29000}
+    online = {"is_online": True, "api_heartbeat_state": "online", "is_connected_to_vpn": True,
+              "last_connectivity_event": connected, "os_version": "balenaOS 6.0.13", "os_variant": "prod",
+              "supervisor_version": "16.4.6"}
+    # name -> (fields PATCHed, tags). Each comment is the overall_status the API computes.
+    specs = {
+        "op-1": (dict(online, **metrics, is_running__release=r_target), {"location": "Zürich \"HQ\" \\ west"}),
+        "op-undervolted": (dict(online, is_undervolted=True, is_running__release=r_other), {"location": "Köln"}),
+        "pinned-on": (dict(online, is_pinned_on__release=r_other, is_running__release=r_other),
+                      {"Floor-2": "2nd 'wing'"}),
+        "pinned-off": (dict(online, is_pinned_on__release=r_other, is_running__release=r_target), {}),
+        "disconnected": (dict(online, is_online=False, api_heartbeat_state="offline", is_connected_to_vpn=False,
+                              last_connectivity_event=iso(now - timedelta(days=2)), cpu_usage=0, cpu_temp=None),
+                         {"owner.team": "ops"}),
+        "never-connected": ({}, {}),  # configuring: no VPN, heartbeat unknown, never connected
+        "post-provisioning": ({"provisioning_state": "Post-Provisioning", "provisioning_progress": 90}, {}),
+        "updating": (dict(online, status="Downloading", download_progress=42, is_running__release=r_other), {}),
+        "provisioning": (dict(online, provisioning_progress=60), {}),  # configuring, with progress
+        "hb-timeout": (dict(online, api_heartbeat_state="timeout"), {}),  # reduced-functionality
+        "no-vpn": (dict(online, is_connected_to_vpn=False), {}),  # reduced-functionality
+        "Café \"lobby\" 'west' \\ ✓": (dict(online, **metrics), {"location": "naïve \"quoted\" \\ value"}),
+    }
+    devices = {}
+    for i, (name, (fields, tags)) in enumerate(specs.items()):
+        did = api.post("device", {"belongs_to__application": screens, "is_of__device_type": types["raspberrypi4-64"],
+                                  "uuid": uuid(i), "device_name": name})["id"]
+        if fields:
+            api.patch("device", did, fields)
+        for k, v in tags.items():
+            api.post("device_tag", {"device": did, "tag_key": k, "value": v})
+        devices[name] = did
+    for i in range(3):
+        did = api.post("device", {"belongs_to__application": fleets["partner/kiosks"],
+                                  "is_of__device_type": types["intel-nuc"], "uuid": uuid(100 + i),
+                                  "device_name": f"kiosk-{i}"})["id"]
+        api.patch("device", did, dict(online, cpu_usage=10 * i, is_online=i != 2))
+    # The API refuses whitespace in tag keys: the suite checks that answer too.
+    status, _ = api.request("POST", "/v7/device_tag", {"device": devices["op-1"], "tag_key": "bad key", "value": "x"})
+    assert status == 400, f"a tag key with whitespace answered {status}"
+
+    # A device that heartbeats with its own device key, as a supervisor does.
+    hb = api.post("device", {"belongs_to__application": screens, "is_of__device_type": types["raspberrypi4-64"],
+                             "uuid": uuid(50), "device_name": "heartbeat"})["id"]
+    status, key = api.request("POST", f"/api-key/device/{hb}/device-key", {})
+    assert status in (200, 201), (status, key)
+    device_key = key.decode().strip().strip('"')
+    devices["heartbeat"] = hb
+
+    dt = types["raspberrypi3"]
+    psql(env["PG_PORT"], f"""
+        with a as (insert into actor ("created at") select now() from generate_series(1, {BIG_DEVICES}) returning id),
+             n as (select id, row_number() over (order by id) as i from a)
+        insert into device (actor, uuid, "device name", "is of-device type", "belongs to-application", "is online",
+                            "api heartbeat state", "is connected to vpn", "last connectivity event", "cpu usage",
+                            "memory usage", "memory total", "is undervolted", "os version")
+        select id, md5('big-' || i), 'big-' || i, {dt}, {fleets["admin/big-fleet"]}, i % 3 = 0,
+               (array['online','offline','timeout','unknown'])[1 + i % 4], i % 2 = 0,
+               now() - (i || ' minutes')::interval, case when i % 5 = 0 then null else i % 100 end,
+               100 + i % 50, 1024, i % 97 = 0, 'balenaOS 5.1.' || (i % 7)
+        from n""")
+    return {"fleets": fleets, "devices": devices, "device_key": device_key, "orgs": orgs,
+            "releases": {"target": r_target, "other": r_other}, "seeded_at": time.time()}
+
+
+def heartbeat(api, uuid_hex, device_key):
+    """`GET /device/v3/<uuid>/state` with the device's key: what makes the API see it online."""
+    status, body = api.request("GET", f"/device/v3/{uuid_hex}/state", token=device_key)
+    assert status == 200, (status, body[:200])
