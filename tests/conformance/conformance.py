@@ -306,8 +306,7 @@ def main():
     status, _ = Api(url, tokens["expired"]).request("GET", "/actor/v1/whoami")
     r.check(status == 401, "the expired key is refused by the API itself", f"    whoami answered {status}")
     t0 = time.time()
-    seeded = seed(api, env, here("add-org.sh") if os.path.exists(here("add-org.sh")) else os.path.join(
-        os.environ["REAL_BALENA_API_SCRIPTS"], "add-org.sh"))
+    seeded = seed(api, env, here("real-balena-api", "add-org.sh"))
     print(f"seeded through the API in {time.time() - t0:.1f}s: {len(seeded['fleets'])} fleets, "
           f"{len(seeded['devices'])} devices by API, 2,000 by SQL")
     targets = {name: t for name, (t, _) in TARGETS.items()}

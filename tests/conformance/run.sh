@@ -5,15 +5,23 @@
 #
 #   tests/conformance/run.sh [EXPORTER_BIN [SIMULATOR_BIN]]
 #
-# The scripts and the open-balena-api source come from REAL_BALENA_API_SCRIPTS (default:
-# ../shared/real-balena-api beside the repository; the GitHub workflow builds the same tarball
-# from the pinned upstream commit). Without them, or when the API cannot be installed or
-# started, the suite fails under CI=true and says it was skipped otherwise: never silently.
+# The scripts are in tests/conformance/real-balena-api; the open-balena-api source tarball is
+# REAL_BALENA_API_TARBALL, by default ../shared/real-balena-api/open-balena-api-61a847a.tar.gz
+# beside the repository (the GitHub workflow builds the same tarball from the pinned upstream
+# commit). Without it, or when the API cannot be installed or started, the suite fails under
+# CI=true and says it was skipped otherwise: never silently.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=${1:-$root/target/debug/balena-exporter}
 sim=${2:-$root/target/debug/examples/simulator}
-scripts=${REAL_BALENA_API_SCRIPTS:-$root/../shared/real-balena-api}
+scripts=$root/tests/conformance/real-balena-api
+tarball=open-balena-api-61a847a.tar.gz
+if [ -z "${REAL_BALENA_API_TARBALL:-}" ]; then
+  for d in "$root/../shared/real-balena-api" /work/shared/real-balena-api; do
+    [ -f "$d/$tarball" ] && { REAL_BALENA_API_TARBALL=$d/$tarball; break; }
+  done
+fi
+export REAL_BALENA_API_TARBALL
 dir=${REAL_BALENA_API_DIR:-$HOME/.cache/real-balena-api}
 
 unavailable() {
@@ -24,7 +32,7 @@ unavailable() {
   echo "conformance: SKIPPED (not CI): the real balena API is not available: $*" >&2
   exit 0
 }
-[ -x "$scripts/install.sh" ] || unavailable "no $scripts/install.sh (set REAL_BALENA_API_SCRIPTS)"
+[ -f "${REAL_BALENA_API_TARBALL:-}" ] || unavailable "no $tarball (set REAL_BALENA_API_TARBALL)"
 [ -x "$bin" ] || { echo "conformance: no exporter binary $bin (cargo build)" >&2; exit 1; }
 [ -x "$sim" ] || { echo "conformance: no simulator binary $sim (cargo build --example simulator)" >&2; exit 1; }
 
@@ -33,4 +41,4 @@ trap '"$scripts/stop.sh" "$dir" >/dev/null 2>&1 || true' EXIT
 # Short heartbeat timeouts, so that a device-key heartbeat is seen to expire within seconds.
 REAL_BALENA_API_ENV="DEFAULT_SUPERVISOR_POLL_INTERVAL=4000 API_HEARTBEAT_STATE_TIMEOUT_SECONDS=5" \
   "$scripts/start.sh" "$dir" || unavailable "start.sh failed"
-REAL_BALENA_API_SCRIPTS=$scripts python3 "$root/tests/conformance/conformance.py" "$dir" "$bin" "$sim"
+python3 "$root/tests/conformance/conformance.py" "$dir" "$bin" "$sim"
