@@ -65,7 +65,7 @@ pub struct ApiConfig {
     #[serde(with = "duration")]
     pub cache_ttl: Duration,
     /// How long a fleet's row (id, name, organization, target release) is reused by fleet
-    /// targets, so that a steady-state probe is one request (0 disables).
+    /// targets, so that a steady-state probe is the device listing alone (0 disables).
     #[serde(with = "duration")]
     pub fleet_cache_ttl: Duration,
     /// Devices per request; larger fleets are paged.
@@ -83,7 +83,7 @@ impl Default for ApiConfig {
             max_concurrency: 4,
             cache_ttl: Duration::from_secs(30),
             fleet_cache_ttl: Duration::from_secs(300),
-            page_size: 20_000,
+            page_size: 10_000,
             max_response_bytes: 256 * 1024 * 1024,
         }
     }

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Paging and probe timings against the real balena API (open-balena-api on loopback), for
+docs/performance.md. Not a test: numbers, measured in one run so that ratios compare.
+
+    tests/conformance/real-balena-api/install.sh ~/.cache/real-balena-api
+    tests/conformance/real-balena-api/start.sh ~/.cache/real-balena-api
+    python3 tests/conformance/bench.py ~/.cache/real-balena-api target/release/balena-exporter [DEVICES]
+
+Seeds one fleet of DEVICES (default 50,000) devices (SQL rows, read through the API), then
+measures: one page of 1k/5k/10k/20k rows per module (time, bytes); a whole listing by keyset
+pages and by `$skip` pages; how a listing's end is found (an empty keyset page, or `$count`);
+and the exporter's probe of the fleet per module and page size next to the raw requests it
+makes (the same requests, read to the end by this script, nothing decoded).
+"""
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from balena import Api, api_key, env_file, free_port, login, psql  # noqa: E402
+
+DEVICE_FIELDS = ("id,uuid,device_name,belongs_to__application,is_online,api_heartbeat_state,overall_status,"
+                 "overall_progress,os_version,os_variant,supervisor_version,cpu_usage,cpu_temp,memory_usage,"
+                 "memory_total,storage_usage,storage_total,is_undervolted,last_connectivity_event,"
+                 "should_be_running__release")
+SUMMARY_FIELDS = "id,belongs_to__application,is_online,api_heartbeat_state,overall_status,is_undervolted,should_be_running__release"
+MODULES = {  # the exporter's $select/$expand per module (src/balena/mod.rs, device_query)
+    "default": (DEVICE_FIELDS, "is_running__release($select=id,commit),is_of__device_type($select=slug)"),
+    "summary": (SUMMARY_FIELDS, "is_running__release($select=id,commit)"),
+}
+
+
+def query(module, fleet, top=None, after=None, skip=None):
+    select, expand = MODULES[module]
+    flt = f"belongs_to__application eq {fleet}"
+    if after is not None:
+        flt = f"({flt}) and id gt {after}"
+    q = f"$select={select}&$expand={expand}&$filter={flt}&$orderby=id asc"
+    if top:
+        q += f"&$top={top}"
+    if skip:
+        q += f"&$skip={skip}"
+    return q.replace(" ", "%20")
+
+
+def timed(api, path, q):
+    t = time.perf_counter()
+    status, body = api.request("GET", path, raw_query=q)
+    assert status == 200, (status, body[:200])
+    return time.perf_counter() - t, body
+
+
+def listing(api, module, fleet, page, keyset=True, limit=None):
+    """Reads a whole listing (or `limit` rows); returns (seconds spent in requests, pages, bytes).
+    Rows are parsed outside the timed part (only to find the last id)."""
+    spent, pages, size, after, rows = 0.0, 0, 0, None, 0
+    while True:
+        q = query(module, fleet, page, after=after) if keyset else query(module, fleet, page, skip=rows or None)
+        s, body = timed(api, "/v7/device", q)
+        spent += s
+        pages += 1
+        size += len(body)
+        d = json.loads(body)["d"]
+        if not d:
+            break
+        rows += len(d)
+        after = d[-1]["id"]
+        if limit and rows >= limit:
+            break
+    return spent, pages, size
+
+
+def probe(binary, url, token, fleet_slug, module, page):
+    with tempfile.TemporaryDirectory() as d:
+        cfg = os.path.join(d, "c.yml")
+        with open(cfg, "w") as f:
+            f.write(f"api:\n  url: {url}\n  cache_ttl: 0s\n  timeout: 60s\n  page_size: {page}\nauths:\n  a:\n"
+                    f"    token: {token}\nmodules:\n  default: {{devices: true}}\n  summary: {{devices: false}}\n"
+                    f"targets:\n  t: {{fleet: {fleet_slug}, auth: a}}\n")
+        port = free_port()
+        import subprocess
+        p = subprocess.Popen([binary, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/probe?target=t&module={module}",
+                                             headers={"Accept-Encoding": "gzip"})
+                with urllib.request.urlopen(req, timeout=120) as r:
+                    r.read()
+                times.append(time.perf_counter() - t)
+            return statistics.median(times)
+        finally:
+            p.terminate()
+            p.wait()
+
+
+def main():
+    api_dir, binary = sys.argv[1:3]
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 50_000
+    env = env_file(os.path.join(api_dir, "run", "env"))
+    url = env["BALENA_API_URL"]
+    token = api_key(url, login(url, env["SUPERUSER_EMAIL"], env["SUPERUSER_PASSWORD"]), "bench")
+    api = Api(url, token)
+    types = {t["slug"]: t["id"] for t in api.get("device_type", "$select=id,slug")}
+    fleet = api.post("application", {"app_name": f"Bench-{n}", "organization": 1,
+                                     "is_for__device_type": types["raspberrypi4-64"]})
+    fid, slug = fleet["id"], fleet["slug"]
+    t = time.perf_counter()
+    psql(env["PG_PORT"], f"""
+        with a as (insert into actor ("created at") select now() from generate_series(1, {n}) returning id),
+             x as (select id, row_number() over (order by id) as i from a)
+        insert into device (actor, uuid, "device name", "is of-device type", "belongs to-application", "is online",
+                            "api heartbeat state", "is connected to vpn", "last connectivity event", "cpu usage",
+                            "cpu temp", "memory usage", "memory total", "storage usage", "storage total",
+                            "is undervolted", "os version", "os variant", "supervisor version")
+        select id, md5('bench-' || i), 'bench-device-' || i, {types['raspberrypi4-64']}, {fid}, i % 3 <> 0,
+               (array['online','offline','timeout','unknown'])[1 + i % 4], i % 2 = 0,
+               now() - (i || ' seconds')::interval, i % 100, 40 + i % 30, 500 + i % 400, 3906, 2000 + i % 900,
+               29000, i % 97 = 0, 'balenaOS 6.0.' || (i % 20), 'prod', '16.4.' || (i % 9)
+        from x""")
+    psql(env["PG_PORT"], "analyze device")
+    print(f"seeded {n} devices in {time.perf_counter() - t:.1f}s (fleet {slug})\n")
+
+    print("one page, first of the listing (median of 3):")
+    print("| module | rows | time | bytes |\n|---|---|---|---|")
+    for module in MODULES:
+        for page in (1000, 5000, 10000, 20000):
+            ts, size = [], 0
+            for _ in range(3):
+                s, body = timed(api, "/v7/device", query(module, fid, page))
+                ts.append(s)
+                size = len(body)
+            print(f"| {module} | {page:,} | {statistics.median(ts) * 1000:.0f} ms | {size / 1e6:.1f} MB |")
+
+    print("\nwhole listing of the fleet, module default:")
+    print("| paging | page | time | pages |\n|---|---|---|---|")
+    for page in (1000, 5000, 10000, 20000):
+        s, pages, _ = listing(api, "default", fid, page)
+        print(f"| keyset | {page:,} | {s:.2f} s | {pages} (last empty) |")
+    s, pages, _ = listing(api, "default", fid, 1000, keyset=False, limit=10_000)
+    k, kpages, _ = listing(api, "default", fid, 1000, keyset=True, limit=10_000)
+    print(f"| $skip, first 10,000 rows | 1,000 | {s:.2f} s | {pages} |")
+    print(f"| keyset, first 10,000 rows | 1,000 | {k:.2f} s | {kpages} |")
+
+    print("\nfinding the end of a listing (median of 5):")
+    last = api.get("device", f"$select=id&$filter=belongs_to__application%20eq%20{fid}&$orderby=id%20desc&$top=1")[0]["id"]
+    empty = statistics.median(timed(api, "/v7/device", query("default", fid, 20000, after=last))[0] for _ in range(5))
+    count = statistics.median(timed(api, "/v7/device/$count", f"$filter=belongs_to__application%20eq%20{fid}")[0]
+                              for _ in range(5))
+    print(f"| empty keyset page after the last id | {empty * 1000:.1f} ms |\n| `$count` of the fleet | {count * 1000:.1f} ms |")
+
+    print(f"\nprobe of the {n:,}-device fleet vs the raw requests it makes (median of 3, gzip answer):")
+    print("| module | page_size | probe | raw requests | ratio |\n|---|---|---|---|---|")
+    for module in MODULES:
+        for page in (5000, 10000, 20000):
+            raw = statistics.median(listing(api, module, fid, page)[0] for _ in range(3))
+            p = probe(binary, url, token, slug, module, page)
+            print(f"| {module} | {page:,} | {p:.2f} s | {raw:.2f} s | {p / raw:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
