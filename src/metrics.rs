@@ -295,29 +295,6 @@ fn write_value(buf: &mut String, v: f64) {
     }
 }
 
-/// A label name from free text (a tag key): `[a-zA-Z0-9_]`, not starting with a digit or `__`.
-pub fn sanitize_label_name(key: &str) -> String {
-    let mut out: String = key
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    while out.contains("__") {
-        out = out.replace("__", "_");
-    }
-    let out = out.trim_matches('_').to_string();
-    if out.is_empty() {
-        "_".into()
-    } else {
-        out
-    }
-}
-
 /// An enum value the exporter does not know, kept as a bounded, printable label value.
 pub fn sanitize_enum(value: &str) -> String {
     let v: String = value
@@ -552,11 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn tag_keys_become_valid_label_names() {
-        assert_eq!(sanitize_label_name("Floor #2"), "floor_2");
-        assert_eq!(sanitize_label_name("location"), "location");
-        assert_eq!(sanitize_label_name("__x__"), "x");
-        assert_eq!(sanitize_label_name("#"), "_");
+    fn unknown_enum_values_become_bounded_label_values() {
         assert_eq!(sanitize_enum("Weird\"Status\n"), "weird_status_");
     }
 }

@@ -395,6 +395,13 @@ fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
                 ));
             }
         }
+        if let Some((a, b, label)) = colliding_tag(module) {
+            return Err(invalid(
+                file,
+                format!("modules.{name}.device_tags"),
+                format!("tag keys {a:?} and {b:?} both become the label {label}; keep one"),
+            ));
+        }
         if module.compact_cache && (!module.devices || module.counts_only) {
             return Err(invalid(
                 file,
@@ -481,6 +488,19 @@ fn names<V>(map: &BTreeMap<String, V>) -> String {
     } else {
         map.keys().cloned().collect::<Vec<_>>().join(", ")
     }
+}
+
+/// The first two `device_tags` keys that become one label (`Location` and `location`, `a-b`
+/// and `a_b`, or a key listed twice), with that label.
+fn colliding_tag(module: &super::ModuleConfig) -> Option<(String, String, String)> {
+    let mut seen = BTreeMap::<String, String>::new();
+    for (label, key) in module.tag_labels() {
+        if let Some(first) = seen.get(&label) {
+            return Some((first.clone(), key, label));
+        }
+        seen.insert(label, key);
+    }
+    None
 }
 
 #[cfg(test)]

@@ -126,6 +126,54 @@ pub struct ModuleConfig {
     pub compact_cache: bool,
 }
 
+impl ModuleConfig {
+    /// The label of each `device_tags` key, as (`tag_<sanitised key>`, key), in config order.
+    /// Two keys with one label are refused at load ([`load`]): an answer with a label twice
+    /// is refused whole by Prometheus.
+    pub fn tag_labels(&self) -> Vec<(String, String)> {
+        self.device_tags
+            .iter()
+            .map(|k| (format!("tag_{}", label_name(k)), k.clone()))
+            .collect()
+    }
+}
+
+/// A label name from free text (a tag key): `[a-zA-Z0-9_]`, not starting with a digit or `__`.
+pub fn label_name(key: &str) -> String {
+    let mut out: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    while out.contains("__") {
+        out = out.replace("__", "_");
+    }
+    let out = out.trim_matches('_').to_string();
+    if out.is_empty() {
+        "_".into()
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::label_name;
+
+    #[test]
+    fn tag_keys_become_valid_label_names() {
+        assert_eq!(label_name("Floor #2"), "floor_2");
+        assert_eq!(label_name("location"), "location");
+        assert_eq!(label_name("__x__"), "x");
+        assert_eq!(label_name("#"), "_");
+    }
+}
+
 impl Default for ModuleConfig {
     fn default() -> Self {
         Self {

@@ -149,11 +149,7 @@ pub fn write_fleet(out: &mut Exposition, s: &FleetStats, module: &ModuleConfig) 
 
 /// Label names of the module's tags, computed once per probe: (`tag_<sanitised>`, original key).
 pub fn tag_labels(module: &ModuleConfig) -> Vec<(String, String)> {
-    module
-        .device_tags
-        .iter()
-        .map(|k| (format!("tag_{}", m::sanitize_label_name(k)), k.clone()))
-        .collect()
+    module.tag_labels()
 }
 
 /// Every per-device family, in the order a device writes them; [`DeviceSeries::sample`] takes
