@@ -82,14 +82,14 @@ async fn refresh_once(state: &AppState, client: &BalenaClient) {
             Scope::All => FleetSet::Accessible,
             Scope::Fleet(_) => continue,
         };
-        let Some(token) = config.auths.get(&target.auth).and_then(|a| a.secret()) else {
+        let Some(token) = config.auths.get(&target.auth).and_then(|a| a.current()) else {
             continue;
         };
         let session = Session::new(
             client,
             &config.api,
             &target.auth,
-            token,
+            &token.token,
             Instant::now() + config.api.timeout,
         );
         match balena::fleets(&session, &set, &module).await {

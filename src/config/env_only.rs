@@ -50,7 +50,7 @@ pub fn from_env() -> Result<Option<Config>, ConfigError> {
     config
         .auths
         .entry("default".to_string())
-        .or_insert(AuthConfig { token, token_file });
+        .or_insert(AuthConfig::new(token, token_file));
     finish(config, ENV_SOURCE, false).map(Some)
 }
 

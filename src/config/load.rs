@@ -10,6 +10,7 @@ use figment::providers::{Env, Format, Yaml};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::token_file::TokenFile;
 use super::{Config, ConfigError, DEFAULT_MODULE, ENV_PREFIX};
 
 /// How to load: the files and flags that change loading.
@@ -287,21 +288,10 @@ fn resolve_tokens(config: &mut Config, file: &str, expand_env: bool) -> Result<(
             }
             (None, None) => return Err(invalid(file, key, "missing `token` or `token_file`")),
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid(
-                        file,
-                        format!("{key}.token_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                auth.token = Some(SecretString::from(text.trim().to_string()));
-                if auth.secret().is_some_and(|t| t.expose_secret().is_empty()) {
-                    return Err(invalid(
-                        file,
-                        format!("{key}.token_file"),
-                        format!("{} is empty", path.display()),
-                    ));
-                }
+                let opened = TokenFile::open(path)
+                    .map_err(|why| invalid(file, format!("{key}.token_file"), why))?;
+                auth.token = Some((*opened.current().token).clone());
+                auth.file = Some(std::sync::Arc::new(opened));
             }
             (Some(t), None) => {
                 if t.expose_secret().trim().is_empty() {

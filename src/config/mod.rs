@@ -3,11 +3,13 @@
 //! Loading and validation live in [`load`]; the reloadable handle in [`shared`].
 //!
 //! Tokens are [`SecretString`] from the moment they are read; a `token_file` is read at load
-//! and at every reload, never per request.
+//! and at every reload, and again whenever the file changes ([`token_file`]): a rotated
+//! Kubernetes Secret is in use at the next probe, with no reload.
 
 mod env_only;
 mod load;
 mod shared;
+pub mod token_file;
 
 pub use env_only::{from_env, how_to_start, ENV_SOURCE};
 pub use load::{from_yaml_str, from_yaml_str_with_env, load, LoadOptions};
@@ -15,6 +17,7 @@ pub use shared::SharedConfig;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -96,15 +99,39 @@ pub struct AuthConfig {
     /// The API token (`${VAR}` expanded with `--config.expand-environment-variables`).
     #[serde(default, serialize_with = "ser_secret")]
     pub token: Option<SecretString>,
-    /// A file holding the token; re-read on reload.
+    /// A file holding the token; re-read when it changes (and on reload).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// The opened `token_file` (after [`load`]).
+    #[serde(skip)]
+    pub file: Option<Arc<token_file::TokenFile>>,
 }
 
 impl AuthConfig {
-    /// The token (present after [`load`]).
+    /// An auth with an inline token or a token file, as the environment-only start makes it.
+    pub fn new(token: Option<SecretString>, token_file: Option<PathBuf>) -> Self {
+        Self {
+            token,
+            token_file,
+            file: None,
+        }
+    }
+
+    /// The token as loaded (present after [`load`]); [`AuthConfig::current`] is the one to use.
     pub fn secret(&self) -> Option<&SecretString> {
         self.token.as_ref()
+    }
+
+    /// The token to use now: a `token_file`'s current contents (re-read if the file changed),
+    /// else the inline token. `kept_because` says why a changed file was not used.
+    pub fn current(&self) -> Option<token_file::Current> {
+        match &self.file {
+            Some(file) => Some(file.current()),
+            None => self.token.as_ref().map(|t| token_file::Current {
+                token: Arc::new(t.clone()),
+                kept_because: None,
+            }),
+        }
     }
 }
 

@@ -147,7 +147,7 @@ pub async fn probe(
             )
         }
     };
-    let Some(token) = config.auths.get(auth_name).and_then(|a| a.secret()) else {
+    let Some(token) = config.auths.get(auth_name).and_then(|a| a.current()) else {
         return bad_request(
             &state,
             "unknown_auth",
@@ -164,7 +164,11 @@ pub async fn probe(
     };
 
     let deadline = started + timeout;
-    let session = Session::new(&client, &config.api, auth_name, token, deadline);
+    let session = Session::new(&client, &config.api, auth_name, &token.token, deadline);
+    if let Some(why) = &token.kept_because {
+        tracing::warn!(auth = auth_name, "token file not used: {why}");
+        session.note(format_args!("auth {auth_name}: token file not used: {why}"));
+    }
     let key = CacheKey {
         target: params.target.clone(),
         module: module_name.to_string(),

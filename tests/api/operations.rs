@@ -266,3 +266,74 @@ async fn an_https_api_with_an_untrusted_certificate_fails_the_probe() {
     app.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Kubernetes-style rotation while probing: the Secret volume's `..data` symlink is swapped
+/// to a new token after the old one was revoked upstream. The next probe uses the new token,
+/// with no reload; an empty token file later never replaces it, and the probe says why.
+#[actix_rt::test]
+async fn a_rotated_token_file_is_used_at_the_next_probe_without_a_reload() {
+    let dir = temp_dir("rotation");
+    let swap = |version: &str, token: &str| {
+        let v = dir.join(version);
+        std::fs::create_dir_all(&v).unwrap();
+        std::fs::write(v.join("acme"), token).unwrap();
+        let tmp = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(version, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        if std::fs::symlink_metadata(dir.join("acme")).is_err() {
+            std::os::unix::fs::symlink("..data/acme", dir.join("acme")).unwrap();
+        }
+    };
+    swap("..2026_11_26_01", &format!("{TOKEN}\n"));
+    let file = dir.join("acme");
+    let app = spawn_with(world(&[("screens", 4)]), |url| {
+        default_config(url, &["screens"])
+            .replace(
+                &format!("    token: {TOKEN}\n"),
+                &format!("    token_file: {}\n", file.display()),
+            )
+            .replace("  timeout: 5s\n", "  timeout: 5s\n  cache_ttl: 0s\n")
+    })
+    .await;
+    let ok = |m: &Samples| m.value("probe_success", &[]);
+    assert_eq!(ok(&app.probe("target=screens").await), 1.0);
+
+    // The key is rotated in balena: the old one is revoked at once.
+    let new_token = "rotated-token-7d1e";
+    app.sim
+        .with_world_mut(|w| assert!(w.replace_token(TOKEN, new_token)));
+    assert_eq!(
+        ok(&app.probe("target=screens").await),
+        0.0,
+        "old key revoked"
+    );
+    assert_eq!(app.probes_total("screens", "unauthorized").await, 1.0);
+
+    // Kubernetes updates the Secret volume: the next probe uses the new key, no reload.
+    swap("..2026_11_26_02", &format!("{new_token}\n"));
+    let m = app.probe("target=screens").await;
+    assert_eq!(ok(&m), 1.0);
+    assert_eq!(
+        m.value("balena_fleet_devices", &[("fleet", "acme/screens")]),
+        4.0
+    );
+    let metrics = parse(&app.get("/metrics").await.body);
+    assert_eq!(
+        metrics.value("balena_exporter_config_last_reload_successful", &[]),
+        1.0
+    );
+
+    // A broken update (an empty file) keeps the good key, and the probe says why.
+    swap("..2026_11_26_03", "\n");
+    let answer = app.get("/probe?target=screens&debug=true").await;
+    assert!(answer.body.contains("probe_success 1"), "{}", answer.body);
+    assert!(
+        answer.body.contains("is empty; keeping the previous token"),
+        "{}",
+        answer.body
+    );
+    assert!(!answer.body.contains(new_token), "the token never shows");
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

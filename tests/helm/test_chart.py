@@ -669,7 +669,9 @@ class RealClusterTest(unittest.TestCase):
         self.assertNotIn("WARNING", next(t for p, t in raw.items() if p.endswith("NOTES.txt")))
         _, raw = render(dict(FULL, auths={"acme": {}, "partner": {}}, existingSecret="sealed"))
         notes = next(t for p, t in raw.items() if p.endswith("NOTES.txt"))
-        self.assertIn("set configReloader.enabled=true", notes)
+        self.assertIn("the exporter uses the new token at its next probe, with no restart or reload", notes)
+        with open(os.path.join(ROOT, "docs", "operations.md")) as f:
+            self.assertIn("## Token rotation", f.read(), "NOTES points at this section")
 
     def test_rotation_of_an_existing_secret_is_offered_not_promised(self):
         values = dict(FULL, auths={"acme": {}, "partner": {}}, existingSecret="sealed")

@@ -263,6 +263,18 @@ impl World {
         Ok(w)
     }
 
+    /// Rotates a user's API key: `old` stops working (it reads as a guest, as a revoked key
+    /// does) and `new` belongs to the same user. Returns whether `old` was known.
+    pub fn replace_token(&mut self, old: &str, new: &str) -> bool {
+        match self.tokens.remove(old) {
+            Some(uid) => {
+                self.tokens.insert(new.to_string(), uid);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes a row (a device also from the fleet index). Returns whether it was there.
     pub fn remove(&mut self, table: &'static str, id: u64) -> bool {
         let Some(row) = self.tables.get_mut(table).and_then(|t| t.remove(&id)) else {

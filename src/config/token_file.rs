@@ -1,0 +1,221 @@
+//! A token read from a file and used fresh: rotation without a reload or a restart.
+//!
+//! On Kubernetes a Secret update swaps the mounted directory's `..data` symlink; nothing tells
+//! the process. Like Prometheus with its `*_file` credentials, the exporter looks at the file
+//! when it is about to use the token: one `stat` per probe, and a re-read only when the file's
+//! identity or contents changed (device, inode, size, modification time). A file that is empty,
+//! unreadable, not a regular file, larger than [`MAX_TOKEN_FILE_BYTES`] or changing while it is
+//! read never replaces a good token: the previous token stays in use and the probe says why.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// A token file larger than this is refused (a real balena API key is 32 characters).
+pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// What identifies a version of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+fn stamp(path: &Path) -> Result<Stamp, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.len() > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "{} is {} bytes, more than the {MAX_TOKEN_FILE_BYTES} a token file may hold",
+            path.display(),
+            meta.len()
+        ));
+    }
+    Ok(Stamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len: meta.len(),
+        modified: meta.modified().ok(),
+    })
+}
+
+/// Reads a token file once: a regular file of at most [`MAX_TOKEN_FILE_BYTES`], not empty once
+/// trimmed, unchanged while it was read. The error never quotes the file's contents.
+fn read(path: &Path) -> Result<(SecretString, Stamp), String> {
+    let before = stamp(path)?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if stamp(path)? != before || bytes.len() as u64 != before.len {
+        return Err(format!("{} changed while it was read", path.display()));
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    if token.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(format!(
+            "the token in {} contains spaces or control characters",
+            path.display()
+        ));
+    }
+    Ok((SecretString::from(token.to_string()), before))
+}
+
+/// The token of one `token_file`, re-read when the file changes.
+#[derive(Debug)]
+pub struct TokenFile {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    stamp: Stamp,
+    token: Arc<SecretString>,
+}
+
+/// The token to use now, and why it is not the file's current contents (if it is not).
+#[derive(Debug, Clone)]
+pub struct Current {
+    /// The token.
+    pub token: Arc<SecretString>,
+    /// Set when the file could not be used and the previous token was kept.
+    pub kept_because: Option<String>,
+}
+
+impl TokenFile {
+    /// Reads the file for the first time (at load or reload): an error is a config error.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let (token, stamp) = read(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            state: Mutex::new(State {
+                stamp,
+                token: Arc::new(token),
+            }),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The token to use now: re-read if the file changed since it was last read.
+    pub fn current(&self) -> Current {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let kept_because = match stamp(&self.path) {
+            Ok(now) if now == state.stamp => None,
+            Ok(_) => match read(&self.path) {
+                Ok((token, stamp)) => {
+                    if token.expose_secret() != state.token.expose_secret() {
+                        tracing::info!(file = %self.path.display(), "token file changed: using the new token");
+                    }
+                    *state = State {
+                        stamp,
+                        token: Arc::new(token),
+                    };
+                    None
+                }
+                Err(why) => Some(why),
+            },
+            Err(why) => Some(why),
+        };
+        let kept_because = kept_because.map(|why| format!("{why}; keeping the previous token"));
+        Current {
+            token: state.token.clone(),
+            kept_because,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// A Kubernetes Secret volume: `token -> ..data/token`, `..data -> ..<version>`.
+    fn swap(dir: &Path, version: &str, token: &str) {
+        let v = dir.join(version);
+        std::fs::create_dir_all(&v).unwrap();
+        write(&v.join("token"), token);
+        let tmp = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(version, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        if !dir.join("token").exists() {
+            std::os::unix::fs::symlink("..data/token", dir.join("token")).unwrap();
+        }
+    }
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("balena-token-file-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_symlink_swap_is_used_at_once_and_a_bad_file_keeps_the_good_token() {
+        let dir = tmpdir("swap");
+        swap(&dir, "..v1", "first-token\n");
+        let file = TokenFile::open(&dir.join("token")).unwrap();
+        assert_eq!(file.current().token.expose_secret(), "first-token");
+        swap(&dir, "..v2", "second-token\n");
+        let now = file.current();
+        assert_eq!(now.token.expose_secret(), "second-token");
+        assert!(now.kept_because.is_none());
+        swap(&dir, "..v3", "  \n");
+        let now = file.current();
+        assert_eq!(now.token.expose_secret(), "second-token");
+        let why = now.kept_because.unwrap();
+        assert!(
+            why.contains("is empty; keeping the previous token"),
+            "{why}"
+        );
+        std::fs::remove_file(dir.join("..data")).unwrap();
+        let why = file.current().kept_because.unwrap();
+        assert!(why.contains("cannot read"), "{why}");
+        swap(&dir, "..v4", "third-token");
+        assert_eq!(file.current().token.expose_secret(), "third-token");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_small_regular_files_are_read_and_errors_never_quote_them() {
+        let dir = tmpdir("kinds");
+        assert!(TokenFile::open(&dir)
+            .unwrap_err()
+            .contains("not a regular file"));
+        let big = dir.join("big");
+        write(&big, &"secret-canary ".repeat(10_000));
+        let err = TokenFile::open(&big).unwrap_err();
+        assert!(err.contains("more than the 65536"), "{err}");
+        assert!(!err.contains("secret-canary"));
+        let bin = dir.join("bin");
+        std::fs::write(&bin, [0xff, 0xfe, b's']).unwrap();
+        assert!(TokenFile::open(&bin).unwrap_err().contains("not UTF-8"));
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            // Refused from its metadata, never opened (opening a FIFO blocks).
+            assert!(TokenFile::open(&fifo)
+                .unwrap_err()
+                .contains("not a regular file"));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
