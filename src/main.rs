@@ -109,20 +109,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
     spawn_sighup_reloader(app.state());
+    // On a stop signal a reload in progress gives up at once (it never holds the stop), then
+    // in-flight requests finish.
     let handle = app.handle();
+    let state = app.state();
     actix_rt::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
+        state.stopping.stop();
         handle.stop(true).await;
     });
     #[cfg(unix)]
     {
         let handle = app.handle();
+        let state = app.state();
         actix_rt::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             if let Ok(mut term) = signal(SignalKind::terminate()) {
                 term.recv().await;
                 tracing::info!("received SIGTERM, finishing in-flight requests");
+                state.stopping.stop();
                 handle.stop(true).await;
             }
         });

@@ -21,6 +21,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::config::files::{read_bounded, read_text, MAX_PEM_BYTES};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
@@ -105,7 +106,7 @@ const ALLOWED_HEADERS: &[&str] = &[
 
 /// Reads and validates a web config file (certificates loaded, hashes checked).
 pub fn load(path: &Path) -> Result<(WebConfig, Option<rustls::ServerConfig>), WebConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| err(path, format!("cannot read: {e}")))?;
+    let text = read_text(path, MAX_PEM_BYTES).map_err(|e| err(path, e))?;
     let config: WebConfig = if text.trim().is_empty() {
         WebConfig::default()
     } else {
@@ -157,8 +158,15 @@ fn version(
 }
 
 fn server_config(path: &Path, t: &TlsConfig) -> Result<rustls::ServerConfig, WebConfigError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert_file)
-        .and_then(|it| it.collect::<Result<_, _>>())
+    // Each file is read whole first (a regular file of bounded size): `cert_file: /dev/zero`
+    // must be an error, not a process growing until it is killed.
+    let pem = |key: &str, file: &Path| {
+        read_bounded(file, MAX_PEM_BYTES)
+            .map_err(|e| err(path, format!("tls_server_config.{key}: {e}")))
+    };
+    let cert_pem = pem("cert_file", &t.cert_file)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| {
             err(
                 path,
@@ -174,7 +182,7 @@ fn server_config(path: &Path, t: &TlsConfig) -> Result<rustls::ServerConfig, Web
             ),
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(&t.key_file).map_err(|e| {
+    let key = PrivateKeyDer::from_pem_slice(&pem("key_file", &t.key_file)?).map_err(|e| {
         err(
             path,
             format!("tls_server_config.key_file {}: {e}", t.key_file.display()),
@@ -218,7 +226,8 @@ fn server_config(path: &Path, t: &TlsConfig) -> Result<rustls::ServerConfig, Web
         "VerifyClientCertIfGiven" | "RequireAndVerifyClientCert" => {
             let ca = t.client_ca_file.as_ref().ok_or_else(|| err(path, format!("tls_server_config.client_auth_type {auth} needs client_ca_file")))?;
             let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))? {
+            let ca_pem = read_bounded(ca, MAX_PEM_BYTES).map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))?;
+            for c in CertificateDer::pem_slice_iter(&ca_pem) {
                 let c = c.map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))?;
                 roots.add(c).map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))?;
             }
@@ -375,7 +384,11 @@ mod tests {
             ),
             (
                 "tls_server_config:\n  cert_file: /nope.crt\n  key_file: /nope.key\n",
-                "tls_server_config.cert_file /nope.crt",
+                "tls_server_config.cert_file: cannot read /nope.crt",
+            ),
+            (
+                "tls_server_config:\n  cert_file: /dev/zero\n  key_file: /dev/zero\n",
+                "tls_server_config.cert_file: /dev/zero is not a regular file",
             ),
             ("bogus: 1\n", "unknown field `bogus`"),
             (

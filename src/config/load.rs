@@ -10,6 +10,7 @@ use figment::providers::{Env, Format, Yaml};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 
+use super::files;
 use super::token_file::TokenFile;
 use super::{Config, ConfigError, DEFAULT_MODULE, ENV_PREFIX};
 
@@ -41,26 +42,81 @@ impl LoadOptions {
     }
 }
 
-/// Loads every file, overlays the environment, validates and reads token files.
+/// Loads every file, overlays the environment, validates and reads token files. Each file is
+/// read once (a ConfigMap swapped between two reads cannot mix two versions), as a regular
+/// file of at most [`files::MAX_CONFIG_BYTES`], and checked before it is parsed: not empty,
+/// flow collections nested at most [`files::MAX_YAML_NESTING`] deep, no duplicate keys.
 pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
-    let mut figment = Figment::new();
+    let mut texts = Vec::with_capacity(opts.files.len());
     for file in &opts.files {
-        if let Err(e) = std::fs::metadata(file) {
-            return Err(ConfigError::Read {
-                file: file.display().to_string(),
-                reason: e.to_string(),
-            });
-        }
-        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read {
-            file: file.display().to_string(),
-            reason: e.to_string(),
+        let name = file.display().to_string();
+        let text = files::read_text(file, files::MAX_CONFIG_BYTES).map_err(|reason| {
+            ConfigError::Read {
+                file: name.clone(),
+                reason,
+            }
         })?;
-        check_yaml(&text, &file.display().to_string())?;
-        figment = figment.merge(Yaml::file_exact(file));
+        check_text(&text, &name)?;
+        texts.push(FileText {
+            path: file.clone(),
+            text,
+        });
     }
-    check_duplicates(&opts.files)?;
+    check_duplicates(&texts)?;
+    let mut figment = Figment::new();
+    for text in texts {
+        figment = figment.merge(text);
+    }
     let figment = figment.merge(env_overrides());
     from_figment(figment, &opts.describe(), opts.expand_env)
+}
+
+/// A config file's text, read once, given to figment under the file's name (so that errors
+/// name the file, as `Yaml::file` would).
+struct FileText {
+    path: PathBuf,
+    text: String,
+}
+
+impl figment::Provider for FileText {
+    fn metadata(&self) -> figment::Metadata {
+        let mut m = figment::Metadata::named("YAML file");
+        m.source = Some(figment::Source::File(self.path.clone()));
+        m
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        Yaml::string(&self.text).data()
+    }
+}
+
+/// What a file must be before it is parsed: not empty (an empty file would stop every probe,
+/// not configure one), nested no deeper than [`files::MAX_YAML_NESTING`], without duplicate keys.
+fn check_text(text: &str, file: &str) -> Result<(), ConfigError> {
+    let has_content = text
+        .lines()
+        .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && l.trim() != "---");
+    if !has_content {
+        return Err(invalid(
+            file,
+            "(top level)",
+            "the file is empty; expected at least `targets:` and `auths:`",
+        ));
+    }
+    let depth = files::yaml_flow_depth(text);
+    if depth > files::MAX_YAML_NESTING {
+        return Err(invalid(
+            file,
+            "(top level)",
+            format!(
+                "[ or {{ nested {depth} deep; at most {} levels are read",
+                files::MAX_YAML_NESTING
+            ),
+        ));
+    }
+    check_yaml(text, file)
 }
 
 /// `BALENA_EXPORTER_<SECTION>__...` variables, for the config's own sections only: other
@@ -81,18 +137,16 @@ pub(super) fn env_overrides() -> Env {
 
 /// With several files, each auth, module and target name (and the `api` block) may be
 /// defined in one file only: a silent override would be a surprise.
-fn check_duplicates(files: &[PathBuf]) -> Result<(), ConfigError> {
+fn check_duplicates(files: &[FileText]) -> Result<(), ConfigError> {
     if files.len() < 2 {
         return Ok(());
     }
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for file in files {
-        let name = file.display().to_string();
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
+        let name = file.path.display().to_string();
+        let text = &file.text;
         // Syntax errors are reported by the real parse, with their location.
-        let Ok(serde_yaml::Value::Mapping(top)) = serde_yaml::from_str::<serde_yaml::Value>(&text)
+        let Ok(serde_yaml::Value::Mapping(top)) = serde_yaml::from_str::<serde_yaml::Value>(text)
         else {
             continue;
         };
@@ -141,7 +195,7 @@ fn check_yaml(text: &str, file: &str) -> Result<(), ConfigError> {
 
 /// Loads from YAML text (tests).
 pub fn from_yaml_str(yaml: &str, name: &str) -> Result<Config, ConfigError> {
-    check_yaml(yaml, name)?;
+    check_text(yaml, name)?;
     from_figment(Figment::new().merge(Yaml::string(yaml)), name, false)
 }
 

@@ -7,13 +7,14 @@
 //! Kubernetes Secret is in use at the next probe, with no reload.
 
 mod env_only;
+pub mod files;
 mod load;
 mod shared;
 pub mod token_file;
 
 pub use env_only::{from_env, how_to_start, ENV_SOURCE};
 pub use load::{from_yaml_str, from_yaml_str_with_env, load, LoadOptions};
-pub use shared::SharedConfig;
+pub use shared::{Reloaded, SharedConfig};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -270,8 +271,8 @@ impl TargetConfig {
 /// A config problem: the file, the key path and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file (or a `token_file`) cannot be read.
-    #[error("{file}: cannot read: {reason}")]
+    /// The file (or a `token_file`) cannot be read; `reason` names it and says why.
+    #[error("{file}: {reason}")]
     Read {
         /// The file.
         file: String,

@@ -1,7 +1,8 @@
-//! The config in force: an `ArcSwap` that probes snapshot at start and reloads replace whole.
+//! The config in force: an `ArcSwap` that probes snapshot at start and reloads replace whole,
+//! one reload at a time.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -12,6 +13,19 @@ use super::{load, Config, ConfigError, LoadOptions};
 pub struct SharedConfig {
     current: ArcSwap<Config>,
     options: Option<LoadOptions>,
+    /// Held for a whole reload: two reloads never interleave (each config gets its own
+    /// generation, and the last one read is the one in force).
+    reloading: Mutex<()>,
+}
+
+/// What a successful [`SharedConfig::reload`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The files were read and the new config is in force.
+    Swapped,
+    /// There is no config file (the environment-only start): nothing was read. Token files
+    /// are re-read when they change, without a reload.
+    NoFile,
 }
 
 impl SharedConfig {
@@ -20,6 +34,7 @@ impl SharedConfig {
         Self {
             current: ArcSwap::from_pointee(config),
             options,
+            reloading: Mutex::new(()),
         }
     }
 
@@ -28,15 +43,18 @@ impl SharedConfig {
         self.current.load_full()
     }
 
-    /// Re-reads the file; on success swaps it in, on failure keeps the old one.
-    pub fn reload(&self) -> Result<(), ConfigError> {
+    /// Re-reads the files; on success swaps the new config in, on failure keeps the old one.
+    /// Blocks while another reload runs. Reads files: call it off the HTTP workers
+    /// (`startup::reload` does, with a time limit).
+    pub fn reload(&self) -> Result<Reloaded, ConfigError> {
         let Some(opts) = &self.options else {
-            return Ok(());
+            return Ok(Reloaded::NoFile);
         };
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let mut new = load(opts)?;
         new.generation = self.current.load().generation + 1;
         self.current.store(Arc::new(new));
-        Ok(())
+        Ok(Reloaded::Swapped)
     }
 
     /// The config files, if reloadable.
@@ -45,5 +63,43 @@ impl SharedConfig {
             .iter()
             .flat_map(|o| o.files.iter().map(|f| f.as_path()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reloads from many threads at once: each gets a generation of its own (none lost, none
+    /// shared), because only one runs at a time.
+    #[test]
+    fn concurrent_reloads_run_one_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("balena-shared-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.yml");
+        std::fs::write(
+            &file,
+            "auths:\n  a:\n    token: tok\ntargets:\n  t: {fleet: org/app, auth: a}\n",
+        )
+        .unwrap();
+        let opts = LoadOptions::file(&file);
+        let shared = Arc::new(SharedConfig::new(load(&opts).unwrap(), Some(opts)));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..5 {
+                        assert_eq!(shared.reload().unwrap(), Reloaded::Swapped);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(shared.snapshot().generation, 40);
+        let env_only = SharedConfig::new(shared.snapshot().as_ref().clone(), None);
+        assert_eq!(env_only.reload().unwrap(), Reloaded::NoFile);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -51,7 +51,7 @@ fn stamp(path: &Path) -> Result<Stamp, String> {
 /// trimmed, unchanged while it was read. The error never quotes the file's contents.
 fn read(path: &Path) -> Result<(SecretString, Stamp), String> {
     let before = stamp(path)?;
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = super::files::read_bounded(path, MAX_TOKEN_FILE_BYTES)?;
     if stamp(path)? != before || bytes.len() as u64 != before.len {
         return Err(format!("{} changed while it was read", path.display()));
     }

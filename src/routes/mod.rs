@@ -47,6 +47,8 @@ pub struct AppState {
     pub discovery: Discovery,
     /// Fleet rows reused by fleet targets.
     pub fleet_rows: crate::probe::cache::FleetRows,
+    /// Set when the process is stopping: a reload in progress gives up at once.
+    pub stopping: crate::startup::Stopping,
 }
 
 /// The Content-Type of text format 0.0.4.

@@ -3,13 +3,28 @@
 use actix_web::{web, HttpResponse};
 
 use super::AppState;
+use crate::config::Reloaded;
+use crate::startup::ReloadError;
 
-/// Reloads; 200 on success, 500 with the reason on failure.
+/// Reloads; 200 on success (saying so when there is no file to read), 500 with the reason on
+/// failure, 503 when the exporter is stopping.
 pub async fn reload(state: web::Data<AppState>) -> HttpResponse {
-    match crate::startup::reload(&state) {
-        Ok(()) => HttpResponse::Ok().finish(),
-        Err(e) => HttpResponse::InternalServerError()
-            .content_type("text/plain; charset=utf-8")
-            .body(format!("failed to reload config: {e}\n")),
+    let text = |mut r: actix_web::HttpResponseBuilder, body: String| {
+        r.content_type("text/plain; charset=utf-8").body(body)
+    };
+    match crate::startup::reload(&state).await {
+        Ok(Reloaded::Swapped) => HttpResponse::Ok().finish(),
+        Ok(Reloaded::NoFile) => text(
+            HttpResponse::Ok(),
+            "nothing to reload: the configuration comes from the environment, read at start; BALENA_TOKEN_FILE is re-read when it changes\n".into(),
+        ),
+        Err(ReloadError::Stopping) => text(
+            HttpResponse::ServiceUnavailable(),
+            "the exporter is stopping\n".into(),
+        ),
+        Err(e) => text(
+            HttpResponse::InternalServerError(),
+            format!("failed to reload config: {e}\n"),
+        ),
     }
 }

@@ -305,3 +305,20 @@ async fn steady_state_fleet_probes_make_one_request() {
     );
     app.stop().await;
 }
+
+/// With no config file (the environment-only start, or a config given in-process) a reload
+/// reads nothing, and says so instead of pretending.
+#[actix_rt::test]
+async fn a_reload_without_a_file_says_there_is_nothing_to_reload() {
+    let app = spawn_app(&[("screens", 2)]).await;
+    let answer = app.post("/-/reload").await;
+    assert_eq!(answer.status, 200);
+    assert!(
+        answer
+            .body
+            .starts_with("nothing to reload: the configuration comes from the environment"),
+        "{}",
+        answer.body
+    );
+    app.stop().await;
+}
