@@ -90,6 +90,10 @@ fn every_bad_config_is_refused_on_reload_and_the_old_one_stays() {
             .expect_err(&fixture.display().to_string())
             .to_string();
         assert!(e.contains(&msg), "{}: {e}", fixture.display());
+        assert!(
+            !e.contains("secret-value-1"),
+            "a token value was repeated: {e}"
+        );
         let now = shared.snapshot();
         assert_eq!(
             now.targets.keys().collect::<Vec<_>>(),

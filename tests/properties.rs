@@ -103,6 +103,56 @@ proptest! {
         }
     }
 
+    /// A canary token planted in every position an operator's slip or an adversary's config can
+    /// put one (flow mappings, wrong types, unknown and duplicate keys under `auths`, malformed
+    /// `${`, a variable used as a token or a path, URL userinfo) never reaches an error (its
+    /// text or Debug form: what stderr, the log and `/-/reload` show) or `/config`.
+    #[test]
+    fn a_planted_canary_never_reaches_an_error_or_config_output(
+        canary in "cnry[a-z0-9]{6,12}",
+        position in 0usize..14,
+    ) {
+        std::env::set_var("BEX_CANARY_TOKEN", &canary);
+        std::env::set_var("BEX_CANARY_PATH", format!("/nonexistent/{canary}"));
+        let auths = match position {
+            0 => format!("auths:\n  a: {{token:{canary}}}\n"),
+            1 => format!("auths:\n  a:\n    token: [{canary}]\n"),
+            2 => format!("auths:\n  a:\n    tokn: {canary}\n"),
+            3 => format!("auths:\n  a:\n    token: x\n    token: {canary}\n"),
+            4 => format!("auths:\n  a: {{token: x, {canary}: y}}\n"),
+            5 => format!("auths:\n  a:\n    token: ${{{canary}\n"),
+            6 => "auths:\n  a:\n    token: \"${BEX_CANARY_TOKEN}x${\"\n".to_string(),
+            7 => "auths:\n  a:\n    token_file: ${BEX_CANARY_PATH}\n".to_string(),
+            8 => format!("auths:\n  a:\n    token: {canary}\n    token_file: /x\n"),
+            9 => format!("auths:\n  a:\n    token: \"{canary} with a space\"\n"),
+            10 => format!("auths:\n  a:\n    token: {{nested: {{deeper: {canary}}}}}\n"),
+            11 => format!("auths:\n  a:\n    token: ${{9{canary}}}\n"),
+            _ => "auths:\n  a:\n    token: ${BEX_CANARY_TOKEN}\n".to_string(),
+        };
+        let api = match position {
+            12 => format!("api:\n  url: https://ops:{canary}@api.example.com\n"),
+            13 => format!("api:\n  url: \"https://ops:{canary}@\"\n"),
+            _ => String::new(),
+        };
+        let text = format!("{api}{auths}targets:\n  t:\n    fleet: org/app\n    auth: a\n");
+        let dir = std::env::temp_dir().join(format!("balena-canary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!("c{position}.yml"));
+        std::fs::write(&file, &text).unwrap();
+        let opts = config::LoadOptions { files: vec![file], expand_env: true };
+        match config::load(&opts) {
+            Err(e) => {
+                prop_assert!(!e.to_string().contains(&canary), "position {}: {}", position, e);
+                prop_assert!(!format!("{e:?}").contains(&canary), "position {}: {:?}", position, e);
+            }
+            Ok(c) => {
+                let shown = c.to_redacted_yaml();
+                prop_assert!(!shown.contains(&canary), "position {}: {}", position, shown);
+                prop_assert!(!format!("{c:?}").contains(&canary), "position {}: Debug", position);
+            }
+        }
+    }
+
     /// Arbitrary bytes and mangled JSON never panic the device decoder.
     #[test]
     fn the_device_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

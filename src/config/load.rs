@@ -186,6 +186,14 @@ fn check_yaml(text: &str, file: &str) -> Result<(), ConfigError> {
                 Some((path, rest)) => (path.to_string(), format!("duplicate{rest}")),
                 None => ("(top level)".to_string(), msg),
             };
+            // Under `auths` the duplicated key itself may be a token: not repeated.
+            if key == "auths" || key.starts_with("auths.") || msg.contains("auths") {
+                return Err(invalid(
+                    file,
+                    key.split('.').take(2).collect::<Vec<_>>().join("."),
+                    "a key is defined twice (not shown: under auths it may hold a token)",
+                ));
+            }
             Err(invalid(file, key, msg))
         }
         // Other syntax errors are reported by the real parse, with their location.
@@ -265,6 +273,22 @@ pub(super) fn figment_error(e: figment::Error, file: &str) -> ConfigError {
         Kind::InvalidType(_, expected) if secret_key => format!("expected {expected}"),
         Kind::InvalidValue(_, expected) if secret_key => format!("expected {expected}"),
         Kind::Message(_) if secret_key => "invalid token value".to_string(),
+        // Under `auths` a key may be a token written with a slip (`{token:tok-…}` is one
+        // key): name the auth, not the key.
+        Kind::UnknownField(field, expected) if secret_key => {
+            let mut path = e.path.clone();
+            if path.last() == Some(field) {
+                path.pop();
+            }
+            return ConfigError::Invalid {
+                file: source,
+                key: path.join("."),
+                msg: format!(
+                    "an unknown key (not shown: under auths it may hold a token); expected one of: {}",
+                    expected.join(", ")
+                ),
+            };
+        }
         Kind::UnknownField(field, expected) => {
             return ConfigError::Invalid {
                 file: source,
@@ -310,25 +334,22 @@ fn invalid(file: &str, key: impl Into<String>, msg: impl Into<String>) -> Config
 fn resolve_tokens(config: &mut Config, file: &str, expand_env: bool) -> Result<(), ConfigError> {
     for (name, auth) in config.auths.iter_mut() {
         let key = format!("auths.{name}");
+        let mut shown_as = None;
         if expand_env {
             if let Some(t) = &auth.token {
-                let expanded = expand_vars(t.expose_secret()).map_err(|var| {
-                    invalid(
-                        file,
-                        format!("{key}.token"),
-                        format!("environment variable {var} is not set"),
-                    )
-                })?;
+                let expanded = expand_vars(t.expose_secret())
+                    .map_err(|why| invalid(file, format!("{key}.token"), why))?;
                 auth.token = Some(SecretString::from(expanded));
             }
             if let Some(p) = &auth.token_file {
-                let expanded = expand_vars(&p.display().to_string()).map_err(|var| {
-                    invalid(
-                        file,
-                        format!("{key}.token_file"),
-                        format!("environment variable {var} is not set"),
-                    )
-                })?;
+                let written = p.display().to_string();
+                let expanded = expand_vars(&written)
+                    .map_err(|why| invalid(file, format!("{key}.token_file"), why))?;
+                if expanded != written {
+                    // A variable's value is not shown (it could be a token put there by
+                    // mistake): messages name the file as written, `${VAR}` and all.
+                    shown_as = Some(format!("the file named by {written}"));
+                }
                 auth.token_file = Some(PathBuf::from(expanded));
             }
         }
@@ -342,7 +363,7 @@ fn resolve_tokens(config: &mut Config, file: &str, expand_env: bool) -> Result<(
             }
             (None, None) => return Err(invalid(file, key, "missing `token` or `token_file`")),
             (None, Some(path)) => {
-                let opened = TokenFile::open(path)
+                let opened = TokenFile::open_shown(path, shown_as)
                     .map_err(|why| invalid(file, format!("{key}.token_file"), why))?;
                 auth.token = Some((*opened.current().token).clone());
                 auth.file = Some(std::sync::Arc::new(opened));
@@ -379,7 +400,8 @@ fn expand_vars(input: &str) -> Result<String, String> {
         let (name, consumed) = if let Some(stripped) = after.strip_prefix('{') {
             match stripped.find('}') {
                 Some(end) => (&stripped[..end], end + 2),
-                None => return Err(format!("${{{stripped} (unclosed)")),
+                // The text after `${` may be the token itself: never repeated.
+                None => return Err("an unclosed ${ (the text after it is not shown)".into()),
             }
         } else if let Some(stripped) = after.strip_prefix('$') {
             out.push('$');
@@ -396,7 +418,17 @@ fn expand_vars(input: &str) -> Result<String, String> {
             rest = after;
             continue;
         }
-        out.push_str(&std::env::var(name).map_err(|_| name.to_string())?);
+        let well_formed = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !well_formed {
+            return Err("a ${...} that is not a variable name (not shown)".into());
+        }
+        out.push_str(
+            &std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?,
+        );
         rest = &after[consumed..];
     }
     out.push_str(rest);
@@ -410,7 +442,10 @@ fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
         return Err(invalid(
             file,
             "api.url",
-            format!("expected an http(s) URL, got {:?}", api.url.as_str()),
+            format!(
+                "expected an http(s) URL, got {:?}",
+                super::shown_url(&api.url)
+            ),
         ));
     }
     if api.timeout.is_zero() {
@@ -611,7 +646,7 @@ mod tests {
             ),
             (
                 "auths:\n  a:\n    tokn: x\n".to_string(),
-                "auths.a.tokn: unknown key",
+                "auths.a: an unknown key (not shown: under auths it may hold a token)",
             ),
             (
                 "auths:\n  a:\n    token_file: /nonexistent/tok\n".to_string(),
@@ -676,8 +711,13 @@ mod tests {
         assert_eq!(expand_vars("a$$b").unwrap(), "a$b");
         assert_eq!(
             expand_vars("${NOPE_NOT_SET_42}").unwrap_err(),
-            "NOPE_NOT_SET_42"
+            "environment variable NOPE_NOT_SET_42 is not set"
         );
+        // What follows a malformed `${` may be the token itself: never repeated.
+        for bad in ["${tok-canary-1", "x${tok canary}y", "${9canary}"] {
+            let e = expand_vars(bad).unwrap_err();
+            assert!(!e.contains("canary"), "{e}");
+        }
     }
 
     #[test]

@@ -53,12 +53,12 @@ pub struct Config {
     pub generation: u64,
 }
 
-/// `api:` block.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+/// `api:` block. Its `Debug` shows the URL without user and password.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// API root; `/v7/...` is appended. openBalena and the simulator work too.
-    #[serde(deserialize_with = "de_url", serialize_with = "ser_display")]
+    #[serde(deserialize_with = "de_url", serialize_with = "ser_url")]
     pub url: url::Url,
     /// Per upstream request; never beyond the probe deadline.
     #[serde(with = "duration")]
@@ -305,15 +305,46 @@ fn ser_secret<S: Serializer>(token: &Option<SecretString>, s: S) -> Result<S::Ok
     }
 }
 
-fn ser_display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("url", &shown_url(&self.url))
+            .field("timeout", &self.timeout)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("fleet_cache_ttl", &self.fleet_cache_ttl)
+            .field("page_size", &self.page_size)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish()
+    }
+}
+
+/// A URL as it may be shown (on `/config`, in errors): user and password replaced by
+/// `<secret>`, since a proxy or an openBalena URL may carry credentials.
+pub fn shown_url(url: &url::Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut bare = url.clone();
+    let _ = bare.set_username("");
+    let _ = bare.set_password(None);
+    let text = bare.to_string();
+    match text.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://<secret>@{rest}"),
+        None => text,
+    }
+}
+
+fn ser_url<S: Serializer>(url: &url::Url, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&shown_url(url))
 }
 
 fn de_url<'de, D: Deserializer<'de>>(d: D) -> Result<url::Url, D::Error> {
     let text = String::deserialize(d)?;
+    // The text is not repeated: it may carry a password.
     url::Url::parse(&text).map_err(|e| {
         serde::de::Error::custom(format!(
-            "invalid URL {text:?} ({e}); expected e.g. https://api.balena-cloud.com"
+            "invalid URL ({e}); expected e.g. https://api.balena-cloud.com"
         ))
     })
 }

@@ -74,6 +74,8 @@ fn read(path: &Path) -> Result<(SecretString, Stamp), String> {
 #[derive(Debug)]
 pub struct TokenFile {
     path: PathBuf,
+    /// How messages name the file, when not by its path (a path from `${VAR}` is not shown).
+    shown: Option<String>,
     state: Mutex<State>,
 }
 
@@ -95,9 +97,19 @@ pub struct Current {
 impl TokenFile {
     /// Reads the file for the first time (at load or reload): an error is a config error.
     pub fn open(path: &Path) -> Result<Self, String> {
-        let (token, stamp) = read(path)?;
+        Self::open_shown(path, None)
+    }
+
+    /// Like [`TokenFile::open`], naming the file `shown` instead of its path in every message.
+    pub fn open_shown(path: &Path, shown: Option<String>) -> Result<Self, String> {
+        let name = |why: String| match &shown {
+            Some(s) => why.replace(&path.display().to_string(), s),
+            None => why,
+        };
+        let (token, stamp) = read(path).map_err(name)?;
         Ok(Self {
             path: path.to_path_buf(),
+            shown,
             state: Mutex::new(State {
                 stamp,
                 token: Arc::new(token),
@@ -118,7 +130,11 @@ impl TokenFile {
             Ok(_) => match read(&self.path) {
                 Ok((token, stamp)) => {
                     if token.expose_secret() != state.token.expose_secret() {
-                        tracing::info!(file = %self.path.display(), "token file changed: using the new token");
+                        let file = self
+                            .shown
+                            .clone()
+                            .unwrap_or_else(|| self.path.display().to_string());
+                        tracing::info!(%file, "token file changed: using the new token");
                     }
                     *state = State {
                         stamp,
@@ -130,7 +146,13 @@ impl TokenFile {
             },
             Err(why) => Some(why),
         };
-        let kept_because = kept_because.map(|why| format!("{why}; keeping the previous token"));
+        let kept_because = kept_because.map(|why| {
+            let why = match &self.shown {
+                Some(s) => why.replace(&self.path.display().to_string(), s),
+                None => why,
+            };
+            format!("{why}; keeping the previous token")
+        });
         Current {
             token: state.token.clone(),
             kept_because,
