@@ -330,6 +330,8 @@ pub struct ExporterMetrics {
     pub upstream_requests: IntCounterVec,
     /// Upstream latency by endpoint.
     pub upstream_duration: HistogramVec,
+    /// Requests a probe needed but never sent (no slot in time, or too little time left).
+    pub upstream_not_sent: IntCounterVec,
     /// 1 if the last reload succeeded.
     pub reload_success: IntGauge,
     /// When the last successful reload happened.
@@ -393,6 +395,11 @@ impl ExporterMetrics {
             &["auth", "endpoint", "code"],
         )
         .expect("valid metric");
+        let upstream_not_sent = IntCounterVec::new(
+            Opts::new("balena_exporter_upstream_requests_not_sent_total", "Requests to the balena API a probe needed but never sent: no free slot of the auth's max_concurrency before the deadline, or less time left than its requests take. Not upstream errors."),
+            &["auth", "endpoint"],
+        )
+        .expect("valid metric");
         let upstream_duration = HistogramVec::new(
             HistogramOpts::new(
                 "balena_exporter_upstream_request_duration_seconds",
@@ -438,6 +445,7 @@ impl ExporterMetrics {
             Box::new(request_errors.clone()),
             Box::new(upstream_requests.clone()),
             Box::new(upstream_duration.clone()),
+            Box::new(upstream_not_sent.clone()),
             Box::new(reload_success.clone()),
             Box::new(reload_timestamp.clone()),
             Box::new(cache_hits.clone()),
@@ -459,6 +467,7 @@ impl ExporterMetrics {
             request_errors,
             upstream_requests,
             upstream_duration,
+            upstream_not_sent,
             reload_success,
             reload_timestamp,
             cache_hits,
@@ -475,6 +484,13 @@ impl ExporterMetrics {
         self.upstream_duration
             .with_label_values(&[endpoint])
             .observe(duration.as_secs_f64());
+    }
+
+    /// Records a request that was needed but never sent.
+    pub fn observe_not_sent(&self, auth: &str, endpoint: &str) {
+        self.upstream_not_sent
+            .with_label_values(&[auth, endpoint])
+            .inc();
     }
 
     /// Records a reload outcome.

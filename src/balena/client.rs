@@ -4,35 +4,18 @@
 //! the body size cap, typed errors, self-metrics).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::header::{HeaderValue, AUTHORIZATION};
 use futures_util::StreamExt as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
 
 use super::error::BalenaError;
+use super::limit::{AuthLimits, Priority};
 use crate::config::ApiConfig;
 use crate::metrics::ExporterMetrics;
-
-/// Upstream requests in flight, capped per auth name (shared by every worker).
-#[derive(Debug, Default)]
-pub struct AuthLimits {
-    semaphores: Mutex<HashMap<(String, usize), Arc<Semaphore>>>,
-}
-
-impl AuthLimits {
-    /// The semaphore of an auth at a given cap (a reload that changes the cap starts a new one).
-    pub fn get(&self, auth: &str, cap: usize) -> Arc<Semaphore> {
-        let mut map = self.semaphores.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry((auth.to_string(), cap))
-            .or_insert_with(|| Arc::new(Semaphore::new(cap)))
-            .clone()
-    }
-}
 
 /// The per-worker client. Cheap to build; not `Send` (awc).
 #[derive(Clone)]
@@ -190,19 +173,25 @@ impl<'a> Session<'a> {
         } else {
             format!("{path}?{query}")
         };
+        let mut retried = false;
         loop {
             let started = Instant::now();
             let result = self.send_once(&url, &mut *sink).await;
             let duration = started.elapsed();
             let (status, error) = match &result {
                 Ok(_) => (Some(200), None),
-                Err((status, e)) => (*status, Some(e.to_string())),
+                Err(f) => (f.status, Some(f.error.to_string())),
             };
+            let not_sent = matches!(&result, Err(f) if !f.sent);
             self.note(format_args!(
                 "GET {shown} -> {} in {:.3}s{}",
-                status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "no answer".into()),
+                if not_sent {
+                    "not sent".to_string()
+                } else {
+                    status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "no answer".into())
+                },
                 duration.as_secs_f64(),
                 error
                     .as_deref()
@@ -216,20 +205,27 @@ impl<'a> Session<'a> {
                 duration,
                 error,
             });
-            let code = status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "error".into());
-            self.client
-                .metrics
-                .observe_upstream(self.auth_name, endpoint, &code, duration);
+            if not_sent {
+                self.client
+                    .metrics
+                    .observe_not_sent(self.auth_name, endpoint);
+            } else {
+                let code = status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "error".into());
+                self.client
+                    .metrics
+                    .observe_upstream(self.auth_name, endpoint, &code, duration);
+            }
             match result {
                 Ok(()) => return Ok(()),
-                Err((
-                    _,
-                    BalenaError::RateLimited {
-                        retry_after: Some(wait),
-                    },
-                )) if wait < self.remaining() && self.call_count() < 10 => {
+                Err(Failure {
+                    error:
+                        BalenaError::RateLimited {
+                            retry_after: Some(wait),
+                        },
+                    ..
+                }) if wait < self.remaining() && self.call_count() < 10 => {
                     tracing::debug!(
                         endpoint,
                         wait_seconds = wait.as_secs_f64(),
@@ -237,39 +233,67 @@ impl<'a> Session<'a> {
                     );
                     actix_rt::time::sleep(wait).await;
                 }
-                Err((_, e)) => return Err(e),
+                // A connection the API had closed (a pooled keep-alive connection, an HTTP/1.0
+                // server): nothing came back, nothing was read, and these GETs are idempotent.
+                Err(Failure {
+                    sent: true,
+                    status: None,
+                    body_started: false,
+                    error: BalenaError::Transport(_),
+                }) if !retried && !self.remaining().is_zero() => {
+                    retried = true;
+                    self.note("the connection closed before an answer: retrying once");
+                }
+                Err(f) => return Err(f.error),
             }
         }
     }
 
-    /// One HTTP exchange: the body of a 2xx answer into `sink`, else (status, error).
+    /// One HTTP exchange: the body of a 2xx answer into `sink`, else what went wrong. A request
+    /// is sent only with a slot of the auth's cap and enough time left to finish
+    /// ([`super::limit`]).
     async fn send_once(
         &self,
         url: &str,
         sink: &mut dyn FnMut(&[u8]) -> Result<(), BalenaError>,
-    ) -> Result<(), (Option<u16>, BalenaError)> {
+    ) -> Result<(), Failure> {
         let remaining = self.remaining();
         if remaining.is_zero() {
-            return Err((None, BalenaError::Timeout(Duration::ZERO)));
+            return Err(Failure::not_sent(BalenaError::Timeout(Duration::ZERO)));
         }
-        let semaphore = self
+        let limit = self
             .client
             .limits
             .get(self.auth_name, self.api.max_concurrency);
-        let _permit = match actix_rt::time::timeout(remaining, semaphore.acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            _ => return Err((None, BalenaError::Timeout(remaining))),
+        let priority = if self.call_count() > 0 {
+            Priority::Continuing
+        } else {
+            Priority::Starting
         };
-        let timeout = self.api.timeout.min(self.remaining());
+        let slot = match actix_rt::time::timeout(remaining, limit.acquire(priority)).await {
+            Ok(slot) => slot,
+            Err(_) => return Err(Failure::not_sent(BalenaError::Timeout(remaining))),
+        };
+        let left = self.remaining();
+        if let Some(expected) = limit.expected().filter(|e| left < *e) {
+            slot.finished(false);
+            self.note(format_args!(
+                "not sent: {:.3}s left, requests of this auth take ~{:.3}s",
+                left.as_secs_f64(),
+                expected.as_secs_f64()
+            ));
+            return Err(Failure::not_sent(BalenaError::Timeout(left)));
+        }
+        let timeout = self.api.timeout.min(left);
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.token.expose_secret()))
             .map_err(|_| {
-                (
-                    None,
-                    BalenaError::Transport("the token is not a valid header value".into()),
-                )
+                Failure::not_sent(BalenaError::Transport(
+                    "the token is not a valid header value".into(),
+                ))
             })?;
         auth.set_sensitive(true);
         let limit = self.api.max_response_bytes;
+        let mut body_started = false;
         let exchange = async {
             let mut resp = self
                 .client
@@ -299,13 +323,56 @@ impl<'a> Session<'a> {
                 if read > limit {
                     return Err((Some(status), BalenaError::TooLarge { limit }));
                 }
+                body_started = true;
                 sink(&chunk).map_err(|e| (Some(status), e))?;
             }
             Ok(())
         };
-        match actix_rt::time::timeout(timeout, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err((None, BalenaError::Timeout(timeout))),
+        let outcome = actix_rt::time::timeout(timeout, exchange).await;
+        match outcome {
+            Ok(Ok(())) => {
+                slot.finished(true);
+                Ok(())
+            }
+            Ok(Err((status, error))) => {
+                // An answer (or a failure the API is done with): the slot is free.
+                slot.finished(status.is_some());
+                Err(Failure {
+                    status,
+                    error,
+                    sent: true,
+                    body_started,
+                })
+            }
+            // Abandoned at the deadline: the API may still be working on it (the slot says so).
+            Err(_) => Err(Failure {
+                status: None,
+                error: BalenaError::Timeout(timeout),
+                sent: true,
+                body_started,
+            }),
+        }
+    }
+}
+
+/// What went wrong with one request.
+#[derive(Debug)]
+struct Failure {
+    status: Option<u16>,
+    error: BalenaError,
+    /// Whether the request left the exporter (a request never sent is not an upstream error).
+    sent: bool,
+    /// Whether any of the body reached the caller (then it cannot be retried).
+    body_started: bool,
+}
+
+impl Failure {
+    fn not_sent(error: BalenaError) -> Self {
+        Self {
+            status: None,
+            error,
+            sent: false,
+            body_started: false,
         }
     }
 }

@@ -8,12 +8,14 @@
 
 mod client;
 mod error;
+pub mod limit;
 pub mod model;
 pub mod odata;
 pub mod stream;
 
-pub use client::{parse_retry_after, AuthLimits, BalenaClient, CallRecord, Session};
+pub use client::{parse_retry_after, BalenaClient, CallRecord, Session};
 pub use error::BalenaError;
+pub use limit::AuthLimits;
 
 use model::{Actor, Device, Envelope, Fleet};
 use odata::{quote_literal, Query};

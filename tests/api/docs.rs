@@ -32,10 +32,36 @@ async fn docs_list_exactly_the_emitted_metrics() {
         format!(
             "{}modules:\n  default:\n    device_tags: [location]\n  summary:\n    devices: false\n  compat:\n    counts_only: true\n    legacy_devices_online: true\n",
             default_config(url, &["screens"])
+                .replace("  timeout: 5s\n", "  timeout: 5s\n  max_concurrency: 1\n")
         )
     })
     .await;
     let mut emitted = BTreeSet::new();
+    {
+        // Two probes for one slot of a slow API: the first holds it for 0.6 s, the second
+        // (0.2 s to live) never sends.
+        use balena_exporter::simulator::{Fault, FaultRule};
+        app.sim.inject(
+            FaultRule::always("/v7/", Fault::Delay(std::time::Duration::from_millis(600))).times(1),
+        );
+        let (a, b) = futures_util::future::join(
+            app.get_with(
+                "/probe?target=screens&module=summary",
+                &[("X-Prometheus-Scrape-Timeout-Seconds", "2.5")],
+            ),
+            async {
+                actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+                app.get_with(
+                    "/probe?target=screens&module=compat",
+                    &[("X-Prometheus-Scrape-Timeout-Seconds", "0.8")],
+                )
+                .await
+            },
+        )
+        .await;
+        assert!(a.body.contains("probe_success 1"), "{}", a.body);
+        assert!(b.body.contains("probe_success 0"), "{}", b.body);
+    }
     for module in ["default", "summary", "compat"] {
         let a = app
             .get(&format!("/probe?target=screens&module={module}"))

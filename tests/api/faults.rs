@@ -367,3 +367,83 @@ fn reliability_doc_lists_the_fault_matrix() {
     }
     assert!(doc.contains(&format!("{begin}{table}{end}")), "docs/reliability.md is out of date: run UPDATE_DOCS=1 cargo test --test api reliability_doc");
 }
+
+/// An API that closes every connection after its answer, without saying so (HTTP/1.0 servers,
+/// proxies with short keep-alive): the exporter's next request on the pooled connection finds
+/// it closed before any answer, and retries once on a new one. Every probe succeeds.
+#[actix_rt::test]
+async fn a_connection_closed_by_the_api_is_retried_once() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let server = {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&req);
+                let body = if head.starts_with("GET /v7/application") {
+                    r#"{"d":[{"id":1,"app_name":"app","slug":"org/app","organization":[{"handle":"org"}],"is_for__device_type":[{"slug":"rpi"}],"should_be_running__release":[]}]}"#
+                } else if head.contains("gt%205") {
+                    r#"{"d":[]}"#
+                } else {
+                    r#"{"d":[{"id":5,"uuid":"0123456789abcdef0123456789abcdef","device_name":"d","is_online":true,"api_heartbeat_state":"online","overall_status":"operational","is_undervolted":false}]}"#
+                };
+                // HTTP/1.1 with no `Connection: close`: the client may keep the connection,
+                // and this server closes it anyway.
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let app = spawn_with(world(&[]), |_| {
+        format!(
+            "api:\n  url: {url}\n  cache_ttl: 0s\n  fleet_cache_ttl: 0s\nauths:\n  a:\n    token: tok\nmodules:\n  summary:\n    devices: false\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n    module: summary\n"
+        )
+    })
+    .await;
+    let mut retried = 0;
+    for i in 0..5 {
+        let answer = app.get("/probe?target=t&debug=true").await;
+        assert!(
+            answer.body.contains("probe_success 1"),
+            "probe {i}: {}",
+            answer.body
+        );
+        retried += answer
+            .body
+            .matches("the connection closed before an answer: retrying once")
+            .count();
+    }
+    assert!(retried > 0, "no probe met a closed connection: the test proves nothing");
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        15,
+        "3 answered requests per probe"
+    );
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    app.stop().await;
+}
