@@ -274,11 +274,21 @@ impl<'a> Session<'a> {
             Ok(slot) => slot,
             Err(_) => return Err(Failure::not_sent(BalenaError::Timeout(remaining))),
         };
+        // A probe's first request starts a fetch of at least two (a page and the end page, or a
+        // lookup and a page): it needs time for two, a later request for itself.
         let left = self.remaining();
-        if let Some(expected) = limit.expected().filter(|e| left < *e) {
+        let requests_needed = match priority {
+            Priority::Starting => 2,
+            Priority::Continuing => 1,
+        };
+        if let Some(expected) = limit
+            .expected()
+            .map(|e| e * requests_needed)
+            .filter(|e| left < *e)
+        {
             slot.finished(false);
             self.note(format_args!(
-                "not sent: {:.3}s left, requests of this auth take ~{:.3}s",
+                "not sent: {:.3}s left, and what this probe still needs takes ~{:.3}s",
                 left.as_secs_f64(),
                 expected.as_secs_f64()
             ));

@@ -7,7 +7,9 @@
 //!   none (each probe's second request queued behind every first request).
 //! - **No request without time to finish.** Each auth keeps a running estimate of how long its
 //!   requests take; a request is not started when less than that is left before the probe's
-//!   deadline (it would be abandoned half way while the API goes on working on it).
+//!   deadline (it would be abandoned half way while the API goes on working on it), and a
+//!   probe's first request not when less than two requests' time is left (a fetch is at least
+//!   two: the probe could not finish, and its first request would only take a slot).
 //! - **A slot outlives an abandoned request.** When a probe gives up while its request is in
 //!   flight, the API still works on it: the slot stays taken for the rest of the estimated
 //!   request time, so the API never sees more than the cap.

@@ -437,7 +437,10 @@ async fn a_connection_closed_by_the_api_is_retried_once() {
             .matches("the connection closed before an answer: retrying once")
             .count();
     }
-    assert!(retried > 0, "no probe met a closed connection: the test proves nothing");
+    assert!(
+        retried > 0,
+        "no probe met a closed connection: the test proves nothing"
+    );
     assert_eq!(
         answered.load(Ordering::SeqCst),
         15,
