@@ -68,7 +68,7 @@ pub struct Cli {
     pub history_limit: usize,
 
     /// How often to list the fleets of org and `all` targets (for per-fleet targets on /sd).
-    #[arg(long = "discovery.interval", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long = "discovery.interval", value_name = "DURATION", default_value = "5m", value_parser = parse_interval)]
     pub discovery_interval: Duration,
 
     /// Subtracted from Prometheus' scrape timeout to leave time to answer.
@@ -91,6 +91,15 @@ pub struct Cli {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::config::duration::parse(s)
         .ok_or_else(|| format!("invalid duration {s:?}; expected e.g. 500ms, 1s"))
+}
+
+/// A discovery interval: at least 1s (0s would list fleets in a loop).
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?} is too short; expected at least 1s, e.g. 5m"));
+    }
+    Ok(d)
 }
 
 impl Cli {

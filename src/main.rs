@@ -20,7 +20,6 @@ async fn main() -> std::process::ExitCode {
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "exiting");
             eprintln!("balena-exporter: {e:#}");
             std::process::ExitCode::FAILURE
         }

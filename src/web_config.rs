@@ -73,7 +73,8 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpServerConfig {
-    /// Accepted for compatibility; HTTP/2 is not served.
+    /// HTTP/2 is offered over TLS (ALPN), as the exporter toolkit does by default; `false` is
+    /// refused (it cannot be turned off here).
     #[serde(default)]
     pub http2: Option<bool>,
     /// Headers added to every response (the exporter-toolkit's security headers).
@@ -110,9 +111,24 @@ pub fn load(path: &Path) -> Result<(WebConfig, Option<rustls::ServerConfig>), We
     let config: WebConfig = if text.trim().is_empty() {
         WebConfig::default()
     } else {
+        // Through a generic value first: it refuses a key given twice (a user listed twice
+        // would otherwise keep only its last hash, silently).
+        serde_yaml::from_str::<serde_yaml::Value>(&text).map_err(|e| err(path, e.to_string()))?;
         serde_yaml::from_str(&text).map_err(|e| err(path, e.to_string()))?
     };
+    if config.http_server_config.as_ref().and_then(|h| h.http2) == Some(false) {
+        return Err(err(
+            path,
+            "http_server_config.http2: false is not supported: HTTP/2 is offered over TLS (ALPN)",
+        ));
+    }
     for (user, hash) in &config.basic_auth_users {
+        if user.is_empty() || user.contains(':') {
+            return Err(err(
+                path,
+                format!("basic_auth_users: {user:?} cannot be a user name (empty, or holds ':', which Basic auth uses to end the name)"),
+            ));
+        }
         if hash.parse::<bcrypt::HashParts>().is_err() {
             return Err(err(
                 path,
@@ -257,21 +273,32 @@ fn server_config(path: &Path, t: &TlsConfig) -> Result<rustls::ServerConfig, Web
 #[derive(Debug, Default)]
 pub struct BasicAuth {
     users: BTreeMap<String, String>,
+    /// A hash that matches nothing a client sends, at the cost of the configured hashes:
+    /// unknown users are checked against it, so they take as long as known ones.
+    dummy: String,
     verified: Mutex<HashSet<u64>>,
+    /// One bcrypt at a time: a flood of wrong passwords takes one core, not all of them.
+    one_at_a_time: Mutex<()>,
     hasher: RandomState,
 }
-
-/// A bcrypt hash that matches nothing a client sends: unknown users are checked against it so
-/// that they take as long as known ones.
-static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    bcrypt::hash("balena-exporter-no-such-user", bcrypt::DEFAULT_COST).unwrap_or_default()
-});
 
 impl BasicAuth {
     /// From the config's `basic_auth_users`.
     pub fn new(users: BTreeMap<String, String>) -> Self {
+        let cost = users
+            .values()
+            .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
+            .map(|p| p.get_cost())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy = if users.is_empty() {
+            String::new()
+        } else {
+            bcrypt::hash("balena-exporter-no-such-user", cost).unwrap_or_default()
+        };
         Self {
             users,
+            dummy,
             ..Default::default()
         }
     }
@@ -308,9 +335,12 @@ impl BasicAuth {
         };
         let (hash, known) = match self.users.get(&user) {
             Some(h) => (h.as_str(), true),
-            None => (DUMMY_HASH.as_str(), false),
+            None => (self.dummy.as_str(), false),
         };
-        let ok = bcrypt::verify(password, hash).unwrap_or(false) && known;
+        let ok = {
+            let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
+            bcrypt::verify(password, hash).unwrap_or(false) && known
+        };
         if ok {
             if let Ok(mut v) = self.verified.lock() {
                 v.insert(key);
@@ -391,6 +421,18 @@ mod tests {
                 "tls_server_config.cert_file: /dev/zero is not a regular file",
             ),
             ("bogus: 1\n", "unknown field `bogus`"),
+            (
+                "basic_auth_users:\n  u: $2y$10$abcdefghijklmnopqrstuu5fW9x8r1QF0Bx1V2y3z4A5b6C7d8E9f\n  u: $2y$10$abcdefghijklmnopqrstuu5fW9x8r1QF0Bx1V2y3z4A5b6C7d8E9f\n",
+                "duplicate entry",
+            ),
+            (
+                "basic_auth_users:\n  'a:b': $2y$10$abcdefghijklmnopqrstuu5fW9x8r1QF0Bx1V2y3z4A5b6C7d8E9f\n",
+                "cannot be a user name",
+            ),
+            (
+                "http_server_config:\n  http2: false\n",
+                "http2: false is not supported",
+            ),
             (
                 "http_server_config:\n  headers:\n    X-Evil: 1\n",
                 "http_server_config.headers.X-Evil: not allowed",

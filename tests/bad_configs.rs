@@ -54,6 +54,7 @@ fn every_bad_config_stops_start_up_with_its_message() {
             .filter(|l| l.starts_with("balena-exporter: "))
             .collect();
         assert_eq!(lines.len(), 1, "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line in all: {err}");
         assert!(
             lines[0].contains(&file.display().to_string()),
             "names the file: {}",

@@ -47,6 +47,11 @@ impl BalenaClient {
     }
 }
 
+/// The largest answer held whole (fleet, organization and whoami lookups): 10,000 fleets with
+/// their expansions take ~3 MB, so this leaves a wide margin and still bounds what a wrong or
+/// hostile answer can make the exporter hold.
+pub const MAX_HELD_BODY_BYTES: usize = 16 * 1024 * 1024;
+
 /// One upstream call as recorded for `debug=true` and the probe log (never the token).
 #[derive(Debug, Clone)]
 pub struct CallRecord {
@@ -136,15 +141,21 @@ impl<'a> Session<'a> {
         serde_json::from_slice(&body).map_err(|e| BalenaError::Decode(e.to_string()))
     }
 
-    /// GETs `path?query` and returns the raw body of a 2xx answer.
+    /// GETs `path?query` and returns the raw body of a 2xx answer, held whole: at most
+    /// [`MAX_HELD_BODY_BYTES`] (or `api.max_response_bytes` if smaller). Device listings, the
+    /// only large answers, are streamed instead ([`Session::get_streamed`]).
     pub async fn get_body(
         &self,
         endpoint: &'static str,
         path: &str,
         query: &str,
     ) -> Result<actix_web::web::Bytes, BalenaError> {
+        let limit = MAX_HELD_BODY_BYTES.min(self.api.max_response_bytes);
         let mut body = actix_web::web::BytesMut::new();
         self.get_streamed(endpoint, path, query, &mut |chunk| {
+            if body.len() + chunk.len() > limit {
+                return Err(BalenaError::TooLarge { limit });
+            }
             body.extend_from_slice(chunk);
             Ok(())
         })

@@ -279,13 +279,13 @@ impl CompressedSeries {
     /// The text inflated piece by piece, in chunks of at most `chunk` bytes: an answer to a
     /// client without gzip holds one chunk at a time, not the whole text.
     pub fn text_chunks(&self, chunk: usize) -> TextChunks {
-        TextChunks {
-            pieces: self.pieces.clone().into_iter(),
-            current: Bytes::new(),
-            pos: 0,
-            inflate: Decompress::new(false),
-            chunk: chunk.max(1),
-        }
+        TextChunks::new(self.shared_pieces(), chunk)
+    }
+
+    /// The pieces, shared (reference-counted buffers, not copies), to inflate later with
+    /// [`TextChunks::new`].
+    pub fn shared_pieces(&self) -> Vec<Bytes> {
+        self.pieces.clone()
     }
 
     /// `head` followed by the series, as one gzip member whose largest part is the cached
@@ -383,6 +383,19 @@ pub struct TextChunks {
     pos: usize,
     inflate: Decompress,
     chunk: usize,
+}
+
+impl TextChunks {
+    /// Inflates `pieces` in chunks of at most `chunk` bytes.
+    pub fn new(pieces: Vec<Bytes>, chunk: usize) -> Self {
+        Self {
+            pieces: pieces.into_iter(),
+            current: Bytes::new(),
+            pos: 0,
+            inflate: Decompress::new(false),
+            chunk: chunk.max(1),
+        }
+    }
 }
 
 impl Iterator for TextChunks {

@@ -13,7 +13,7 @@ use super::{AppState, TEXT_FORMAT};
 use crate::balena::{BalenaClient, BalenaError, CallRecord, Session};
 use crate::history::ProbeRecord;
 use crate::metrics::{self as m, Exposition};
-use crate::probe::body::{accepts_gzip, CompressedSeries};
+use crate::probe::body::{accepts_gzip, CompressedSeries, TextChunks};
 use crate::probe::cache::{CacheKey, Source};
 use crate::probe::{self, ProbeData};
 use actix_web::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, VARY};
@@ -317,11 +317,39 @@ pub async fn probe(
     }
     // Without gzip the text is inflated as it is sent, 64 KiB at a time.
     let len = (head_text.len() + series.len()) as u64;
-    let chunks = std::iter::once(web::Bytes::from(head_text))
-        .chain(series.text_chunks(64 * 1024))
-        .map(Ok::<_, std::convert::Infallible>);
+    let head = futures_util::stream::once(async move { Ok(web::Bytes::from(head_text)) });
+    let body = futures_util::StreamExt::chain(head, inflated(series.shared_pieces()));
     resp.insert_header((CONTENT_ENCODING, "identity"))
-        .body(SizedStream::new(len, futures_util::stream::iter(chunks)))
+        .body(SizedStream::new(len, body))
+}
+
+/// At most this many answers without gzip inflate at once. Each holds an inflater and a
+/// 64 KiB chunk (~140 KB with the connection's buffers): a burst of 1,000 such answers waits
+/// its turn here instead of holding hundreds of megabytes.
+const MAX_INFLATING: usize = 32;
+
+static INFLATING: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_INFLATING)));
+
+/// The series' text, inflated 64 KiB at a time once one of [`MAX_INFLATING`] turns is free
+/// (the inflater is made only then, and dropped with the turn at the end).
+fn inflated(
+    pieces: Vec<web::Bytes>,
+) -> impl futures_util::Stream<Item = Result<web::Bytes, std::convert::Infallible>> {
+    type Turn = (tokio::sync::OwnedSemaphorePermit, TextChunks);
+    let start: (Option<Vec<web::Bytes>>, Option<Turn>) = (Some(pieces), None);
+    futures_util::stream::unfold(start, |(pieces, turn)| async move {
+        let (permit, mut chunks) = match (pieces, turn) {
+            (_, Some(turn)) => turn,
+            (Some(pieces), None) => (
+                INFLATING.clone().acquire_owned().await.ok()?,
+                TextChunks::new(pieces, 64 * 1024),
+            ),
+            (None, None) => return None,
+        };
+        let next = chunks.next()?;
+        Some((Ok(next), (None, Some((permit, chunks)))))
+    })
 }
 
 /// `<org or all target>/<fleet slug>`, for a fleet that discovery found under that target:
@@ -364,7 +392,7 @@ fn log_outcome(
             target: "balena_exporter::probe",
             target_name = %target, module, result = "success",
             duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
-            source = ?source, data_age_seconds = age.as_secs_f64(),
+            data_from = ?source, data_age_seconds = age.as_secs_f64(),
             fleets = data.fleets, devices = data.devices, "probe succeeded"
         ),
         Err(e) => {
