@@ -1,0 +1,137 @@
+//! Memory under a burst: 1,000 clients ask for one cached target of 10,000 devices at once,
+//! with gzip and without, against a separate exporter process; reports the process' peak RSS
+//! (VmHWM) before and after each burst. Answers without gzip are inflated as they are sent,
+//! at most 32 at a time (src/routes/probe.rs), so the burst waits rather than holding an
+//! inflater and a chunk per client.
+//!
+//! `cargo build --release && cargo run --release --example burst -- [CLIENTS]` (default
+//! 1,000). Loopback only; one burst of each kind.
+
+use std::time::{Duration, Instant};
+
+use balena_exporter::simulator::{FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[actix_rt::main]
+async fn main() {
+    let clients: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let bin =
+        std::env::var("BURST_BIN").unwrap_or_else(|_| "target/release/balena-exporter".into());
+    let spec = WorldSpec {
+        seed: 5,
+        orgs: vec![OrgSpec {
+            handle: "acme".into(),
+            fleets: vec![FleetSpec::new("big", 10_000)],
+        }],
+        users: vec![UserSpec {
+            username: "ops".into(),
+            token: "tok".into(),
+            orgs: vec!["acme".into()],
+        }],
+    };
+    let sim = Simulator::start(&spec, "127.0.0.1:0").expect("simulator");
+    let dir = std::env::temp_dir().join(format!("balena-burst-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "api:\n  url: {}\n  cache_ttl: 10m\nauths:\n  a:\n    token: tok\ntargets:\n  big: {{fleet: acme/big, auth: a}}\n",
+            sim.url()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(&bin)
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn")
+        .spawn()
+        .expect("exporter starts");
+    let pid = child.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = awc::Client::builder()
+        .connector(awc::Connector::new().limit(clients + 10))
+        .timeout(Duration::from_secs(120))
+        .finish();
+    for _ in 0..100 {
+        if client.get(format!("{base}/-/ready")).send().await.is_ok() {
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Fill the cache once.
+    let mut first = client
+        .get(format!("{base}/probe?target=big"))
+        .no_decompress()
+        .send()
+        .await
+        .expect("probe");
+    let _ = first.body().limit(1 << 30).await;
+    println!(
+        "cached; exporter peak RSS {} MiB",
+        status_kib(pid, "VmHWM:") / 1024
+    );
+    let modes: Vec<bool> = match std::env::var("BURST_MODE").as_deref() {
+        Ok("gzip") => vec![true],
+        Ok("identity") => vec![false],
+        _ => vec![true, false],
+    };
+    for gzip in modes {
+        let started = Instant::now();
+        let reqs: Vec<_> = (0..clients)
+            .map(|_| {
+                let mut r = client
+                    .get(format!("{base}/probe?target=big"))
+                    .no_decompress();
+                r = r.insert_header(("Accept-Encoding", if gzip { "gzip" } else { "identity" }));
+                async move {
+                    let mut resp = match r.send().await {
+                        Ok(resp) => resp,
+                        Err(e) => {
+                            eprintln!("send: {e}");
+                            return None;
+                        }
+                    };
+                    match resp.body().limit(1 << 30).await {
+                        Ok(b) => Some(b.len()),
+                        Err(e) => {
+                            eprintln!("body: {e}");
+                            None
+                        }
+                    }
+                }
+            })
+            .collect();
+        let sizes = futures_util::future::join_all(reqs).await;
+        let ok = sizes.iter().filter(|s| s.is_some()).count();
+        println!(
+            "{clients} clients, {}: {ok} answered ({} bytes each) in {:.1}s; exporter peak RSS {} MiB, RSS now {} MiB",
+            if gzip { "gzip" } else { "identity" },
+            sizes.iter().flatten().next().copied().unwrap_or(0),
+            started.elapsed().as_secs_f64(),
+            status_kib(pid, "VmHWM:") / 1024,
+            status_kib(pid, "VmRSS:") / 1024,
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    sim.stop().await;
+}
