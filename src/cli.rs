@@ -160,4 +160,12 @@ mod tests {
         .unwrap();
         assert_eq!(cli.route_prefix(), "/b");
     }
+
+    #[test]
+    fn a_discovery_interval_under_a_second_is_refused() {
+        let e = Cli::try_parse_from(["x", "--discovery.interval=0s"]).unwrap_err();
+        assert!(e.to_string().contains("expected at least 1s"), "{e}");
+        let cli = Cli::try_parse_from(["x", "--discovery.interval=1s"]).unwrap();
+        assert_eq!(cli.discovery_interval, Duration::from_secs(1));
+    }
 }

@@ -384,6 +384,15 @@ pub async fn require_basic_auth(
 mod tests {
     use super::*;
 
+    /// An unknown user costs what a known one does: the dummy hash has the configured cost.
+    #[test]
+    fn the_dummy_hash_has_the_cost_of_the_configured_ones() {
+        let hash = bcrypt::hash("pw", 5).unwrap();
+        let auth = BasicAuth::new(BTreeMap::from([("u".to_string(), hash)]));
+        let cost = auth.dummy.parse::<bcrypt::HashParts>().unwrap().get_cost();
+        assert_eq!(cost, 5);
+    }
+
     #[test]
     fn basic_auth_accepts_only_matching_credentials() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
