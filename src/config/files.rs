@@ -14,8 +14,8 @@ pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
 /// parser's time grows with the square of the depth (100,000 levels cost 83 s of CPU).
 pub const MAX_YAML_NESTING: usize = 64;
 
-/// The contents of a regular file of at most `max` bytes.
-pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+/// The metadata of `path` (links followed) if it is a regular file of at most `max` bytes.
+pub fn regular_file(path: &Path, max: u64) -> Result<std::fs::Metadata, String> {
     let meta =
         std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if !meta.is_file() {
@@ -28,6 +28,12 @@ pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
             meta.len()
         ));
     }
+    Ok(meta)
+}
+
+/// The contents of a regular file of at most `max` bytes.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let meta = regular_file(path, max)?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     std::fs::File::open(path)
         .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))

@@ -27,18 +27,7 @@ struct Stamp {
 }
 
 fn stamp(path: &Path) -> Result<Stamp, String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
-    }
-    if meta.len() > MAX_TOKEN_FILE_BYTES {
-        return Err(format!(
-            "{} is {} bytes, more than the {MAX_TOKEN_FILE_BYTES} a token file may hold",
-            path.display(),
-            meta.len()
-        ));
-    }
+    let meta = super::files::regular_file(path, MAX_TOKEN_FILE_BYTES)?;
     Ok(Stamp {
         dev: meta.dev(),
         ino: meta.ino(),
@@ -225,7 +214,7 @@ mod tests {
         let big = dir.join("big");
         write(&big, &"secret-canary ".repeat(10_000));
         let err = TokenFile::open(&big).unwrap_err();
-        assert!(err.contains("more than the 65536"), "{err}");
+        assert!(err.contains("more than the 65536 allowed"), "{err}");
         assert!(!err.contains("secret-canary"));
         let bin = dir.join("bin");
         std::fs::write(&bin, [0xff, 0xfe, b's']).unwrap();

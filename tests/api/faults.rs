@@ -390,31 +390,42 @@ async fn a_connection_closed_by_the_api_is_retried_once() {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                     continue;
                 };
-                conn.set_nonblocking(false).unwrap();
-                let mut req = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&req);
-                let body = if head.starts_with("GET /v7/application") {
-                    r#"{"d":[{"id":1,"app_name":"app","slug":"org/app","organization":[{"handle":"org"}],"is_for__device_type":[{"slug":"rpi"}],"should_be_running__release":[]}]}"#
-                } else if head.contains("gt%205") {
-                    r#"{"d":[]}"#
-                } else {
-                    r#"{"d":[{"id":5,"uuid":"0123456789abcdef0123456789abcdef","device_name":"d","is_online":true,"api_heartbeat_state":"online","overall_status":"operational","is_undervolted":false}]}"#
-                };
-                // HTTP/1.1 with no `Connection: close`: the client may keep the connection,
-                // and this server closes it anyway.
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                answered.fetch_add(1, Ordering::SeqCst);
+                let answered = answered.clone();
+                std::thread::spawn(move || {
+                    conn.set_nonblocking(false).unwrap();
+                    let read_request = |conn: &mut std::net::TcpStream| {
+                        let mut req = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match conn.read(&mut buf) {
+                                Ok(0) | Err(_) => return None,
+                                Ok(n) => req.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        Some(String::from_utf8_lossy(&req).into_owned())
+                    };
+                    let Some(head) = read_request(&mut conn) else {
+                        return;
+                    };
+                    let body = if head.starts_with("GET /v7/application") {
+                        r#"{"d":[{"id":1,"app_name":"app","slug":"org/app","organization":[{"handle":"org"}],"is_for__device_type":[{"slug":"rpi"}],"should_be_running__release":[]}]}"#
+                    } else if head.contains("gt%205") {
+                        r#"{"d":[]}"#
+                    } else {
+                        r#"{"d":[{"id":5,"uuid":"0123456789abcdef0123456789abcdef","device_name":"d","is_online":true,"api_heartbeat_state":"online","overall_status":"operational","is_undervolted":false}]}"#
+                    };
+                    // HTTP/1.1 with no `Connection: close`: the client keeps the connection...
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    // ...and a request sent on it again is never answered: the server closes.
+                    conn.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+                        .unwrap();
+                    let _ = read_request(&mut conn);
+                });
             }
         })
     };

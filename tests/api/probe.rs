@@ -131,19 +131,29 @@ async fn fleet_probe_reports_the_simulators_numbers() {
     app.stop().await;
 }
 
-/// A fleet larger than `api.page_size` is fetched in pages and counted once.
-#[actix_rt::test]
-async fn large_fleets_are_paged_and_counted_once() {
-    let app = spawn_with(world(&[("big", 120)]), |url| {
+/// The exporter on one fleet `acme/big` of 120 devices, listed in pages of 50.
+async fn spawn_paged_fleet() -> TestApp {
+    spawn_with(world(&[("big", 120)]), |url| {
         default_config(url, &["big"]).replace("  timeout: 5s\n", "  timeout: 5s\n  page_size: 50\n")
     })
-    .await;
-    let m = app.probe("target=big").await;
+    .await
+}
+
+/// All 120 devices of `acme/big` are in `m`, counted once.
+fn assert_all_120(m: &Samples) {
     assert_eq!(
         m.value("balena_fleet_devices", &[("fleet", "acme/big")]),
         120.0
     );
     assert_eq!(m.find("balena_device_info", &[]).len(), 120);
+}
+
+/// A fleet larger than `api.page_size` is fetched in pages and counted once.
+#[actix_rt::test]
+async fn large_fleets_are_paged_and_counted_once() {
+    let app = spawn_paged_fleet().await;
+    let m = app.probe("target=big").await;
+    assert_all_120(&m);
     assert_eq!(
         app.sim.requests("/v7/device"),
         4,
@@ -161,21 +171,14 @@ async fn large_fleets_are_paged_and_counted_once() {
 /// the listing goes on until an empty page, so nothing is undercounted.
 #[actix_rt::test]
 async fn a_server_cap_on_top_does_not_end_the_listing() {
-    let app = spawn_with(world(&[("big", 120)]), |url| {
-        default_config(url, &["big"]).replace("  timeout: 5s\n", "  timeout: 5s\n  page_size: 50\n")
-    })
-    .await;
+    let app = spawn_paged_fleet().await;
     app.sim
         .state
         .top_cap
         .store(20, std::sync::atomic::Ordering::Relaxed);
     let m = app.probe("target=big").await;
     assert_eq!(m.value("probe_success", &[]), 1.0);
-    assert_eq!(
-        m.value("balena_fleet_devices", &[("fleet", "acme/big")]),
-        120.0
-    );
-    assert_eq!(m.find("balena_device_info", &[]).len(), 120);
+    assert_all_120(&m);
     assert_eq!(
         app.sim.requests("/v7/device"),
         7,
@@ -190,10 +193,7 @@ async fn a_server_cap_on_top_does_not_end_the_listing() {
 #[actix_rt::test]
 async fn devices_changing_between_pages_are_neither_missed_nor_counted_twice() {
     use balena_exporter::simulator::{Fault, FaultRule};
-    let app = spawn_with(world(&[("big", 120)]), |url| {
-        default_config(url, &["big"]).replace("  timeout: 5s\n", "  timeout: 5s\n  page_size: 50\n")
-    })
-    .await;
+    let app = spawn_paged_fleet().await;
     // Hold the second page back while the world changes.
     app.sim.inject(
         FaultRule::always(
