@@ -86,6 +86,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => Some(web_config::load(path)?),
         None => None,
     };
+    // Signal handlers before the server answers anything: a SIGTERM or SIGHUP that arrives as
+    // soon as `/-/ready` does must not meet the default action (the process killed).
+    #[cfg(unix)]
+    let (term, hup) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::hangup()).ok(),
+        )
+    };
     let app = Application::build(Settings {
         config,
         listen: cli.listen.clone(),
@@ -107,7 +117,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION")
         );
     }
-    spawn_sighup_reloader(app.state());
+    #[cfg(unix)]
+    spawn_sighup_reloader(app.state(), hup);
     // On a stop signal a reload in progress gives up at once (it never holds the stop), then
     // in-flight requests finish.
     let handle = app.handle();
@@ -123,8 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let handle = app.handle();
         let state = app.state();
         actix_rt::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            if let Ok(mut term) = signal(SignalKind::terminate()) {
+            if let Some(mut term) = term {
                 term.recv().await;
                 tracing::info!("received SIGTERM, finishing in-flight requests");
                 state.stopping.stop();

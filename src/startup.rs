@@ -282,12 +282,12 @@ pub async fn reload(state: &AppState) -> Result<Reloaded, ReloadError> {
     result
 }
 
-/// Reloads on every SIGHUP (Unix) until the process ends.
-pub fn spawn_sighup_reloader(state: web::Data<AppState>) {
-    #[cfg(unix)]
+/// Reloads on every SIGHUP until the process ends. `hup` is made before the server starts
+/// (a SIGHUP before the handler exists would end the process).
+#[cfg(unix)]
+pub fn spawn_sighup_reloader(state: web::Data<AppState>, hup: Option<tokio::signal::unix::Signal>) {
     actix_rt::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        let Some(mut hup) = hup else {
             tracing::warn!("cannot install the SIGHUP handler; reload with POST /-/reload");
             return;
         };

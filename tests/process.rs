@@ -133,6 +133,48 @@ async fn sigterm_exits_cleanly() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// SIGTERM is honoured at once even while a reload is reading a large config (seconds of work
+/// here): the reload runs on a thread of its own and gives up when the process stops.
+#[actix_rt::test]
+async fn sigterm_does_not_wait_for_a_reload() {
+    let dir = std::env::temp_dir().join(format!("balena-exporter-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yml");
+    std::fs::write(
+        &file,
+        "auths:\n  a:\n    token: tok\ntargets:\n  t: {fleet: org/app, auth: a}\n",
+    )
+    .unwrap();
+    let mut exp = start(&[format!("--config.file={}", file.display())]).await;
+    // A config that takes seconds to read and check (45,000 targets, ~1.8 MB).
+    let mut big = String::from("auths:\n  a:\n    token: tok\ntargets:\n");
+    for i in 0..45_000 {
+        big.push_str(&format!("  t{i}: {{fleet: org/app{i}, auth: a}}\n"));
+    }
+    std::fs::write(&file, big).unwrap();
+    signal(&exp.child, "HUP");
+    actix_rt::time::sleep(Duration::from_millis(200)).await;
+    let sent = Instant::now();
+    signal(&exp.child, "TERM");
+    let status = loop {
+        if let Some(s) = exp.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "did not exit after SIGTERM"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took < Duration::from_secs(1),
+        "SIGTERM took {took:?} during a reload"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// An invalid web config stops start-up with exit 1 and a message naming the problem.
 #[test]
 fn a_bad_web_config_exits_1() {
