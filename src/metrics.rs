@@ -85,6 +85,8 @@ catalogue! {
     DEVICE_STORAGE_TOTAL = "balena_device_storage_total_bytes", "Size of the data partition (storage_total, MiB converted to bytes).";
     /// is_undervolted.
     DEVICE_UNDERVOLTED = "balena_device_undervolted", "Whether the device reports under-voltage (is_undervolted).";
+    /// VPN connection to balena.
+    DEVICE_VPN = "balena_device_vpn_connected", "Whether the device's VPN connection to balena is up (is_connected_to_vpn); online without it, the device is up but unreachable (reduced-functionality).";
     /// Running release = target release.
     DEVICE_ON_TARGET = "balena_device_on_target_release", "Whether the device runs the release it should run (pin, else fleet target).";
     /// overall_progress / 100.

@@ -42,6 +42,7 @@ pub const DEVICE_FIELDS: &[&str] = &[
     "storage_usage",
     "storage_total",
     "is_undervolted",
+    "is_connected_to_vpn",
     "last_connectivity_event",
     "should_be_running__release",
 ];

@@ -202,6 +202,9 @@ pub struct Device<'a> {
     /// Kernel reported under-voltage.
     #[serde(default)]
     pub is_undervolted: Option<bool>,
+    /// The device's VPN connection to balena is up.
+    #[serde(default)]
+    pub is_connected_to_vpn: Option<bool>,
     /// Last change of `is_online`, ISO-8601.
     #[serde(default, borrow, deserialize_with = "borrowed")]
     pub last_connectivity_event: Text<'a>,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::balena::model::Device;
 use crate::metrics::{family_header, write_sample};
 
-use super::series::{DeviceSeries, DEVICE_FAMILIES};
+use super::series::{DeviceSeries, Extra, DEVICE_FAMILIES, N_FAMILIES};
 
 /// The devices of one fetch.
 #[derive(Debug, Default)]
@@ -43,12 +43,37 @@ struct Row {
     info: [u32; 5],
     status: u32,
     heartbeat: u32,
-    /// Values of the families that are not always 1 (NaN: absent).
-    values: [f64; 11],
+    /// Values of the [`STORED`] families (NaN: absent).
+    values: [f64; N_STORED],
 }
 
-/// Families whose value is always 1 when present (info, status, heartbeat) are not stored.
-const STORED: [usize; 11] = [1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
+/// Families whose value is always 1 (info, status, heartbeat: they carry a label) are not
+/// stored; these are the others, by number.
+const STORED: [usize; N_STORED] = stored();
+const N_STORED: usize = {
+    let mut n = 0;
+    let mut i = 0;
+    while i < N_FAMILIES {
+        if matches!(DEVICE_FAMILIES[i].extra, Extra::Value) {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+};
+
+const fn stored() -> [usize; N_STORED] {
+    let mut out = [0; N_STORED];
+    let (mut i, mut n) = (0, 0);
+    while i < N_FAMILIES {
+        if matches!(DEVICE_FAMILIES[i].extra, Extra::Value) {
+            out[n] = i;
+            n += 1;
+        }
+        i += 1;
+    }
+    out
+}
 
 impl CompactDevices {
     /// An empty store for fleets with these slugs and the module's tag labels.
@@ -94,7 +119,7 @@ impl CompactDevices {
         let series = DeviceSeries::of("", d, &self.tags);
         let uuid = clip(series.uuid, u16::MAX as usize);
         let name = clip(series.name, u16::MAX as usize);
-        let mut values = [f64::NAN; 11];
+        let mut values = [f64::NAN; N_STORED];
         for (slot, family) in values.iter_mut().zip(STORED) {
             *slot = series.values[family].unwrap_or(f64::NAN);
         }
@@ -133,7 +158,7 @@ impl CompactDevices {
         let name_end = uuid_end + r.name_len as usize;
         let s = |n: u32| -> &str { &self.strings[n as usize] };
         let n_tags = self.tags.len();
-        let mut values = [Some(1.0); 14];
+        let mut values = [Some(1.0); N_FAMILIES];
         for (v, family) in r.values.iter().zip(STORED) {
             values[family] = (!v.is_nan()).then_some(*v);
         }

@@ -152,24 +152,77 @@ pub fn tag_labels(module: &ModuleConfig) -> Vec<(String, String)> {
     module.tag_labels()
 }
 
-/// Every per-device family, in the order a device writes them; [`DeviceSeries::sample`] takes
-/// an index into this list.
-pub const DEVICE_FAMILIES: [m::MetricDef; 14] = [
-    m::DEVICE_INFO,
-    m::DEVICE_ONLINE,
-    m::DEVICE_STATUS,
-    m::DEVICE_HEARTBEAT,
-    m::DEVICE_LAST_CONNECTIVITY,
-    m::DEVICE_CPU,
-    m::DEVICE_TEMP,
-    m::DEVICE_MEM_USED,
-    m::DEVICE_MEM_TOTAL,
-    m::DEVICE_STORAGE_USED,
-    m::DEVICE_STORAGE_TOTAL,
-    m::DEVICE_UNDERVOLTED,
-    m::DEVICE_ON_TARGET,
-    m::DEVICE_PROGRESS,
+/// The label a device family carries besides `fleet`, `device_uuid` and `device_name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extra {
+    /// None: the value is the device's.
+    Value,
+    /// The info labels and the module's tag labels (value 1).
+    Info,
+    /// `status` (value 1).
+    Status,
+    /// `state` (value 1).
+    Heartbeat,
+}
+
+/// One per-device metric family: what it is, the label it adds, and how its value comes from a
+/// device row (`None`: no series, as for a null field). A new device metric is a row here,
+/// its definition in the catalogue (`metrics.rs`) and its field in the model (`Device`).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceFamily {
+    /// Name and help.
+    pub def: m::MetricDef,
+    /// The label it adds.
+    pub extra: Extra,
+    /// Its value for a device (units converted).
+    pub value: fn(&Device<'_>) -> Option<f64>,
+}
+
+const fn family(def: m::MetricDef, value: fn(&Device<'_>) -> Option<f64>) -> DeviceFamily {
+    DeviceFamily {
+        def,
+        extra: Extra::Value,
+        value,
+    }
+}
+
+const fn labelled(def: m::MetricDef, extra: Extra) -> DeviceFamily {
+    DeviceFamily {
+        def,
+        extra,
+        value: |_| Some(1.0),
+    }
+}
+
+/// Every per-device family, in the order a device writes them.
+pub const DEVICE_FAMILIES: &[DeviceFamily] = &[
+    labelled(m::DEVICE_INFO, Extra::Info),
+    family(m::DEVICE_ONLINE, |d| d.is_online.map(flag)),
+    labelled(m::DEVICE_STATUS, Extra::Status),
+    labelled(m::DEVICE_HEARTBEAT, Extra::Heartbeat),
+    family(m::DEVICE_LAST_CONNECTIVITY, |d| {
+        d.last_connectivity_event
+            .as_deref()
+            .and_then(parse_timestamp)
+    }),
+    family(m::DEVICE_CPU, |d| d.cpu_usage.map(|v| v / 100.0)),
+    family(m::DEVICE_TEMP, |d| d.cpu_temp),
+    family(m::DEVICE_MEM_USED, |d| d.memory_usage.map(|v| v * MIB)),
+    family(m::DEVICE_MEM_TOTAL, |d| d.memory_total.map(|v| v * MIB)),
+    family(m::DEVICE_STORAGE_USED, |d| d.storage_usage.map(|v| v * MIB)),
+    family(m::DEVICE_STORAGE_TOTAL, |d| {
+        d.storage_total.map(|v| v * MIB)
+    }),
+    family(m::DEVICE_UNDERVOLTED, |d| d.is_undervolted.map(flag)),
+    family(m::DEVICE_VPN, |d| d.is_connected_to_vpn.map(flag)),
+    family(m::DEVICE_ON_TARGET, |d| d.on_target_release().map(flag)),
+    family(m::DEVICE_PROGRESS, |d| {
+        d.overall_progress.map(|v| v / 100.0)
+    }),
 ];
+
+/// How many device families there are.
+pub const N_FAMILIES: usize = DEVICE_FAMILIES.len();
 
 /// What one device contributes to the series, computed once from its row: identifying
 /// labels, info labels, enum labels and one value per family of [`DEVICE_FAMILIES`] (`None`:
@@ -190,8 +243,8 @@ pub struct DeviceSeries<'a> {
     pub status: Cow<'a, str>,
     /// `state` label of `balena_device_heartbeat`.
     pub heartbeat: Cow<'a, str>,
-    /// The value of each family (units converted).
-    pub values: [Option<f64>; 14],
+    /// The value of each family of [`DEVICE_FAMILIES`] (units converted).
+    pub values: [Option<f64>; N_FAMILIES],
 }
 
 /// Label names of [`DeviceSeries::info`].
@@ -206,10 +259,6 @@ const INFO_LABELS: [&str; 5] = [
 impl<'a> DeviceSeries<'a> {
     /// The series of device `d` of fleet `fleet`, for the module's tag labels `tags`.
     pub fn of(fleet: &'a str, d: &'a Device<'_>, tags: &[(String, String)]) -> Self {
-        let last_connectivity = d
-            .last_connectivity_event
-            .as_deref()
-            .and_then(parse_timestamp);
         Self {
             fleet,
             uuid: d.uuid.as_ref(),
@@ -224,22 +273,7 @@ impl<'a> DeviceSeries<'a> {
             tags: tags.iter().map(|(_, key)| d.tag(key)).collect(),
             status: status_label(d),
             heartbeat: heartbeat_label(d),
-            values: [
-                Some(1.0),
-                d.is_online.map(flag),
-                Some(1.0),
-                Some(1.0),
-                last_connectivity,
-                d.cpu_usage.map(|v| v / 100.0),
-                d.cpu_temp,
-                d.memory_usage.map(|v| v * MIB),
-                d.memory_total.map(|v| v * MIB),
-                d.storage_usage.map(|v| v * MIB),
-                d.storage_total.map(|v| v * MIB),
-                d.is_undervolted.map(flag),
-                d.on_target_release().map(flag),
-                d.overall_progress.map(|v| v / 100.0),
-            ],
+            values: std::array::from_fn(|i| (DEVICE_FAMILIES[i].value)(d)),
         }
     }
 
@@ -254,14 +288,14 @@ impl<'a> DeviceSeries<'a> {
         let Some(value) = self.values[family] else {
             return;
         };
-        let def = DEVICE_FAMILIES[family];
+        let DeviceFamily { def, extra, .. } = DEVICE_FAMILIES[family];
         let base = [
             ("fleet", self.fleet),
             ("device_uuid", self.uuid),
             ("device_name", self.name),
         ];
-        match family {
-            0 => {
+        match extra {
+            Extra::Info => {
                 let mut labels: Vec<(&str, &str)> = Vec::with_capacity(8 + tags.len());
                 labels.extend(base);
                 labels.extend(INFO_LABELS.iter().copied().zip(self.info));
@@ -272,15 +306,15 @@ impl<'a> DeviceSeries<'a> {
                 );
                 write(def, &labels, value);
             }
-            2 => {
+            Extra::Status => {
                 let [a, b, c] = base;
                 write(def, &[a, b, c, ("status", &self.status)], value);
             }
-            3 => {
+            Extra::Heartbeat => {
                 let [a, b, c] = base;
                 write(def, &[a, b, c, ("state", &self.heartbeat)], value);
             }
-            _ => write(def, &base, value),
+            Extra::Value => write(def, &base, value),
         }
     }
 }

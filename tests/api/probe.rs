@@ -72,6 +72,12 @@ async fn fleet_probe_reports_the_simulators_numbers() {
     assert!(count(&rows, |r| r["overall_status"] == "disconnected") > 0.0);
     assert!(count(&rows, |r| r["overall_status"] == "updating") > 0.0);
     assert!(count(&rows, |r| !on_target(r)) > 0.0);
+    assert!(
+        count(&rows, |r| r["is_online"] == true
+            && r["is_connected_to_vpn"] != true)
+            > 0.0,
+        "some devices are up but unreachable (online, VPN down)"
+    );
 
     // Per-device series: one info per device; units converted; nulls give no series.
     assert_eq!(m.find("balena_device_info", &fleet).len(), 300);
@@ -99,6 +105,14 @@ async fn fleet_probe_reports_the_simulators_numbers() {
         assert_eq!(
             m.value("balena_device_online", &d),
             if r["is_online"] == true { 1.0 } else { 0.0 }
+        );
+        assert_eq!(
+            m.value("balena_device_vpn_connected", &d),
+            if r["is_connected_to_vpn"] == true {
+                1.0
+            } else {
+                0.0
+            }
         );
         let status = r["overall_status"].as_str().unwrap();
         assert_eq!(

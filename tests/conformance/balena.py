@@ -104,7 +104,7 @@ DEVICE_SELECT = ",".join([
     "id", "uuid", "device_name", "belongs_to__application", "is_of__device_type", "is_online",
     "api_heartbeat_state", "overall_status", "overall_progress", "os_version", "os_variant",
     "supervisor_version", "cpu_usage", "cpu_temp", "memory_usage", "memory_total", "storage_usage",
-    "storage_total", "is_undervolted", "last_connectivity_event", "is_running__release",
+    "storage_total", "is_undervolted", "is_connected_to_vpn", "last_connectivity_event", "is_running__release",
     "should_be_running__release",
 ])
 
@@ -192,6 +192,8 @@ class Truth:
         for field in ("memory_usage", "memory_total", "storage_usage", "storage_total"):
             put(f"balena_device_{field}_bytes", None if d[field] is None else d[field] * MIB)
         put("balena_device_undervolted", None if d["is_undervolted"] is None else int(d["is_undervolted"]))
+        put("balena_device_vpn_connected",
+            None if d["is_connected_to_vpn"] is None else int(d["is_connected_to_vpn"]))
         if nav(d["should_be_running__release"]) is not None:
             put("balena_device_on_target_release", int(self.on_target(d)))
         put("balena_device_update_progress_ratio",

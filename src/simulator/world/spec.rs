@@ -269,7 +269,9 @@ fn generate_device(
                 json!({"__id": releases[1].0}),
             );
         }
-        87..=91 => set(&mut d, "api_heartbeat_state", "timeout".into()),
+        87..=89 => set(&mut d, "api_heartbeat_state", "timeout".into()),
+        // Up (heartbeat online) but unreachable: the VPN is down (reduced-functionality).
+        90..=91 => set(&mut d, "is_connected_to_vpn", false.into()),
         92..=94 => {
             set(&mut d, "is_online", false.into());
             set(&mut d, "is_connected_to_vpn", false.into());
