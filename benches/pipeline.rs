@@ -78,7 +78,8 @@ fn pipeline(c: &mut Criterion) {
         };
         let mut builder = SeriesBuilder::new(vec![fleet.clone()], &compact_module);
         for_each_device(&body, |d| builder.add(&d)).unwrap();
-        let (fleet_series, compact, _, _) = builder.finish();
+        let data = builder.finish();
+        let (fleet_series, compact) = (data.series, data.compact);
         let compact = compact.expect("compact module keeps values");
         group.bench_function(
             BenchmarkId::new("compact answer (render+compress)", n),

@@ -38,10 +38,6 @@ pub struct ProbeData {
     pub fleets: usize,
     /// Devices counted.
     pub devices: usize,
-    /// Upstream requests made.
-    pub api_requests: usize,
-    /// How long the fetch took.
-    pub fetch_duration: Duration,
 }
 
 /// Fetches a target's data through `session` and builds its series.
@@ -51,7 +47,6 @@ pub async fn fetch(
     module: &ModuleConfig,
     rows: &FleetRowsAt<'_>,
 ) -> Result<ProbeData, BalenaError> {
-    let started = std::time::Instant::now();
     let (fleets, devices) = match scope {
         Scope::Fleet(slug) => {
             let fleet = fleet_row(session, slug, module, rows).await?;
@@ -73,15 +68,7 @@ pub async fn fetch(
     } else if !builder.is_empty() {
         balena::devices(session, &devices, module, |d| builder.add(&d)).await?;
     }
-    let (series, compact, fleets, devices) = builder.finish();
-    Ok(ProbeData {
-        series,
-        compact,
-        fleets,
-        devices,
-        api_requests: session.call_count(),
-        fetch_duration: started.elapsed(),
-    })
+    Ok(builder.finish())
 }
 
 /// The fleet-row cache as one probe sees it: which auth and config generation, for how long.
@@ -198,29 +185,21 @@ impl<'m> SeriesBuilder<'m> {
         }
     }
 
-    /// The compressed series (fleet aggregates first), the per-device values when the module
-    /// keeps them compact, the fleet count and the device count.
-    #[allow(clippy::type_complexity)]
-    pub fn finish(
-        self,
-    ) -> (
-        CompressedSeries,
-        Option<std::sync::Arc<CompactDevices>>,
-        usize,
-        usize,
-    ) {
+    /// The probe's data: the compressed series (fleet aggregates first), the per-device values
+    /// when the module keeps them compact, and the counts.
+    pub fn finish(self) -> ProbeData {
         let mut fleets = Exposition::new();
         for s in &self.stats {
             write_fleet(&mut fleets, s, self.module);
         }
-        (
-            CompressedSeries::from_expositions([fleets, self.devices]),
-            self.compact.map(|mut c| {
+        ProbeData {
+            series: CompressedSeries::from_expositions([fleets, self.devices]),
+            compact: self.compact.map(|mut c| {
                 c.shrink();
                 std::sync::Arc::new(c)
             }),
-            self.stats.len(),
-            self.device_total,
-        )
+            fleets: self.stats.len(),
+            devices: self.device_total,
+        }
     }
 }

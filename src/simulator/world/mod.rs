@@ -481,15 +481,6 @@ impl World {
             _ => true,
         }
     }
-
-    /// Candidate row ids for a top-level read (uses the fleet index for the common device filter).
-    /// All device ids (for bulk changes in tests and the demo).
-    pub fn all_device_ids(&self) -> Vec<u64> {
-        self.tables
-            .get("device")
-            .map(|t| t.keys().copied().collect())
-            .unwrap_or_default()
-    }
 }
 
 /// Navigations a guest may not follow from a fleet: the real API's guest role has no
