@@ -30,8 +30,9 @@ pub struct CacheKey {
     pub generation: u64,
 }
 
-/// A finished fetch: the result and when it completed.
-type Finished = (Result<Arc<ProbeData>, BalenaError>, Instant);
+/// A finished fetch: the result and when it completed (on the runtime's clock, which tests
+/// can pause and advance).
+type Finished = (Result<Arc<ProbeData>, BalenaError>, tokio::time::Instant);
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +96,7 @@ impl ProbeCache {
                 Step::Lead(tx) => {
                     let f = fetch.take().expect("a probe leads at most once");
                     let result = f().await.map(Arc::new);
-                    let _ = tx.send(Some((result.clone(), Instant::now())));
+                    let _ = tx.send(Some((result.clone(), tokio::time::Instant::now())));
                     if result.is_err() || ttl.is_zero() {
                         self.forget(&key, &tx);
                     }
@@ -210,6 +211,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn concurrent_probes_share_one_fetch_and_the_ttl_reuses_it() {
+        tokio::time::pause(); // the 100 ms fetch and the TTL run on the test's clock
         let cache = Arc::new(ProbeCache::default());
         let calls = Arc::new(AtomicUsize::new(0));
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -243,6 +245,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn failures_and_zero_ttl_are_not_reused() {
+        tokio::time::pause();
         let cache = ProbeCache::default();
         let deadline = Instant::now() + Duration::from_secs(5);
         let (r, _, _) = cache
@@ -277,6 +280,9 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_vanished_leader_frees_its_followers() {
+        // Paused time: each sleep below ends when every task has run as far as it can, so
+        // the order (leader fetching, follower waiting, leader gone) is certain, not timed.
+        tokio::time::pause();
         let cache = Arc::new(ProbeCache::default());
         let deadline = Instant::now() + Duration::from_secs(5);
         let c = cache.clone();
@@ -300,5 +306,21 @@ mod tests {
         actix_rt::time::sleep(Duration::from_millis(50)).await;
         leader.abort();
         assert_eq!(follower.await.unwrap(), Source::Fetched);
+    }
+
+    #[actix_rt::test]
+    async fn a_result_is_reused_until_its_ttl_then_fetched_again() {
+        tokio::time::pause();
+        let cache = ProbeCache::default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let ttl = Duration::from_secs(60);
+        let probe =
+            || cache.get_or_fetch(key(), ttl, deadline, || async { Ok(ProbeData::default()) });
+        assert_eq!(probe().await.2, Source::Fetched);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        let (_, age, src) = probe().await;
+        assert_eq!((src, age), (Source::Cache, Duration::from_secs(59)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(probe().await.2, Source::Fetched);
     }
 }
