@@ -11,105 +11,176 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-/// (case, what is injected, expected outcome)
-const CASES: &[(&str, &str, &str)] = &[
-    (
+/// How a case is made.
+#[derive(Clone, Copy)]
+enum Make {
+    /// The simulator answers the sick fleet's device listing with this fault; the probe must
+    /// fail with `reason`.
+    Fault(fn() -> Fault, &'static str),
+    /// Probing this target (of [`config`]) must fail with `reason`.
+    Target(&'static str, &'static str),
+    /// Data the exporter must survive, checked on one probe of the sick fleet after the
+    /// simulator's rows were changed (see [`data_cases`]).
+    Data,
+}
+
+/// One case of the matrix: its name, what is injected, what is expected (for
+/// docs/reliability.md) and how it is made. The one table both the test and the doc read.
+struct Case {
+    name: &'static str,
+    injected: &'static str,
+    expected: &'static str,
+    make: Make,
+}
+
+const fn case(
+    name: &'static str,
+    injected: &'static str,
+    expected: &'static str,
+    make: Make,
+) -> Case {
+    Case {
+        name,
+        injected,
+        expected,
+        make,
+    }
+}
+
+const CASES: &[Case] = &[
+    case(
         "status_401",
         "device listing answers 401",
         "probe_success 0, reason unauthorized",
+        Make::Fault(|| Fault::Status(401), "unauthorized"),
     ),
-    (
+    case(
         "status_403",
         "device listing answers 403",
         "probe_success 0, reason forbidden",
+        Make::Fault(|| Fault::Status(403), "forbidden"),
     ),
-    (
+    case(
         "status_404",
         "device listing answers 404 (empty body)",
         "probe_success 0, reason api_error",
+        Make::Fault(|| Fault::Status(404), "api_error"),
     ),
-    (
+    case(
         "status_429_retry_after_beyond_deadline",
         "429 with Retry-After: 3600",
         "probe_success 0 at once, reason rate_limited",
+        Make::Fault(|| Fault::RateLimit(Some("3600".into())), "rate_limited"),
     ),
-    (
+    case(
         "status_429_without_retry_after",
         "429 with no Retry-After",
         "probe_success 0, reason rate_limited",
+        Make::Fault(|| Fault::RateLimit(None), "rate_limited"),
     ),
-    (
+    case(
         "status_500",
         "500 \"Server error\"",
         "probe_success 0, reason api_error",
+        Make::Fault(|| Fault::Status(500), "api_error"),
     ),
-    ("status_503", "503", "probe_success 0, reason api_error"),
-    (
+    case(
+        "status_503",
+        "503",
+        "probe_success 0, reason api_error",
+        Make::Fault(|| Fault::Status(503), "api_error"),
+    ),
+    case(
         "html_502_from_a_gateway",
         "502 with an HTML page",
         "probe_success 0, reason api_error",
+        Make::Fault(|| Fault::Html502, "api_error"),
     ),
-    (
+    case(
         "hang_past_the_deadline",
         "no answer for 20 s, scrape timeout 2 s",
         "probe_success 0 within the deadline, reason timeout",
+        Make::Fault(|| Fault::Delay(Duration::from_secs(20)), "timeout"),
     ),
-    (
+    case(
         "slow_byte_by_byte_body",
         "200 whose body trickles one byte per 50 ms",
         "probe_success 0 within the deadline, reason timeout",
+        Make::Fault(|| Fault::SlowBody(Duration::from_millis(50)), "timeout"),
     ),
-    (
+    case(
         "connection_reset_mid_body",
         "200, half the body, then the connection drops",
         "probe_success 0, reason transport",
+        Make::Fault(|| Fault::Reset, "transport"),
     ),
-    (
+    case(
         "truncated_json",
         "200 with the JSON cut in half",
         "probe_success 0, reason decode",
+        Make::Fault(|| Fault::TruncatedJson, "decode"),
     ),
-    (
+    case(
         "malformed_json",
         "200 with a body that is not JSON",
         "probe_success 0, reason decode",
+        Make::Fault(|| Fault::MalformedJson, "decode"),
     ),
-    (
+    case(
         "body_over_the_size_cap",
         "a 400-device answer over max_response_bytes (64 KiB)",
         "probe_success 0, reason too_large",
+        Make::Target("big", "too_large"),
     ),
-    (
+    case(
         "guest_token_on_a_private_fleet",
-        "an unknown token: the fleet lookup is empty, whoami 401",
+        "an unknown token: the fleet lookup answers 401 (as open-balena-api answers a guest)",
         "probe_success 0, reason unauthorized",
+        Make::Target("guest", "unauthorized"),
     ),
-    (
+    case(
         "valid_token_missing_fleet",
         "a fleet that does not exist: empty lookup, whoami 200",
         "probe_success 0, reason not_found",
+        Make::Target("gone", "not_found"),
     ),
-    (
+    case(
         "unknown_enum_values",
         "overall_status \"Frozen!\" and api_heartbeat_state \"hibernating\"",
         "success; values kept sanitised: status=\"frozen_\", state=\"hibernating\"",
+        Make::Data,
     ),
-    (
+    case(
         "every_nullable_field_null",
         "a device with every nullable field null",
         "success; that device has info/status/heartbeat but no value series",
+        Make::Data,
     ),
-    (
+    case(
         "duplicate_device_rows",
         "every device row sent twice",
         "success; each device counted and written once",
+        Make::Data,
     ),
-    (
+    case(
         "quotes_backslashes_newlines_in_names_and_tags",
         "device name and tag value with \", \\, newline and %41-style escapes",
         "success; labels escaped and read back unchanged",
+        Make::Data,
     ),
 ];
+
+/// The failures of a run, by case: every case runs, and the test reports them all at the end.
+#[derive(Default)]
+struct Failures(Vec<String>);
+
+impl Failures {
+    fn check(&mut self, ok: bool, case: &str, what: impl std::fmt::Display) {
+        if !ok {
+            self.0.push(format!("{case}: {what}"));
+        }
+    }
+}
 
 fn config(url: &str) -> String {
     format!(
@@ -159,7 +230,8 @@ async fn result_of(app: &TestApp, target: &str, timeout: &str) -> (f64, String, 
     (metrics.value("probe_success", &[]), reason, metrics)
 }
 
-/// Every case of the matrix, in one run with a healthy neighbour.
+/// Every case of the matrix, in one run with a healthy neighbour. Every case runs; the
+/// failures of all of them are reported together.
 #[actix_rt::test]
 async fn the_fault_matrix() {
     let app = spawn_with(world(&[("sick", 5), ("fine", 6), ("big", 400)]), config).await;
@@ -167,79 +239,76 @@ async fn the_fault_matrix() {
         .sim
         .with_world(|w| w.fleet("acme/sick").unwrap()["id"].as_u64().unwrap());
     let only_sick = format!("belongs_to__application eq {sick_id}&");
-    let upstream: &[(&str, Fault, &str)] = &[
-        ("status_401", Fault::Status(401), "unauthorized"),
-        ("status_403", Fault::Status(403), "forbidden"),
-        ("status_404", Fault::Status(404), "api_error"),
-        (
-            "status_429_retry_after_beyond_deadline",
-            Fault::RateLimit(Some("3600".into())),
-            "rate_limited",
-        ),
-        (
-            "status_429_without_retry_after",
-            Fault::RateLimit(None),
-            "rate_limited",
-        ),
-        ("status_500", Fault::Status(500), "api_error"),
-        ("status_503", Fault::Status(503), "api_error"),
-        ("html_502_from_a_gateway", Fault::Html502, "api_error"),
-        (
-            "hang_past_the_deadline",
-            Fault::Delay(Duration::from_secs(20)),
-            "timeout",
-        ),
-        (
-            "slow_byte_by_byte_body",
-            Fault::SlowBody(Duration::from_millis(50)),
-            "timeout",
-        ),
-        ("connection_reset_mid_body", Fault::Reset, "transport"),
-        ("truncated_json", Fault::TruncatedJson, "decode"),
-        ("malformed_json", Fault::MalformedJson, "decode"),
-    ];
-    let mut covered = Vec::new();
-    for (case, fault, reason) in upstream {
-        app.sim.clear_faults();
-        app.sim
-            .inject(FaultRule::always("/v7/device", fault.clone()).when_query_contains(&only_sick));
+    let mut f = Failures::default();
+    for c in CASES {
+        let (target, timeout, reason) = match c.make {
+            Make::Fault(fault, reason) => {
+                app.sim.clear_faults();
+                app.sim.inject(
+                    FaultRule::always("/v7/device", fault()).when_query_contains(&only_sick),
+                );
+                ("sick", "2", reason)
+            }
+            Make::Target(target, reason) => {
+                app.sim.clear_faults();
+                (target, "5", reason)
+            }
+            Make::Data => continue,
+        };
         let started = std::time::Instant::now();
-        let (ok, result, _) = result_of(&app, "sick", "2").await;
-        assert_eq!(ok, 0.0, "{case}");
-        assert!(
+        let (ok, result, _) = result_of(&app, target, timeout).await;
+        let took = started.elapsed();
+        f.check(ok == 0.0, c.name, format!("probe_success {ok}"));
+        f.check(
             result.starts_with(&format!("failure ({reason})")),
-            "{case}: {result}"
+            c.name,
+            format!("result {result:?}, expected reason {reason}"),
         );
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{case}: answered within the scrape timeout"
+        f.check(
+            took < Duration::from_secs(timeout.parse().unwrap()),
+            c.name,
+            format!("answered after {took:?}, beyond the scrape timeout"),
         );
-        let (fine, _, m) = result_of(&app, "fine", "2").await;
-        assert_eq!(fine, 1.0, "{case}: the healthy target is unaffected");
-        assert_eq!(
-            m.value("balena_fleet_devices", &[("fleet", "acme/fine")]),
-            6.0
+        let (fine, _, m) = result_of(&app, "fine", timeout).await;
+        f.check(
+            fine == 1.0 && m.value("balena_fleet_devices", &[("fleet", "acme/fine")]) == 6.0,
+            c.name,
+            "the healthy target was affected",
         );
-        assert_eq!(app.get("/-/healthy").await.status, 200, "{case}");
-        covered.push(*case);
+        f.check(
+            app.get("/-/healthy").await.status == 200,
+            c.name,
+            "the process stopped serving",
+        );
     }
     app.sim.clear_faults();
-    for (case, target, reason) in [
-        ("body_over_the_size_cap", "big", "too_large"),
-        ("guest_token_on_a_private_fleet", "guest", "unauthorized"),
-        ("valid_token_missing_fleet", "gone", "not_found"),
-    ] {
-        let (ok, result, _) = result_of(&app, target, "5").await;
-        assert_eq!(ok, 0.0, "{case}");
-        assert!(
-            result.starts_with(&format!("failure ({reason})")),
-            "{case}: {result}"
-        );
-        assert_eq!(result_of(&app, "fine", "5").await.0, 1.0, "{case}");
-        covered.push(case);
-    }
+    data_cases(&app, &only_sick, &mut f).await;
+    app.stop().await;
+    assert!(
+        f.0.is_empty(),
+        "{} failing check(s):\n{}",
+        f.0.len(),
+        f.0.join("\n")
+    );
+}
 
-    // Data the exporter must survive: mutate the sick fleet's devices.
+/// The [`Make::Data`] cases: rows of the sick fleet changed in the simulator, one probe.
+async fn data_cases(app: &TestApp, only_sick: &str, f: &mut Failures) {
+    let data: Vec<&str> = CASES
+        .iter()
+        .filter(|c| matches!(c.make, Make::Data))
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(
+        data,
+        [
+            "unknown_enum_values",
+            "every_nullable_field_null",
+            "duplicate_device_rows",
+            "quotes_backslashes_newlines_in_names_and_tags"
+        ],
+        "every data case of CASES is checked below"
+    );
     let ids = app.sim.with_world(|w| w.device_ids("acme/sick"));
     let uuid = |i: usize| {
         app.sim.with_world(|w| {
@@ -279,33 +348,44 @@ async fn the_fault_matrix() {
     let weird_tag = "back\\slash \"quoted\"\nnext %2F";
     app.sim
         .with_world_mut(|w| w.set_tag(ids[2], "location", weird_tag));
-    let (ok, _, m) = result_of(&app, "sick", "5").await;
-    assert_eq!(ok, 1.0);
-    assert_eq!(
+    let (ok, _, m) = result_of(app, "sick", "5").await;
+    f.check(ok == 1.0, "data cases", format!("probe_success {ok}"));
+
+    let case = "unknown_enum_values";
+    let u0 = uuid(0);
+    f.check(
         m.value(
             "balena_device_status",
-            &[("device_uuid", &uuid(0)), ("status", "frozen_")]
-        ),
-        1.0
+            &[("device_uuid", &u0), ("status", "frozen_")],
+        ) == 1.0,
+        case,
+        "status not kept as frozen_",
     );
-    assert_eq!(
+    f.check(
         m.value(
             "balena_device_heartbeat",
-            &[("device_uuid", &uuid(0)), ("state", "hibernating")]
-        ),
-        1.0
+            &[("device_uuid", &u0), ("state", "hibernating")],
+        ) == 1.0,
+        case,
+        "state not kept as hibernating",
     );
-    assert_eq!(
+    f.check(
         m.value(
             "balena_fleet_devices_status",
-            &[("fleet", "acme/sick"), ("status", "frozen_")]
-        ),
-        1.0
+            &[("fleet", "acme/sick"), ("status", "frozen_")],
+        ) == 1.0,
+        case,
+        "fleet count of frozen_ is not 1",
     );
-    covered.push("unknown_enum_values");
-    let nulls = [("device_uuid", uuid(1))];
-    let nulls: Vec<(&str, &str)> = nulls.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    assert_eq!(m.find("balena_device_info", &nulls).len(), 1);
+
+    let case = "every_nullable_field_null";
+    let u1 = uuid(1);
+    let nulls = [("device_uuid", u1.as_str())];
+    f.check(
+        m.find("balena_device_info", &nulls).len() == 1,
+        case,
+        "no info series",
+    );
     for absent in [
         "balena_device_cpu_usage_ratio",
         "balena_device_memory_usage_bytes",
@@ -314,39 +394,39 @@ async fn the_fault_matrix() {
         "balena_device_update_progress_ratio",
         "balena_device_cpu_temperature_celsius",
     ] {
-        assert!(
+        f.check(
             m.find(absent, &nulls).is_empty(),
-            "{absent} for a null field"
+            case,
+            format!("{absent} for a null field"),
         );
     }
-    covered.push("every_nullable_field_null");
-    let info = m.find("balena_device_info", &[("device_uuid", &uuid(2))]);
-    assert_eq!(info[0].labels["device_name"], "say \"hi\" \\o/\nline2 %41");
-    assert_eq!(info[0].labels["tag_location"], weird_tag);
-    covered.push("quotes_backslashes_newlines_in_names_and_tags");
-    app.sim.inject(
-        FaultRule::always("/v7/device", Fault::DuplicateRows).when_query_contains(&only_sick),
-    );
-    let (ok, _, m) = result_of(&app, "sick", "5").await;
-    assert_eq!(ok, 1.0);
-    assert_eq!(
-        m.value("balena_fleet_devices", &[("fleet", "acme/sick")]),
-        5.0
-    );
-    assert_eq!(
-        m.find("balena_device_info", &[("fleet", "acme/sick")])
-            .len(),
-        5
-    );
-    covered.push("duplicate_device_rows");
 
-    let listed: Vec<&str> = CASES.iter().map(|c| c.0).collect();
-    let mut sorted_covered = covered.clone();
-    sorted_covered.sort();
-    let mut sorted_listed = listed.clone();
-    sorted_listed.sort();
-    assert_eq!(sorted_covered, sorted_listed, "CASES and the test agree");
-    app.stop().await;
+    let case = "quotes_backslashes_newlines_in_names_and_tags";
+    let info = m.find("balena_device_info", &[("device_uuid", &uuid(2))]);
+    f.check(
+        info.first().is_some_and(|i| {
+            i.labels["device_name"] == "say \"hi\" \\o/\nline2 %41"
+                && i.labels["tag_location"] == weird_tag
+        }),
+        case,
+        "labels not read back unchanged",
+    );
+
+    let case = "duplicate_device_rows";
+    app.sim.inject(
+        FaultRule::always("/v7/device", Fault::DuplicateRows).when_query_contains(only_sick),
+    );
+    let (ok, _, m) = result_of(app, "sick", "5").await;
+    f.check(
+        ok == 1.0
+            && m.value("balena_fleet_devices", &[("fleet", "acme/sick")]) == 5.0
+            && m.find("balena_device_info", &[("fleet", "acme/sick")])
+                .len()
+                == 5,
+        case,
+        "devices not counted and written once",
+    );
+    app.sim.clear_faults();
 }
 
 /// docs/reliability.md carries the matrix generated from [`CASES`].
@@ -354,8 +434,11 @@ async fn the_fault_matrix() {
 fn reliability_doc_lists_the_fault_matrix() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reliability.md");
     let mut table = String::from("| case (test) | injected | expected |\n|---|---|---|\n");
-    for (case, injected, expected) in CASES {
-        table.push_str(&format!("| `{case}` | {injected} | {expected} |\n"));
+    for c in CASES {
+        table.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            c.name, c.injected, c.expected
+        ));
     }
     let doc = std::fs::read_to_string(path).unwrap_or_default();
     let (begin, end) = ("<!-- fault-matrix:begin -->\n", "<!-- fault-matrix:end -->");
