@@ -99,98 +99,153 @@ fn bad_request(state: &AppState, reason: &'static str, msg: String) -> HttpRespo
         .body(format!("{msg}\n"))
 }
 
-/// The `/probe` handler.
+/// The `/probe` handler, as blackbox_exporter's: resolve the request (or answer 400), fetch
+/// through the cache, record the outcome, answer.
 pub async fn probe(
     req: HttpRequest,
     state: web::Data<AppState>,
     client: web::Data<BalenaClient>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let params = match ProbeParams::parse(req.query_string()) {
+    let probe = match resolve(&req, &state) {
         Ok(p) => p,
         Err((reason, msg)) => return bad_request(&state, reason, msg),
     };
+    let fetched = fetch(&probe, &state, &client, started).await;
+    let duration = started.elapsed();
+    let log = record(&state, &probe, &fetched, duration);
+    let head = head_text(&probe, &fetched, duration);
+    if probe.params.debug {
+        return debug_answer(log, &head, &fetched);
+    }
+    let accept = req
+        .headers()
+        .get(ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    metrics_answer(accept, head, &fetched)
+}
+
+/// Why a request is refused: the bounded reason (a label of
+/// `balena_exporter_probe_request_errors_total`) and the one-line answer.
+type BadRequest = (&'static str, String);
+
+/// A `/probe` request resolved against the config in force: target, module, auth and token,
+/// and the time it may take.
+struct Resolved {
+    params: ProbeParams,
+    config: Arc<crate::config::Config>,
+    target: crate::config::TargetConfig,
+    module_name: String,
+    auth_name: String,
+    token: crate::config::token_file::Current,
+    timeout: Duration,
+}
+
+impl Resolved {
+    fn module(&self) -> &crate::config::ModuleConfig {
+        &self.config.modules[&self.module_name]
+    }
+}
+
+/// The request's target (configured, or a fleet discovery found under an org or `all` target),
+/// module, auth and deadline; a 400 with one line for anything unknown or malformed.
+fn resolve(req: &HttpRequest, state: &AppState) -> Result<Resolved, BadRequest> {
+    let params = ProbeParams::parse(req.query_string())?;
     let config = state.config.snapshot();
-    let discovered;
     let target = match config.targets.get(&params.target) {
-        Some(t) => t,
-        None => match discovered_fleet(&state, &config, &params.target) {
-            Some(t) => {
-                discovered = t;
-                &discovered
-            }
-            None => {
-                return bad_request(
-                    &state,
-                    "unknown_target",
-                    format!("Unknown target {:?}", params.target),
-                );
-            }
-        },
+        Some(t) => t.clone(),
+        None => discovered_fleet(state, &config, &params.target).ok_or_else(|| {
+            let msg = format!("Unknown target {:?}", params.target);
+            ("unknown_target", msg)
+        })?,
     };
-    let module_name = params.module.as_deref().unwrap_or(target.module_name());
-    let Some(module) = config.modules.get(module_name) else {
-        return bad_request(
-            &state,
-            "unknown_module",
-            format!("Unknown module {module_name:?}"),
-        );
-    };
+    let module_name = params
+        .module
+        .clone()
+        .unwrap_or_else(|| target.module_name().to_string());
+    if !config.modules.contains_key(&module_name) {
+        let msg = format!("Unknown module {module_name:?}");
+        return Err(("unknown_module", msg));
+    }
     let auth_name = match &params.auth {
-        None => target.auth.as_str(),
-        Some(a) if *a == target.auth || target.allowed_auths.contains(a) => a.as_str(),
+        None => target.auth.clone(),
+        Some(a) if *a == target.auth || target.allowed_auths.contains(a) => a.clone(),
         Some(a) => {
-            return bad_request(
-                &state,
-                "unknown_auth",
-                format!("Unknown auth {a:?} for target {:?}", params.target),
-            )
+            let msg = format!("Unknown auth {a:?} for target {:?}", params.target);
+            return Err(("unknown_auth", msg));
         }
     };
-    let Some(token) = config.auths.get(auth_name).and_then(|a| a.current()) else {
-        return bad_request(
-            &state,
-            "unknown_auth",
-            format!("Unknown auth {auth_name:?}"),
-        );
-    };
+    let token = config
+        .auths
+        .get(&auth_name)
+        .and_then(|a| a.current())
+        .ok_or_else(|| {
+            let msg = format!("Unknown auth {auth_name:?}");
+            ("unknown_auth", msg)
+        })?;
     let header = req
         .headers()
         .get("X-Prometheus-Scrape-Timeout-Seconds")
         .map(|h| h.to_str().unwrap_or("?"));
-    let timeout = match effective_timeout(header, state.timeout_offset) {
-        Ok(t) => t,
-        Err(msg) => return bad_request(&state, "bad_timeout", msg),
-    };
+    let timeout =
+        effective_timeout(header, state.timeout_offset).map_err(|msg| ("bad_timeout", msg))?;
+    Ok(Resolved {
+        params,
+        config,
+        target,
+        module_name,
+        auth_name,
+        token,
+        timeout,
+    })
+}
 
-    let deadline = started + timeout;
-    let session = Session::new(&client, &config.api, auth_name, &token.token, deadline);
-    if let Some(why) = &token.kept_because {
-        tracing::warn!(auth = auth_name, "token file not used: {why}");
-        session.note(format_args!("auth {auth_name}: token file not used: {why}"));
+/// What a probe got: the data (or why not), its age and origin, and this probe's upstream
+/// calls and log lines.
+struct Fetched {
+    result: Result<Arc<ProbeData>, BalenaError>,
+    age: Duration,
+    source: Source,
+    calls: Vec<CallRecord>,
+    notes: Vec<String>,
+}
+
+/// The target's data through the cache (a young result, a fetch in flight, or a new fetch
+/// bounded by the deadline).
+async fn fetch(
+    probe: &Resolved,
+    state: &AppState,
+    client: &BalenaClient,
+    started: Instant,
+) -> Fetched {
+    let (config, auth) = (&probe.config, probe.auth_name.as_str());
+    let deadline = started + probe.timeout;
+    let session = Session::new(client, &config.api, auth, &probe.token.token, deadline);
+    if let Some(why) = &probe.token.kept_because {
+        tracing::warn!(auth, "token file not used: {why}");
+        session.note(format_args!("auth {auth}: token file not used: {why}"));
     }
     let key = CacheKey {
-        target: params.target.clone(),
-        module: module_name.to_string(),
-        auth: auth_name.to_string(),
+        target: probe.params.target.clone(),
+        module: probe.module_name.clone(),
+        auth: auth.to_string(),
         generation: config.generation,
     };
-    let scope = target.scope();
+    let scope = probe.target.scope();
     let rows = probe::FleetRowsAt {
         rows: &state.fleet_rows,
-        auth: auth_name,
+        auth,
         generation: config.generation,
         ttl: config.api.fleet_cache_ttl,
     };
+    let timeout = probe.timeout;
+    let work = probe::fetch(&session, &scope, probe.module(), &rows);
     let (result, age, source) = state
         .cache
         .get_or_fetch(key, config.api.cache_ttl, deadline, || async {
-            match actix_rt::time::timeout(timeout, probe::fetch(&session, &scope, module, &rows))
+            actix_rt::time::timeout(timeout, work)
                 .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(BalenaError::Timeout(timeout)),
-            }
+                .unwrap_or(Err(BalenaError::Timeout(timeout)))
         })
         .await;
     match source {
@@ -202,125 +257,117 @@ pub async fn probe(
             .inc(),
         Source::Fetched => {}
     }
-    let duration = started.elapsed();
-    let calls = session.calls();
-    let outcome = match &result {
+    Fetched {
+        result,
+        age,
+        source,
+        calls: session.calls(),
+        notes: session.notes(),
+    }
+}
+
+/// Records the probe (self-metrics, one log line, the history) and returns its log text.
+fn record(state: &AppState, probe: &Resolved, f: &Fetched, duration: Duration) -> String {
+    let (target, module) = (probe.params.target.as_str(), probe.module_name.as_str());
+    let outcome = match &f.result {
         Ok(_) => "success",
         Err(e) => e.reason(),
     };
     let m = &state.metrics;
-    m.probes
-        .with_label_values(&[&params.target, module_name, outcome])
-        .inc();
+    m.probes.with_label_values(&[target, module, outcome]).inc();
     m.probe_duration
-        .with_label_values(&[module_name])
+        .with_label_values(&[module])
         .observe(duration.as_secs_f64());
-    log_outcome(
-        &params.target,
-        module_name,
-        auth_name,
-        &result,
-        &calls,
-        source,
-        age,
-        duration,
-    );
-
-    let log = probe_log(
-        &params.target,
-        module_name,
-        module,
-        &result,
-        source,
-        age,
-        &session.notes(),
-    );
+    log_outcome(probe, f, duration);
+    let log = probe_log(target, module, probe.module(), f);
     state.history.add(ProbeRecord {
         id: 0,
         time: std::time::SystemTime::now(),
-        target: params.target.clone(),
-        module: module_name.to_string(),
+        target: target.to_string(),
+        module: module.to_string(),
         result: outcome,
         duration,
         log: log.clone(),
     });
+    log
+}
 
+/// The per-probe metrics (`probe_success`, durations, requests, data age) as text.
+fn head_text(probe: &Resolved, f: &Fetched, duration: Duration) -> String {
     let mut head = Exposition::new();
-    head.gauge(
-        m::PROBE_SUCCESS,
-        &[],
-        if result.is_ok() { 1.0 } else { 0.0 },
-    );
+    let ok = f.result.is_ok();
+    head.gauge(m::PROBE_SUCCESS, &[], if ok { 1.0 } else { 0.0 });
     head.gauge(m::PROBE_DURATION, &[], duration.as_secs_f64());
-    head.gauge(m::PROBE_TIMEOUT, &[], timeout.as_secs_f64());
-    head.gauge(m::PROBE_API_REQUESTS, &[], calls.len() as f64);
-    if result.is_ok() {
-        head.gauge(m::PROBE_DATA_AGE, &[], age.as_secs_f64());
+    head.gauge(m::PROBE_TIMEOUT, &[], probe.timeout.as_secs_f64());
+    head.gauge(m::PROBE_API_REQUESTS, &[], f.calls.len() as f64);
+    if ok {
+        head.gauge(m::PROBE_DATA_AGE, &[], f.age.as_secs_f64());
     }
-    let mut head_text = String::with_capacity(2048);
-    head.render_into(&mut head_text);
-    let empty = CompressedSeries::default();
-    let series = result.as_ref().map(|d| &d.series).unwrap_or(&empty);
-    // Per-device series kept as values (`compact_cache`) are rendered for this answer.
-    let compact = result.as_ref().ok().and_then(|d| d.compact.clone());
-    if params.debug {
-        let mut text = log;
-        text.push_str("\nMetrics that would have been returned:\n");
-        text.push_str(&head_text);
-        text.push_str(&String::from_utf8_lossy(&series.text()));
-        for chunk in compact.iter().flat_map(|c| c.render(64 * 1024)) {
+    let mut text = String::with_capacity(2048);
+    head.render_into(&mut text);
+    text
+}
+
+/// `debug=true`: the probe's log, then the metrics that would have been returned.
+fn debug_answer(log: String, head: &str, f: &Fetched) -> HttpResponse {
+    let mut text = log;
+    text.push_str("\nMetrics that would have been returned:\n");
+    text.push_str(head);
+    if let Ok(data) = &f.result {
+        text.push_str(&String::from_utf8_lossy(&data.series.text()));
+        for chunk in data.compact.iter().flat_map(|c| c.render(64 * 1024)) {
             text.push_str(&chunk);
         }
-        return HttpResponse::Ok()
-            .content_type("text/plain; charset=utf-8")
-            .body(text);
     }
-    let accept = req
-        .headers()
-        .get(ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok());
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(text)
+}
+
+/// The metrics, in the encoding the client accepts: gzip answers stream the cached compressed
+/// series after a per-request head; others are inflated as they are sent. Per-device series
+/// kept as values (`compact_cache`) are rendered and compressed for each answer.
+fn metrics_answer(accept: Option<&str>, head: String, f: &Fetched) -> HttpResponse {
+    let empty = CompressedSeries::default();
+    let series = f.result.as_ref().map(|d| &d.series).unwrap_or(&empty);
+    let compact = f.result.as_ref().ok().and_then(|d| d.compact.clone());
+    let gzip = accepts_gzip(accept);
     let mut resp = HttpResponse::Ok();
     resp.content_type(TEXT_FORMAT)
-        .insert_header((VARY, "Accept-Encoding"));
-    if let Some(compact) = compact {
+        .insert_header((VARY, "Accept-Encoding"))
+        .insert_header((CONTENT_ENCODING, if gzip { "gzip" } else { "identity" }));
+    match (compact, gzip) {
         // Rendered and compressed while it is sent: the length is not known ahead.
-        let text = compact.render(64 * 1024);
-        if accepts_gzip(accept) {
-            let parts = series
-                .gzip_then(head_text.as_bytes(), text)
-                .map(Ok::<_, std::convert::Infallible>);
-            return resp
-                .insert_header((CONTENT_ENCODING, "gzip"))
-                .streaming(futures_util::stream::iter(parts));
+        (Some(compact), true) => {
+            let parts = series.gzip_then(head.as_bytes(), compact.render(64 * 1024));
+            resp.streaming(futures_util::stream::iter(
+                parts.map(Ok::<_, std::convert::Infallible>),
+            ))
         }
-        let chunks = std::iter::once(web::Bytes::from(head_text))
-            .chain(series.text_chunks(64 * 1024))
-            .chain(text.map(web::Bytes::from))
-            .map(Ok::<_, std::convert::Infallible>);
-        return resp
-            .insert_header((CONTENT_ENCODING, "identity"))
-            .streaming(futures_util::stream::iter(chunks));
-    }
-    if accepts_gzip(accept) {
-        // Streamed in slices of the cached pieces (megabytes for a large fleet), which every
-        // concurrent answer shares instead of copying them.
-        let answer = series.gzip_after(head_text.as_bytes());
-        let len = answer.len() as u64;
-        let parts = futures_util::stream::iter(
-            answer
+        (Some(compact), false) => {
+            let chunks = std::iter::once(web::Bytes::from(head))
+                .chain(series.text_chunks(64 * 1024))
+                .chain(compact.render(64 * 1024).map(web::Bytes::from))
+                .map(Ok::<_, std::convert::Infallible>);
+            resp.streaming(futures_util::stream::iter(chunks))
+        }
+        // Slices of the cached pieces (megabytes for a large fleet), which every concurrent
+        // answer shares instead of copying them.
+        (None, true) => {
+            let answer = series.gzip_after(head.as_bytes());
+            let len = answer.len() as u64;
+            let parts = answer
                 .into_pieces(ANSWER_CHUNK)
-                .map(Ok::<_, std::convert::Infallible>),
-        );
-        return resp
-            .insert_header((CONTENT_ENCODING, "gzip"))
-            .body(SizedStream::new(len, parts));
+                .map(Ok::<_, std::convert::Infallible>);
+            resp.body(SizedStream::new(len, futures_util::stream::iter(parts)))
+        }
+        (None, false) => {
+            let len = (head.len() + series.len()) as u64;
+            let head = futures_util::stream::once(async move { Ok(web::Bytes::from(head)) });
+            let body = futures_util::StreamExt::chain(head, inflated(series.shared_pieces()));
+            resp.body(SizedStream::new(len, body))
+        }
     }
-    // Without gzip the text is inflated as it is sent, 64 KiB at a time.
-    let len = (head_text.len() + series.len()) as u64;
-    let head = futures_util::stream::once(async move { Ok(web::Bytes::from(head_text)) });
-    let body = futures_util::StreamExt::chain(head, inflated(series.shared_pieces()));
-    resp.insert_header((CONTENT_ENCODING, "identity"))
-        .body(SizedStream::new(len, body))
 }
 
 /// The slice of an answer written at a time; each connection's write buffer holds about one.
@@ -382,30 +429,22 @@ fn discovered_fleet(
 
 /// One log line per probe: target, result, duration, upstream calls; the failure reason,
 /// endpoint and status when it failed.
-#[allow(clippy::too_many_arguments)]
-fn log_outcome(
-    target: &str,
-    module: &str,
-    auth: &str,
-    result: &Result<Arc<ProbeData>, BalenaError>,
-    calls: &[CallRecord],
-    source: Source,
-    age: Duration,
-    duration: Duration,
-) {
-    match result {
+fn log_outcome(probe: &Resolved, f: &Fetched, duration: Duration) {
+    let (target, module) = (&probe.params.target, probe.module_name.as_str());
+    let calls = &f.calls;
+    match &f.result {
         Ok(data) => tracing::info!(
             target: "balena_exporter::probe",
             target_name = %target, module, result = "success",
             duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
-            data_from = ?source, data_age_seconds = age.as_secs_f64(),
+            data_from = ?f.source, data_age_seconds = f.age.as_secs_f64(),
             fleets = data.fleets, devices = data.devices, "probe succeeded"
         ),
         Err(e) => {
             let last = calls.last();
             tracing::error!(
                 target: "balena_exporter::probe",
-                target_name = %target, module, auth, result = "failure",
+                target_name = %target, module, auth = probe.auth_name.as_str(), result = "failure",
                 reason = e.reason(), error = %e,
                 endpoint = last.map(|c| c.endpoint).unwrap_or("-"),
                 status = last.and_then(|c| c.status).unwrap_or(0),
@@ -422,11 +461,9 @@ fn probe_log(
     target: &str,
     module_name: &str,
     module: &crate::config::ModuleConfig,
-    result: &Result<Arc<ProbeData>, BalenaError>,
-    source: Source,
-    age: Duration,
-    notes: &[String],
+    f: &Fetched,
 ) -> String {
+    let (result, source, age, notes) = (&f.result, f.source, f.age, &f.notes);
     let mut out = String::new();
     let _ = writeln!(
         out,
