@@ -13,7 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
 use super::error::BalenaError;
-use super::limit::{AuthLimits, Priority};
+use super::limit::{AuthLimits, Priority, Slot};
 use crate::config::ApiConfig;
 use crate::metrics::ExporterMetrics;
 
@@ -188,46 +188,7 @@ impl<'a> Session<'a> {
         loop {
             let started = Instant::now();
             let result = self.send_once(&url, &mut *sink).await;
-            let duration = started.elapsed();
-            let (status, error) = match &result {
-                Ok(_) => (Some(200), None),
-                Err(f) => (f.status, Some(f.error.to_string())),
-            };
-            let not_sent = matches!(&result, Err(f) if !f.sent);
-            self.note(format_args!(
-                "GET {shown} -> {} in {:.3}s{}",
-                if not_sent {
-                    "not sent".to_string()
-                } else {
-                    status
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "no answer".into())
-                },
-                duration.as_secs_f64(),
-                error
-                    .as_deref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default()
-            ));
-            self.calls.borrow_mut().push(CallRecord {
-                endpoint,
-                url: shown.clone(),
-                status,
-                duration,
-                error,
-            });
-            if not_sent {
-                self.client
-                    .metrics
-                    .observe_not_sent(self.auth_name, endpoint);
-            } else {
-                let code = status
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "error".into());
-                self.client
-                    .metrics
-                    .observe_upstream(self.auth_name, endpoint, &code, duration);
-            }
+            self.record(endpoint, &shown, &result, started.elapsed());
             match result {
                 Ok(()) => return Ok(()),
                 Err(Failure {
@@ -260,14 +221,9 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// One HTTP exchange: the body of a 2xx answer into `sink`, else what went wrong. A request
-    /// is sent only with a slot of the auth's cap and enough time left to finish
-    /// ([`super::limit`]).
-    async fn send_once(
-        &self,
-        url: &str,
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), BalenaError>,
-    ) -> Result<(), Failure> {
+    /// A slot of the auth's cap, taken before the deadline and with enough time left for what
+    /// the probe still needs ([`super::limit`]), and the time left; else why not.
+    async fn take_slot(&self) -> Result<(Slot, Duration), Failure> {
         let remaining = self.remaining();
         if remaining.is_zero() {
             return Err(Failure::not_sent(BalenaError::Timeout(Duration::ZERO)));
@@ -281,10 +237,9 @@ impl<'a> Session<'a> {
         } else {
             Priority::Starting
         };
-        let slot = match actix_rt::time::timeout(remaining, limit.acquire(priority)).await {
-            Ok(slot) => slot,
-            Err(_) => return Err(Failure::not_sent(BalenaError::Timeout(remaining))),
-        };
+        let slot = actix_rt::time::timeout(remaining, limit.acquire(priority))
+            .await
+            .map_err(|_| Failure::not_sent(BalenaError::Timeout(remaining)))?;
         // A probe's first request starts a fetch of at least two (a page and the end page, or a
         // lookup and a page): it needs time for two, a later request for itself.
         let left = self.remaining();
@@ -292,11 +247,8 @@ impl<'a> Session<'a> {
             Priority::Starting => 2,
             Priority::Continuing => 1,
         };
-        if let Some(expected) = limit
-            .expected()
-            .map(|e| e * requests_needed)
-            .filter(|e| left < *e)
-        {
+        let needed = limit.expected().map(|e| e * requests_needed);
+        if let Some(expected) = needed.filter(|e| left < *e) {
             slot.finished(false);
             self.note(format_args!(
                 "not sent: {:.3}s left, and what this probe still needs takes ~{:.3}s",
@@ -305,6 +257,61 @@ impl<'a> Session<'a> {
             ));
             return Err(Failure::not_sent(BalenaError::Timeout(left)));
         }
+        Ok((slot, left))
+    }
+
+    /// Records one call: a line of the probe's log, the call list, and the self-metrics
+    /// (requests never sent apart from upstream answers).
+    fn record(
+        &self,
+        endpoint: &'static str,
+        shown: &str,
+        result: &Result<(), Failure>,
+        duration: Duration,
+    ) {
+        let (status, error) = match result {
+            Ok(_) => (Some(200), None),
+            Err(f) => (f.status, Some(f.error.to_string())),
+        };
+        let not_sent = matches!(result, Err(f) if !f.sent);
+        let outcome = match (not_sent, status) {
+            (true, _) => "not sent".to_string(),
+            (false, Some(s)) => s.to_string(),
+            (false, None) => "no answer".to_string(),
+        };
+        let detail = error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        self.note(format_args!(
+            "GET {shown} -> {outcome} in {:.3}s{detail}",
+            duration.as_secs_f64()
+        ));
+        self.calls.borrow_mut().push(CallRecord {
+            endpoint,
+            url: shown.to_string(),
+            status,
+            duration,
+            error,
+        });
+        let metrics = &self.client.metrics;
+        if not_sent {
+            metrics.observe_not_sent(self.auth_name, endpoint);
+        } else {
+            let code = status.map_or_else(|| "error".to_string(), |s| s.to_string());
+            metrics.observe_upstream(self.auth_name, endpoint, &code, duration);
+        }
+    }
+
+    /// One HTTP exchange: the body of a 2xx answer into `sink`, else what went wrong. A request
+    /// is sent only with a slot of the auth's cap and enough time left to finish
+    /// ([`super::limit`]).
+    async fn send_once(
+        &self,
+        url: &str,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), BalenaError>,
+    ) -> Result<(), Failure> {
+        let (slot, left) = self.take_slot().await?;
         let timeout = self.api.timeout.min(left);
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.token.expose_secret()))
             .map_err(|_| {
