@@ -3,10 +3,13 @@
 //! # Layout
 //! The modules follow the data flow of a probe:
 //!
-//! - [`config`]: YAML (+ env) → validated [`config::Config`], tokens as `SecretString`,
-//!   reloadable [`config::SharedConfig`].
-//! - [`balena`]: the upstream client (awc): OData quoting, typed responses and errors.
-//! - [`probe`]: target → fetch (cache, single-flight) → metric families.
+//! - [`config`]: YAML (+ env) → validated [`config::Config`], tokens as `SecretString` (token
+//!   files used fresh: [`config::token_file`]), files read bounded ([`config::files`]),
+//!   reloadable [`config::SharedConfig`] (one reload at a time).
+//! - [`balena`]: the upstream client (awc): OData quoting, keyset paging, typed responses and
+//!   errors, the per-auth cap ([`balena::limit`]).
+//! - [`probe`]: target → fetch (cache, single-flight) → metric families (one table of device
+//!   families: [`probe::series::DEVICE_FAMILIES`]).
 //! - [`metrics`]: the metric catalogue and the exporter's own metrics.
 //! - [`routes`] and [`startup`]: the HTTP surface and the server.
 //! - [`simulator`]: an in-process balena API for `--demo` and tests.

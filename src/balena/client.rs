@@ -142,7 +142,7 @@ impl<'a> Session<'a> {
     }
 
     /// GETs `path?query` and returns the raw body of a 2xx answer, held whole: at most
-    /// [`MAX_HELD_BODY_BYTES`] (or `api.max_response_bytes` if smaller). Device listings, the
+    /// `MAX_HELD_BODY_BYTES` (or `api.max_response_bytes` if smaller). Device listings, the
     /// only large answers, are streamed instead ([`Session::get_streamed`]).
     pub async fn get_body(
         &self,
