@@ -18,6 +18,7 @@ COPY src ./src
 COPY config ./config
 COPY examples ./examples
 COPY benches ./benches
+COPY simulator ./simulator
 RUN cargo build --release --locked --bin balena-exporter \
     && install -D -m 0755 target/release/balena-exporter /out/balena-exporter
 

@@ -7,7 +7,7 @@ use balena_exporter::balena::model::{for_each_device, Fleet};
 use balena_exporter::balena::{device_query, odata::Query};
 use balena_exporter::config::ModuleConfig;
 use balena_exporter::probe::SeriesBuilder;
-use balena_exporter::simulator::{parse_request, FleetSpec, OrgSpec, UserSpec, World, WorldSpec};
+use balena_simulator::{parse_request, FleetSpec, OrgSpec, UserSpec, World, WorldSpec};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 /// The JSON body the API would send for a fleet of `n` devices, and its fleet row.

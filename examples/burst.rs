@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use balena_exporter::simulator::{FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
+use balena_simulator::{FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
 
 fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

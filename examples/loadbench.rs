@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use balena_exporter::balena::{device_query, odata::Query};
 use balena_exporter::config::{self, ModuleConfig, SharedConfig};
-use balena_exporter::simulator::{FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
 use balena_exporter::startup::{Application, Settings};
+use balena_simulator::{FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
 
 const TOKEN: &str = "bench-token";
 

@@ -10,10 +10,8 @@
 use std::time::{Duration, Instant};
 
 use balena_exporter::config::{self, SharedConfig};
-use balena_exporter::simulator::{
-    Fault, FaultRule, FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec,
-};
 use balena_exporter::startup::{Application, Settings};
+use balena_simulator::{Fault, FaultRule, FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
 
 #[actix_rt::main]
 async fn main() {

@@ -5,7 +5,7 @@
 //! `cargo run --example simulator -- DUMP.json [LISTEN]` (LISTEN defaults to 127.0.0.1:0).
 //! Prints `listening on http://ADDR` once it serves; stops on SIGTERM, SIGINT or end of stdin.
 
-use balena_exporter::simulator::{Simulator, World};
+use balena_simulator::{Simulator, World};
 
 #[actix_rt::main]
 async fn main() -> std::io::Result<()> {

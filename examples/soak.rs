@@ -6,9 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use balena_exporter::simulator::{
-    Fault, FaultRule, FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec,
-};
+use balena_simulator::{Fault, FaultRule, FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
 
 fn proc_stats(pid: u32) -> (u64, usize) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

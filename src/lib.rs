@@ -12,7 +12,10 @@
 //!   families: [`probe::series::DEVICE_FAMILIES`]).
 //! - [`metrics`]: the metric catalogue and the exporter's own metrics.
 //! - [`routes`] and [`startup`]: the HTTP surface and the server.
-//! - [`simulator`]: an in-process balena API for `--demo` and tests.
+//!
+//! The balena API simulator behind `--demo` and every test is its own crate,
+//! `balena-simulator` (`simulator/`), a dependency of the binary only with the default `demo`
+//! feature.
 
 pub mod balena;
 pub mod cli;
@@ -22,7 +25,6 @@ pub mod history;
 pub mod metrics;
 pub mod probe;
 pub mod routes;
-pub mod simulator;
 pub mod startup;
 pub mod telemetry;
 pub mod web_config;

@@ -1,16 +1,17 @@
 //! The `balena-exporter` binary: flags, logging, config, then serve.
 
-use anyhow::Context;
 use std::path::PathBuf;
 
 use balena_exporter::cli::{Cli, DEFAULT_CONFIG_FILES};
 use balena_exporter::config::{self, LoadOptions, SharedConfig};
-use balena_exporter::simulator::{Simulator, WorldSpec};
 use balena_exporter::startup::{spawn_sighup_reloader, Application, Settings};
 use balena_exporter::{telemetry, web_config};
+#[cfg(feature = "demo")]
+use balena_simulator::{Simulator, WorldSpec};
 use clap::Parser;
 
 /// The `--demo` config, embedded so `--demo` works from any directory.
+#[cfg(feature = "demo")]
 const DEMO_CONFIG: &str = include_str!("../config/demo.yml");
 
 #[actix_web::main]
@@ -55,14 +56,30 @@ fn load_config(cli: &Cli) -> anyhow::Result<(config::Config, Option<LoadOptions>
     Ok((config::load(&opts)?, Some(opts)))
 }
 
+/// The demo: the simulator on a free loopback port and the embedded config pointing at it.
+#[cfg(feature = "demo")]
+fn start_demo() -> anyhow::Result<(Simulator, config::Config)> {
+    use anyhow::Context as _;
+    let sim = Simulator::start(&WorldSpec::demo(), "127.0.0.1:0")
+        .context("starting the demo simulator")?;
+    let yaml = DEMO_CONFIG.replace("http://127.0.0.1:1", &sim.url());
+    let c = config::from_yaml_str_with_env(&yaml, "config/demo.yml (embedded)")?;
+    tracing::info!(simulator = %sim.url(), "demo mode: using the built-in balena API simulator");
+    Ok((sim, c))
+}
+
+/// Without the `demo` feature there is no simulator to run.
+#[cfg(not(feature = "demo"))]
+fn start_demo() -> anyhow::Result<(std::convert::Infallible, config::Config)> {
+    anyhow::bail!(
+        "--demo needs the `demo` feature (built in by default; this binary was built without it)"
+    )
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut demo = None;
     let config = if cli.demo {
-        let sim = Simulator::start(&WorldSpec::demo(), "127.0.0.1:0")
-            .context("starting the demo simulator")?;
-        let yaml = DEMO_CONFIG.replace("http://127.0.0.1:1", &sim.url());
-        let c = config::from_yaml_str_with_env(&yaml, "config/demo.yml (embedded)")?;
-        tracing::info!(simulator = %sim.url(), "demo mode: using the built-in balena API simulator");
+        let (sim, c) = start_demo()?;
         demo = Some(sim);
         SharedConfig::new(c, None)
     } else {
@@ -143,8 +160,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         });
     }
     app.run_until_stopped().await?;
+    #[cfg(feature = "demo")]
     if let Some(sim) = demo {
         sim.stop().await;
     }
+    #[cfg(not(feature = "demo"))]
+    let _ = demo;
     Ok(())
 }

@@ -9,7 +9,7 @@ mod helpers;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use balena_exporter::simulator::Simulator;
+use balena_simulator::Simulator;
 use helpers::*;
 
 struct Exporter {

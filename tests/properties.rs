@@ -12,7 +12,7 @@ use balena_exporter::balena::odata::{quote_literal, wire_query};
 use balena_exporter::config;
 use balena_exporter::metrics::{Exposition, DEVICE_INFO, DEVICE_ONLINE, FLEET_DEVICES};
 use balena_exporter::probe::body::CompressedSeries;
-use balena_exporter::simulator::{parse_filter, Expr, Lit};
+use balena_simulator::{parse_filter, Expr, Lit};
 use proptest::prelude::*;
 
 const GOOD_CONFIG: &str = "api:\n  url: https://api.example.com\n  timeout: 10s\nauths:\n  a:\n    token: tok-123\nmodules:\n  m:\n    devices: false\n    device_tags: [location]\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n    module: m\n  o:\n    org: acme\n    auth: a\n";

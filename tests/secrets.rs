@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use balena_exporter::cli::LogFormat;
 use balena_exporter::config::{self, LoadOptions, SharedConfig};
-use balena_exporter::simulator::{Fault, FaultRule, Simulator, UserSpec};
+use balena_simulator::{Fault, FaultRule, Simulator, UserSpec};
 use helpers::*;
 
 const GOOD: &str = "sekrit-TOKEN-4b1d8e";

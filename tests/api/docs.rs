@@ -40,7 +40,7 @@ async fn docs_list_exactly_the_emitted_metrics() {
     {
         // Two probes for one slot of a slow API: the first holds it for 0.6 s, the second
         // (0.2 s to live) never sends.
-        use balena_exporter::simulator::{Fault, FaultRule};
+        use balena_simulator::{Fault, FaultRule};
         app.sim.inject(
             FaultRule::always("/v7/", Fault::Delay(std::time::Duration::from_millis(600))).times(1),
         );

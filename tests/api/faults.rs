@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use balena_exporter::simulator::{Fault, FaultRule};
+use balena_simulator::{Fault, FaultRule};
 use serde_json::Value;
 
 use crate::helpers::*;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use balena_exporter::config::{self, SharedConfig};
-use balena_exporter::simulator::{FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
 use balena_exporter::startup::{Application, Settings};
+use balena_simulator::{FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
 
 /// The token of the test user `ops` (member of org `acme`).
 pub const TOKEN: &str = "test-token-acme-7f3a9c";

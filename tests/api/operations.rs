@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use balena_exporter::config::{self, SharedConfig};
-use balena_exporter::simulator::Simulator;
 use balena_exporter::startup::Settings;
 use balena_exporter::web_config::{self, WebConfig};
+use balena_simulator::Simulator;
 
 use crate::helpers::*;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use balena_exporter::simulator::{Fault, FaultRule, Row};
+use balena_simulator::{Fault, FaultRule, Row};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -206,7 +206,7 @@ async fn a_server_cap_on_top_does_not_end_the_listing() {
 /// unseen devices as were deleted among the seen ones).
 #[actix_rt::test]
 async fn devices_changing_between_pages_are_neither_missed_nor_counted_twice() {
-    use balena_exporter::simulator::{Fault, FaultRule};
+    use balena_simulator::{Fault, FaultRule};
     let app = spawn_paged_fleet().await;
     // Hold the second page back while the world changes.
     app.sim.inject(

@@ -73,7 +73,7 @@ async fn metrics_count_upstream_requests_and_cache_hits() {
 /// Concurrent identical probes share one upstream fetch, even with `cache_ttl: 0`.
 #[actix_rt::test]
 async fn concurrent_probes_make_one_upstream_fetch() {
-    use balena_exporter::simulator::{Fault, FaultRule};
+    use balena_simulator::{Fault, FaultRule};
     let app = spawn_with(world(&[("screens", 50)]), |url| {
         default_config(url, &["screens"])
             .replace("  timeout: 5s\n", "  timeout: 5s\n  cache_ttl: 0s\n")
@@ -142,7 +142,7 @@ async fn health_landing_and_reload_method() {
 #[actix_rt::test]
 async fn reload_swaps_good_configs_and_keeps_the_old_one_on_error() {
     use balena_exporter::config::{self, LoadOptions, SharedConfig};
-    use balena_exporter::simulator::Simulator;
+    use balena_simulator::Simulator;
 
     let sim = Simulator::start(&world(&[("one", 2), ("two", 3)]), "127.0.0.1:0").unwrap();
     let dir = std::env::temp_dir().join(format!("balena-exporter-reload-{}", std::process::id()));
@@ -202,7 +202,7 @@ async fn reload_swaps_good_configs_and_keeps_the_old_one_on_error() {
 /// `api.max_concurrency` caps the requests in flight per auth across all targets.
 #[actix_rt::test]
 async fn upstream_concurrency_is_capped_per_auth() {
-    use balena_exporter::simulator::{Fault, FaultRule};
+    use balena_simulator::{Fault, FaultRule};
     use std::sync::atomic::Ordering;
     let names = ["f1", "f2", "f3", "f4", "f5", "f6"];
     let fleets: Vec<(&str, usize)> = names.iter().map(|n| (*n, 3)).collect();

@@ -1,7 +1,7 @@
 //! Organization and `all` targets, modules, tag labels, the compatibility gauge, counts-only
 //! probes and the auth override.
 
-use balena_exporter::simulator::{FleetSpec, OrgSpec, UserSpec, WorldSpec};
+use balena_simulator::{FleetSpec, OrgSpec, UserSpec, WorldSpec};
 
 use crate::helpers::*;
 
@@ -326,8 +326,8 @@ async fn auth_override_is_limited_to_allowed_auths() {
 #[actix_rt::test]
 async fn sd_lists_one_target_per_discovered_fleet() {
     use balena_exporter::config::{self, SharedConfig};
-    use balena_exporter::simulator::Simulator;
     use balena_exporter::startup::Settings;
+    use balena_simulator::Simulator;
     let sim = Simulator::start(&orgs_world(), "127.0.0.1:0").unwrap();
     let cfg = config::from_yaml_str(&orgs_config(&sim.url()), "t.yml").unwrap();
     let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
