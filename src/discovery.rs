@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use actix_web::web;
+use std::sync::Arc;
+
 use tokio::sync::Notify;
 
-use crate::balena::{self, BalenaClient, FleetSet, Session};
-use crate::config::{ModuleConfig, Scope};
-use crate::routes::AppState;
+use crate::balena::{self, AuthLimits, BalenaClient, FleetSet, Session};
+use crate::config::{ModuleConfig, Scope, SharedConfig};
+use crate::metrics::ExporterMetrics;
 
 /// A fleet found under an org or `all` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,18 +60,25 @@ impl Discovery {
 
 /// Runs discovery now, then every `interval` and after every reload, until the process ends.
 /// Must be called inside an actix runtime (the awc client is not `Send`).
-pub fn spawn(state: web::Data<AppState>, interval: Duration) {
+/// It gets only what it needs: the fleets it fills, the config, and what a client needs.
+pub fn spawn(
+    discovery: Arc<Discovery>,
+    config: Arc<SharedConfig>,
+    metrics: Arc<ExporterMetrics>,
+    limits: Arc<AuthLimits>,
+    interval: Duration,
+) {
     actix_rt::spawn(async move {
-        let client = BalenaClient::new(state.metrics.clone(), state.limits.clone());
+        let client = BalenaClient::new(metrics, limits);
         loop {
-            refresh_once(&state, &client).await;
-            let _ = actix_rt::time::timeout(interval, state.discovery.refresh.notified()).await;
+            refresh_once(&discovery, &config, &client).await;
+            let _ = actix_rt::time::timeout(interval, discovery.refresh.notified()).await;
         }
     });
 }
 
-async fn refresh_once(state: &AppState, client: &BalenaClient) {
-    let config = state.config.snapshot();
+async fn refresh_once(discovery: &Discovery, config: &SharedConfig, client: &BalenaClient) {
+    let config = config.snapshot();
     let module = ModuleConfig {
         devices: false,
         ..ModuleConfig::default()
@@ -102,7 +110,7 @@ async fn refresh_once(state: &AppState, client: &BalenaClient) {
                     })
                     .collect();
                 tracing::debug!(target_name = %name, fleets = found.len(), "discovered fleets");
-                state.discovery.store(name, config.generation, found);
+                discovery.store(name, config.generation, found);
             }
             Err(e) => {
                 tracing::warn!(target_name = %name, reason = e.reason(), error = %e, "fleet discovery failed; keeping the previous list")

@@ -10,6 +10,8 @@
 //!   errors, the per-auth cap ([`balena::limit`]).
 //! - [`probe`]: target → fetch (cache, single-flight) → metric families (one table of device
 //!   families: [`probe::series::DEVICE_FAMILIES`]).
+//! - [`exposition`]: the text format and its compression (pieces, the cached compressed series,
+//!   gzip and inflated answers).
 //! - [`metrics`]: the metric catalogue and the exporter's own metrics.
 //! - [`routes`] and [`startup`]: the HTTP surface and the server.
 //!
@@ -21,6 +23,7 @@ pub mod balena;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod exposition;
 pub mod history;
 pub mod metrics;
 pub mod probe;

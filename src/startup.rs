@@ -10,7 +10,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 
 use crate::balena::{AuthLimits, BalenaClient};
-use crate::config::{ConfigError, Reloaded, SharedConfig};
+use crate::config::SharedConfig;
 use crate::history::History;
 use crate::metrics::ExporterMetrics;
 use crate::routes::{self, AppState};
@@ -77,7 +77,13 @@ impl Application {
         });
         let limits = state.limits.clone();
         if let Some(interval) = settings.discovery_interval {
-            crate::discovery::spawn(state.clone(), interval);
+            crate::discovery::spawn(
+                state.discovery.clone(),
+                state.config.clone(),
+                state.metrics.clone(),
+                state.limits.clone(),
+                interval,
+            );
         }
         let (web_config, tls) = settings.web.unwrap_or_default();
         let basic_auth = web::Data::new(BasicAuth::new(web_config.basic_auth_users.clone()));
@@ -202,86 +208,6 @@ async fn method_not_allowed() -> actix_web::HttpResponse {
         .body("Only POST requests allowed\n")
 }
 
-/// The longest a reload may spend reading and checking files before it is given up (a file
-/// on a hung network mount, say). Files are regular and size-capped, so a healthy reload takes
-/// milliseconds.
-pub const RELOAD_TIME_LIMIT: Duration = Duration::from_secs(10);
-
-/// Tells a reload in progress that the process is stopping (SIGTERM must not wait for it).
-#[derive(Debug, Default)]
-pub struct Stopping {
-    flag: std::sync::atomic::AtomicBool,
-    notify: tokio::sync::Notify,
-}
-
-impl Stopping {
-    /// Marks the process as stopping and wakes every reload that waits.
-    pub fn stop(&self) {
-        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.notify.notify_waiters();
-    }
-
-    async fn wait(&self) {
-        let notified = self.notify.notified();
-        if !self.flag.load(std::sync::atomic::Ordering::SeqCst) {
-            notified.await;
-        }
-    }
-}
-
-/// Why a reload did not take effect.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The new config is invalid or unreadable; the old one stays.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// Reading took longer than [`RELOAD_TIME_LIMIT`]; the old config stays.
-    #[error("reading the configuration took more than {}s; the previous configuration stays", RELOAD_TIME_LIMIT.as_secs())]
-    TimedOut,
-    /// The process is stopping.
-    #[error("the exporter is stopping")]
-    Stopping,
-    /// No thread could be started to read the files.
-    #[error("cannot start the reload: {0}")]
-    Thread(String),
-}
-
-/// Reloads the config files on a thread of its own (never an HTTP worker or the runtime),
-/// within [`RELOAD_TIME_LIMIT`], one reload at a time; records the outcome in the self-metrics
-/// and logs it. Gives up at once when the process is stopping.
-pub async fn reload(state: &AppState) -> Result<Reloaded, ReloadError> {
-    let config = state.config.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("config-reload".into())
-        .spawn(move || {
-            let _ = tx.send(config.reload());
-        })
-        .map_err(|e| ReloadError::Thread(e.to_string()))?;
-    let result = tokio::select! {
-        r = rx => r.map_err(|_| ReloadError::Thread("the reload thread ended without an answer".into()))
-            .and_then(|r| r.map_err(ReloadError::from)),
-        _ = actix_rt::time::sleep(RELOAD_TIME_LIMIT) => Err(ReloadError::TimedOut),
-        _ = state.stopping.wait() => Err(ReloadError::Stopping),
-    };
-    match &result {
-        Ok(Reloaded::Swapped) => {
-            state.metrics.observe_reload(true);
-            state.discovery.request_refresh();
-            tracing::info!(files = ?state.config.files(), "configuration reloaded");
-        }
-        Ok(Reloaded::NoFile) => tracing::info!(
-            "reload asked, but the configuration comes from the environment only: nothing to read (token files are re-read when they change)"
-        ),
-        Err(ReloadError::Stopping) => {}
-        Err(e) => {
-            state.metrics.observe_reload(false);
-            tracing::error!(error = %e, "configuration reload failed; keeping the previous configuration")
-        }
-    }
-    result
-}
-
 /// Reloads on every SIGHUP until the process ends. `hup` is made before the server starts
 /// (a SIGHUP before the handler exists would end the process).
 #[cfg(unix)]
@@ -292,7 +218,7 @@ pub fn spawn_sighup_reloader(state: web::Data<AppState>, hup: Option<tokio::sign
             return;
         };
         while hup.recv().await.is_some() {
-            let _ = reload(&state).await;
+            let _ = routes::reload_and_record(&state).await;
         }
     });
 }

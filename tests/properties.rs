@@ -10,8 +10,9 @@ mod helpers;
 use balena_exporter::balena::model::for_each_device;
 use balena_exporter::balena::odata::{quote_literal, wire_query};
 use balena_exporter::config;
-use balena_exporter::metrics::{Exposition, DEVICE_INFO, DEVICE_ONLINE, FLEET_DEVICES};
-use balena_exporter::probe::body::CompressedSeries;
+use balena_exporter::exposition::body::CompressedSeries;
+use balena_exporter::exposition::Exposition;
+use balena_exporter::metrics::{DEVICE_INFO, DEVICE_ONLINE, FLEET_DEVICES};
 use balena_simulator::{parse_filter, Expr, Lit};
 use proptest::prelude::*;
 

@@ -14,7 +14,9 @@ pub mod token_file;
 
 pub use env_only::{from_env, how_to_start, ENV_SOURCE};
 pub use load::{from_yaml_str, from_yaml_str_with_env, load, LoadOptions};
-pub use shared::{Reloaded, SharedConfig};
+pub use shared::{
+    reload_off_thread, ReloadError, Reloaded, SharedConfig, Stopping, RELOAD_TIME_LIMIT,
+};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -63,6 +64,72 @@ impl SharedConfig {
             .iter()
             .flat_map(|o| o.files.iter().map(|f| f.as_path()))
             .collect()
+    }
+}
+
+/// The longest a reload may spend reading and checking files before it is given up (a file
+/// on a hung network mount, say). Files are regular and size-capped, so a healthy reload takes
+/// milliseconds.
+pub const RELOAD_TIME_LIMIT: Duration = Duration::from_secs(10);
+
+/// Tells a reload in progress that the process is stopping (SIGTERM must not wait for it).
+#[derive(Debug, Default)]
+pub struct Stopping {
+    flag: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Stopping {
+    /// Marks the process as stopping and wakes every reload that waits.
+    pub fn stop(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        if !self.flag.load(std::sync::atomic::Ordering::SeqCst) {
+            notified.await;
+        }
+    }
+}
+
+/// Why a reload did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new config is invalid or unreadable; the old one stays.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Reading took longer than [`RELOAD_TIME_LIMIT`]; the old config stays.
+    #[error("reading the configuration took more than {}s; the previous configuration stays", RELOAD_TIME_LIMIT.as_secs())]
+    TimedOut,
+    /// The process is stopping.
+    #[error("the exporter is stopping")]
+    Stopping,
+    /// No thread could be started to read the files.
+    #[error("cannot start the reload: {0}")]
+    Thread(String),
+}
+
+/// Reloads `config`'s files on a thread of its own (never an HTTP worker or the runtime),
+/// within [`RELOAD_TIME_LIMIT`], one reload at a time; gives up at once when `stopping` says
+/// the process is stopping.
+pub async fn reload_off_thread(
+    config: Arc<SharedConfig>,
+    stopping: &Stopping,
+) -> Result<Reloaded, ReloadError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("config-reload".into())
+        .spawn(move || {
+            let _ = tx.send(config.reload());
+        })
+        .map_err(|e| ReloadError::Thread(e.to_string()))?;
+    tokio::select! {
+        r = rx => r.map_err(|_| ReloadError::Thread("the reload thread ended without an answer".into()))
+            .and_then(|r| r.map_err(ReloadError::from)),
+        _ = tokio::time::sleep(RELOAD_TIME_LIMIT) => Err(ReloadError::TimedOut),
+        _ = stopping.wait() => Err(ReloadError::Stopping),
     }
 }
 

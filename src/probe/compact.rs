@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::balena::model::Device;
-use crate::metrics::{family_header, write_sample};
+use crate::exposition::{family_header, write_sample};
 
 use super::series::{DeviceSeries, Extra, DEVICE_FAMILIES, N_FAMILIES};
 
@@ -242,7 +242,7 @@ impl Iterator for Render {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Exposition;
+    use crate::exposition::Exposition;
     use crate::probe::series::write_device;
 
     fn devices() -> Vec<serde_json::Value> {

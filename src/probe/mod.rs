@@ -4,7 +4,6 @@
 //! Devices are turned into series page by page as they arrive; fleet aggregates are written
 //! once every device of the target has been counted.
 
-pub mod body;
 pub mod cache;
 pub mod compact;
 pub mod series;
@@ -15,8 +14,8 @@ use std::time::Duration;
 use crate::balena::model::{Device, Fleet};
 use crate::balena::{self, BalenaError, DeviceScope, FleetSet, Session};
 use crate::config::{ModuleConfig, Scope};
-use crate::metrics::Exposition;
-use body::CompressedSeries;
+use crate::exposition::body::CompressedSeries;
+use crate::exposition::Exposition;
 use compact::CompactDevices;
 use series::{tag_labels, write_device, write_fleet, FleetStats};
 

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use crate::balena::model::{Device, Fleet};
 use crate::config::ModuleConfig;
-use crate::metrics::{self as m, Exposition, KNOWN_HEARTBEATS, KNOWN_STATUSES, MIB};
+use crate::exposition::Exposition;
+use crate::metrics::{self as m, KNOWN_HEARTBEATS, KNOWN_STATUSES, MIB};
 
 /// Running counts of one fleet.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ pub use landing::landing;
 pub use logs::logs;
 pub use metrics::metrics;
 pub use probe::{effective_timeout, probe, ProbeParams};
-pub use reload::reload;
+pub use reload::{reload, reload_and_record};
 pub use sd::sd;
 
 use std::sync::Arc;
@@ -44,11 +44,11 @@ pub struct AppState {
     /// Upstream requests in flight per auth (shared by every client).
     pub limits: Arc<AuthLimits>,
     /// Fleets found under org and `all` targets.
-    pub discovery: Discovery,
+    pub discovery: Arc<Discovery>,
     /// Fleet rows reused by fleet targets.
     pub fleet_rows: crate::probe::cache::FleetRows,
     /// Set when the process is stopping: a reload in progress gives up at once.
-    pub stopping: crate::startup::Stopping,
+    pub stopping: crate::config::Stopping,
 }
 
 /// The Content-Type of text format 0.0.4.

@@ -11,9 +11,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::{AppState, TEXT_FORMAT};
 use crate::balena::{BalenaClient, BalenaError, CallRecord, Session};
+use crate::exposition::body::{accepts_gzip, CompressedSeries, TextChunks};
+use crate::exposition::Exposition;
 use crate::history::ProbeRecord;
-use crate::metrics::{self as m, Exposition};
-use crate::probe::body::{accepts_gzip, CompressedSeries, TextChunks};
+use crate::metrics as m;
 use crate::probe::cache::{CacheKey, Source};
 use crate::probe::{self, ProbeData};
 use actix_web::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, VARY};

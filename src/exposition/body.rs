@@ -17,7 +17,7 @@ use actix_web::web::Bytes;
 use flate2::write::DeflateEncoder;
 use flate2::{Compress, Compression, Crc, Decompress, FlushCompress, FlushDecompress};
 
-use crate::metrics::Exposition;
+use crate::exposition::Exposition;
 
 /// The empty final block (fixed Huffman, no symbols but end-of-block) that closes a stream of
 /// pieces.

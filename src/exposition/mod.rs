@@ -1,0 +1,226 @@
+//! The text format and its compression: what a probe writes and how it is answered.
+//!
+//! Probe output is written straight into text format 0.0.4 by [`Exposition`]: one buffer per
+//! metric family, so samples of a family stay together whatever order devices arrive in. A
+//! probe of a 10,000-device fleet writes ~150,000 samples; building them as `prometheus`
+//! `GaugeVec`s would hash every label set and hold it twice (see `docs/performance.md`).
+//! [`body`] compresses the families into pieces as they are written, keeps them as the cached
+//! series, and builds the gzip (or inflated) answers from them.
+
+pub mod body;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::metrics::MetricDef;
+use body::{Packed, Packer, PieceDeflater};
+
+/// Text-format output of one probe, grouped by family in first-use order.
+///
+/// A *packing* exposition (see [`Exposition::packing`]) never holds much text: once a family's
+/// pending text reaches the threshold it is compressed into that family's deflate pieces
+/// (`crate::exposition::body`), so a 10,000-device probe holds its compressed series (~5.6 MB) and at
+/// most ~13 × 64 KiB of text instead of 18 MB of text.
+#[derive(Debug, Default)]
+pub struct Exposition {
+    families: Vec<Family>,
+    index: HashMap<&'static str, usize>,
+    packer: Option<Box<Packer>>,
+    pack_at: usize,
+}
+
+#[derive(Debug)]
+struct Family {
+    def: MetricDef,
+    /// Text not yet packed (starts with the HELP/TYPE header until the first piece is packed).
+    text: String,
+    /// Compressed pieces of the text written before `text`, header included.
+    packed: Packed,
+}
+
+impl Exposition {
+    /// An empty output that holds its text.
+    pub fn new() -> Self {
+        Self {
+            pack_at: usize::MAX,
+            ..Self::default()
+        }
+    }
+
+    /// An empty output that compresses each family's text whenever `threshold` bytes of it
+    /// are pending.
+    pub fn packing(threshold: usize) -> Self {
+        Self {
+            packer: Some(Box::new(Packer::new(true))),
+            pack_at: threshold.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// Adds one gauge sample.
+    pub fn gauge(&mut self, def: MetricDef, labels: &[(&str, &str)], value: f64) {
+        // A probe writes ~25 families: a pointer scan beats hashing the name ~150,000 times.
+        let i = match self
+            .families
+            .iter()
+            .position(|f| std::ptr::eq(f.def.name, def.name))
+        {
+            Some(i) => i,
+            None => *self.index.entry(def.name).or_insert_with(|| {
+                self.families.push(Family {
+                    def,
+                    text: family_header(&def),
+                    packed: Packed::default(),
+                });
+                self.families.len() - 1
+            }),
+        };
+        let family = &mut self.families[i];
+        let buf = &mut family.text;
+        write_sample(buf, def.name, labels, value);
+        if buf.len() >= self.pack_at {
+            if let Some(packer) = self.packer.as_mut() {
+                packer.pack(i, buf, &mut family.packed);
+            }
+        }
+    }
+
+    /// Names of the families written so far.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.families.iter().map(|f| f.def.name)
+    }
+
+    /// Appends every family, with HELP and TYPE lines, to `out`. For an exposition that is not
+    /// packing (a packing one is read through `CompressedSeries::from_expositions`).
+    pub fn render_into(&self, out: &mut String) {
+        for f in &self.families {
+            out.push_str(&f.text);
+        }
+    }
+
+    /// Compresses every family, in order, onto `out`: the pieces packed so far (waiting for
+    /// the helper thread if one packed them), then the rest of each family's text with this
+    /// output's own compressor when it has one, else `packer`.
+    pub fn pack_into(self, packer: &mut PieceDeflater, out: &mut Packed) {
+        let Self {
+            families,
+            packer: mut own,
+            ..
+        } = self;
+        let mut threaded = own.as_mut().map(|p| p.finish()).unwrap_or_default();
+        let packer = match own.as_deref_mut() {
+            Some(own) => own.deflater(),
+            None => packer,
+        };
+        // Text not packed yet is compressed in as few pieces as the order allows: one for all
+        // the families that have no pieces of their own (each piece costs a compressor reset).
+        let mut pending: Vec<String> = Vec::new();
+        let flush = |pending: &mut Vec<String>, packer: &mut PieceDeflater, out: &mut Packed| {
+            let parts: Vec<&[u8]> = pending.iter().map(|t| t.as_bytes()).collect();
+            packer.piece(&parts, out);
+            pending.clear();
+        };
+        for (i, f) in families.into_iter().enumerate() {
+            let from_thread = threaded.get_mut(i).map(std::mem::take).unwrap_or_default();
+            if !f.packed.is_empty() || !from_thread.is_empty() {
+                flush(&mut pending, packer, out);
+                out.append(f.packed);
+                out.append(from_thread);
+            }
+            if !f.text.is_empty() {
+                pending.push(f.text);
+            }
+        }
+        flush(&mut pending, packer, out);
+    }
+
+    /// Bytes of text held (not yet packed).
+    pub fn len(&self) -> usize {
+        self.families.iter().map(|f| f.text.len()).sum()
+    }
+
+    /// True when no sample was written.
+    pub fn is_empty(&self) -> bool {
+        self.families.is_empty()
+    }
+}
+
+/// One sample line: `name{labels} value`.
+pub fn write_sample(buf: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    buf.push_str(name);
+    if !labels.is_empty() {
+        buf.push('{');
+        for (n, (k, v)) in labels.iter().enumerate() {
+            if n > 0 {
+                buf.push(',');
+            }
+            buf.push_str(k);
+            buf.push_str("=\"");
+            escape_label_value(buf, v);
+            buf.push('"');
+        }
+        buf.push('}');
+    }
+    buf.push(' ');
+    write_value(buf, value);
+    buf.push('\n');
+}
+
+/// The `# HELP` and `# TYPE` lines of a gauge family.
+pub fn family_header(def: &MetricDef) -> String {
+    format!(
+        "# HELP {} {}\n# TYPE {} gauge\n",
+        def.name, def.help, def.name
+    )
+}
+
+fn escape_label_value(buf: &mut String, v: &str) {
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        buf.push_str(v);
+        return;
+    }
+    for c in v.chars() {
+        match c {
+            '\\' => buf.push_str("\\\\"),
+            '"' => buf.push_str("\\\""),
+            '\n' => buf.push_str("\\n"),
+            c => buf.push(c),
+        }
+    }
+}
+
+fn write_value(buf: &mut String, v: f64) {
+    if v.is_nan() {
+        buf.push_str("NaN");
+    } else if v.is_infinite() {
+        buf.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        // Counts, bytes and flags are integers: integer formatting is several times faster.
+        let _ = write!(buf, "{}", v as i64);
+    } else {
+        let _ = write!(buf, "{v}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{DEVICE_CPU, DEVICE_ONLINE};
+
+    #[test]
+    fn label_values_are_escaped_and_families_grouped() {
+        let mut e = Exposition::new();
+        e.gauge(DEVICE_ONLINE, &[("device_name", "a\"b\\c\nd")], 1.0);
+        e.gauge(DEVICE_CPU, &[], 0.25);
+        e.gauge(DEVICE_ONLINE, &[("device_name", "x")], 0.0);
+        let mut out = String::new();
+        e.render_into(&mut out);
+        assert_eq!(
+            out,
+            format!(
+                "# HELP balena_device_online {}\n# TYPE balena_device_online gauge\nbalena_device_online{{device_name=\"a\\\"b\\\\c\\nd\"}} 1\nbalena_device_online{{device_name=\"x\"}} 0\n# HELP balena_device_cpu_usage_ratio {}\n# TYPE balena_device_cpu_usage_ratio gauge\nbalena_device_cpu_usage_ratio 0.25\n",
+                DEVICE_ONLINE.help, DEVICE_CPU.help
+            )
+        );
+    }
+}
