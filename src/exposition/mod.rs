@@ -48,10 +48,21 @@ impl Exposition {
     }
 
     /// An empty output that compresses each family's text whenever `threshold` bytes of it
-    /// are pending.
+    /// are pending, on a helper thread (started at the first piece) while the caller goes on
+    /// writing: `examples/deflate_where.rs` measured it against compressing inline
+    /// ([`Exposition::packing_inline`]), docs/performance.md.
     pub fn packing(threshold: usize) -> Self {
         Self {
             packer: Some(Box::new(Packer::new(true))),
+            pack_at: threshold.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// Like [`Exposition::packing`], compressing on the caller's thread (for the comparison).
+    pub fn packing_inline(threshold: usize) -> Self {
+        Self {
+            packer: Some(Box::new(Packer::new(false))),
             pack_at: threshold.max(1),
             ..Self::default()
         }
