@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::files;
 use super::token_file::TokenFile;
-use super::{Config, ConfigError, DEFAULT_MODULE, ENV_PREFIX};
+use super::{Config, ConfigError, TargetKind, DEFAULT_MODULE, ENV_PREFIX};
 
 /// How to load: the files and flags that change loading.
 #[derive(Debug, Clone, Default)]
@@ -505,34 +505,22 @@ fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
                 "target names must be non-empty printable text",
             ));
         }
-        let kinds = [target.fleet.is_some(), target.org.is_some(), target.all]
-            .iter()
-            .filter(|b| **b)
-            .count();
-        if kinds != 1 {
-            return Err(invalid(
-                file,
-                key,
-                "set exactly one of `fleet: org/app`, `org: handle` or `all: true`",
-            ));
-        }
-        if let Some(fleet) = &target.fleet {
-            if fleet.trim().is_empty() || !fleet.contains('/') {
+        match &target.kind {
+            TargetKind::Fleet(fleet) if fleet.trim().is_empty() || !fleet.contains('/') => {
                 return Err(invalid(
                     file,
                     format!("{key}.fleet"),
                     format!("expected a fleet slug like `myorg/myfleet`, got {fleet:?}"),
                 ));
             }
-        }
-        if let Some(org) = &target.org {
-            if org.trim().is_empty() {
+            TargetKind::Org(org) if org.trim().is_empty() => {
                 return Err(invalid(
                     file,
                     format!("{key}.org"),
                     "empty organization handle",
                 ));
             }
+            _ => {}
         }
         for auth in std::iter::once(&target.auth).chain(&target.allowed_auths) {
             if !config.auths.contains_key(auth) {

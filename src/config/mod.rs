@@ -222,8 +222,34 @@ fn default_modules() -> BTreeMap<String, ModuleConfig> {
 
 /// `targets.NAME`: one fleet, every fleet of an organization, or every fleet the token sees.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawTarget", into = "RawTarget")]
 pub struct TargetConfig {
+    /// What the target covers.
+    pub kind: TargetKind,
+    /// Name of an entry in `auths:`.
+    pub auth: String,
+    /// Module used when the request names none.
+    pub module: Option<String>,
+    /// Auths that `&auth=` may pick instead of `auth` (off unless listed).
+    pub allowed_auths: Vec<String>,
+}
+
+/// A target's kind, as written: exactly one of `fleet:`, `org:` or `all: true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetKind {
+    /// `fleet: org/app`
+    Fleet(String),
+    /// `org: handle`
+    Org(String),
+    /// `all: true`
+    All,
+}
+
+/// `targets.NAME` as written in YAML (the three kind keys side by side), checked into a
+/// [`TargetConfig`] with one [`TargetKind`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
     /// `org/app` fleet slug.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<String>,
@@ -254,13 +280,50 @@ pub enum Scope {
     All,
 }
 
+impl TryFrom<RawTarget> for TargetConfig {
+    type Error = &'static str;
+
+    fn try_from(raw: RawTarget) -> Result<Self, Self::Error> {
+        let kind = match (raw.fleet, raw.org, raw.all) {
+            (Some(fleet), None, false) => TargetKind::Fleet(fleet),
+            (None, Some(org), false) => TargetKind::Org(org),
+            (None, None, true) => TargetKind::All,
+            _ => return Err("set exactly one of `fleet: org/app`, `org: handle` or `all: true`"),
+        };
+        Ok(Self {
+            kind,
+            auth: raw.auth,
+            module: raw.module,
+            allowed_auths: raw.allowed_auths,
+        })
+    }
+}
+
+impl From<TargetConfig> for RawTarget {
+    fn from(t: TargetConfig) -> Self {
+        let (fleet, org, all) = match t.kind {
+            TargetKind::Fleet(f) => (Some(f), None, false),
+            TargetKind::Org(o) => (None, Some(o), false),
+            TargetKind::All => (None, None, true),
+        };
+        Self {
+            fleet,
+            org,
+            all,
+            auth: t.auth,
+            module: t.module,
+            allowed_auths: t.allowed_auths,
+        }
+    }
+}
+
 impl TargetConfig {
-    /// What this target covers (valid after [`load`]).
+    /// What this target covers (fleet slugs lowercased, as the SDK does).
     pub fn scope(&self) -> Scope {
-        match (&self.fleet, &self.org) {
-            (Some(f), _) => Scope::Fleet(f.to_lowercase()),
-            (None, Some(o)) => Scope::Org(o.clone()),
-            (None, None) => Scope::All,
+        match &self.kind {
+            TargetKind::Fleet(f) => Scope::Fleet(f.to_lowercase()),
+            TargetKind::Org(o) => Scope::Org(o.clone()),
+            TargetKind::All => Scope::All,
         }
     }
 

@@ -421,9 +421,7 @@ fn discovered_fleet(
         return None;
     }
     Some(crate::config::TargetConfig {
-        fleet: Some(slug.to_string()),
-        org: None,
-        all: false,
+        kind: crate::config::TargetKind::Fleet(slug.to_string()),
         ..parent.clone()
     })
 }
