@@ -76,6 +76,8 @@ fn start_demo() -> anyhow::Result<(std::convert::Infallible, config::Config)> {
     )
 }
 
+/// Long on purpose: the start-up sequence (config, signals, server, stop) read top to bottom;
+/// each step is a few lines and needs the ones before it.
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut demo = None;
     let config = if cli.demo {

@@ -153,6 +153,7 @@ pub struct ExporterMetrics {
 
 impl ExporterMetrics {
     /// Registers every self-metric (and the process collector on Linux).
+    /// Long on purpose: one definition and one registration per self-metric, a flat list.
     pub fn new() -> Self {
         let registry = Registry::new();
         let build = IntGaugeVec::new(

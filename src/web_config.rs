@@ -173,6 +173,8 @@ fn version(
     }
 }
 
+/// Long on purpose: the TLS options in the order the exporter-toolkit format lists them, each
+/// with its own error naming its key; split, the checks would lose that order.
 fn server_config(path: &Path, t: &TlsConfig) -> Result<rustls::ServerConfig, WebConfigError> {
     // Each file is read whole first (a regular file of bounded size): `cert_file: /dev/zero`
     // must be an error, not a process growing until it is killed.

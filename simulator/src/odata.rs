@@ -295,6 +295,7 @@ enum Tok {
 }
 
 /// Tokenises a raw (still URL-encoded) filter.
+/// Long on purpose: one match over the OData lexical forms.
 fn tokenize(raw: &str) -> Result<Vec<Tok>, Malformed> {
     let bad = || Malformed(raw.to_string());
     // Apostrophes may arrive encoded; a literal `%` in a value is always `%25`, so this is safe.

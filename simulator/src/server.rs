@@ -172,6 +172,7 @@ pub async fn dispatch(req: HttpRequest, state: web::Data<Arc<SimState>>) -> Http
     response
 }
 
+/// Long on purpose: one arm per injectable fault, side by side.
 async fn answer_with_faults(req: &HttpRequest, state: &web::Data<Arc<SimState>>) -> HttpResponse {
     let path = req.path().to_string();
     let query = req.query_string().to_string();

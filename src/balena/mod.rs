@@ -18,45 +18,10 @@ pub use error::BalenaError;
 pub use limit::AuthLimits;
 
 use model::{Actor, Device, Envelope, Fleet};
+pub use model::{DEVICE_FIELDS, SUMMARY_DEVICE_FIELDS};
 use odata::{quote_literal, Query};
 
 use crate::config::ModuleConfig;
-
-/// Device fields every device-listing module selects.
-pub const DEVICE_FIELDS: &[&str] = &[
-    "id",
-    "uuid",
-    "device_name",
-    "belongs_to__application",
-    "is_online",
-    "api_heartbeat_state",
-    "overall_status",
-    "overall_progress",
-    "os_version",
-    "os_variant",
-    "supervisor_version",
-    "cpu_usage",
-    "cpu_temp",
-    "memory_usage",
-    "memory_total",
-    "storage_usage",
-    "storage_total",
-    "is_undervolted",
-    "is_connected_to_vpn",
-    "last_connectivity_event",
-    "should_be_running__release",
-];
-
-/// Device fields a summary module (no per-device series) needs.
-pub const SUMMARY_DEVICE_FIELDS: &[&str] = &[
-    "id",
-    "belongs_to__application",
-    "is_online",
-    "api_heartbeat_state",
-    "overall_status",
-    "is_undervolted",
-    "should_be_running__release",
-];
 
 /// Which devices a listing covers.
 #[derive(Debug, Clone)]

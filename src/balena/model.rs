@@ -142,7 +142,44 @@ pub struct DeviceTag<'a> {
     pub value: Text<'a>,
 }
 
-/// A device row, with exactly the fields [`crate::balena::DEVICE_FIELDS`] selects. Strings
+/// Device fields every device-listing module selects: the fields of [`Device`] (kept next to
+/// it, so a new device field is one change here).
+pub const DEVICE_FIELDS: &[&str] = &[
+    "id",
+    "uuid",
+    "device_name",
+    "belongs_to__application",
+    "is_online",
+    "api_heartbeat_state",
+    "overall_status",
+    "overall_progress",
+    "os_version",
+    "os_variant",
+    "supervisor_version",
+    "cpu_usage",
+    "cpu_temp",
+    "memory_usage",
+    "memory_total",
+    "storage_usage",
+    "storage_total",
+    "is_undervolted",
+    "is_connected_to_vpn",
+    "last_connectivity_event",
+    "should_be_running__release",
+];
+
+/// Device fields a summary module (no per-device series) needs.
+pub const SUMMARY_DEVICE_FIELDS: &[&str] = &[
+    "id",
+    "belongs_to__application",
+    "is_online",
+    "api_heartbeat_state",
+    "overall_status",
+    "is_undervolted",
+    "should_be_running__release",
+];
+
+/// A device row, with exactly the fields [`DEVICE_FIELDS`] selects. Strings
 /// borrow from the response body: a page of devices is decoded one row at a time without
 /// copying it.
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -436,6 +436,8 @@ fn expand_vars(input: &str) -> Result<String, String> {
 }
 
 /// Cross-references and values serde cannot check.
+/// Long on purpose: independent checks in key order, each with its own key path and message;
+/// a list reads better than a web of helpers.
 fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
     let api = &config.api;
     if !matches!(api.url.scheme(), "http" | "https") || api.url.host_str().is_none() {

@@ -273,6 +273,7 @@ impl World {
     }
 
     /// Evaluates a filter expression on one row.
+    /// Long on purpose: one match over the `$filter` expression forms.
     pub(super) fn eval(
         &self,
         table: &str,

@@ -216,6 +216,7 @@ fn generate_tags(rng: &mut fastrand::Rng, n: usize) -> Vec<(&'static str, String
     tags
 }
 
+/// Long on purpose: a device row as data, then the scenario mix that varies it.
 fn generate_device(
     rng: &mut fastrand::Rng,
     now: SystemTime,
