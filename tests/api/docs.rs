@@ -157,3 +157,42 @@ fn dashboard_queries_use_only_documented_metrics() {
     );
     assert!(used.len() >= 20, "{used:?}");
 }
+
+/// Every family of the device-family table is documented and written, and the simulator
+/// serves every device field the exporter selects (the table's values read those fields).
+#[actix_rt::test]
+async fn the_device_family_table_is_documented_and_served() {
+    use balena_exporter::balena::{DEVICE_FIELDS, SUMMARY_DEVICE_FIELDS};
+    use balena_exporter::probe::series::DEVICE_FAMILIES;
+    let documented = documented();
+    for f in DEVICE_FAMILIES {
+        assert!(
+            documented.contains(f.def.name),
+            "{} is not in docs/metrics.md",
+            f.def.name
+        );
+    }
+    let app = spawn_app(&[("screens", 20)]).await;
+    let text = app.get("/probe?target=screens").await.body;
+    let written = type_names(&text);
+    for f in DEVICE_FAMILIES {
+        assert!(written.contains(f.def.name), "{} not written", f.def.name);
+    }
+    for fields in [DEVICE_FIELDS, SUMMARY_DEVICE_FIELDS] {
+        let url = format!("{}/v7/device?$select={}", app.sim.url(), fields.join(","));
+        let mut resp = awc::Client::default()
+            .get(url)
+            .insert_header(("Authorization", format!("Bearer {TOKEN}")))
+            .send()
+            .await
+            .unwrap();
+        let body = resp.body().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            200,
+            "the simulator refuses a field: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    app.stop().await;
+}
