@@ -16,6 +16,8 @@ use helpers::*;
 
 const GOOD: &str = "sekrit-TOKEN-4b1d8e";
 const BAD: &str = "bogus-TOKEN-9c2e71";
+/// Written over `BAD`'s token file while the exporter runs (rotation), then broken.
+const ROTATED: &str = "rotated-TOKEN-5f3a90";
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -58,7 +60,7 @@ fn forms(token: &str) -> Vec<String> {
 }
 
 fn assert_clean(what: &str, text: &str) {
-    for token in [GOOD, BAD] {
+    for token in [GOOD, BAD, ROTATED] {
         for form in forms(token) {
             assert!(
                 !text.contains(&form),
@@ -127,6 +129,20 @@ async fn tokens_appear_in_no_log_response_or_error() {
             responses.push((path.to_string(), a.body));
         }
     }
+    // The token file is rotated (a new file renamed over it), then broken (a token with a
+    // space): both are logged, by auth name, and neither token is written anywhere.
+    for text in [format!("{ROTATED}\n"), format!("{ROTATED} x\n")] {
+        let tmp = dir.join("bad.token.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &token_file).unwrap();
+        for path in [
+            "/probe?target=rejected",
+            "/probe?target=rejected&debug=true",
+        ] {
+            responses.push((path.to_string(), app.get(path).await.body));
+        }
+    }
+    std::fs::write(&token_file, format!("{BAD}\n")).unwrap();
     for path in [
         "/probe?target=ok",
         "/probe?target=ok&debug=true",
@@ -178,6 +194,14 @@ async fn tokens_appear_in_no_log_response_or_error() {
         "trace logging was on"
     );
     assert!(logs.contains("probe failed"), "failures were logged");
+    assert!(
+        logs.contains("auth=bad") && logs.contains("token file changed"),
+        "the rotation was logged by auth name"
+    );
+    assert!(
+        logs.contains("token file not used"),
+        "the broken token file was logged"
+    );
     assert_clean("trace-level logs", &logs);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -363,7 +363,7 @@ fn resolve_tokens(config: &mut Config, file: &str, expand_env: bool) -> Result<(
             }
             (None, None) => return Err(invalid(file, key, "missing `token` or `token_file`")),
             (None, Some(path)) => {
-                let opened = TokenFile::open_shown(path, shown_as)
+                let opened = TokenFile::open(name, path, shown_as)
                     .map_err(|why| invalid(file, format!("{key}.token_file"), why))?;
                 auth.token = Some((*opened.current().token).clone());
                 auth.file = Some(std::sync::Arc::new(opened));

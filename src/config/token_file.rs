@@ -62,6 +62,9 @@ fn read(path: &Path) -> Result<(SecretString, Stamp), String> {
 /// The token of one `token_file`, re-read when the file changes.
 #[derive(Debug)]
 pub struct TokenFile {
+    /// The auth this is the token of: what the log names (never the token, nor by default the
+    /// file's contents).
+    auth: String,
     path: PathBuf,
     /// How messages name the file, when not by its path (a path from `${VAR}` is not shown).
     shown: Option<String>,
@@ -84,19 +87,17 @@ pub struct Current {
 }
 
 impl TokenFile {
-    /// Reads the file for the first time (at load or reload): an error is a config error.
-    pub fn open(path: &Path) -> Result<Self, String> {
-        Self::open_shown(path, None)
-    }
-
-    /// Like [`TokenFile::open`], naming the file `shown` instead of its path in every message.
-    pub fn open_shown(path: &Path, shown: Option<String>) -> Result<Self, String> {
+    /// Reads the file of auth `auth` for the first time (at load or reload): an error is a
+    /// config error. `shown`, when set, names the file in every message instead of its path
+    /// (a path that came from `${VAR}` is not shown).
+    pub fn open(auth: &str, path: &Path, shown: Option<String>) -> Result<Self, String> {
         let name = |why: String| match &shown {
             Some(s) => why.replace(&path.display().to_string(), s),
             None => why,
         };
         let (token, stamp) = read(path).map_err(name)?;
         Ok(Self {
+            auth: auth.to_string(),
             path: path.to_path_buf(),
             shown,
             state: Mutex::new(State {
@@ -104,11 +105,6 @@ impl TokenFile {
                 token: Arc::new(token),
             }),
         })
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The token to use now: re-read if the file changed since it was last read.
@@ -119,11 +115,7 @@ impl TokenFile {
             Ok(_) => match read(&self.path) {
                 Ok((token, stamp)) => {
                     if token.expose_secret() != state.token.expose_secret() {
-                        let file = self
-                            .shown
-                            .clone()
-                            .unwrap_or_else(|| self.path.display().to_string());
-                        tracing::info!(%file, "token file changed: using the new token");
+                        tracing::info!(auth = %self.auth, "token file changed: using the new token");
                     }
                     *state = State {
                         stamp,
@@ -183,7 +175,7 @@ mod tests {
     fn a_symlink_swap_is_used_at_once_and_a_bad_file_keeps_the_good_token() {
         let dir = tmpdir("swap");
         swap(&dir, "..v1", "first-token\n");
-        let file = TokenFile::open(&dir.join("token")).unwrap();
+        let file = TokenFile::open("a", &dir.join("token"), None).unwrap();
         assert_eq!(file.current().token.expose_secret(), "first-token");
         swap(&dir, "..v2", "second-token\n");
         let now = file.current();
@@ -197,6 +189,18 @@ mod tests {
             why.contains("is empty; keeping the previous token"),
             "{why}"
         );
+        // A file that cannot be used is described, never quoted.
+        for bad in ["cnry-secret with a space\n", "cnry-secret\u{7}\n"] {
+            swap(&dir, "..v3b", bad);
+            let now = file.current();
+            assert_eq!(now.token.expose_secret(), "second-token");
+            let why = now.kept_because.unwrap();
+            assert!(
+                why.contains("spaces or control characters") && !why.contains("cnry"),
+                "{why}"
+            );
+            std::fs::remove_dir_all(dir.join("..v3b")).unwrap();
+        }
         std::fs::remove_file(dir.join("..data")).unwrap();
         let why = file.current().kept_because.unwrap();
         assert!(why.contains("cannot read"), "{why}");
@@ -208,22 +212,24 @@ mod tests {
     #[test]
     fn only_small_regular_files_are_read_and_errors_never_quote_them() {
         let dir = tmpdir("kinds");
-        assert!(TokenFile::open(&dir)
+        assert!(TokenFile::open("a", &dir, None)
             .unwrap_err()
             .contains("not a regular file"));
         let big = dir.join("big");
         write(&big, &"secret-canary ".repeat(10_000));
-        let err = TokenFile::open(&big).unwrap_err();
+        let err = TokenFile::open("a", &big, None).unwrap_err();
         assert!(err.contains("more than the 65536 allowed"), "{err}");
         assert!(!err.contains("secret-canary"));
         let bin = dir.join("bin");
         std::fs::write(&bin, [0xff, 0xfe, b's']).unwrap();
-        assert!(TokenFile::open(&bin).unwrap_err().contains("not UTF-8"));
+        assert!(TokenFile::open("a", &bin, None)
+            .unwrap_err()
+            .contains("not UTF-8"));
         let fifo = dir.join("fifo");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         if made.is_ok_and(|s| s.success()) {
             // Refused from its metadata, never opened (opening a FIFO blocks).
-            assert!(TokenFile::open(&fifo)
+            assert!(TokenFile::open("a", &fifo, None)
                 .unwrap_err()
                 .contains("not a regular file"));
         }
