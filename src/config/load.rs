@@ -56,10 +56,11 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
                 reason,
             }
         })?;
-        check_text(&text, &name)?;
+        let parsed = check_text(&text, &name)?;
         texts.push(FileText {
             path: file.clone(),
             text,
+            parsed,
         });
     }
     check_duplicates(&texts)?;
@@ -76,6 +77,9 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
 struct FileText {
     path: PathBuf,
     text: String,
+    /// The text as a YAML value, from the duplicate-key check (None: a syntax error, which
+    /// figment's parse reports with its location).
+    parsed: Option<serde_yaml::Value>,
 }
 
 impl figment::Provider for FileText {
@@ -94,7 +98,8 @@ impl figment::Provider for FileText {
 
 /// What a file must be before it is parsed: not empty (an empty file would stop every probe,
 /// not configure one), nested no deeper than [`files::MAX_YAML_NESTING`], without duplicate keys.
-fn check_text(text: &str, file: &str) -> Result<(), ConfigError> {
+/// Returns the text as a YAML value when it parses.
+fn check_text(text: &str, file: &str) -> Result<Option<serde_yaml::Value>, ConfigError> {
     let has_content = text
         .lines()
         .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#') && l.trim() != "---");
@@ -144,13 +149,11 @@ fn check_duplicates(files: &[FileText]) -> Result<(), ConfigError> {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for file in files {
         let name = file.path.display().to_string();
-        let text = &file.text;
         // Syntax errors are reported by the real parse, with their location.
-        let Ok(serde_yaml::Value::Mapping(top)) = serde_yaml::from_str::<serde_yaml::Value>(text)
-        else {
+        let Some(serde_yaml::Value::Mapping(top)) = &file.parsed else {
             continue;
         };
-        for (section, value) in &top {
+        for (section, value) in top {
             let Some(section) = section.as_str() else {
                 continue;
             };
@@ -178,8 +181,10 @@ fn check_duplicates(files: &[FileText]) -> Result<(), ConfigError> {
 
 /// Rejects what the YAML reader behind figment lets through: duplicate keys at any level
 /// (strict, as blackbox and snmp exporters are). The message carries serde_yaml's location.
-fn check_yaml(text: &str, file: &str) -> Result<(), ConfigError> {
+/// Returns the parsed value, or None for another syntax error (figment's parse reports it).
+fn check_yaml(text: &str, file: &str) -> Result<Option<serde_yaml::Value>, ConfigError> {
     match serde_yaml::from_str::<serde_yaml::Value>(text) {
+        Ok(value) => Ok(Some(value)),
         Err(e) if e.to_string().contains("duplicate entry") => {
             let msg = e.to_string();
             let (key, msg) = match msg.split_once(": duplicate") {
@@ -197,13 +202,13 @@ fn check_yaml(text: &str, file: &str) -> Result<(), ConfigError> {
             Err(invalid(file, key, msg))
         }
         // Other syntax errors are reported by the real parse, with their location.
-        _ => Ok(()),
+        Err(_) => Ok(None),
     }
 }
 
 /// Loads from YAML text (tests).
 pub fn from_yaml_str(yaml: &str, name: &str) -> Result<Config, ConfigError> {
-    check_text(yaml, name)?;
+    let _ = check_text(yaml, name)?;
     from_figment(Figment::new().merge(Yaml::string(yaml)), name, false)
 }
 

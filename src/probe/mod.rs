@@ -17,7 +17,7 @@ use crate::config::{ModuleConfig, Scope};
 use crate::exposition::body::CompressedSeries;
 use crate::exposition::Exposition;
 use compact::CompactDevices;
-use series::{tag_labels, write_device, write_fleet, FleetStats};
+use series::{write_device, write_fleet, FleetStats};
 
 /// Pending text of one family that is compressed as one piece: large enough to compress well
 /// (the deflate window is 32 KiB), small enough that ~13 per-device families of a probe hold
@@ -129,7 +129,7 @@ impl<'m> SeriesBuilder<'m> {
             .enumerate()
             .map(|(i, s)| (s.fleet.id, i))
             .collect();
-        let tags = tag_labels(module);
+        let tags = module.tag_labels();
         let compact = (module.compact_cache && module.devices && !module.counts_only).then(|| {
             CompactDevices::new(
                 stats.iter().map(|s| s.fleet.slug.clone()).collect(),

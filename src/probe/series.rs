@@ -148,11 +148,6 @@ pub fn write_fleet(out: &mut Exposition, s: &FleetStats, module: &ModuleConfig) 
     );
 }
 
-/// Label names of the module's tags, computed once per probe: (`tag_<sanitised>`, original key).
-pub fn tag_labels(module: &ModuleConfig) -> Vec<(String, String)> {
-    module.tag_labels()
-}
-
 /// The label a device family carries besides `fleet`, `device_uuid` and `device_name`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Extra {
