@@ -175,11 +175,23 @@ def deep_merge(a, b):
     return a
 
 
+def sh_lines(path, start):
+    """Every command of a Markdown file's sh blocks that starts with `start`, joined across
+    `\\` lines."""
+    with open(os.path.join(ROOT, path)) as f:
+        text = f.read()
+    out = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        out += [l.strip() for l in joined.splitlines() if l.strip().startswith(start)]
+    return out
+
+
 def values_of_helm_install(cmd, env):
-    """(release, chart, namespace, values) of a `helm install` line, its --set flags applied in
-    order with Helm's own parser, shell variables taken from `env`."""
+    """(release, chart, namespace, values) of a `helm install` (or `helm upgrade`) line, its
+    --set flags applied in order with Helm's own parser, shell variables taken from `env`."""
     words = shlex.split(re.sub(r"\$(\w+)|\$\{(\w+)\}", lambda m: env[m.group(1) or m.group(2)], cmd))
-    assert words[:2] == ["helm", "install"], cmd
+    assert words[:2] in (["helm", "install"], ["helm", "upgrade"]), cmd
     positional, values, namespace, i = [], {}, "default", 2
     while i < len(words):
         w = words[i]
@@ -194,7 +206,7 @@ def values_of_helm_install(cmd, env):
             i += 0 if inline else 1
         elif flag == "--version":
             i += 0 if inline else 1
-        elif w in ("--create-namespace", "--wait", "--atomic"):
+        elif w in ("--create-namespace", "--wait", "--atomic", "--reuse-values"):
             pass
         elif w.startswith("-"):
             raise AssertionError(f"flag {w} of {cmd!r} is not understood by this test")
@@ -450,6 +462,40 @@ class InstallPathTest(unittest.TestCase):
             config = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["balena-exporter.yml"])
             self.assertEqual(config["targets"]["shop-screens"], {"fleet": "acme/shop-screens", "auth": "acme"})
             check_config(self, config, {"acme": env["ACME_TOKEN"]})
+
+    def test_rotation_and_runbook_commands_match_the_chart(self):
+        """docs/operations.md's rotation commands and docs/runbook.md's kubectl line name what the
+        chart renders for the README's install."""
+        env = {"ACME_TOKEN": "readme-token-3c1e", "NEW_ACME_TOKEN": "rotated-token-77aa"}
+        release, _, ns, base = values_of_helm_install(helm_install_commands("README.md")[0], env)
+        objs = {o["kind"]: o for o in render_all(base, namespace=ns)}
+        # helm upgrade --reuse-values: the README's values, then the new token.
+        [upgrade] = sh_lines("docs/operations.md", "helm upgrade")
+        r2, _, ns2, extra = values_of_helm_install(upgrade, env)
+        self.assertEqual((r2, ns2), (release, ns))
+        after = {o["kind"]: o for o in render_all(deep_merge(json.loads(json.dumps(base)), extra), namespace=ns)}
+        self.assertEqual(after["Secret"]["stringData"]["acme"], env["NEW_ACME_TOKEN"])
+        ann = lambda o: o["Deployment"]["spec"]["template"]["metadata"]["annotations"]["checksum/auths"]
+        self.assertNotEqual(ann(after), ann(objs), "the chart-made Secret's change rolls the pods")
+        # kubectl ... | kubectl apply: the existingSecret the chart mounts, one key per auth.
+        [kubectl] = sh_lines("docs/operations.md", "kubectl")
+        m = re.search(r"-n (\S+) create secret generic (\S+) (.*?)--dry-run", kubectl)
+        kns, secret, rest = m.groups()
+        keys = re.findall(r"--from-literal=(\w+)=", rest)
+        values = dict(base, existingSecret=secret, auths={k: {} for k in keys})
+        own = {o["kind"]: o for o in render_all(values, namespace=kns)}
+        self.assertEqual(kns, ns)
+        vols = {v["name"]: v for v in own["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+        self.assertEqual(vols["tokens"]["secret"]["secretName"], secret)
+        config = yaml.safe_load(own["ConfigMap"]["data"]["balena-exporter.yml"])
+        self.assertEqual(set(config["auths"]), set(keys))
+        self.assertEqual(config["targets"]["shop-screens"]["auth"], "acme")
+        # The runbook's pod selector selects the pods of that install, in its namespace.
+        with open(os.path.join(ROOT, "docs", "runbook.md")) as f:
+            line = re.search(r"`kubectl -n (\S+) get pods -l (\S+)=(\S+)`", f.read())
+        self.assertEqual(line.group(1), ns)
+        pod_labels = objs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+        self.assertEqual(pod_labels[line.group(2)], line.group(3))
 
     def test_license_file_matches_the_manifest(self):
         with open(os.path.join(ROOT, "LICENSE")) as f:
