@@ -1,6 +1,6 @@
 //! Where a probe's deflate runs: on a helper thread while the probe goes on writing (what
 //! `Exposition::packing` does), or inline on the probe's own thread. Writes the per-device
-//! samples of N synthetic devices (14 families, as a 10,000-device fleet's default module) and
+//! samples of N synthetic devices (every device family, as the default module writes them) and
 //! compresses them into the cached series both ways, interleaved, and reports the medians and
 //! their ratio, measured in one run (docs/performance.md).
 //!
@@ -10,24 +10,7 @@ use std::time::{Duration, Instant};
 
 use balena_exporter::exposition::body::CompressedSeries;
 use balena_exporter::exposition::Exposition;
-use balena_exporter::metrics as m;
-
-const FAMILIES: [m::MetricDef; 14] = [
-    m::DEVICE_INFO,
-    m::DEVICE_ONLINE,
-    m::DEVICE_STATUS,
-    m::DEVICE_HEARTBEAT,
-    m::DEVICE_LAST_CONNECTIVITY,
-    m::DEVICE_CPU,
-    m::DEVICE_TEMP,
-    m::DEVICE_MEM_USED,
-    m::DEVICE_MEM_TOTAL,
-    m::DEVICE_STORAGE_USED,
-    m::DEVICE_STORAGE_TOTAL,
-    m::DEVICE_UNDERVOLTED,
-    m::DEVICE_ON_TARGET,
-    m::DEVICE_PROGRESS,
-];
+use balena_exporter::probe::series::DEVICE_FAMILIES;
 
 fn run(n: usize, mut e: Exposition) -> Duration {
     let started = Instant::now();
@@ -39,8 +22,8 @@ fn run(n: usize, mut e: Exposition) -> Duration {
             ("device_uuid", uuid.as_str()),
             ("device_name", name.as_str()),
         ];
-        for (f, def) in FAMILIES.iter().enumerate() {
-            e.gauge(*def, &labels, (i * 31 + f * 7) as f64 / 97.0);
+        for (f, family) in DEVICE_FAMILIES.iter().enumerate() {
+            e.gauge(family.def, &labels, (i * 31 + f * 7) as f64 / 97.0);
         }
     }
     let series = CompressedSeries::from_expositions([e]);
