@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::http::header::{HeaderValue, AUTHORIZATION};
-use futures_util::StreamExt as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
 use super::error::BalenaError;
+use super::exchange::{self, Event};
 use super::limit::{AuthLimits, Priority, Slot};
 use crate::config::ApiConfig;
 use crate::metrics::ExporterMetrics;
@@ -226,12 +226,12 @@ impl<'a> Session<'a> {
     async fn take_slot(&self) -> Result<(Slot, Duration), Failure> {
         let remaining = self.remaining();
         if remaining.is_zero() {
-            return Err(Failure::not_sent(BalenaError::Timeout(Duration::ZERO)));
+            return Err(Failure::not_sent(BalenaError::NotSent(
+                "the probe's deadline had passed".into(),
+            )));
         }
-        let limit = self
-            .client
-            .limits
-            .get(self.auth_name, self.api.max_concurrency);
+        let cap = self.api.max_concurrency;
+        let limit = self.client.limits.get(self.auth_name, cap);
         let priority = if self.call_count() > 0 {
             Priority::Continuing
         } else {
@@ -239,7 +239,12 @@ impl<'a> Session<'a> {
         };
         let slot = actix_rt::time::timeout(remaining, limit.acquire(priority))
             .await
-            .map_err(|_| Failure::not_sent(BalenaError::Timeout(remaining)))?;
+            .map_err(|_| {
+                Failure::not_sent(BalenaError::NotSent(format!(
+                    "no free slot of the auth's {cap} (api.max_concurrency) within {:.3}s",
+                    remaining.as_secs_f64()
+                )))
+            })?;
         // A probe's first request starts a fetch of at least two (a page and the end page, or a
         // lookup and a page): it needs time for two, a later request for itself.
         let left = self.remaining();
@@ -247,15 +252,14 @@ impl<'a> Session<'a> {
             Priority::Starting => 2,
             Priority::Continuing => 1,
         };
-        let needed = limit.expected().map(|e| e * requests_needed);
-        if let Some(expected) = needed.filter(|e| left < *e) {
-            slot.finished(false);
-            self.note(format_args!(
-                "not sent: {:.3}s left, and what this probe still needs takes ~{:.3}s",
+        if let Some(expected) = limit.too_late(left, requests_needed) {
+            drop(slot);
+            let why = format!(
+                "{:.3}s left, and what this probe still needs takes ~{:.3}s while other requests of the auth are in flight",
                 left.as_secs_f64(),
                 expected.as_secs_f64()
-            ));
-            return Err(Failure::not_sent(BalenaError::Timeout(left)));
+            );
+            return Err(Failure::not_sent(BalenaError::NotSent(why)));
         }
         Ok((slot, left))
     }
@@ -305,7 +309,8 @@ impl<'a> Session<'a> {
 
     /// One HTTP exchange: the body of a 2xx answer into `sink`, else what went wrong. A request
     /// is sent only with a slot of the auth's cap and enough time left to finish
-    /// ([`super::limit`]).
+    /// ([`super::limit`]); it runs as a task that keeps the slot until the API is done with it
+    /// ([`super::exchange`]), so a probe that stops reading at its deadline loses nothing.
     async fn send_once(
         &self,
         url: &str,
@@ -320,66 +325,54 @@ impl<'a> Session<'a> {
                 ))
             })?;
         auth.set_sensitive(true);
-        let limit = self.api.max_response_bytes;
+        let request = self
+            .client
+            .http
+            .get(url)
+            .insert_header((AUTHORIZATION, auth));
+        let mut answer =
+            exchange::start(request, slot, self.api.timeout, self.api.max_response_bytes);
+        let mut status = None;
         let mut body_started = false;
-        let exchange = async {
-            let mut resp = self
-                .client
-                .http
-                .get(url)
-                .insert_header((AUTHORIZATION, auth))
-                .timeout(timeout)
-                .send()
-                .await
-                .map_err(|e| (None, send_error(e, timeout)))?;
-            let status = resp.status().as_u16();
-            if !resp.status().is_success() {
-                return Err((
-                    Some(status),
-                    status_error(status, resp.headers().get("retry-after")),
-                ));
-            }
-            let mut read = 0usize;
-            while let Some(chunk) = resp.next().await {
-                let chunk = chunk.map_err(|e| {
-                    (
-                        Some(status),
-                        BalenaError::Transport(format!("reading the body: {e}")),
-                    )
-                })?;
-                read += chunk.len();
-                if read > limit {
-                    return Err((Some(status), BalenaError::TooLarge { limit }));
+        let read = async {
+            while let Some(event) = answer.recv().await {
+                match event {
+                    Event::Head {
+                        status: s,
+                        retry_after,
+                    } => {
+                        status = Some(s);
+                        if !(200..300).contains(&s) {
+                            return Err(status_error(s, retry_after.as_ref()));
+                        }
+                    }
+                    Event::Chunk(chunk) => {
+                        body_started = true;
+                        sink(&chunk)?;
+                    }
+                    Event::Failed(e) => return Err(e),
                 }
-                body_started = true;
-                sink(&chunk).map_err(|e| (Some(status), e))?;
             }
-            Ok(())
+            match status {
+                Some(_) => Ok(()),
+                None => Err(BalenaError::Transport(
+                    "the request ended without an answer".into(),
+                )),
+            }
         };
-        let outcome = actix_rt::time::timeout(timeout, exchange).await;
-        match outcome {
-            Ok(Ok(())) => {
-                slot.finished(true);
-                Ok(())
-            }
-            Ok(Err((status, error))) => {
-                // An answer (or a failure the API is done with): the slot is free.
-                slot.finished(status.is_some());
-                Err(Failure {
-                    status,
-                    error,
-                    sent: true,
-                    body_started,
-                })
-            }
-            // Abandoned at the deadline: the API may still be working on it (the slot says so).
-            Err(_) => Err(Failure {
-                status: None,
-                error: BalenaError::Timeout(timeout),
-                sent: true,
-                body_started,
-            }),
-        }
+        let outcome = actix_rt::time::timeout(timeout, read).await;
+        let error = match outcome {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            // Given up at the deadline: the exchange task keeps the slot while the API works.
+            Err(_) => BalenaError::Timeout(timeout),
+        };
+        Err(Failure {
+            status,
+            error,
+            sent: true,
+            body_started,
+        })
     }
 }
 
@@ -402,13 +395,6 @@ impl Failure {
             sent: false,
             body_started: false,
         }
-    }
-}
-
-fn send_error(e: awc::error::SendRequestError, timeout: Duration) -> BalenaError {
-    match e {
-        awc::error::SendRequestError::Timeout => BalenaError::Timeout(timeout),
-        other => BalenaError::Transport(other.to_string()),
     }
 }
 

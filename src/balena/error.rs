@@ -34,6 +34,10 @@ pub enum BalenaError {
     /// The probe's deadline passed before the API answered.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// A request the probe needed was never sent (no free slot of the auth's cap in time, or
+    /// too little time left while other requests compete): the API was not asked.
+    #[error("not sent: {0}")]
+    NotSent(String),
     /// Connection refused, reset, TLS failure...
     #[error("transport error: {0}")]
     Transport(String),
@@ -58,6 +62,7 @@ impl BalenaError {
             Self::RateLimited { .. } => "rate_limited",
             Self::Status { .. } => "api_error",
             Self::Timeout(_) => "timeout",
+            Self::NotSent(_) => "not_sent",
             Self::Transport(_) => "transport",
             Self::Decode(_) => "decode",
             Self::TooLarge { .. } => "too_large",

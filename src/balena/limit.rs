@@ -1,18 +1,21 @@
 //! The per-auth cap on upstream requests in flight (`api.max_concurrency`), shared by every
-//! worker, built so that it holds at the edge of overload:
+//! worker, built so that it holds at the edge of overload and can never wedge:
 //!
 //! - **Probes already under way go first.** A probe's later requests (device pages after the
 //!   fleet lookup) take a free slot before any probe's first request, so that under overload
 //!   the exporter finishes the probes it started instead of starting every probe and finishing
 //!   none (each probe's second request queued behind every first request).
-//! - **No request without time to finish.** Each auth keeps a running estimate of how long its
-//!   requests take; a request is not started when less than that is left before the probe's
-//!   deadline (it would be abandoned half way while the API goes on working on it), and a
-//!   probe's first request not when less than two requests' time is left (a fetch is at least
-//!   two: the probe could not finish, and its first request would only take a slot).
-//! - **A slot outlives an abandoned request.** When a probe gives up while its request is in
-//!   flight, the API still works on it: the slot stays taken for the rest of the estimated
-//!   request time, so the API never sees more than the cap.
+//! - **No request without time to finish, while others compete for the API.** Each auth keeps
+//!   a running estimate of how long its requests take; while other requests of the auth are in
+//!   flight, a request is not started when less than that is left before the probe's deadline
+//!   (it would be abandoned half way while the API goes on working on it), and a probe's first
+//!   request not when less than two requests' time is left (a fetch is at least two). When no
+//!   other request of the auth is in flight, a request is always sent: the estimate is only
+//!   refreshed by requests that finish, so refusing then could refuse forever after a slow
+//!   spell of the API.
+//! - **A slot outlives an abandoned request.** A request runs as a task that holds its slot
+//!   until the API has answered (at most `api.timeout` after sending, [`super::exchange`]), so
+//!   the API never sees more than the cap, whatever the probes gave up on.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -49,6 +52,7 @@ pub struct Limit {
 
 #[derive(Debug)]
 struct State {
+    cap: usize,
     free: usize,
     /// Requests of probes that already made one.
     continuing: VecDeque<oneshot::Sender<()>>,
@@ -72,6 +76,7 @@ impl Limit {
     fn new(cap: usize) -> Self {
         Self {
             state: Mutex::new(State {
+                cap,
                 free: cap,
                 continuing: VecDeque::new(),
                 starting: VecDeque::new(),
@@ -89,6 +94,21 @@ impl Limit {
     pub fn expected(&self) -> Option<Duration> {
         let s = self.lock();
         (s.samples >= ESTIMATE_AFTER).then(|| Duration::from_secs_f64(s.estimate))
+    }
+
+    /// Whether a request that holds a slot, with `left` before its probe's deadline and
+    /// `requests` still to make, should not be sent: the time those take (once estimated), if
+    /// more than `left` — but only while other requests of the auth hold slots too. With none
+    /// in flight a request always goes, and its time refreshes the estimate: refusing then
+    /// could refuse forever after a slow spell.
+    pub fn too_late(&self, left: Duration, requests: u32) -> Option<Duration> {
+        let s = self.lock();
+        let others_in_flight = s.cap.saturating_sub(s.free) > 1;
+        if !others_in_flight || s.samples < ESTIMATE_AFTER {
+            return None;
+        }
+        let needed = Duration::from_secs_f64(s.estimate) * requests;
+        (needed > left).then_some(needed)
     }
 
     /// Waits for a slot. Dropping the future gives up the place in the queue.
@@ -114,7 +134,6 @@ impl Limit {
         Slot {
             limit: self.clone(),
             started: Instant::now(),
-            finished: false,
         }
     }
 
@@ -150,52 +169,27 @@ impl Limit {
     }
 }
 
-/// A taken slot. [`Slot::finished`] records how long the request took; a slot dropped without
-/// it (the probe gave up mid-request) stays taken for the rest of the estimated request time.
+/// A taken slot. [`Slot::finished`] frees it and records how long the request took; a slot
+/// dropped without it (its task ended with the runtime) is freed as well.
 #[derive(Debug)]
 pub struct Slot {
     limit: Arc<Limit>,
     started: Instant,
-    finished: bool,
 }
 
 impl Slot {
-    /// The request got its answer (or failed at the API): the slot is free now.
-    pub fn finished(mut self, record_time: bool) {
+    /// The API is done with the request (it answered, or it failed): the slot is free now.
+    /// `record_time`: the time counts for the estimate (an answer came back).
+    pub fn finished(self, record_time: bool) {
         if record_time {
             self.limit.record(self.started.elapsed());
         }
-        self.finished = true;
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.finished {
-            self.limit.release();
-            return;
-        }
-        let left = self
-            .limit
-            .expected()
-            .unwrap_or_default()
-            .saturating_sub(self.started.elapsed());
-        if left.is_zero() {
-            self.limit.release();
-            return;
-        }
-        // The API is still working on the abandoned request: keep its slot that long.
-        let limit = self.limit.clone();
-        let handle = tokio::runtime::Handle::try_current();
-        match handle {
-            Ok(h) => {
-                h.spawn(async move {
-                    tokio::time::sleep(left).await;
-                    limit.release();
-                });
-            }
-            Err(_) => limit.release(),
-        }
+        self.limit.release();
     }
 }
 
@@ -245,29 +239,46 @@ mod tests {
         assert!(again.is_ok(), "the slot came back");
     }
 
+    /// The sequence that wedged an auth for good: the API slow for a spell (8 s a request,
+    /// the estimate grows past what a 9.5 s probe allows), then fast again. A request that
+    /// finds no other in flight is always sent, so the estimate comes down and within a few
+    /// probes requests pass the check under contention again.
     #[tokio::test(start_paused = true)]
-    async fn an_abandoned_request_keeps_its_slot_for_the_expected_time() {
-        let limit = Arc::new(Limit::new(1));
-        for _ in 0..ESTIMATE_AFTER {
-            let slot = limit.acquire(Priority::Starting).await;
-            tokio::time::advance(Duration::from_secs(2)).await;
-            slot.finished(true);
+    async fn a_slow_spell_never_locks_the_auth_out() {
+        let limit = Arc::new(Limit::new(4));
+        let request = |took: Duration| {
+            let limit = limit.clone();
+            async move {
+                let slot = limit.acquire(Priority::Starting).await;
+                tokio::time::advance(took).await;
+                slot.finished(true);
+            }
+        };
+        for _ in 0..6 {
+            request(Duration::from_secs(8)).await;
         }
-        assert_eq!(limit.expected(), Some(Duration::from_secs(2)));
-        let slot = limit.acquire(Priority::Starting).await;
-        tokio::time::advance(Duration::from_millis(500)).await;
-        drop(slot); // the probe gave up after 0.5 s; the API works on for ~1.5 s
-        let early = tokio::time::timeout(
-            Duration::from_millis(1400),
-            limit.acquire(Priority::Starting),
-        )
-        .await;
-        assert!(early.is_err(), "the slot is still the API's");
-        let later = tokio::time::timeout(
-            Duration::from_millis(200),
-            limit.acquire(Priority::Starting),
-        )
-        .await;
-        assert!(later.is_ok());
+        let left = Duration::from_millis(9_500);
+        let contended = || async {
+            let other = limit.acquire(Priority::Starting).await;
+            let mine = limit.acquire(Priority::Starting).await;
+            let refused = limit.too_late(left, 2);
+            drop((other, mine));
+            refused
+        };
+        assert!(
+            contended().await.is_some(),
+            "under contention the slow estimate refuses a first request"
+        );
+        let alone = limit.acquire(Priority::Starting).await;
+        assert_eq!(limit.too_late(left, 2), None, "alone, a request is sent");
+        drop(alone);
+        let mut probes = 0;
+        while contended().await.is_some() {
+            probes += 1;
+            assert!(probes <= 3, "still refused after {probes} fast probes");
+            request(Duration::from_millis(50)).await;
+            request(Duration::from_millis(50)).await;
+        }
+        assert!(probes > 0);
     }
 }

@@ -8,6 +8,7 @@
 
 mod client;
 mod error;
+mod exchange;
 pub mod limit;
 pub mod model;
 pub mod odata;

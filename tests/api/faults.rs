@@ -456,62 +456,9 @@ fn reliability_doc_lists_the_fault_matrix() {
 /// it closed before any answer, and retries once on a new one. Every probe succeeds.
 #[actix_rt::test]
 async fn a_connection_closed_by_the_api_is_retried_once() {
-    use std::io::{Read, Write};
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
-    let answered = Arc::new(AtomicUsize::new(0));
-    let server = {
-        let (stop, answered) = (stop.clone(), answered.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let Ok((mut conn, _)) = listener.accept() else {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                    continue;
-                };
-                let answered = answered.clone();
-                std::thread::spawn(move || {
-                    conn.set_nonblocking(false).unwrap();
-                    let read_request = |conn: &mut std::net::TcpStream| {
-                        let mut req = Vec::new();
-                        let mut buf = [0u8; 4096];
-                        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match conn.read(&mut buf) {
-                                Ok(0) | Err(_) => return None,
-                                Ok(n) => req.extend_from_slice(&buf[..n]),
-                            }
-                        }
-                        Some(String::from_utf8_lossy(&req).into_owned())
-                    };
-                    let Some(head) = read_request(&mut conn) else {
-                        return;
-                    };
-                    let body = if head.starts_with("GET /v7/application") {
-                        r#"{"d":[{"id":1,"app_name":"app","slug":"org/app","organization":[{"handle":"org"}],"is_for__device_type":[{"slug":"rpi"}],"should_be_running__release":[]}]}"#
-                    } else if head.contains("gt%205") {
-                        r#"{"d":[]}"#
-                    } else {
-                        r#"{"d":[{"id":5,"uuid":"0123456789abcdef0123456789abcdef","device_name":"d","is_online":true,"api_heartbeat_state":"online","overall_status":"operational","is_undervolted":false}]}"#
-                    };
-                    // HTTP/1.1 with no `Connection: close`: the client keeps the connection...
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    answered.fetch_add(1, Ordering::SeqCst);
-                    // ...and a request sent on it again is never answered: the server closes.
-                    conn.set_read_timeout(Some(std::time::Duration::from_millis(500)))
-                        .unwrap();
-                    let _ = read_request(&mut conn);
-                });
-            }
-        })
-    };
+    use crate::stub::{one_device_fleet, Connections, StubApi};
+    let stub = StubApi::start(one_device_fleet, Duration::ZERO, Connections::CloseAfterOne);
+    let url = stub.url.clone();
     let app = spawn_with(world(&[]), |_| {
         format!(
             "api:\n  url: {url}\n  cache_ttl: 0s\n  fleet_cache_ttl: 0s\nauths:\n  a:\n    token: tok\nmodules:\n  summary:\n    devices: false\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n    module: summary\n"
@@ -535,12 +482,7 @@ async fn a_connection_closed_by_the_api_is_retried_once() {
         retried > 0,
         "no probe met a closed connection: the test proves nothing"
     );
-    assert_eq!(
-        answered.load(Ordering::SeqCst),
-        15,
-        "3 answered requests per probe"
-    );
-    stop.store(true, Ordering::SeqCst);
-    server.join().unwrap();
+    assert_eq!(stub.answered(), 15, "3 answered requests per probe");
+    stub.stop();
     app.stop().await;
 }

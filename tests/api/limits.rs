@@ -1,0 +1,89 @@
+//! The per-auth upstream cap as the API sees it: it never wedges after a slow spell, and it
+//! holds at the deadline against an API that keeps working on abandoned requests.
+
+use std::time::Duration;
+
+use balena_simulator::{Fault, FaultRule};
+
+use crate::helpers::*;
+use crate::stub::{one_device_fleet, Connections, StubApi};
+
+/// The sequence that once locked an auth out until a restart: the API slow for six probes
+/// (each request takes about half of the probe's time, so the auth's estimate grows past what
+/// a probe allows), then fast again. The next probe succeeds.
+#[actix_rt::test]
+async fn an_auth_recovers_at_once_after_a_slow_spell() {
+    let app = spawn_with(world(&[("shop", 3)]), |url| {
+        format!(
+            "api:\n  url: {url}\n  timeout: 5s\n  cache_ttl: 0s\nauths:\n  acme:\n    token: {TOKEN}\ntargets:\n  shop:\n    fleet: acme/shop\n    auth: acme\n"
+        )
+    })
+    .await;
+    let scrape = [("X-Prometheus-Scrape-Timeout-Seconds", "2")];
+    app.sim.inject(FaultRule::always(
+        "/v7",
+        Fault::Delay(Duration::from_millis(800)),
+    ));
+    for _ in 0..6 {
+        app.get_with("/probe?target=shop", &scrape).await;
+    }
+    app.sim.clear_faults();
+    // The spell's last abandoned request is still the API's for up to 0.8 s: it holds its
+    // slot until answered, and its time refreshes the estimate. Scrapes come seconds apart.
+    actix_rt::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..3 {
+        let answer = app.get_with("/probe?target=shop&debug=true", &scrape).await;
+        assert!(
+            answer.body.contains("probe_success 1"),
+            "probe {i} after the slow spell: {}",
+            answer.body
+        );
+    }
+    app.stop().await;
+}
+
+/// 30 distinct probes of one auth with a 2 s scrape timeout, against an API that takes 1.5 s
+/// per request and finishes every request it got even when the exporter has given up on it:
+/// with `max_concurrency: 2`, the API never works on more than 2 requests of the auth.
+#[actix_rt::test]
+async fn the_cap_holds_at_the_deadline_against_an_api_that_works_on() {
+    let stub = StubApi::start(
+        one_device_fleet,
+        Duration::from_millis(1500),
+        Connections::KeepAlive,
+    );
+    let url = stub.url.clone();
+    let app = spawn_with(world(&[]), |_| {
+        let mut yaml = format!(
+            "api:\n  url: {url}\n  cache_ttl: 0s\n  fleet_cache_ttl: 0s\n  max_concurrency: 2\nauths:\n  a:\n    token: tok\ntargets:\n"
+        );
+        for i in 0..30 {
+            yaml.push_str(&format!("  t{i}:\n    fleet: org/app\n    auth: a\n"));
+        }
+        yaml
+    })
+    .await;
+    let scrape = [("X-Prometheus-Scrape-Timeout-Seconds", "2")];
+    let probes = (0..30).map(|i| {
+        let app = &app;
+        async move {
+            app.get_with(&format!("/probe?target=t{i}"), &scrape)
+                .await
+                .status
+        }
+    });
+    let statuses = futures_util::future::join_all(probes).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    stub.idle(Duration::from_secs(10)).await;
+    assert!(
+        stub.answered() > 0,
+        "the API saw no request: the test proves nothing"
+    );
+    assert!(
+        stub.most_working() <= 2,
+        "the API worked on {} requests of the auth at once (cap 2)",
+        stub.most_working()
+    );
+    app.stop().await;
+    stub.stop();
+}
