@@ -1,7 +1,10 @@
 //! The config in force: an `ArcSwap` that probes snapshot at start and reloads replace whole,
-//! one reload at a time.
+//! one reload at a time; and [`reload_off_thread`], the reload that SIGHUP and `POST
+//! /-/reload` run: on a thread of its own, within a time limit, and never applied once its
+//! caller was told it failed.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +20,34 @@ pub struct SharedConfig {
     /// Held for a whole reload: two reloads never interleave (each config gets its own
     /// generation, and the last one read is the one in force).
     reloading: Mutex<()>,
+    /// Held by the one reload thread that may exist ([`reload_off_thread`]); reloads asked
+    /// meanwhile wait for it without a thread of their own.
+    reload_thread: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// One reload's fate, decided once: applied by its thread, or abandoned by its caller (timed
+/// out, or the process stopping). An abandoned reload is never applied.
+#[derive(Debug, Default)]
+struct Ticket(AtomicU8);
+
+const PENDING: u8 = 0;
+const APPLIED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Ticket {
+    /// The reload may be applied (and now will be): false if it was abandoned.
+    fn apply(&self) -> bool {
+        self.0
+            .compare_exchange(PENDING, APPLIED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Abandons the reload: false if it was already applied.
+    fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(PENDING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
 }
 
 /// What a successful [`SharedConfig::reload`] did.
@@ -36,6 +67,7 @@ impl SharedConfig {
             current: ArcSwap::from_pointee(config),
             options,
             reloading: Mutex::new(()),
+            reload_thread: Arc::default(),
         }
     }
 
@@ -48,14 +80,27 @@ impl SharedConfig {
     /// Blocks while another reload runs. Reads files: call it off the HTTP workers
     /// (`startup::reload` does, with a time limit).
     pub fn reload(&self) -> Result<Reloaded, ConfigError> {
+        self.reload_unless_abandoned(&Ticket::default())
+            .expect("a fresh ticket is never abandoned")
+    }
+
+    /// [`SharedConfig::reload`], applied only if `ticket` was not abandoned meanwhile (None
+    /// then: nothing changed).
+    fn reload_unless_abandoned(&self, ticket: &Ticket) -> Option<Result<Reloaded, ConfigError>> {
         let Some(opts) = &self.options else {
-            return Ok(Reloaded::NoFile);
+            return Some(Ok(Reloaded::NoFile));
         };
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let mut new = load(opts)?;
+        let mut new = match load(opts) {
+            Ok(new) => new,
+            Err(e) => return Some(Err(e)),
+        };
+        if !ticket.apply() {
+            return None;
+        }
         new.generation = self.current.load().generation + 1;
         self.current.store(Arc::new(new));
-        Ok(Reloaded::Swapped)
+        Some(Ok(Reloaded::Swapped))
     }
 
     /// The config files, if reloadable.
@@ -100,9 +145,13 @@ pub enum ReloadError {
     /// The new config is invalid or unreadable; the old one stays.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Reading took longer than [`RELOAD_TIME_LIMIT`]; the old config stays.
-    #[error("reading the configuration took more than {}s; the previous configuration stays", RELOAD_TIME_LIMIT.as_secs())]
+    /// Reading took longer than [`RELOAD_TIME_LIMIT`]; the old config stays, and the reload
+    /// is never applied later.
+    #[error("reading the configuration took more than {}s; the previous configuration stays (that reload is abandoned, never applied later)", RELOAD_TIME_LIMIT.as_secs())]
     TimedOut,
+    /// An earlier reload was still reading its files for the whole time limit.
+    #[error("an earlier reload was still reading the files after {}s; the previous configuration stays", RELOAD_TIME_LIMIT.as_secs())]
+    Busy,
     /// The process is stopping.
     #[error("the exporter is stopping")]
     Stopping,
@@ -112,24 +161,61 @@ pub enum ReloadError {
 }
 
 /// Reloads `config`'s files on a thread of its own (never an HTTP worker or the runtime),
-/// within [`RELOAD_TIME_LIMIT`], one reload at a time; gives up at once when `stopping` says
-/// the process is stopping.
+/// within [`RELOAD_TIME_LIMIT`]; gives up at once when `stopping` says the process is
+/// stopping. See [`reload_within`].
 pub async fn reload_off_thread(
     config: Arc<SharedConfig>,
     stopping: &Stopping,
 ) -> Result<Reloaded, ReloadError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("config-reload".into())
-        .spawn(move || {
-            let _ = tx.send(config.reload());
-        })
-        .map_err(|e| ReloadError::Thread(e.to_string()))?;
+    reload_within(config, stopping, RELOAD_TIME_LIMIT).await
+}
+
+/// The reload of [`reload_off_thread`] within `limit`. At most one reload thread exists: a
+/// reload asked while one runs (or while an abandoned one is still stuck reading) waits for
+/// it without a thread, within the same limit. A reload given up on (timed out, stopping) is
+/// never applied afterwards, so what the caller was told — and the reload metrics — stay true.
+pub async fn reload_within(
+    config: Arc<SharedConfig>,
+    stopping: &Stopping,
+    limit: Duration,
+) -> Result<Reloaded, ReloadError> {
+    let until = tokio::time::Instant::now() + limit;
+    let gate = config.reload_thread.clone();
+    let permit = tokio::select! {
+        p = tokio::time::timeout_at(until, gate.lock_owned()) => p.map_err(|_| ReloadError::Busy)?,
+        _ = stopping.wait() => return Err(ReloadError::Stopping),
+    };
+    let ticket = Arc::new(Ticket::default());
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    {
+        let ticket = ticket.clone();
+        std::thread::Builder::new()
+            .name("config-reload".into())
+            .spawn(move || {
+                let _one_thread = permit;
+                if let Some(outcome) = config.reload_unless_abandoned(&ticket) {
+                    let _ = tx.send(outcome);
+                }
+            })
+            .map_err(|e| ReloadError::Thread(e.to_string()))?;
+    }
+    let answer = |r: Result<Result<Reloaded, ConfigError>, _>| {
+        r.map_err(|_| ReloadError::Thread("the reload thread ended without an answer".into()))
+            .and_then(|r| r.map_err(ReloadError::from))
+    };
     tokio::select! {
-        r = rx => r.map_err(|_| ReloadError::Thread("the reload thread ended without an answer".into()))
-            .and_then(|r| r.map_err(ReloadError::from)),
-        _ = tokio::time::sleep(RELOAD_TIME_LIMIT) => Err(ReloadError::TimedOut),
-        _ = stopping.wait() => Err(ReloadError::Stopping),
+        r = &mut rx => answer(r),
+        _ = tokio::time::sleep_until(until) => {
+            if ticket.abandon() {
+                Err(ReloadError::TimedOut)
+            } else {
+                answer(rx.await) // applied just now: say so
+            }
+        }
+        _ = stopping.wait() => {
+            ticket.abandon();
+            Err(ReloadError::Stopping)
+        }
     }
 }
 
@@ -167,6 +253,49 @@ mod tests {
         assert_eq!(shared.snapshot().generation, 40);
         let env_only = SharedConfig::new(shared.snapshot().as_ref().clone(), None);
         assert_eq!(env_only.reload().unwrap(), Reloaded::NoFile);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn reload_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                    .filter(|name| name.trim() == "config-reload")
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// A reload that outlived its time limit is abandoned: its thread ends without applying
+    /// it, reloads asked meanwhile get no thread of their own, and a reload in time applies.
+    #[tokio::test]
+    async fn a_reload_that_timed_out_is_never_applied() {
+        let dir = std::env::temp_dir().join(format!("balena-slow-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.yml");
+        let mut yaml = String::from("auths:\n  a:\n    token: tok\ntargets:\n");
+        for i in 0..5_000 {
+            yaml.push_str(&format!("  t{i}: {{fleet: org/app{i}, auth: a}}\n"));
+        }
+        std::fs::write(&file, yaml).unwrap();
+        let opts = LoadOptions::file(&file);
+        let shared = Arc::new(SharedConfig::new(load(&opts).unwrap(), Some(opts)));
+        let stopping = Stopping::default();
+        let quick = Duration::from_millis(1);
+        let timed_out = reload_within(shared.clone(), &stopping, quick).await;
+        assert!(matches!(timed_out, Err(ReloadError::TimedOut)), "{timed_out:?}");
+        for _ in 0..5 {
+            let meanwhile = reload_within(shared.clone(), &stopping, quick).await;
+            assert!(matches!(meanwhile, Err(ReloadError::Busy)), "{meanwhile:?}");
+        }
+        assert!(reload_threads() <= 1, "{} reload threads", reload_threads());
+        // The abandoned reload's thread ends; its config was read but never applied.
+        drop(shared.reload_thread.clone().lock_owned().await);
+        assert_eq!(shared.snapshot().generation, 0);
+        let in_time = reload_within(shared.clone(), &stopping, Duration::from_secs(60)).await;
+        assert_eq!(in_time.unwrap(), Reloaded::Swapped);
+        assert_eq!(shared.snapshot().generation, 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
