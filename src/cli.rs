@@ -90,7 +90,7 @@ pub struct Cli {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::config::duration::parse(s)
-        .ok_or_else(|| format!("invalid duration {s:?}; expected e.g. 500ms, 1s"))
+        .ok_or_else(|| format!("invalid duration {s:?}; expected e.g. 500ms, 1s, at most 30d"))
 }
 
 /// A discovery interval: at least 1s (0s would list fleets in a loop).

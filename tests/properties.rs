@@ -168,3 +168,70 @@ proptest! {
         let _ = for_each_device(page.as_bytes(), |d| { let _ = (d.name(), d.on_target_release(), d.tag("k")); });
     }
 }
+
+/// A duration as a config file may write it: bare seconds (any u64), `Ns`, `Nms`, `Nd`.
+fn duration_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        1 => any::<u64>().prop_map(|n| n.to_string()),
+        3 => (1u64..120).prop_map(|n| format!("{n}s")),
+        3 => (500u64..5_000).prop_map(|n| format!("{n}ms")),
+        3 => (1u64..=30).prop_map(|n| format!("{n}d")),
+        3 => Just("2592000".to_string()),
+        1 => any::<u64>().prop_map(|n| format!("{n}s")),
+    ]
+}
+
+/// A number for a size or count key: small, large, or any.
+fn count_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => (1u64..20).prop_map(|n| n.to_string()),
+        3 => (1_024u64..u64::from(u32::MAX)).prop_map(|n| n.to_string()),
+        3 => Just(u32::MAX.to_string()),
+        1 => any::<u64>().prop_map(|n| n.to_string()),
+        1 => Just(u64::MAX.to_string()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// Whatever the duration and size keys hold, a config that loads (what `--config.check`
+    /// accepts) runs: a probe succeeds and discovery lists the org's fleets (the arithmetic
+    /// of deadlines, TTLs and caps never overflows, in a handler or a background task).
+    #[test]
+    fn no_accepted_duration_or_size_panics(
+        timeout in duration_text(),
+        cache_ttl in duration_text(),
+        fleet_cache_ttl in duration_text(),
+        page_size in count_text(),
+        max_concurrency in count_text(),
+        max_response_bytes in count_text(),
+    ) {
+        let yaml = format!(
+            "api:\n  url: http://{}\n  timeout: {timeout}\n  cache_ttl: {cache_ttl}\n  fleet_cache_ttl: {fleet_cache_ttl}\n  page_size: {page_size}\n  max_concurrency: {max_concurrency}\n  max_response_bytes: {max_response_bytes}\nauths:\n  a:\n    token: {}\ntargets:\n  shop:\n    fleet: acme/shop\n    auth: a\n  org:\n    org: acme\n    auth: a\n",
+            "SIM_URL", helpers::TOKEN
+        );
+        if config::from_yaml_str(&yaml, "p.yml").is_err() {
+            return Ok(());
+        }
+        actix_rt::System::new().block_on(async move {
+            let sim = balena_simulator::Simulator::start(&helpers::world(&[("shop", 3)]), "127.0.0.1:0").unwrap();
+            let yaml = yaml.replace("http://SIM_URL", &sim.url());
+            let loaded = config::from_yaml_str(&yaml, "p.yml").expect("accepted with a placeholder URL");
+            let mut settings = balena_exporter::startup::Settings::new(
+                config::SharedConfig::new(loaded, None),
+                "127.0.0.1:0",
+            );
+            settings.discovery_interval = Some(std::time::Duration::from_secs(1));
+            let app = helpers::spawn_settings(sim, settings).await;
+            let probe = app.probe("target=shop").await;
+            assert_eq!(probe.value("probe_success", &[]), 1.0, "{yaml}");
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !app.get("/sd").await.body.contains("acme/shop") {
+                assert!(std::time::Instant::now() < until, "no discovery with {yaml}");
+                actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            app.stop().await;
+        });
+    }
+}

@@ -53,55 +53,93 @@ pub fn read_text(path: &Path, max: u64) -> Result<String, String> {
         .map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 
-/// The deepest nesting of YAML flow collections in `text`, counting `[` and `{` outside quoted
-/// scalars and comments (an upper bound is all that is needed).
+/// An upper bound of the deepest nesting of YAML flow collections in `text`, in one linear
+/// pass that quoting cannot fool: the larger of two counts.
+///
+/// - As YAML reads it: `[` and `{` outside comments and quoted scalars, where a quote opens a
+///   scalar only where a token can start (after whitespace, `[`, `{`, `,`, or — inside a flow
+///   collection — `:`), as in libyaml. A quote inside a plain scalar (`zz: a"`) opens nothing.
+/// - Blind to quoting and comments: every `[`/`{` against every `]`/`}`. A scan that misreads
+///   where a quoted scalar starts can hide brackets from the first count; it cannot hide them
+///   from this one, and the only way to lower this one (closing brackets inside quotes) is
+///   seen by the first.
+///
+/// A quoted string holding more than [`MAX_YAML_NESTING`] unbalanced `[` is refused too.
 pub fn yaml_flow_depth(text: &str) -> usize {
+    yaml_depth_as_parsed(text).max(depth_ignoring_quotes(text))
+}
+
+fn depth_ignoring_quotes(text: &str) -> usize {
     let (mut depth, mut max) = (0usize, 0usize);
-    let mut chars = text.chars().peekable();
-    let mut prev = '\n';
-    while let Some(c) = chars.next() {
-        match c {
-            '#' if prev.is_whitespace() => {
-                for c in chars.by_ref() {
-                    if c == '\n' {
-                        break;
-                    }
-                }
-                prev = '\n';
-                continue;
-            }
-            '"' => {
-                while let Some(c) = chars.next() {
-                    match c {
-                        '\\' => {
-                            chars.next();
-                        }
-                        '"' => break,
-                        _ => {}
-                    }
-                }
-            }
-            '\'' if !prev.is_alphanumeric() => {
-                while let Some(c) = chars.next() {
-                    if c == '\'' {
-                        if chars.peek() == Some(&'\'') {
-                            chars.next();
-                        } else {
-                            break;
-                        }
-                    }
-                }
-            }
-            '[' | '{' => {
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
                 depth += 1;
                 max = max.max(depth);
             }
-            ']' | '}' => depth = depth.saturating_sub(1),
+            b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
-        prev = c;
     }
     max
+}
+
+/// Where a YAML token can start after `prev`, at flow depth `depth`.
+fn token_may_start(prev: u8, depth: usize) -> bool {
+    matches!(prev, b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b',') || (prev == b':' && depth > 0)
+}
+
+fn yaml_depth_as_parsed(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut prev = b'\n';
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let opens = token_may_start(prev, depth);
+        match b {
+            b'#' if prev.is_ascii_whitespace() => {
+                i = memchr::memchr(b'\n', &bytes[i..]).map_or(bytes.len(), |n| i + n);
+                prev = b'\n';
+                continue;
+            }
+            b'"' if opens => i = end_of_double_quoted(bytes, i + 1),
+            b'\'' if opens => i = end_of_single_quoted(bytes, i + 1),
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev = bytes.get(i).copied().unwrap_or(b);
+        i += 1;
+    }
+    max
+}
+
+/// The index of the `"` that closes a double-quoted scalar whose text starts at `from`.
+fn end_of_double_quoted(bytes: &[u8], mut from: usize) -> usize {
+    while let Some(n) = memchr::memchr2(b'"', b'\\', &bytes[from.min(bytes.len())..]) {
+        let at = from + n;
+        if bytes[at] == b'"' {
+            return at;
+        }
+        from = at + 2;
+    }
+    bytes.len()
+}
+
+/// The index of the `'` that closes a single-quoted scalar (`''` is a quote inside it).
+fn end_of_single_quoted(bytes: &[u8], mut from: usize) -> usize {
+    while let Some(n) = memchr::memchr(b'\'', &bytes[from.min(bytes.len())..]) {
+        let at = from + n;
+        if bytes.get(at + 1) != Some(&b'\'') {
+            return at;
+        }
+        from = at + 2;
+    }
+    bytes.len()
 }
 
 #[cfg(test)]
@@ -130,10 +168,55 @@ mod tests {
     }
 
     #[test]
-    fn flow_depth_ignores_quotes_and_comments() {
+    fn flow_depth_reads_quotes_and_comments_as_yaml_does() {
         assert_eq!(yaml_flow_depth("a: [1, {b: [2]}]\n"), 3);
-        assert_eq!(yaml_flow_depth("a: '[[[['\nb: \"{{{\\\"{\"  # [[[[\n"), 0);
+        assert_eq!(
+            yaml_depth_as_parsed("a: '[[[['\nb: \"{{{\\\"{\"  # [[[[\n"),
+            0
+        );
         assert_eq!(yaml_flow_depth("a: it's [x]\n"), 1);
+        assert_eq!(yaml_flow_depth("a: [\"]\", [\"]\", [x]]]\n"), 3);
         assert_eq!(yaml_flow_depth(&"[".repeat(100_000)), 100_000);
+    }
+
+    /// Every trick tried to hide nesting from the scan; each is a file YAML reads as nested
+    /// 100 deep (checked with the parser where it stays cheap: serde_yaml's own recursion
+    /// limit is 128).
+    #[test]
+    fn quoting_cannot_hide_nesting() {
+        let deep = format!("{}x{}", "[".repeat(100), "]".repeat(100));
+        let close_in_quotes = format!("{}x{}", "[\"]\",".repeat(100), "]".repeat(100));
+        for (trick, text) in [
+            (
+                "a quote inside a plain scalar",
+                format!("zz: a\"\nm: {deep}\n"),
+            ),
+            ("a quote after a word", format!("zz: it\"s\nm: {deep}\n")),
+            (
+                "a single quote after a word",
+                format!("zz: it's\nm: {deep}\n"),
+            ),
+            (
+                "a quote in a block scalar",
+                format!("zz: |\n  \"\nm: {deep}\n"),
+            ),
+            ("a quote in a comment", format!("# \"\nm: {deep}\n")),
+            (
+                "a quote after a colon in block context",
+                format!("zz: a:\"\nm: {deep}\n"),
+            ),
+            (
+                "closing brackets inside quotes",
+                format!("m: {close_in_quotes}\n"),
+            ),
+            ("both", format!("zz: a\"\nm: {close_in_quotes}\n")),
+            ("an unclosed quote", format!("zz: \"\\\"\nm: {deep}\n")),
+        ] {
+            assert!(
+                yaml_flow_depth(&text) >= 100,
+                "{trick}: {}",
+                yaml_flow_depth(&text)
+            );
+        }
     }
 }

@@ -454,13 +454,17 @@ fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
 pub mod duration {
     use super::*;
 
-    /// Parses a duration; a bare `0` is zero.
+    /// The longest duration any key or flag takes: far beyond any sensible timeout, TTL or
+    /// interval, and far from where adding it to a clock could overflow.
+    pub const MAX: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    /// Parses a duration of at most [`MAX`]; a bare `0` is zero.
     pub fn parse(text: &str) -> Option<Duration> {
         let t = text.trim();
         if t == "0" {
             return Some(Duration::ZERO);
         }
-        humantime::parse_duration(t).ok()
+        humantime::parse_duration(t).ok().filter(|d| *d <= MAX)
     }
 
     /// Writes `1m 30s` style text.
@@ -476,13 +480,16 @@ pub mod duration {
             Secs(u64),
             Text(String),
         }
+        let invalid = |t: &dyn std::fmt::Debug| {
+            serde::de::Error::custom(format!(
+                "invalid duration {t:?}; expected e.g. 10s, 1m30s, 500ms, at most 30d"
+            ))
+        };
         match Raw::deserialize(d)? {
-            Raw::Secs(n) => Ok(Duration::from_secs(n)),
-            Raw::Text(t) => parse(&t).ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "invalid duration {t:?}; expected e.g. 10s, 1m30s, 500ms"
-                ))
-            }),
+            Raw::Secs(n) => Some(Duration::from_secs(n))
+                .filter(|d| *d <= MAX)
+                .ok_or_else(|| invalid(&n)),
+            Raw::Text(t) => parse(&t).ok_or_else(|| invalid(&t)),
         }
     }
 }

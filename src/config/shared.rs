@@ -284,7 +284,10 @@ mod tests {
         let stopping = Stopping::default();
         let quick = Duration::from_millis(1);
         let timed_out = reload_within(shared.clone(), &stopping, quick).await;
-        assert!(matches!(timed_out, Err(ReloadError::TimedOut)), "{timed_out:?}");
+        assert!(
+            matches!(timed_out, Err(ReloadError::TimedOut)),
+            "{timed_out:?}"
+        );
         for _ in 0..5 {
             let meanwhile = reload_within(shared.clone(), &stopping, quick).await;
             assert!(matches!(meanwhile, Err(ReloadError::Busy)), "{meanwhile:?}");
