@@ -138,7 +138,7 @@ impl<'a> Session<'a> {
         query: &str,
     ) -> Result<T, BalenaError> {
         let body = self.get_body(endpoint, path, query).await?;
-        serde_json::from_slice(&body).map_err(|e| BalenaError::Decode(e.to_string()))
+        serde_json::from_slice(&body).map_err(|e| BalenaError::Decode(super::model::unquoted(&e)))
     }
 
     /// GETs `path?query` and returns the raw body of a 2xx answer, held whole: at most

@@ -44,6 +44,13 @@ pub enum BalenaError {
     /// The body was not the JSON we expected.
     #[error("cannot decode the response: {0}")]
     Decode(String),
+    /// A row or a string of the answer over its cap (one row 1 MiB, one string 16 KiB).
+    #[error("{0}")]
+    Oversized(String),
+    /// A listing that cannot be trusted: rows out of id order (keyset paging would skip
+    /// rows), or one uuid on two rows (duplicate series). Never reported as a success.
+    #[error("the device listing cannot be trusted: {0}")]
+    Inconsistent(String),
     /// The body exceeded `api.max_response_bytes`.
     #[error("response larger than the {limit}-byte cap (api.max_response_bytes)")]
     TooLarge {
@@ -65,7 +72,8 @@ impl BalenaError {
             Self::NotSent(_) => "not_sent",
             Self::Transport(_) => "transport",
             Self::Decode(_) => "decode",
-            Self::TooLarge { .. } => "too_large",
+            Self::TooLarge { .. } | Self::Oversized(_) => "too_large",
+            Self::Inconsistent(_) => "inconsistent",
         }
     }
 }

@@ -202,6 +202,11 @@ pub fn device_query(module: &ModuleConfig) -> (String, String) {
 /// <last id>&$orderby=id asc&$top=N`, until a page comes back empty. Each device is handed to
 /// `on_device` as soon as its row has arrived: no page is ever held whole.
 ///
+/// Rows must come in ascending id order, as asked: a row repeated (a proxy or a server sending
+/// rows twice) is counted once, but a new row out of order, or a uuid on two rows, fails the
+/// probe ([`BalenaError::Inconsistent`]): keyset paging over rows out of order skips rows, and
+/// two rows of one uuid write duplicate series that Prometheus refuses for the whole scrape.
+///
 /// A short page does not end the listing: a server that caps `$top` below `page_size` answers
 /// short pages that are not the last, so only an empty page is the end (one small request,
 /// ~10 ms on the real API whatever the fleet size). Keyset pages cost the same however deep they
@@ -217,6 +222,7 @@ pub async fn devices(
     let page = s.api().page_size as usize;
     let mut total = 0;
     let mut after: Option<u64> = None;
+    let mut seen = Seen::default();
     loop {
         let filter = match after {
             None => scope.filter(),
@@ -230,24 +236,30 @@ pub async fn devices(
             .option("$top", page.to_string());
         let mut rows = stream::RowStream::new();
         let mut last = after;
+        let mut page_last = None;
         let mut repeated = 0usize;
+        let mut refused = None;
         s.get_streamed("device", "/v7/device", &q.to_wire(), &mut |chunk| {
             rows.feed(chunk, &mut |row| {
                 let device = model::decode_device(row)?;
-                // Rows come by ascending id: one at or below the last is a repeat (a proxy or
-                // a server sending rows twice), counted once.
-                if last.is_some_and(|l| device.id <= l) {
-                    repeated += 1;
-                    return Ok(());
+                match seen.take(&device, after, page_last, module.devices) {
+                    Ok(Take::Repeat) => repeated += 1,
+                    Ok(Take::New) => {
+                        page_last = Some(device.id);
+                        last = last.max(Some(device.id));
+                        on_device(device);
+                    }
+                    Err(why) => {
+                        refused = Some(BalenaError::Inconsistent(why));
+                        return Err(stream::StreamError::Invalid("refused".into()));
+                    }
                 }
-                last = Some(device.id);
-                on_device(device);
                 Ok(())
             })
-            .map_err(|e| BalenaError::Decode(e.0))
+            .map_err(|e| refused.take().unwrap_or_else(|| stream_error(e)))
         })
         .await?;
-        let n = rows.finish().map_err(|e| BalenaError::Decode(e.0))?;
+        let n = rows.finish().map_err(stream_error)?;
         if repeated > 0 {
             s.note(format_args!("{repeated} repeated device rows ignored"));
         }
@@ -262,5 +274,116 @@ pub async fn devices(
                 after.unwrap_or(0)
             ));
         }
+    }
+}
+
+fn stream_error(e: stream::StreamError) -> BalenaError {
+    match e {
+        stream::StreamError::Invalid(e) => BalenaError::Decode(e),
+        stream::StreamError::Oversized(e) => BalenaError::Oversized(e),
+    }
+}
+
+/// What a device listing has taken so far: every row id, and each uuid's row (by a hash of
+/// it: ~24 bytes a device).
+#[derive(Default)]
+struct Seen {
+    ids: std::collections::HashSet<u64>,
+    uuids: std::collections::HashMap<u64, u64>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// A row of a listing that can be trusted.
+#[derive(Debug, PartialEq, Eq)]
+enum Take {
+    /// A row not seen before: count it.
+    New,
+    /// The same row again: counted once already.
+    Repeat,
+}
+
+impl Seen {
+    /// Whether to take `device`, the row after `page_last` on a page asked for ids after
+    /// `after`; uuids are checked when the module selects them. Else why not (ids only: a
+    /// uuid is the API's text and is never quoted).
+    fn take(
+        &mut self,
+        device: &Device<'_>,
+        after: Option<u64>,
+        page_last: Option<u64>,
+        with_uuid: bool,
+    ) -> Result<Take, String> {
+        use std::hash::BuildHasher as _;
+        let id = device.id;
+        if self.ids.contains(&id) {
+            return Ok(Take::Repeat);
+        }
+        if let Some(before) = page_last.filter(|l| id < *l).or(after.filter(|a| id <= *a)) {
+            return Err(format!(
+                "rows out of id order (id {id} after id {before}); paging by id would skip rows"
+            ));
+        }
+        if with_uuid {
+            if device.uuid.is_empty() {
+                return Err(format!("the row of id {id} has no uuid"));
+            }
+            let key = self.hasher.hash_one(device.uuid.as_ref());
+            if let Some(other) = self.uuids.insert(key, id) {
+                return Err(format!(
+                    "the rows of ids {other} and {id} have the same uuid"
+                ));
+            }
+        }
+        self.ids.insert(id);
+        Ok(Take::New)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: u64, uuid: &str) -> Device<'_> {
+        Device {
+            id,
+            uuid: uuid.into(),
+            ..Device::default()
+        }
+    }
+
+    #[test]
+    fn a_listing_takes_repeats_once_and_refuses_what_it_cannot_trust() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.take(&device(1, "a"), None, None, true), Ok(Take::New));
+        assert_eq!(
+            seen.take(&device(2, "b"), None, Some(1), true),
+            Ok(Take::New)
+        );
+        assert_eq!(
+            seen.take(&device(2, "b"), None, Some(2), true),
+            Ok(Take::Repeat)
+        );
+        assert_eq!(
+            seen.take(&device(1, "a"), Some(2), None, true),
+            Ok(Take::Repeat)
+        );
+        let reversed = seen.take(&device(0, "z"), None, Some(2), true).unwrap_err();
+        assert!(
+            reversed.contains("out of id order (id 0 after id 2)"),
+            "{reversed}"
+        );
+        let ignored_filter = seen.take(&device(0, "z"), Some(2), None, true).unwrap_err();
+        assert!(
+            ignored_filter.contains("out of id order"),
+            "{ignored_filter}"
+        );
+        let twice = seen.take(&device(3, "a"), Some(2), None, true).unwrap_err();
+        assert_eq!(twice, "the rows of ids 1 and 3 have the same uuid");
+        assert!(!twice.contains("\"a\""), "never quotes the uuid");
+        assert_eq!(
+            seen.take(&device(4, ""), Some(2), None, false),
+            Ok(Take::New)
+        );
+        assert!(seen.take(&device(5, ""), Some(4), None, true).is_err());
     }
 }

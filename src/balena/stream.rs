@@ -9,10 +9,33 @@
 
 use serde::de::IgnoredAny;
 
-/// An answer that is not a valid `{"d": [...]}`, or a row the caller refused.
+/// The largest row taken: a device row is ~600 bytes, with tags and expansions a few KiB.
+pub const MAX_ROW_BYTES: usize = 1024 * 1024;
+/// The longest string in a row (its JSON text, escapes included). Every string of a device
+/// row may become a label value, so this is the cap of a label value too.
+pub const MAX_STRING_BYTES: usize = 16 * 1024;
+
+/// An answer that is not a valid `{"d": [...]}`, a row or string over its cap, or a row the
+/// caller refused. Never quotes the answer's text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct StreamError(pub String);
+pub enum StreamError {
+    /// Not the JSON expected.
+    #[error("{0}")]
+    Invalid(String),
+    /// A row or a string over its cap.
+    #[error("{0}")]
+    Oversized(String),
+}
+
+impl StreamError {
+    /// The same error, said of row `n`.
+    fn in_row(self, n: usize) -> Self {
+        match self {
+            Self::Invalid(e) => Self::Invalid(format!("row {n}: {e}")),
+            Self::Oversized(e) => Self::Oversized(format!("row {n}: {e}")),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -53,6 +76,18 @@ struct Capture {
     escaped: bool,
     /// A number or literal: it ends at the first delimiter, which is not part of it.
     scalar: bool,
+    /// Bytes of the string being scanned so far.
+    string_len: usize,
+}
+
+/// What a scan of a chunk found.
+enum Scanned {
+    /// The value ends (exclusive) here.
+    End(usize),
+    /// The value goes on in the next chunk.
+    Incomplete,
+    /// A string in it is longer than [`MAX_STRING_BYTES`].
+    StringTooLong,
 }
 
 impl Capture {
@@ -60,27 +95,37 @@ impl Capture {
         self.carried.clear();
         self.depth = u32::from(matches!(first, b'{' | b'['));
         self.in_string = first == b'"';
+        self.string_len = 0;
         self.escaped = false;
         self.scalar = !matches!(first, b'{' | b'[' | b'"');
     }
 
-    /// Scans `chunk[from..]`; the end (exclusive) of the value if it completes here.
-    fn scan(&mut self, chunk: &[u8], from: usize) -> Option<usize> {
+    /// Scans `chunk[from..]`: where the value ends if it completes here.
+    fn scan(&mut self, chunk: &[u8], from: usize) -> Scanned {
         let mut j = from;
         while j < chunk.len() {
             if self.in_string {
                 if self.escaped {
                     self.escaped = false;
+                    self.string_len += 1;
                     j += 1;
                     continue;
                 }
-                j += memchr::memchr2(b'"', b'\\', &chunk[j..])?;
+                let Some(n) = memchr::memchr2(b'"', b'\\', &chunk[j..]) else {
+                    self.string_len += chunk.len() - j;
+                    return self.within_cap(Scanned::Incomplete);
+                };
+                self.string_len += n + 1;
+                j += n;
                 if chunk[j] == b'\\' {
                     self.escaped = true;
                 } else {
                     self.in_string = false;
+                    if self.string_len > MAX_STRING_BYTES {
+                        return Scanned::StringTooLong;
+                    }
                     if self.depth == 0 {
-                        return Some(j + 1);
+                        return Scanned::End(j + 1);
                     }
                 }
                 j += 1;
@@ -89,16 +134,19 @@ impl Capture {
             let b = chunk[j];
             if self.scalar {
                 if matches!(b, b',' | b'}' | b']') || is_space(b) {
-                    return Some(j);
+                    return Scanned::End(j);
                 }
             } else {
                 match b {
-                    b'"' => self.in_string = true,
+                    b'"' => {
+                        self.in_string = true;
+                        self.string_len = 0;
+                    }
                     b'{' | b'[' => self.depth += 1,
                     b'}' | b']' => {
                         self.depth -= 1;
                         if self.depth == 0 {
-                            return Some(j + 1);
+                            return Scanned::End(j + 1);
                         }
                     }
                     _ => {}
@@ -106,7 +154,15 @@ impl Capture {
             }
             j += 1;
         }
-        None
+        Scanned::Incomplete
+    }
+
+    fn within_cap(&self, scanned: Scanned) -> Scanned {
+        if self.string_len > MAX_STRING_BYTES {
+            Scanned::StringTooLong
+        } else {
+            scanned
+        }
     }
 }
 
@@ -164,10 +220,21 @@ impl RowStream {
                     } else {
                         i
                     };
-                    let Some(end) = self.capture.scan(chunk, from) else {
-                        self.capture.carried.extend_from_slice(&chunk[start..]);
-                        break;
+                    let end = match self.capture.scan(chunk, from) {
+                        Scanned::End(end) => end,
+                        Scanned::Incomplete => {
+                            self.capture.carried.extend_from_slice(&chunk[start..]);
+                            self.check_row_size(self.capture.carried.len())?;
+                            break;
+                        }
+                        Scanned::StringTooLong => {
+                            return Err(StreamError::Oversized(format!(
+                                "a string longer than {MAX_STRING_BYTES} bytes (the cap of a string, and so of a label value)"
+                            ))
+                            .in_row(self.rows + 1));
+                        }
                     };
+                    self.check_row_size(self.capture.carried.len() + end - start)?;
                     let value: &[u8] = if self.capture.carried.is_empty() {
                         &chunk[start..end]
                     } else {
@@ -175,15 +242,15 @@ impl RowStream {
                         &self.capture.carried
                     };
                     if self.state == State::InRow {
-                        on_row(value)
-                            .map_err(|e| StreamError(format!("row {}: {}", self.rows + 1, e.0)))?;
+                        on_row(value).map_err(|e| e.in_row(self.rows + 1))?;
                         self.rows += 1;
                         self.state = State::AfterRow;
                     } else {
                         serde_json::from_slice::<IgnoredAny>(value).map_err(|e| {
-                            StreamError(format!(
-                                "member {:?}: {e}",
-                                String::from_utf8_lossy(&self.key)
+                            StreamError::Invalid(format!(
+                                "member {:?}: {}",
+                                String::from_utf8_lossy(&self.key),
+                                super::model::unquoted(&e)
                             ))
                         })?;
                         self.state = State::AfterValue;
@@ -202,6 +269,11 @@ impl RowStream {
                     };
                     if self.state != State::Colon {
                         self.key.push(b);
+                        if self.key.len() > MAX_STRING_BYTES {
+                            return Err(StreamError::Oversized(format!(
+                                "a member name longer than {MAX_STRING_BYTES} bytes"
+                            )));
+                        }
                     }
                 }
                 state => {
@@ -263,8 +335,8 @@ impl RowStream {
     pub fn finish(&self) -> Result<usize, StreamError> {
         match self.state {
             State::Done if self.seen_d => Ok(self.rows),
-            State::Done => Err(StreamError("missing field `d`".into())),
-            _ => Err(StreamError(format!(
+            State::Done => Err(StreamError::Invalid("missing field `d`".into())),
+            _ => Err(StreamError::Invalid(format!(
                 "EOF while parsing: the answer ends after {} bytes",
                 self.offset
             ))),
@@ -272,7 +344,24 @@ impl RowStream {
     }
 
     fn error(&self, what: &str, i: usize) -> StreamError {
-        StreamError(format!("{what} at byte {}", self.offset + i))
+        StreamError::Invalid(format!("{what} at byte {}", self.offset + i))
+    }
+
+    /// A row (or another member's value) of `len` bytes so far is within [`MAX_ROW_BYTES`].
+    fn check_row_size(&self, len: usize) -> Result<(), StreamError> {
+        if len <= MAX_ROW_BYTES {
+            return Ok(());
+        }
+        if self.state == State::InRow {
+            return Err(StreamError::Oversized(format!(
+                "a row longer than {MAX_ROW_BYTES} bytes (the cap of one row)"
+            ))
+            .in_row(self.rows + 1));
+        }
+        Err(StreamError::Oversized(format!(
+            "member {:?}: a value longer than {MAX_ROW_BYTES} bytes",
+            String::from_utf8_lossy(&self.key)
+        )))
     }
 }
 
@@ -324,7 +413,10 @@ mod tests {
         ] {
             for size in [1, 4, body.len().max(1)] {
                 let err = rows(body, size).unwrap_err();
-                assert!(err.0.contains(what), "{body:?} in chunks of {size}: {err}");
+                assert!(
+                    err.to_string().contains(what),
+                    "{body:?} in chunks of {size}: {err}"
+                );
             }
         }
     }
@@ -338,9 +430,9 @@ mod tests {
                     .ok()
                     .filter(|v| v["id"].is_u64())
                     .map(|_| ())
-                    .ok_or_else(|| StreamError("id is not a number".into()))
+                    .ok_or_else(|| StreamError::Invalid("id is not a number".into()))
             })
             .unwrap_err();
-        assert_eq!(err.0, "row 2: id is not a number");
+        assert_eq!(err.to_string(), "row 2: id is not a number");
     }
 }

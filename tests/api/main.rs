@@ -11,3 +11,4 @@ mod probe;
 mod stub;
 mod surface;
 mod targets;
+mod untrusted;

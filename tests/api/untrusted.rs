@@ -1,0 +1,131 @@
+//! Answers the exporter must not trust, from a stub API: rows out of id order, one uuid on two
+//! rows, a row or a string over its cap, a token echoed into a wrongly typed field. Each fails
+//! the probe with its reason (never `probe_success 1` with a wrong count), quotes nothing of
+//! the answer, and the next probe of a good target still succeeds.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+use crate::stub::{device_rows, Connections, StubApi};
+
+const FLEET: &str = r#"{"d":[{"id":1,"app_name":"app","slug":"org/app","organization":[{"handle":"org"}],"is_for__device_type":[{"slug":"rpi"}],"should_be_running__release":[]}]}"#;
+const UUID_A: &str = "0123456789abcdef0123456789abcdef";
+const UUID_B: &str = "fedcba9876543210fedcba9876543210";
+
+/// The fleet lookup, then `page` for the first device page and an empty page after it.
+fn answer(head: &str, page: fn() -> String) -> String {
+    if head.starts_with("GET /v7/application") {
+        FLEET.into()
+    } else if head.contains("%20gt%20") {
+        r#"{"d":[]}"#.into()
+    } else {
+        page()
+    }
+}
+
+fn reversed(head: &str) -> String {
+    answer(head, || device_rows(&[(9, UUID_A), (5, UUID_B)]))
+}
+
+fn one_uuid_twice(head: &str) -> String {
+    answer(head, || device_rows(&[(5, UUID_A), (9, UUID_A)]))
+}
+
+fn a_huge_name(head: &str) -> String {
+    answer(head, || {
+        device_rows(&[(5, UUID_A)]).replace("\"d5\"", &format!("\"{}\"", "n".repeat(20_000)))
+    })
+}
+
+fn a_huge_row(head: &str) -> String {
+    answer(head, || {
+        let tags: Vec<String> = (0..200)
+            .map(|i| format!(r#"{{"tag_key":"k{i}","value":"{}"}}"#, "v".repeat(8_000)))
+            .collect();
+        device_rows(&[(5, UUID_A)]).replace(
+            "\"is_undervolted\"",
+            &format!("\"device_tag\":[{}],\"is_undervolted\"", tags.join(",")),
+        )
+    })
+}
+
+/// A proxy that echoes the Authorization header into a field that must be a number.
+fn echoed_token(head: &str) -> String {
+    answer(head, || {
+        device_rows(&[(5, UUID_A)]).replace("\"id\":5", "\"id\":\"Bearer secret-tok-9c1e\"")
+    })
+}
+
+/// Probes `t` (token `secret-tok-9c1e`) against a stub answering with `api`: the result, the
+/// reason and the debug page.
+async fn probe_stub(api: fn(&str) -> String) -> (f64, f64, String) {
+    let stub = StubApi::start(api, Duration::ZERO, Connections::KeepAlive);
+    let url = stub.url.clone();
+    let app = spawn_with(world(&[]), |_| {
+        format!("api:\n  url: {url}\n  cache_ttl: 0s\nauths:\n  a:\n    token: secret-tok-9c1e\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n")
+    })
+    .await;
+    let samples = app.probe("target=t").await;
+    let debug = app.get("/probe?target=t&debug=true").await.body;
+    let logs = app.get("/logs?id=1").await.body;
+    let devices = samples
+        .find("balena_fleet_devices", &[])
+        .first()
+        .map_or(-1.0, |s| s.value);
+    let ok = samples.value("probe_success", &[]);
+    app.stop().await;
+    stub.stop();
+    (ok, devices, format!("{debug}\n{logs}"))
+}
+
+#[actix_rt::test]
+async fn rows_out_of_id_order_fail_the_probe() {
+    let (ok, devices, debug) = probe_stub(reversed).await;
+    assert_eq!(ok, 0.0, "{debug}");
+    assert_eq!(
+        devices, -1.0,
+        "no fleet count from an untrusted listing: {debug}"
+    );
+    assert!(debug.contains("failure (inconsistent)"), "{debug}");
+    assert!(
+        debug.contains("rows out of id order (id 5 after id 9)"),
+        "{debug}"
+    );
+}
+
+#[actix_rt::test]
+async fn one_uuid_on_two_rows_fails_the_probe() {
+    let (ok, _, debug) = probe_stub(one_uuid_twice).await;
+    assert_eq!(ok, 0.0, "{debug}");
+    assert!(
+        debug.contains("the rows of ids 5 and 9 have the same uuid"),
+        "{debug}"
+    );
+    assert!(!debug.contains(UUID_A), "the uuid is not quoted: {debug}");
+}
+
+#[actix_rt::test]
+async fn a_string_or_a_row_over_its_cap_fails_the_probe() {
+    let (ok, _, debug) = probe_stub(a_huge_name).await;
+    assert_eq!(ok, 0.0, "{debug}");
+    assert!(debug.contains("failure (too_large)"), "{debug}");
+    assert!(
+        debug.contains("a string longer than 16384 bytes"),
+        "{debug}"
+    );
+    assert!(!debug.contains(&"n".repeat(100)), "{debug}");
+    let (ok, _, debug) = probe_stub(a_huge_row).await;
+    assert_eq!(ok, 0.0, "{debug}");
+    assert!(debug.contains("a row longer than 1048576 bytes"), "{debug}");
+}
+
+#[actix_rt::test]
+async fn a_decode_error_never_quotes_the_answer() {
+    let (ok, _, debug) = probe_stub(echoed_token).await;
+    assert_eq!(ok, 0.0, "{debug}");
+    assert!(debug.contains("failure (decode)"), "{debug}");
+    assert!(debug.contains("invalid type: string"), "{debug}");
+    for leak in ["secret-tok-9c1e", "Bearer", "tok-9c1e"] {
+        assert!(!debug.contains(leak), "{leak} in {debug}");
+    }
+}
