@@ -76,6 +76,7 @@ impl Application {
             stopping: Default::default(),
         });
         let limits = state.limits.clone();
+        spawn_cache_sweeper(state.clone().into_inner());
         if let Some(interval) = settings.discovery_interval {
             crate::discovery::spawn(
                 state.discovery.clone(),
@@ -219,6 +220,23 @@ pub fn spawn_sighup_reloader(state: web::Data<AppState>, hup: Option<tokio::sign
         };
         while hup.recv().await.is_some() {
             let _ = routes::reload_and_record(&state).await;
+        }
+    });
+}
+
+/// Every second, drops expired probe results and fleet rows, so memory is handed back when
+/// probes stop coming (a target removed, a reload that changed every key), not only when the
+/// next probe looks.
+fn spawn_cache_sweeper(state: Arc<AppState>) {
+    actix_rt::spawn(async move {
+        let mut tick = actix_rt::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let api = &state.config.snapshot().api;
+            state.fleet_rows.sweep(api.fleet_cache_ttl);
+            if state.cache.sweep(api.cache_ttl) {
+                crate::telemetry::return_freed_memory();
+            }
         }
     });
 }

@@ -79,6 +79,9 @@ pub struct ApiConfig {
     /// Cap on one response body.
     #[serde(deserialize_with = "de_bytes")]
     pub max_response_bytes: usize,
+    /// Bound of the probe results held for `cache_ttl` (oldest dropped first; 0 keeps none).
+    #[serde(deserialize_with = "de_bytes")]
+    pub cache_max_bytes: usize,
 }
 
 impl Default for ApiConfig {
@@ -91,6 +94,7 @@ impl Default for ApiConfig {
             fleet_cache_ttl: Duration::from_secs(300),
             page_size: 10_000,
             max_response_bytes: 256 * 1024 * 1024,
+            cache_max_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -380,6 +384,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("fleet_cache_ttl", &self.fleet_cache_ttl)
             .field("page_size", &self.page_size)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("cache_max_bytes", &self.cache_max_bytes)
             .finish()
     }
 }

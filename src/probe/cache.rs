@@ -5,9 +5,15 @@
 //! reused for `api.cache_ttl` (0 disables reuse but keeps single-flight). Failures are shared
 //! with the probes that waited for them but never cached. A leader that disappears (its
 //! scraper hung up) frees its followers, one of which fetches instead.
+//!
+//! The results held are bounded by `api.cache_max_bytes`: when a new result would pass it,
+//! the oldest results go first (the new one too, if it alone is larger). Expired results are
+//! swept every second ([`ProbeCache::sweep`]) even when no probe comes, and the freed memory
+//! is handed back to the operating system.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,9 +52,19 @@ pub enum Source {
 }
 
 /// The shared cache.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProbeCache {
     slots: Mutex<HashMap<CacheKey, watch::Receiver<Option<Finished>>>>,
+    max_bytes: AtomicUsize,
+}
+
+impl Default for ProbeCache {
+    fn default() -> Self {
+        Self {
+            slots: Mutex::default(),
+            max_bytes: AtomicUsize::new(usize::MAX),
+        }
+    }
 }
 
 enum Step {
@@ -99,6 +115,8 @@ impl ProbeCache {
                     let _ = tx.send(Some((result.clone(), tokio::time::Instant::now())));
                     if result.is_err() || ttl.is_zero() {
                         self.forget(&key, &tx);
+                    } else {
+                        self.evict_over_bound();
                     }
                     return (result, Duration::ZERO, Source::Fetched);
                 }
@@ -129,18 +147,58 @@ impl ProbeCache {
         Step::Lead(tx)
     }
 
-    /// Results held (successful fetches not yet dropped) and their compressed series bytes.
+    /// Results held (successful fetches not yet dropped) and their bytes.
     pub fn usage(&self) -> (usize, usize) {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots
             .values()
             .filter_map(|rx| match &*rx.borrow() {
-                Some((Ok(data), _)) => Some(
-                    data.series.compressed_len() + data.compact.as_ref().map_or(0, |c| c.bytes()),
-                ),
+                Some((Ok(data), _)) => Some(data.bytes()),
                 _ => None,
             })
             .fold((0, 0), |(n, bytes), b| (n + 1, bytes + b))
+    }
+
+    /// Sets the bound of the results held (`api.cache_max_bytes`, from the config in force).
+    pub fn set_max_bytes(&self, max: usize) {
+        self.max_bytes.store(max, Ordering::Relaxed);
+    }
+
+    /// Drops the oldest results until those held fit the bound.
+    fn evict_over_bound(&self) {
+        let max = self.max_bytes.load(Ordering::Relaxed);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held: Vec<(tokio::time::Instant, usize, CacheKey)> = slots
+            .iter()
+            .filter_map(|(k, rx)| match &*rx.borrow() {
+                Some((Ok(data), at)) => Some((*at, data.bytes(), k.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut total: usize = held.iter().map(|(_, b, _)| b).sum();
+        if total <= max {
+            return;
+        }
+        held.sort_by_key(|(at, _, _)| *at);
+        for (_, bytes, key) in held {
+            if total <= max {
+                break;
+            }
+            slots.remove(&key);
+            total -= bytes;
+        }
+    }
+
+    /// Drops every result older than `ttl` and every failure; true if anything was dropped.
+    pub fn sweep(&self, ttl: Duration) -> bool {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let before = slots.len();
+        slots.retain(|_, rx| match &*rx.borrow() {
+            Some((Ok(_), at)) => at.elapsed() < ttl,
+            Some((Err(_), _)) => false,
+            None => rx.has_changed().is_ok(),
+        });
+        slots.len() < before
     }
 
     fn forget(&self, key: &CacheKey, tx: &watch::Sender<Option<Finished>>) {
@@ -182,6 +240,12 @@ impl FleetRows {
         rows.get(&(auth.to_string(), slug.to_string(), generation))
             .filter(|(_, at)| at.elapsed() < ttl)
             .map(|(f, _)| f.clone())
+    }
+
+    /// Drops rows older than `ttl`.
+    pub fn sweep(&self, ttl: Duration) {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        rows.retain(|_, (_, at)| at.elapsed() < ttl);
     }
 
     /// Keeps a row (and drops expired ones).

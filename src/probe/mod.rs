@@ -39,6 +39,15 @@ pub struct ProbeData {
     pub devices: usize,
 }
 
+impl ProbeData {
+    /// Bytes held by this result (what `api.cache_max_bytes` bounds).
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.series.compressed_len()
+            + self.compact.as_ref().map_or(0, |c| c.bytes())
+    }
+}
+
 /// Fetches a target's data through `session` and builds its series.
 pub async fn fetch(
     session: &Session<'_>,

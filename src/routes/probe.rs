@@ -241,6 +241,7 @@ async fn fetch(
     };
     let timeout = probe.timeout;
     let work = probe::fetch(&session, &scope, probe.module(), &rows);
+    state.cache.set_max_bytes(config.api.cache_max_bytes);
     let (result, age, source) = state
         .cache
         .get_or_fetch(key, config.api.cache_ttl, deadline, || async {

@@ -87,3 +87,48 @@ async fn the_cap_holds_at_the_deadline_against_an_api_that_works_on() {
     app.stop().await;
     stub.stop();
 }
+
+/// 1,000 distinct targets (one cache key each) of one auth: the results held never pass
+/// `api.cache_max_bytes` (the oldest go first, the newest stays), and once every result has
+/// expired the sweep drops them all with no probe coming.
+#[actix_rt::test]
+async fn the_cache_stays_under_its_bound_and_empties_after_expiry() {
+    let bound = 16 * 1024;
+    let app = spawn_with(world(&[("shop", 10)]), |url| {
+        let mut yaml = format!(
+            "api:\n  url: {url}\n  cache_ttl: 2s\n  cache_max_bytes: {bound}\nauths:\n  acme:\n    token: {TOKEN}\ntargets:\n"
+        );
+        for i in 0..1000 {
+            yaml.push_str(&format!("  t{i}:\n    fleet: acme/shop\n    auth: acme\n"));
+        }
+        yaml
+    })
+    .await;
+    let mut most = 0.0f64;
+    for batch in (0..1000).collect::<Vec<_>>().chunks(50) {
+        let probes = batch
+            .iter()
+            .map(|i| app.probe_owned(format!("target=t{i}")));
+        for samples in futures_util::future::join_all(probes).await {
+            assert_eq!(samples.value("probe_success", &[]), 1.0);
+        }
+        let own = parse(&app.get("/metrics").await.body);
+        let held = own.value("balena_exporter_cache_bytes", &[]);
+        most = most.max(held);
+        assert!(held <= bound as f64, "{held} bytes held, bound {bound}");
+    }
+    assert!(
+        most > bound as f64 / 2.0,
+        "the bound was never approached: {most}"
+    );
+    let newest = app.get("/probe?target=t999&debug=true").await.body;
+    assert!(
+        newest.contains("from the cache"),
+        "the newest result stays: {newest}"
+    );
+    actix_rt::time::sleep(Duration::from_millis(3500)).await;
+    let own = parse(&app.get("/metrics").await.body);
+    assert_eq!(own.value("balena_exporter_cache_entries", &[]), 0.0);
+    assert_eq!(own.value("balena_exporter_cache_bytes", &[]), 0.0);
+    app.stop().await;
+}
