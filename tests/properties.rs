@@ -106,12 +106,14 @@ proptest! {
 
     /// A canary token planted in every position an operator's slip or an adversary's config can
     /// put one (flow mappings, wrong types, unknown and duplicate keys under `auths`, malformed
-    /// `${`, a variable used as a token or a path, URL userinfo) never reaches an error (its
-    /// text or Debug form: what stderr, the log and `/-/reload` show) or `/config`.
+    /// `${`, a variable used as a token or a path, URL userinfo; the configured token again as
+    /// a fleet, auth or module name, a target's value, a top-level or `api` key, by value, by
+    /// YAML alias or by environment override) never reaches an error (its text or Debug form:
+    /// what stderr, the log and `/-/reload` show) or `/config`.
     #[test]
     fn a_planted_canary_never_reaches_an_error_or_config_output(
         canary in "cnry[a-z0-9]{6,12}",
-        position in 0usize..14,
+        position in 0usize..24,
     ) {
         std::env::set_var("BEX_CANARY_TOKEN", &canary);
         std::env::set_var("BEX_CANARY_PATH", format!("/nonexistent/{canary}"));
@@ -135,13 +137,33 @@ proptest! {
             13 => format!("api:\n  url: \"https://ops:{canary}@\"\n"),
             _ => String::new(),
         };
-        let text = format!("{api}{auths}targets:\n  t:\n    fleet: org/app\n    auth: a\n");
+        let good_auth = format!("auths:\n  a:\n    token: &t {canary}\n");
+        let target = |body: &str| format!("{good_auth}targets:\n  t:\n{body}");
+        // Slips that put the configured token where a name belongs, by value or by alias.
+        let text = match position {
+            14 => target("    fleet: *t\n    auth: a\n"),
+            15 => target("    fleet: org/app\n    auth: *t\n"),
+            16 => target("    fleet: org/app\n    auth: a\n    module: *t\n"),
+            17 => target(&format!("    fleet: org/app\n    auth: {canary}\n")),
+            18 => target(&format!("    fleet: org/app\n    auth: a\n    module: {canary}\n")),
+            19 => target(&format!("    fleet: {canary}\n    auth: a\n")),
+            20 => format!("{good_auth}targets:\n  t: {canary}\n"),
+            21 => format!("{good_auth}{canary}: 1\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n"),
+            22 => format!("api:\n  {canary}: 1\n{good_auth}targets:\n  t:\n    fleet: org/app\n    auth: a\n"),
+            23 => {
+                std::env::set_var("BALENA_EXPORTER_TARGETS__T__AUTH", &canary);
+                target("    fleet: org/app\n    auth: a\n")
+            }
+            _ => format!("{api}{auths}targets:\n  t:\n    fleet: org/app\n    auth: a\n"),
+        };
         let dir = std::env::temp_dir().join(format!("balena-canary-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join(format!("c{position}.yml"));
         std::fs::write(&file, &text).unwrap();
         let opts = config::LoadOptions { files: vec![file], expand_env: true };
-        match config::load(&opts) {
+        let loaded = config::load(&opts);
+        std::env::remove_var("BALENA_EXPORTER_TARGETS__T__AUTH");
+        match loaded {
             Err(e) => {
                 prop_assert!(!e.to_string().contains(&canary), "position {}: {}", position, e);
                 prop_assert!(!format!("{e:?}").contains(&canary), "position {}: {:?}", position, e);

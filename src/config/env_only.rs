@@ -46,12 +46,14 @@ pub fn from_env() -> Result<Option<Config>, ConfigError> {
     let figment = figment.merge(env_overrides());
     let mut config: Config = figment
         .extract()
-        .map_err(|e| figment_error(e, ENV_SOURCE))?;
+        .map_err(|e| super::redact::Secrets::from_env().redact(figment_error(e, ENV_SOURCE)))?;
     config
         .auths
         .entry("default".to_string())
         .or_insert(AuthConfig::new(token, token_file));
-    finish(config, ENV_SOURCE, false).map(Some)
+    finish(config, ENV_SOURCE, false)
+        .map(Some)
+        .map_err(|e| super::redact::Secrets::from_env().redact(e))
 }
 
 /// The message when there is neither a config file nor a token.

@@ -11,6 +11,7 @@ use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::files;
+use super::redact::Secrets;
 use super::token_file::TokenFile;
 use super::{Config, ConfigError, TargetKind, DEFAULT_MODULE, ENV_PREFIX};
 
@@ -45,9 +46,11 @@ impl LoadOptions {
 /// Loads every file, overlays the environment, validates and reads token files. Each file is
 /// read once (a ConfigMap swapped between two reads cannot mix two versions), as a regular
 /// file of at most [`files::MAX_CONFIG_BYTES`], and checked before it is parsed: not empty,
-/// flow collections nested at most [`files::MAX_YAML_NESTING`] deep, no duplicate keys.
+/// flow collections nested at most [`files::MAX_YAML_NESTING`] deep, no duplicate keys. No
+/// error repeats a token of the files or the environment ([`Secrets`]).
 pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
     let mut texts = Vec::with_capacity(opts.files.len());
+    let mut secrets = Secrets::from_env();
     for file in &opts.files {
         let name = file.display().to_string();
         let text = files::read_text(file, files::MAX_CONFIG_BYTES).map_err(|reason| {
@@ -56,13 +59,20 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
                 reason,
             }
         })?;
-        let parsed = check_text(&text, &name)?;
+        let parsed = check_text(&text, &name);
+        secrets.add_yaml(&text, parsed.as_ref().ok().and_then(Option::as_ref));
+        let parsed = parsed.map_err(|e| secrets.redact(e))?;
         texts.push(FileText {
             path: file.clone(),
             text,
             parsed,
         });
     }
+    load_texts(texts, opts).map_err(|e| secrets.redact(e))
+}
+
+/// [`load`] once every file is read and checked.
+fn load_texts(texts: Vec<FileText>, opts: &LoadOptions) -> Result<Config, ConfigError> {
     check_duplicates(&texts)?;
     let mut figment = Figment::new();
     for text in texts {
@@ -208,8 +218,10 @@ fn check_yaml(text: &str, file: &str) -> Result<Option<serde_yaml::Value>, Confi
 
 /// Loads from YAML text (tests).
 pub fn from_yaml_str(yaml: &str, name: &str) -> Result<Config, ConfigError> {
-    let _ = check_text(yaml, name)?;
+    let secrets = secrets_of(yaml);
+    let _ = check_text(yaml, name).map_err(|e| secrets.redact(e))?;
     from_figment(Figment::new().merge(Yaml::string(yaml)), name, false)
+        .map_err(|e| secrets.redact(e))
 }
 
 /// Loads from YAML text, then the `BALENA_EXPORTER_` environment overrides (`--demo`).
@@ -217,7 +229,14 @@ pub fn from_yaml_str_with_env(yaml: &str, name: &str) -> Result<Config, ConfigEr
     let figment = Figment::new()
         .merge(Yaml::string(yaml))
         .merge(env_overrides());
-    from_figment(figment, name, false)
+    from_figment(figment, name, false).map_err(|e| secrets_of(yaml).redact(e))
+}
+
+/// The tokens of `yaml` and of the environment.
+fn secrets_of(yaml: &str) -> Secrets {
+    let mut secrets = Secrets::from_env();
+    secrets.add_yaml(yaml, serde_yaml::from_str(yaml).ok().as_ref());
+    secrets
 }
 
 fn from_figment(figment: Figment, file: &str, expand_env: bool) -> Result<Config, ConfigError> {

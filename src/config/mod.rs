@@ -9,6 +9,7 @@
 mod env_only;
 pub mod files;
 mod load;
+mod redact;
 mod shared;
 pub mod token_file;
 
