@@ -20,6 +20,7 @@
 //! feature.
 
 pub mod balena;
+pub mod basic_auth;
 pub mod cli;
 pub mod config;
 pub mod discovery;

@@ -16,17 +16,11 @@
 //!
 //! The file is read once at start; an invalid file stops the exporter with exit 1.
 
-use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::config::files::{read_bounded, read_text, MAX_PEM_BYTES};
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
-use actix_web::{web, HttpResponse};
-use base64::Engine as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
@@ -271,147 +265,11 @@ fn server_config(path: &Path, t: &TlsConfig) -> Result<rustls::ServerConfig, Web
     })
 }
 
-/// Basic-auth users and a cache of verified credentials (bcrypt is slow on purpose).
-#[derive(Debug, Default)]
-pub struct BasicAuth {
-    users: BTreeMap<String, String>,
-    /// A hash that matches nothing a client sends, at the cost of the configured hashes:
-    /// unknown users are checked against it, so they take as long as known ones.
-    dummy: String,
-    verified: Mutex<HashSet<u64>>,
-    /// One bcrypt at a time: a flood of wrong passwords takes one core, not all of them.
-    one_at_a_time: Mutex<()>,
-    hasher: RandomState,
-}
-
-impl BasicAuth {
-    /// From the config's `basic_auth_users`.
-    pub fn new(users: BTreeMap<String, String>) -> Self {
-        let cost = users
-            .values()
-            .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
-            .map(|p| p.get_cost())
-            .max()
-            .unwrap_or(bcrypt::DEFAULT_COST);
-        let dummy = if users.is_empty() {
-            String::new()
-        } else {
-            bcrypt::hash("balena-exporter-no-such-user", cost).unwrap_or_default()
-        };
-        Self {
-            users,
-            dummy,
-            ..Default::default()
-        }
-    }
-
-    /// True when no users are configured (auth off).
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
-    }
-
-    /// Checks an `Authorization` header value.
-    pub fn check(&self, header: Option<&str>) -> bool {
-        let Some(encoded) = header.and_then(|h| h.strip_prefix("Basic ")) else {
-            return false;
-        };
-        let key = self.hasher.hash_one(encoded);
-        if self
-            .verified
-            .lock()
-            .map(|v| v.contains(&key))
-            .unwrap_or(false)
-        {
-            return true;
-        }
-        let Some((user, password)) = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| {
-                s.split_once(':')
-                    .map(|(u, p)| (u.to_string(), p.to_string()))
-            })
-        else {
-            return false;
-        };
-        let (hash, known) = match self.users.get(&user) {
-            Some(h) => (h.as_str(), true),
-            None => (self.dummy.as_str(), false),
-        };
-        let ok = {
-            let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
-            bcrypt::verify(password, hash).unwrap_or(false) && known
-        };
-        if ok {
-            if let Ok(mut v) = self.verified.lock() {
-                v.insert(key);
-            }
-        }
-        ok
-    }
-}
-
-/// Middleware: 401 with `WWW-Authenticate` unless the request carries valid credentials.
-pub async fn require_basic_auth(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let auth = req.app_data::<web::Data<BasicAuth>>().cloned();
-    let allowed = match &auth {
-        Some(a) if !a.is_empty() => {
-            let header = req
-                .headers()
-                .get("authorization")
-                .and_then(|h| h.to_str().ok())
-                .map(String::from);
-            let a = a.clone();
-            // bcrypt takes tens of milliseconds: keep it off the async worker.
-            web::block(move || a.check(header.as_deref()))
-                .await
-                .unwrap_or(false)
-        }
-        _ => true,
-    };
-    if allowed {
-        return Ok(next.call(req).await?.map_into_left_body());
-    }
-    let resp = HttpResponse::Unauthorized()
-        .insert_header(("WWW-Authenticate", "Basic realm=\"balena-exporter\""))
-        .body("Unauthorized\n");
-    Ok(req.into_response(resp).map_into_right_body())
-}
+pub use crate::basic_auth::{require_basic_auth, BasicAuth};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An unknown user costs what a known one does: the dummy hash has the configured cost.
-    #[test]
-    fn the_dummy_hash_has_the_cost_of_the_configured_ones() {
-        let hash = bcrypt::hash("pw", 5).unwrap();
-        let auth = BasicAuth::new(BTreeMap::from([("u".to_string(), hash)]));
-        let cost = auth.dummy.parse::<bcrypt::HashParts>().unwrap().get_cost();
-        assert_eq!(cost, 5);
-    }
-
-    #[test]
-    fn basic_auth_accepts_only_matching_credentials() {
-        let hash = bcrypt::hash("s3cret", 4).unwrap();
-        let auth = BasicAuth::new(BTreeMap::from([("prom".to_string(), hash)]));
-        let enc = |s: &str| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(s)
-            )
-        };
-        assert!(auth.check(Some(&enc("prom:s3cret"))));
-        assert!(auth.check(Some(&enc("prom:s3cret"))), "cached");
-        assert!(!auth.check(Some(&enc("prom:wrong"))));
-        assert!(!auth.check(Some(&enc("other:s3cret"))));
-        assert!(!auth.check(Some("Bearer x")));
-        assert!(!auth.check(None));
-    }
 
     #[test]
     fn bad_web_configs_are_refused_with_the_key() {

@@ -11,7 +11,7 @@ use actix_web::http::header::{HeaderValue, AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
-use super::error::BalenaError;
+use super::error::{BalenaError, GaveUp};
 use super::exchange::{self, Event};
 use super::limit::{AuthLimits, Priority, Slot};
 use crate::config::ApiConfig;
@@ -51,6 +51,9 @@ impl BalenaClient {
 /// their expansions take ~3 MB, so this leaves a wide margin and still bounds what a wrong or
 /// hostile answer can make the exporter hold.
 pub const MAX_HELD_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// A request answered 429 this many times in a row (each waited for as asked) is given up.
+const MAX_RATE_LIMITED: usize = 10;
 
 /// One upstream call as recorded for `debug=true` and the probe log (never the token).
 #[derive(Debug, Clone)]
@@ -185,6 +188,7 @@ impl<'a> Session<'a> {
             format!("{path}?{query}")
         };
         let mut retried = false;
+        let mut rate_limited = 0;
         loop {
             let started = Instant::now();
             let result = self.send_once(&url, &mut *sink).await;
@@ -195,9 +199,17 @@ impl<'a> Session<'a> {
                     error:
                         BalenaError::RateLimited {
                             retry_after: Some(wait),
+                            ..
                         },
                     ..
-                }) if wait < self.remaining() && self.call_count() < 10 => {
+                }) if wait < self.remaining() => {
+                    rate_limited += 1;
+                    if rate_limited >= MAX_RATE_LIMITED {
+                        return Err(BalenaError::RateLimited {
+                            retry_after: Some(wait),
+                            gave_up: Some(GaveUp::Repeated(rate_limited)),
+                        });
+                    }
                     tracing::debug!(
                         endpoint,
                         wait_seconds = wait.as_secs_f64(),
@@ -215,6 +227,19 @@ impl<'a> Session<'a> {
                 }) if !retried && !self.remaining().is_zero() => {
                     retried = true;
                     self.note("the connection closed before an answer: retrying once");
+                }
+                Err(Failure {
+                    error:
+                        BalenaError::RateLimited {
+                            retry_after: Some(wait),
+                            ..
+                        },
+                    ..
+                }) => {
+                    return Err(BalenaError::RateLimited {
+                        retry_after: Some(wait),
+                        gave_up: Some(GaveUp::TimeLeft),
+                    })
                 }
                 Err(f) => return Err(f.error),
             }
@@ -404,6 +429,7 @@ pub fn status_error(status: u16, retry_after: Option<&HeaderValue>) -> BalenaErr
         401 => BalenaError::Unauthorized,
         403 => BalenaError::Forbidden,
         429 => BalenaError::RateLimited {
+            gave_up: None,
             retry_after: retry_after
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after),
@@ -456,7 +482,7 @@ mod tests {
         let h = HeaderValue::from_static("3");
         assert!(matches!(
             status_error(429, Some(&h)),
-            BalenaError::RateLimited { retry_after: Some(d) } if d == Duration::from_secs(3)
+            BalenaError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(3)
         ));
     }
 }

@@ -19,11 +19,13 @@ pub enum BalenaError {
         /// Slug or handle from the config.
         name: String,
     },
-    /// 429 whose `Retry-After` does not fit in the probe's deadline.
-    #[error("rate limited (HTTP 429){}", retry_after.map(|d| format!(", Retry-After {}s exceeds the time left", d.as_secs())).unwrap_or_default())]
+    /// 429 whose `Retry-After` does not fit in the probe's deadline, or 429s again and again.
+    #[error("rate limited (HTTP 429){}", rate_limit_detail(*retry_after, *gave_up))]
     RateLimited {
         /// What the API asked for, when it said.
         retry_after: Option<Duration>,
+        /// Why the probe stopped asking, once it did.
+        gave_up: Option<GaveUp>,
     },
     /// Any other non-2xx answer.
     #[error("unexpected HTTP status {status}")]
@@ -57,6 +59,26 @@ pub enum BalenaError {
         /// The configured cap.
         limit: usize,
     },
+}
+
+/// Why a rate-limited request was not asked again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaveUp {
+    /// `Retry-After` asked for more than the probe had left.
+    TimeLeft,
+    /// 429 this many times in a row, each retried as asked.
+    Repeated(usize),
+}
+
+fn rate_limit_detail(retry_after: Option<Duration>, gave_up: Option<GaveUp>) -> String {
+    let asked = retry_after.map(|d| format!(", Retry-After {:.1}s", d.as_secs_f64()));
+    match gave_up {
+        Some(GaveUp::Repeated(n)) => {
+            format!(" {n} times in a row, each retried after its Retry-After; gave up")
+        }
+        Some(GaveUp::TimeLeft) => format!("{} exceeds the time left", asked.unwrap_or_default()),
+        None => asked.unwrap_or_default(),
+    }
 }
 
 impl BalenaError {

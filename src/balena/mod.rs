@@ -15,7 +15,7 @@ pub mod odata;
 pub mod stream;
 
 pub use client::{parse_retry_after, BalenaClient, CallRecord, Session};
-pub use error::BalenaError;
+pub use error::{BalenaError, GaveUp};
 pub use limit::AuthLimits;
 
 use model::{Actor, Device, Envelope, Fleet};

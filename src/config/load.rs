@@ -59,6 +59,11 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
                 reason,
             }
         })?;
+        // A UTF-8 byte order mark (editors on Windows write one) is not YAML content.
+        let text = match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_string(),
+            None => text,
+        };
         let parsed = check_text(&text, &name);
         secrets.add_yaml(&text, parsed.as_ref().ok().and_then(Option::as_ref));
         let parsed = parsed.map_err(|e| secrets.redact(e))?;
@@ -68,7 +73,34 @@ pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
             parsed,
         });
     }
+    check_env_is_text()?;
     load_texts(texts, opts).map_err(|e| secrets.redact(e))
+}
+
+/// A `BALENA_EXPORTER_…` variable that is not UTF-8 would be skipped by figment without a
+/// word: refused, naming the variable (never its value).
+fn check_env_is_text() -> Result<(), ConfigError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    for (name, value) in std::env::vars_os() {
+        let Some(rest) = name.as_bytes().strip_prefix(ENV_PREFIX.as_bytes()) else {
+            continue;
+        };
+        let section = rest.split(|b| *b == b'_').next().unwrap_or_default();
+        if !["api", "auths", "modules", "targets"]
+            .iter()
+            .any(|s| section.eq_ignore_ascii_case(s.as_bytes()))
+        {
+            continue;
+        }
+        if name.to_str().is_none() || value.to_str().is_none() {
+            return Err(invalid(
+                "environment",
+                name.to_string_lossy(),
+                "not UTF-8 text (the value is not shown); set it as UTF-8 or unset it",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// [`load`] once every file is read and checked.
@@ -189,12 +221,54 @@ fn check_duplicates(files: &[FileText]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Each named entry (`auths.NAME`, `modules.NAME`, `targets.NAME`) and `api` must be a mapping:
+/// serde would read a list (`auths.a: [tok]`) as the fields in order. Names are shown, list
+/// items never (under `auths` they may be a token).
+fn check_shapes(value: &serde_yaml::Value, file: &str) -> Result<(), ConfigError> {
+    let Some(top) = value.as_mapping() else {
+        return Ok(()); // "not a mapping" is figment's message, with its location
+    };
+    let not_a_mapping = |key: String, what: &str| {
+        invalid(
+            file,
+            key,
+            format!("expected a mapping of {what}, got a list or a value"),
+        )
+    };
+    if top
+        .get("api")
+        .is_some_and(|v| !v.is_mapping() && !v.is_null())
+    {
+        return Err(not_a_mapping("api".into(), "API settings"));
+    }
+    for (section, what) in [
+        ("auths", "token: or token_file:"),
+        ("modules", "module settings"),
+        ("targets", "fleet:/org:/all: and auth:"),
+    ] {
+        let Some(entries) = top.get(section).and_then(|v| v.as_mapping()) else {
+            continue;
+        };
+        for (name, entry) in entries {
+            if section == "auths" && !entry.is_mapping() {
+                // Not named: a slip may have put a token where the auth's name belongs.
+                return Err(not_a_mapping("auths.<an auth>".into(), what));
+            }
+            if entry.is_sequence() {
+                let name = name.as_str().unwrap_or("?");
+                return Err(not_a_mapping(format!("{section}.{name}"), what));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Rejects what the YAML reader behind figment lets through: duplicate keys at any level
 /// (strict, as blackbox and snmp exporters are). The message carries serde_yaml's location.
 /// Returns the parsed value, or None for another syntax error (figment's parse reports it).
 fn check_yaml(text: &str, file: &str) -> Result<Option<serde_yaml::Value>, ConfigError> {
     match serde_yaml::from_str::<serde_yaml::Value>(text) {
-        Ok(value) => Ok(Some(value)),
+        Ok(value) => check_shapes(&value, file).map(|()| Some(value)),
         Err(e) if e.to_string().contains("duplicate entry") => {
             let msg = e.to_string();
             let (key, msg) = match msg.split_once(": duplicate") {
@@ -410,8 +484,27 @@ fn resolve_tokens(config: &mut Config, file: &str, expand_env: bool) -> Result<(
                 "the token contains spaces or control characters",
             ));
         }
+        // balena API keys and session tokens are printable ASCII; anything else (a
+        // zero-width space or a non-breaking space pasted with the key) is never accepted by
+        // the API and would only show as `unauthorized` on every probe.
+        if !token.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(invalid(
+                file,
+                key,
+                "the token contains characters other than printable ASCII (an invisible character pasted with it?)",
+            ));
+        }
     }
     Ok(())
+}
+
+/// `org/fleet`: two non-empty parts without spaces, one `/` between them.
+fn is_fleet_slug(slug: &str) -> bool {
+    let Some((org, fleet)) = slug.split_once('/') else {
+        return false;
+    };
+    let part = |p: &str| !p.is_empty() && !p.contains('/') && !p.chars().any(char::is_whitespace);
+    part(org) && part(fleet)
 }
 
 /// Expands `${VAR}` and `$VAR`; `$$` is a literal `$`. Returns the name of a missing variable.
@@ -532,7 +625,7 @@ fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
             ));
         }
         match &target.kind {
-            TargetKind::Fleet(fleet) if fleet.trim().is_empty() || !fleet.contains('/') => {
+            TargetKind::Fleet(fleet) if !is_fleet_slug(fleet) => {
                 return Err(invalid(
                     file,
                     format!("{key}.fleet"),
@@ -732,6 +825,20 @@ mod tests {
             let e = expand_vars(bad).unwrap_err();
             assert!(!e.contains("canary"), "{e}");
         }
+    }
+
+    /// A byte order mark at the start of a file (Windows editors) is not "a second document".
+    #[test]
+    fn a_byte_order_mark_is_not_content() {
+        let file = std::env::temp_dir().join(format!("balena-bom-{}.yml", std::process::id()));
+        std::fs::write(
+            &file,
+            "\u{feff}auths:\n  a:\n    token: tok\ntargets:\n  t: {fleet: org/app, auth: a}\n",
+        )
+        .unwrap();
+        let c = load(&LoadOptions::file(&file)).unwrap();
+        assert_eq!(c.targets.len(), 1);
+        std::fs::remove_file(&file).unwrap();
     }
 
     #[test]

@@ -10,12 +10,18 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 
 /// A token file larger than this is refused (a real balena API key is 32 characters).
 pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// A file rewritten in place (same inode: `echo new > file`, an editor, a script that
+/// truncates then writes) is adopted only once it has been unchanged this long, so that a file
+/// caught half written is never used. A file replaced whole (a new inode: a Kubernetes Secret
+/// swap, `mv`) is adopted at once.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// What identifies a version of the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +118,11 @@ impl TokenFile {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let kept_because = match stamp(&self.path) {
             Ok(now) if now == state.stamp => None,
+            Ok(now) if rewritten_in_place_just_now(&state.stamp, &now) => Some(format!(
+                "{} was rewritten in place less than {}s ago (it may be half written)",
+                self.path.display(),
+                SETTLE.as_secs()
+            )),
             Ok(_) => match read(&self.path) {
                 Ok((token, stamp)) => {
                     if token.expose_secret() != state.token.expose_secret() {
@@ -141,9 +152,50 @@ impl TokenFile {
     }
 }
 
+/// The same file (device and inode) with new contents, modified less than [`SETTLE`] ago.
+fn rewritten_in_place_just_now(was: &Stamp, now: &Stamp) -> bool {
+    let same_file = was.dev == now.dev && was.ino == now.ino;
+    let young = now
+        .modified
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .is_some_and(|age| age < SETTLE);
+    same_file && young
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token file truncated and written in two steps is never used half written: the
+    /// previous token stays until the file has been unchanged for [`SETTLE`].
+    #[test]
+    fn a_file_rewritten_in_place_is_used_once_it_settles() {
+        use std::io::Write as _;
+        let dir = tmpdir("in-place");
+        let path = dir.join("token");
+        write(&path, "first-token-0123456789\n");
+        let file = TokenFile::open("a", &path, None).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"second-to").unwrap();
+        let now = file.current();
+        assert_eq!(now.token.expose_secret(), "first-token-0123456789");
+        assert!(now.kept_because.unwrap().contains("rewritten in place"));
+        f.write_all(b"ken-9876543210\n").unwrap();
+        assert_eq!(
+            file.current().token.expose_secret(),
+            "first-token-0123456789"
+        );
+        // Settled: modified longer ago than SETTLE.
+        f.set_modified(SystemTime::now() - SETTLE * 2).unwrap();
+        let settled = file.current();
+        assert_eq!(settled.token.expose_secret(), "second-token-9876543210");
+        assert!(settled.kept_because.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn write(path: &Path, text: &str) {
         std::fs::write(path, text).unwrap();

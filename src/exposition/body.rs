@@ -477,21 +477,28 @@ impl GzipAnswer {
     }
 }
 
-/// Whether an `Accept-Encoding` value allows gzip (a `q=0` refuses it).
+/// Whether an `Accept-Encoding` value allows gzip: the weight of a `gzip` entry if there is
+/// one, else that of `*` (an explicit entry overrides the wildcard, RFC 9110 12.5.3); a weight
+/// of 0 refuses it.
 pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
-    accept_encoding.is_some_and(|v| {
-        v.split(',').any(|part| {
-            let mut it = part.trim().split(';');
-            let coding = it.next().unwrap_or("").trim();
-            let q_zero = it.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q == 0.0)
-            });
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !q_zero
-        })
-    })
+    let Some(value) = accept_encoding else {
+        return false;
+    };
+    let (mut gzip, mut any) = (None, None);
+    for part in value.split(',') {
+        let mut it = part.trim().split(';');
+        let coding = it.next().unwrap_or("").trim();
+        let q = it
+            .find_map(|p| p.trim().strip_prefix("q="))
+            .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok())
+            .unwrap_or(0.0);
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(q);
+        } else if coding == "*" {
+            any = Some(q);
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
 #[cfg(test)]
@@ -605,6 +612,13 @@ mod tests {
         assert!(accepts_gzip(Some("deflate, gzip;q=0.5")));
         assert!(accepts_gzip(Some("*")));
         assert!(!accepts_gzip(Some("gzip;q=0")));
+        assert!(
+            !accepts_gzip(Some("gzip;q=0, *")),
+            "the explicit entry wins"
+        );
+        assert!(accepts_gzip(Some("*;q=0, gzip")));
+        assert!(!accepts_gzip(Some("*;q=0")));
+        assert!(!accepts_gzip(Some("gzip;q=bad")));
         assert!(!accepts_gzip(Some("identity")));
         assert!(!accepts_gzip(None));
     }

@@ -4,15 +4,15 @@
 use std::process::Command;
 
 fn run_with_config(yaml: &str, extra: &[&str]) -> (i32, String, String) {
-    run_with_config_env(yaml, extra, &[])
+    run_with_config_env::<&str>(yaml, extra, &[])
 }
 
 /// Runs the binary on `yaml` with extra flags and environment changes (`None` removes a
 /// variable); returns (exit code, stdout, stderr).
-fn run_with_config_env(
+fn run_with_config_env<V: AsRef<std::ffi::OsStr>>(
     yaml: &str,
     extra: &[&str],
-    env: &[(&str, Option<&str>)],
+    env: &[(&str, Option<V>)],
 ) -> (i32, String, String) {
     let dir = std::env::temp_dir().join(format!(
         "balena-exporter-test-{}-{}",
@@ -100,6 +100,24 @@ fn environment_overrides_apply_and_are_validated() {
     assert!(
         err.contains("environment BALENA_EXPORTER_*")
             && err.contains("api.timeout: invalid duration \"whenever\""),
+        "{err}"
+    );
+}
+
+/// An override that is not UTF-8 is refused by name, never skipped in silence (and its value
+/// is not shown).
+#[test]
+fn an_override_that_is_not_text_is_refused() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let value = std::ffi::OsStr::from_bytes(b"3s\xff");
+    let (code, _, err) = run_with_config_env(
+        GOOD,
+        &["--config.check"],
+        &[("BALENA_EXPORTER_API__TIMEOUT", Some(value))],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("BALENA_EXPORTER_API__TIMEOUT: not UTF-8 text (the value is not shown)"),
         "{err}"
     );
 }

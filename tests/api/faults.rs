@@ -486,3 +486,22 @@ async fn a_connection_closed_by_the_api_is_retried_once() {
     stub.stop();
     app.stop().await;
 }
+
+/// An API that answers 429 with `Retry-After: 0` again and again: the exporter retries as
+/// asked, gives up after 10 in a row, and says so (not "exceeds the time left").
+#[actix_rt::test]
+async fn retry_after_zero_forever_gives_up_and_says_why() {
+    let app = spawn_app(&[("shop", 3)]).await;
+    app.sim.inject(FaultRule::always(
+        "/v7/device",
+        Fault::RateLimit(Some("0".into())),
+    ));
+    let debug = app.get("/probe?target=shop&debug=true").await.body;
+    assert!(debug.contains("failure (rate_limited)"), "{debug}");
+    assert!(
+        debug.contains("rate limited (HTTP 429) 10 times in a row, each retried after its Retry-After; gave up"),
+        "{debug}"
+    );
+    assert!(!debug.contains("exceeds the time left"), "{debug}");
+    app.stop().await;
+}
