@@ -4,6 +4,9 @@
 //! at most 32 at a time (src/routes/probe.rs), so the burst waits rather than holding an
 //! inflater and a chunk per client.
 //!
+//! While each burst runs, a separate client asks `/-/healthy` every 20 ms and the slowest
+//! answer is reported (how long a kubelet probe waits behind the burst).
+//!
 //! `cargo build --release && cargo run --release --example burst -- [CLIENTS]` (default
 //! 1,000). Loopback only; one burst of each kind.
 
@@ -119,15 +122,40 @@ async fn main() {
                 }
             })
             .collect();
+        // A thread of its own with plain blocking sockets: the burst's clients share this
+        // runtime, and would delay a health client on it more than the exporter does.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let health = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut slowest = Duration::ZERO;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let asked = Instant::now();
+                    if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                        let _ = conn.write_all(
+                            b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                        );
+                        let _ = conn.read_to_end(&mut Vec::new());
+                    }
+                    slowest = slowest.max(asked.elapsed());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                slowest
+            })
+        };
         let sizes = futures_util::future::join_all(reqs).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let slowest_health = health.join().unwrap_or_default();
         let ok = sizes.iter().filter(|s| s.is_some()).count();
         println!(
-            "{clients} clients, {}: {ok} answered ({} bytes each) in {:.1}s; exporter peak RSS {} MiB, RSS now {} MiB",
+            "{clients} clients, {}: {ok} answered ({} bytes each) in {:.1}s; exporter peak RSS {} MiB, RSS now {} MiB; slowest /-/healthy {:.0} ms",
             if gzip { "gzip" } else { "identity" },
             sizes.iter().flatten().next().copied().unwrap_or(0),
             started.elapsed().as_secs_f64(),
             status_kib(pid, "VmHWM:") / 1024,
             status_kib(pid, "VmRSS:") / 1024,
+            slowest_health.as_secs_f64() * 1000.0,
         );
     }
     let _ = child.kill();

@@ -336,6 +336,9 @@ impl RowStream {
         match self.state {
             State::Done if self.seen_d => Ok(self.rows),
             State::Done => Err(StreamError::Invalid("missing field `d`".into())),
+            State::Start if self.offset == 0 => {
+                Err(StreamError::Invalid(super::client::EMPTY_BODY.into()))
+            }
             _ => Err(StreamError::Invalid(format!(
                 "EOF while parsing: the answer ends after {} bytes",
                 self.offset
@@ -401,7 +404,7 @@ mod tests {
         for (body, what) in [
             (&br#"{"d":[{"id":1}"#[..], "EOF while parsing"),
             (br#"{"d":[{"id":1}]"#, "EOF while parsing"),
-            (br#""#, "EOF while parsing"),
+            (br#""#, "the answer's body is empty"),
             (br#"{"d":[{"id":1}]} x"#, "trailing characters"),
             (br#"{"d":{"id":1}}"#, "`d` is not an array"),
             (br#"{"d":[1]}"#, "expected a device object"),

@@ -95,7 +95,7 @@ impl Default for ApiConfig {
             fleet_cache_ttl: Duration::from_secs(300),
             page_size: 10_000,
             max_response_bytes: 256 * 1024 * 1024,
-            cache_max_bytes: 256 * 1024 * 1024,
+            cache_max_bytes: 64 * 1024 * 1024,
         }
     }
 }

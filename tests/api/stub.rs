@@ -19,6 +19,8 @@ pub enum Connections {
     /// One answer, then a request sent again on the connection is never answered: the server
     /// closes it (HTTP/1.0 servers, proxies with a short keep-alive), without saying so.
     CloseAfterOne,
+    /// HTTP/1.0 style: no Content-Length, no chunking; the body ends when the server closes.
+    CloseDelimited,
 }
 
 /// The answer body for a request head (`GET /v7/... HTTP/1.1 ...`).
@@ -122,6 +124,15 @@ fn serve(
         // The work is done whether or not the client waits for it.
         std::thread::sleep(work);
         let body = answer(&head);
+        if connections == Connections::CloseDelimited {
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{body}"
+            );
+            counts.working.fetch_sub(1, Ordering::SeqCst);
+            counts.answered.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
         let _ = write!(
             conn,
             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

@@ -59,7 +59,11 @@ fn echoed_token(head: &str) -> String {
 /// Probes `t` (token `secret-tok-9c1e`) against a stub answering with `api`: the result, the
 /// reason and the debug page.
 async fn probe_stub(api: fn(&str) -> String) -> (f64, f64, String) {
-    let stub = StubApi::start(api, Duration::ZERO, Connections::KeepAlive);
+    probe_stub_with(api, Connections::KeepAlive).await
+}
+
+async fn probe_stub_with(api: fn(&str) -> String, connections: Connections) -> (f64, f64, String) {
+    let stub = StubApi::start(api, Duration::ZERO, connections);
     let url = stub.url.clone();
     let app = spawn_with(world(&[]), |_| {
         format!("api:\n  url: {url}\n  cache_ttl: 0s\nauths:\n  a:\n    token: secret-tok-9c1e\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n")
@@ -128,4 +132,19 @@ async fn a_decode_error_never_quotes_the_answer() {
     for leak in ["secret-tok-9c1e", "Bearer", "tok-9c1e"] {
         assert!(!debug.contains(leak), "{leak} in {debug}");
     }
+}
+
+/// A 200 with neither Content-Length nor chunking, ended by closing the connection: the HTTP
+/// client reads it as empty. The probe fails and says so; it never succeeds on missing data.
+#[actix_rt::test]
+async fn a_close_delimited_answer_fails_and_says_why() {
+    let (ok, devices, debug) =
+        probe_stub_with(crate::stub::one_device_fleet, Connections::CloseDelimited).await;
+    assert_eq!(ok, 0.0, "{debug}");
+    assert_eq!(devices, -1.0, "{debug}");
+    assert!(debug.contains("failure (decode)"), "{debug}");
+    assert!(
+        debug.contains("ended by closing the connection, is read as empty"),
+        "{debug}"
+    );
 }
