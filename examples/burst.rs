@@ -12,17 +12,10 @@
 
 use std::time::{Duration, Instant};
 
-use balena_simulator::{FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
+use balena_simulator::Simulator;
 
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+mod support;
+use support::{status_kib, world, Exporter};
 
 #[actix_rt::main]
 async fn main() {
@@ -30,55 +23,20 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1000);
-    let bin =
-        std::env::var("BURST_BIN").unwrap_or_else(|_| "target/release/balena-exporter".into());
-    let spec = WorldSpec {
-        seed: 5,
-        orgs: vec![OrgSpec {
-            handle: "acme".into(),
-            fleets: vec![FleetSpec::new("big", 10_000)],
-        }],
-        users: vec![UserSpec {
-            username: "ops".into(),
-            token: "tok".into(),
-            orgs: vec!["acme".into()],
-        }],
-    };
-    let sim = Simulator::start(&spec, "127.0.0.1:0").expect("simulator");
-    let dir = std::env::temp_dir().join(format!("balena-burst-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("config.yml");
-    std::fs::write(
-        &file,
-        format!(
-            "api:\n  url: {}\n  cache_ttl: 10m\nauths:\n  a:\n    token: tok\ntargets:\n  big: {{fleet: acme/big, auth: a}}\n",
-            sim.url()
-        ),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(&bin)
-        .arg(format!("--config.file={}", file.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .spawn()
-        .expect("exporter starts");
-    let pid = child.id();
-    let base = format!("http://127.0.0.1:{port}");
+    let sim = Simulator::start(&world("acme", &[("big", 10_000)], "tok"), "127.0.0.1:0")
+        .expect("simulator");
+    let yaml = format!(
+        "api:\n  url: {}\n  cache_ttl: 10m\nauths:\n  a:\n    token: tok\ntargets:\n  big: {{fleet: acme/big, auth: a}}\n",
+        sim.url()
+    );
     let client = awc::Client::builder()
         .connector(awc::Connector::new().limit(clients + 10))
         .timeout(Duration::from_secs(120))
         .finish();
-    for _ in 0..100 {
-        if client.get(format!("{base}/-/ready")).send().await.is_ok() {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    let bin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/balena-exporter");
+    let exporter = Exporter::start(&bin, &yaml, "warn", &client).await;
+    let (base, pid, port) = (exporter.base.clone(), exporter.pid(), exporter.port);
     // Fill the cache once.
     let mut first = client
         .get(format!("{base}/probe?target=big"))
@@ -158,8 +116,6 @@ async fn main() {
             slowest_health.as_secs_f64() * 1000.0,
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(exporter);
     sim.stop().await;
 }

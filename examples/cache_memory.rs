@@ -9,20 +9,13 @@
 
 use std::time::{Duration, Instant};
 
-use balena_simulator::{FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
+use balena_simulator::Simulator;
+
+mod support;
+use support::{status_kib, world, Exporter};
 
 const TARGETS: usize = 1000;
 const TTL_SECONDS: u64 = 20;
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
 
 /// One value of the exporter's own metrics.
 async fn own_metric(client: &awc::Client, base: &str, name: &str) -> f64 {
@@ -37,39 +30,20 @@ async fn own_metric(client: &awc::Client, base: &str, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-async fn run(sim_url: &str, bin: &str, bound: &str) {
-    let dir = std::env::temp_dir().join(format!("balena-cache-mem-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("config.yml");
+async fn run(sim_url: &str, bound: &str) {
     let mut yaml = format!(
         "api:\n  url: {sim_url}\n  cache_ttl: {TTL_SECONDS}s\n  cache_max_bytes: {bound}\nauths:\n  a:\n    token: tok\ntargets:\n"
     );
     for i in 0..TARGETS {
         yaml.push_str(&format!("  t{i}: {{fleet: acme/big, auth: a}}\n"));
     }
-    std::fs::write(&file, yaml).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(bin)
-        .arg(format!("--config.file={}", file.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=warn")
-        .spawn()
-        .expect("exporter starts");
-    let pid = child.id();
-    let base = format!("http://127.0.0.1:{port}");
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(120))
         .finish();
-    for _ in 0..100 {
-        if client.get(format!("{base}/-/ready")).send().await.is_ok() {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    let bin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/balena-exporter");
+    let exporter = Exporter::start(&bin, &yaml, "warn", &client).await;
+    let (base, pid) = (exporter.base.clone(), exporter.pid());
     let started = Instant::now();
     let targets: Vec<usize> = (0..TARGETS).collect();
     for batch in targets.chunks(8) {
@@ -99,9 +73,6 @@ async fn run(sim_url: &str, bin: &str, bound: &str) {
         own_metric(&client, &base, "balena_exporter_cache_entries").await,
         status_kib(pid, "VmRSS:") / 1024,
     );
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[actix_rt::main]
@@ -112,23 +83,10 @@ async fn main() {
     } else {
         bounds
     };
-    let bin =
-        std::env::var("EXPORTER_BIN").unwrap_or_else(|_| "target/release/balena-exporter".into());
-    let spec = WorldSpec {
-        seed: 5,
-        orgs: vec![OrgSpec {
-            handle: "acme".into(),
-            fleets: vec![FleetSpec::new("big", 2_000)],
-        }],
-        users: vec![UserSpec {
-            username: "ops".into(),
-            token: "tok".into(),
-            orgs: vec!["acme".into()],
-        }],
-    };
-    let sim = Simulator::start(&spec, "127.0.0.1:0").expect("simulator");
+    let sim = Simulator::start(&world("acme", &[("big", 2_000)], "tok"), "127.0.0.1:0")
+        .expect("simulator");
     for bound in &bounds {
-        run(&sim.url(), &bin, bound).await;
+        run(&sim.url(), bound).await;
     }
     sim.stop().await;
 }

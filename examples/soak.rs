@@ -6,16 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use balena_simulator::{Fault, FaultRule, FleetSpec, OrgSpec, Simulator, UserSpec, WorldSpec};
+use balena_simulator::{Fault, FaultRule, Simulator};
+
+mod support;
+use support::{status_kib, world, Exporter};
 
 fn proc_stats(pid: u32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let rss = status_kib(pid, "VmRSS:");
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0);
@@ -28,54 +25,22 @@ async fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
-    let spec = WorldSpec {
-        seed: 9,
-        orgs: vec![OrgSpec {
-            handle: "soak".into(),
-            fleets: (0..6)
-                .map(|i| FleetSpec::new(&format!("f{i}"), 200 * (i + 1)))
-                .collect(),
-        }],
-        users: vec![UserSpec {
-            username: "soak".into(),
-            token: "soak-token".into(),
-            orgs: vec!["soak".into()],
-        }],
-    };
+    let fleets: Vec<(String, usize)> = (0..6).map(|i| (format!("f{i}"), 200 * (i + 1))).collect();
+    let fleets: Vec<(&str, usize)> = fleets.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+    let spec = world("soak", &fleets, "soak-token");
     let sim = Simulator::start(&spec, "127.0.0.1:0").unwrap();
-    let dir = std::env::temp_dir().join(format!("balena-soak-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let mut yaml = format!("api:\n  url: {}\n  timeout: 3s\n  cache_ttl: 2s\nauths:\n  a:\n    token: soak-token\n  bad:\n    token: wrong\nmodules:\n  summary:\n    devices: false\ntargets:\n", sim.url());
     for i in 0..6 {
         yaml.push_str(&format!("  f{i}: {{fleet: soak/f{i}, auth: a}}\n"));
     }
     yaml.push_str("  org: {org: soak, auth: a, module: summary}\n  bad: {fleet: soak/f0, auth: bad}\n  gone: {fleet: soak/nope, auth: a}\n");
-    let file = dir.join("config.yml");
-    std::fs::write(&file, yaml).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let bin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/balena-exporter");
-    let mut child = std::process::Command::new(&bin)
-        .arg(format!("--config.file={}", file.display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=error")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("build target/release/balena-exporter first");
-    let base = format!("http://127.0.0.1:{port}");
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(10))
         .finish();
-    for _ in 0..100 {
-        if client.get(format!("{base}/-/ready")).send().await.is_ok() {
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    let bin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/balena-exporter");
+    let exporter = Exporter::start(&bin, &yaml, "error", &client).await;
+    let base = exporter.base.clone();
     // Faults come and go: each rule applies to the next few matching requests.
     let faults = [
         Fault::Status(500),
@@ -95,7 +60,7 @@ async fn main() {
     println!("time_s,rss_kib,open_fds,requests,http_errors");
     while started.elapsed() < deadline && requests < 5_000_000 {
         if started.elapsed() >= next_sample {
-            let (rss, fds) = proc_stats(child.id());
+            let (rss, fds) = proc_stats(exporter.pid());
             println!(
                 "{},{rss},{fds},{requests},{errors}",
                 started.elapsed().as_secs()
@@ -126,10 +91,8 @@ async fn main() {
         }
         round += 1;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(exporter);
     sim.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
     let first = samples
         .iter()
         .skip(2)
