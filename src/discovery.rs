@@ -5,16 +5,14 @@
 //! the exporter look up a slug it chose.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
-
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::balena::{self, AuthLimits, BalenaClient, FleetSet, Session};
-use crate::config::{ModuleConfig, Scope, SharedConfig};
-use crate::metrics::ExporterMetrics;
+use crate::balena::{BalenaClient, FleetSet};
+use crate::config::{Scope, SharedConfig};
+use crate::probe::prober::Prober;
 
 /// A fleet found under an org or `all` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,29 +58,29 @@ impl Discovery {
 
 /// Runs discovery now, then every `interval` and after every reload, until the process ends.
 /// Must be called inside an actix runtime (the awc client is not `Send`).
-/// It gets only what it needs: the fleets it fills, the config, and what a client needs.
+/// It gets only what it needs: the fleets it fills, the config, and the prober.
 pub fn spawn(
     discovery: Arc<Discovery>,
     config: Arc<SharedConfig>,
-    metrics: Arc<ExporterMetrics>,
-    limits: Arc<AuthLimits>,
+    prober: Arc<Prober>,
     interval: Duration,
 ) {
     actix_rt::spawn(async move {
-        let client = BalenaClient::new(metrics, limits);
+        let client = prober.client();
         loop {
-            refresh_once(&discovery, &config, &client).await;
+            refresh_once(&discovery, &config, &prober, &client).await;
             let _ = actix_rt::time::timeout(interval, discovery.refresh.notified()).await;
         }
     });
 }
 
-async fn refresh_once(discovery: &Discovery, config: &SharedConfig, client: &BalenaClient) {
+async fn refresh_once(
+    discovery: &Discovery,
+    config: &SharedConfig,
+    prober: &Prober,
+    client: &BalenaClient,
+) {
     let config = config.snapshot();
-    let module = ModuleConfig {
-        devices: false,
-        ..ModuleConfig::default()
-    };
     for (name, target) in &config.targets {
         let scope = target.scope();
         let set = match &scope {
@@ -93,14 +91,7 @@ async fn refresh_once(discovery: &Discovery, config: &SharedConfig, client: &Bal
         let Some(token) = config.auths.get(&target.auth).and_then(|a| a.current()) else {
             continue;
         };
-        let session = Session::new(
-            client,
-            &config.api,
-            &target.auth,
-            &token.token,
-            Instant::now() + config.api.timeout,
-        );
-        match balena::fleets(&session, &set, &module).await {
+        match prober.fleets(client, &config, &target.auth, &token, &set).await {
             Ok(fleets) => {
                 let found: Vec<DiscoveredFleet> = fleets
                     .into_iter()

@@ -9,10 +9,10 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 
-use crate::balena::{AuthLimits, BalenaClient};
 use crate::config::SharedConfig;
 use crate::history::History;
 use crate::metrics::ExporterMetrics;
+use crate::probe::prober::Prober;
 use crate::routes::{self, AppState};
 use crate::web_config::{require_basic_auth, BasicAuth, WebConfig};
 
@@ -68,21 +68,17 @@ impl Application {
             config: Arc::new(settings.config),
             metrics: metrics.clone(),
             timeout_offset: settings.timeout_offset,
-            cache: Default::default(),
+            prober: Arc::new(Prober::new(metrics.clone())),
             history: History::new(settings.history_limit),
-            limits: Arc::new(AuthLimits::default()),
             discovery: Default::default(),
-            fleet_rows: Default::default(),
             stopping: Default::default(),
         });
-        let limits = state.limits.clone();
         spawn_cache_sweeper(state.clone().into_inner());
         if let Some(interval) = settings.discovery_interval {
             crate::discovery::spawn(
                 state.discovery.clone(),
                 state.config.clone(),
-                state.metrics.clone(),
-                state.limits.clone(),
+                state.prober.clone(),
                 interval,
             );
         }
@@ -96,7 +92,7 @@ impl Application {
         let prefix = settings.route_prefix.clone();
         let shared = state.clone();
         let mut server = HttpServer::new(move || {
-            let client = BalenaClient::new(shared.metrics.clone(), limits.clone());
+            let client = shared.prober.client();
             let prefix = prefix.clone();
             let headers = extra_headers
                 .iter()
@@ -232,9 +228,7 @@ fn spawn_cache_sweeper(state: Arc<AppState>) {
         let mut tick = actix_rt::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let api = &state.config.snapshot().api;
-            state.fleet_rows.sweep(api.fleet_cache_ttl);
-            if state.cache.sweep(api.cache_ttl) {
+            if state.prober.sweep(&state.config.snapshot().api) {
                 crate::telemetry::return_freed_memory();
             }
         }

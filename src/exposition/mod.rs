@@ -9,6 +9,9 @@
 
 pub mod body;
 
+/// The Content-Type of text format 0.0.4, of `/probe` and `/metrics` answers.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 

@@ -4,8 +4,10 @@
 //! Devices are turned into series page by page as they arrive; fleet aggregates are written
 //! once every device of the target has been counted.
 
+pub mod answer;
 pub mod cache;
 pub mod compact;
+pub mod prober;
 pub mod series;
 
 use std::collections::HashMap;

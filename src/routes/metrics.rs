@@ -2,11 +2,12 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::{AppState, TEXT_FORMAT};
+use super::AppState;
+use crate::exposition::TEXT_FORMAT;
 
 /// The self-metrics registry in text format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let (entries, bytes) = state.cache.usage();
+    let (entries, bytes) = state.prober.cache_usage();
     state.metrics.cache_entries.set(entries as i64);
     state.metrics.cache_bytes.set(bytes as i64);
     HttpResponse::Ok()

@@ -21,12 +21,11 @@ pub use sd::sd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::balena::AuthLimits;
 use crate::config::SharedConfig;
 use crate::discovery::Discovery;
 use crate::history::History;
 use crate::metrics::ExporterMetrics;
-use crate::probe::cache::ProbeCache;
+use crate::probe::prober::Prober;
 
 /// State shared by every worker (plain data; the awc client is per worker).
 #[derive(Debug)]
@@ -37,19 +36,12 @@ pub struct AppState {
     pub metrics: Arc<ExporterMetrics>,
     /// Subtracted from the scrape timeout to leave time for the answer.
     pub timeout_offset: Duration,
-    /// Single-flight and TTL cache of probe results.
-    pub cache: ProbeCache,
+    /// Probes, the caches and the upstream cap they share.
+    pub prober: Arc<Prober>,
     /// Recent probes for the landing page and `/logs`.
     pub history: History,
-    /// Upstream requests in flight per auth (shared by every client).
-    pub limits: Arc<AuthLimits>,
     /// Fleets found under org and `all` targets.
     pub discovery: Arc<Discovery>,
-    /// Fleet rows reused by fleet targets.
-    pub fleet_rows: crate::probe::cache::FleetRows,
     /// Set when the process is stopping: a reload in progress gives up at once.
     pub stopping: crate::config::Stopping,
 }
-
-/// The Content-Type of text format 0.0.4.
-pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";

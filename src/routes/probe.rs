@@ -1,24 +1,26 @@
-//! `/probe?target=NAME[&module=M][&auth=A][&debug=true]`: looks the target up in the config
-//! snapshot, computes the deadline, runs the probe against a fresh output, adds the
-//! `probe_*` metrics and answers in text format. An upstream failure is HTTP 200 with
-//! `probe_success 0`; only a bad request is a 4xx.
+//! `/probe?target=NAME[&module=M][&auth=A][&debug=true]`, as blackbox_exporter's handler:
+//! parse the request against the config snapshot (or answer 400 with one line), hand the
+//! resolved target to the [`Prober`](crate::probe::prober::Prober), record the outcome
+//! (self-metrics, a log line, the history), and answer — the `probe_*` head and the series in
+//! the accepted encoding ([`crate::probe::answer`]), or the debug page. An upstream failure is
+//! HTTP 200 with `probe_success 0`; only a bad request is a 4xx.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
+use actix_web::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, VARY};
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::{AppState, TEXT_FORMAT};
-use crate::balena::{BalenaClient, BalenaError, CallRecord, Session};
-use crate::exposition::body::{accepts_gzip, CompressedSeries, TextChunks};
-use crate::exposition::Exposition;
+use super::AppState;
+use crate::balena::BalenaClient;
+use crate::exposition::body::accepts_gzip;
+use crate::exposition::{Exposition, TEXT_FORMAT};
 use crate::history::ProbeRecord;
 use crate::metrics as m;
-use crate::probe::cache::{CacheKey, Source};
-use crate::probe::{self, ProbeData};
-use actix_web::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, VARY};
-use std::sync::Arc;
+use crate::probe::answer::{self, Encoding};
+use crate::probe::cache::Source;
+use crate::probe::prober::{Outcome, ProbeRequest};
 
 /// Deadline used when Prometheus sends no `X-Prometheus-Scrape-Timeout-Seconds` (as blackbox).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -108,15 +110,15 @@ pub async fn probe(
     client: web::Data<BalenaClient>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let probe = match resolve(&req, &state) {
+    let (probe, debug) = match resolve(&req, &state) {
         Ok(p) => p,
         Err((reason, msg)) => return bad_request(&state, reason, msg),
     };
-    let fetched = fetch(&probe, &state, &client, started).await;
+    let fetched = state.prober.probe(&client, &probe, started).await;
     let duration = started.elapsed();
     let log = record(&state, &probe, &fetched, duration);
     let head = head_text(&probe, &fetched, duration);
-    if probe.params.debug {
+    if debug {
         return debug_answer(log, &head, &fetched);
     }
     let accept = req
@@ -130,27 +132,10 @@ pub async fn probe(
 /// `balena_exporter_probe_request_errors_total`) and the one-line answer.
 type BadRequest = (&'static str, String);
 
-/// A `/probe` request resolved against the config in force: target, module, auth and token,
-/// and the time it may take.
-struct Resolved {
-    params: ProbeParams,
-    config: Arc<crate::config::Config>,
-    target: crate::config::TargetConfig,
-    module_name: String,
-    auth_name: String,
-    token: crate::config::token_file::Current,
-    timeout: Duration,
-}
-
-impl Resolved {
-    fn module(&self) -> &crate::config::ModuleConfig {
-        &self.config.modules[&self.module_name]
-    }
-}
-
 /// The request's target (configured, or a fleet discovery found under an org or `all` target),
-/// module, auth and deadline; a 400 with one line for anything unknown or malformed.
-fn resolve(req: &HttpRequest, state: &AppState) -> Result<Resolved, BadRequest> {
+/// module, auth and deadline, and whether the debug page was asked for; a 400 with one line
+/// for anything unknown or malformed.
+fn resolve(req: &HttpRequest, state: &AppState) -> Result<(ProbeRequest, bool), BadRequest> {
     let params = ProbeParams::parse(req.query_string())?;
     let config = state.config.snapshot();
     let target = match config.targets.get(&params.target) {
@@ -190,87 +175,21 @@ fn resolve(req: &HttpRequest, state: &AppState) -> Result<Resolved, BadRequest> 
         .map(|h| h.to_str().unwrap_or("?"));
     let timeout =
         effective_timeout(header, state.timeout_offset).map_err(|msg| ("bad_timeout", msg))?;
-    Ok(Resolved {
-        params,
+    let request = ProbeRequest {
+        target_name: params.target,
         config,
         target,
         module_name,
         auth_name,
         token,
         timeout,
-    })
-}
-
-/// What a probe got: the data (or why not), its age and origin, and this probe's upstream
-/// calls and log lines.
-struct Fetched {
-    result: Result<Arc<ProbeData>, BalenaError>,
-    age: Duration,
-    source: Source,
-    calls: Vec<CallRecord>,
-    notes: Vec<String>,
-}
-
-/// The target's data through the cache (a young result, a fetch in flight, or a new fetch
-/// bounded by the deadline).
-async fn fetch(
-    probe: &Resolved,
-    state: &AppState,
-    client: &BalenaClient,
-    started: Instant,
-) -> Fetched {
-    let (config, auth) = (&probe.config, probe.auth_name.as_str());
-    let deadline = started + probe.timeout;
-    let session = Session::new(client, &config.api, auth, &probe.token.token, deadline);
-    if let Some(why) = &probe.token.kept_because {
-        tracing::warn!(auth, "token file not used: {why}");
-        session.note(format_args!("auth {auth}: token file not used: {why}"));
-    }
-    let key = CacheKey {
-        target: probe.params.target.clone(),
-        module: probe.module_name.clone(),
-        auth: auth.to_string(),
-        generation: config.generation,
     };
-    let scope = probe.target.scope();
-    let rows = probe::FleetRowsAt {
-        rows: &state.fleet_rows,
-        auth,
-        generation: config.generation,
-        ttl: config.api.fleet_cache_ttl,
-    };
-    let timeout = probe.timeout;
-    let work = probe::fetch(&session, &scope, probe.module(), &rows);
-    state.cache.set_max_bytes(config.api.cache_max_bytes);
-    let (result, age, source) = state
-        .cache
-        .get_or_fetch(key, config.api.cache_ttl, deadline, || async {
-            actix_rt::time::timeout(timeout, work)
-                .await
-                .unwrap_or(Err(BalenaError::Timeout(timeout)))
-        })
-        .await;
-    match source {
-        Source::Cache => state.metrics.cache_hits.with_label_values(&["cache"]).inc(),
-        Source::Shared => state
-            .metrics
-            .cache_hits
-            .with_label_values(&["shared"])
-            .inc(),
-        Source::Fetched => {}
-    }
-    Fetched {
-        result,
-        age,
-        source,
-        calls: session.calls(),
-        notes: session.notes(),
-    }
+    Ok((request, params.debug))
 }
 
 /// Records the probe (self-metrics, one log line, the history) and returns its log text.
-fn record(state: &AppState, probe: &Resolved, f: &Fetched, duration: Duration) -> String {
-    let (target, module) = (probe.params.target.as_str(), probe.module_name.as_str());
+fn record(state: &AppState, probe: &ProbeRequest, f: &Outcome, duration: Duration) -> String {
+    let (target, module) = (probe.target_name.as_str(), probe.module_name.as_str());
     let outcome = match &f.result {
         Ok(_) => "success",
         Err(e) => e.reason(),
@@ -295,7 +214,7 @@ fn record(state: &AppState, probe: &Resolved, f: &Fetched, duration: Duration) -
 }
 
 /// The per-probe metrics (`probe_success`, durations, requests, data age) as text.
-fn head_text(probe: &Resolved, f: &Fetched, duration: Duration) -> String {
+fn head_text(probe: &ProbeRequest, f: &Outcome, duration: Duration) -> String {
     let mut head = Exposition::new();
     let ok = f.result.is_ok();
     head.gauge(m::PROBE_SUCCESS, &[], if ok { 1.0 } else { 0.0 });
@@ -311,100 +230,34 @@ fn head_text(probe: &Resolved, f: &Fetched, duration: Duration) -> String {
 }
 
 /// `debug=true`: the probe's log, then the metrics that would have been returned.
-fn debug_answer(log: String, head: &str, f: &Fetched) -> HttpResponse {
+fn debug_answer(log: String, head: &str, f: &Outcome) -> HttpResponse {
     let mut text = log;
     text.push_str("\nMetrics that would have been returned:\n");
     text.push_str(head);
     if let Ok(data) = &f.result {
-        text.push_str(&String::from_utf8_lossy(&data.series.text()));
-        for chunk in data.compact.iter().flat_map(|c| c.render(64 * 1024)) {
-            text.push_str(&chunk);
-        }
+        text.push_str(&answer::series_text(data));
     }
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
         .body(text)
 }
 
-/// The metrics, in the encoding the client accepts: gzip answers stream the cached compressed
-/// series after a per-request head; others are inflated as they are sent. Per-device series
-/// kept as values (`compact_cache`) are rendered and compressed for each answer.
-fn metrics_answer(accept: Option<&str>, head: String, f: &Fetched) -> HttpResponse {
-    let empty = CompressedSeries::default();
-    let series = f.result.as_ref().map(|d| &d.series).unwrap_or(&empty);
-    let compact = f.result.as_ref().ok().and_then(|d| d.compact.clone());
-    let gzip = accepts_gzip(accept);
+/// The metrics, in the encoding the client accepts ([`answer::metrics_body`]).
+fn metrics_answer(accept: Option<&str>, head: String, f: &Outcome) -> HttpResponse {
+    let encoding = if accepts_gzip(accept) {
+        Encoding::Gzip
+    } else {
+        Encoding::Identity
+    };
+    let body = answer::metrics_body(head, f.result.as_deref().ok(), encoding);
     let mut resp = HttpResponse::Ok();
     resp.content_type(TEXT_FORMAT)
         .insert_header((VARY, "Accept-Encoding"))
-        .insert_header((CONTENT_ENCODING, if gzip { "gzip" } else { "identity" }));
-    match (compact, gzip) {
-        // Rendered and compressed while it is sent: the length is not known ahead.
-        (Some(compact), true) => {
-            let parts = series.gzip_then(head.as_bytes(), compact.render(64 * 1024));
-            resp.streaming(futures_util::stream::iter(
-                parts.map(Ok::<_, std::convert::Infallible>),
-            ))
-        }
-        (Some(compact), false) => {
-            let chunks = std::iter::once(web::Bytes::from(head))
-                .chain(series.text_chunks(64 * 1024))
-                .chain(compact.render(64 * 1024).map(web::Bytes::from))
-                .map(Ok::<_, std::convert::Infallible>);
-            resp.streaming(futures_util::stream::iter(chunks))
-        }
-        // Slices of the cached pieces (megabytes for a large fleet), which every concurrent
-        // answer shares instead of copying them.
-        (None, true) => {
-            let answer = series.gzip_after(head.as_bytes());
-            let len = answer.len() as u64;
-            let parts = answer
-                .into_pieces(ANSWER_CHUNK)
-                .map(Ok::<_, std::convert::Infallible>);
-            resp.body(SizedStream::new(len, futures_util::stream::iter(parts)))
-        }
-        (None, false) => {
-            let len = (head.len() + series.len()) as u64;
-            let head = futures_util::stream::once(async move { Ok(web::Bytes::from(head)) });
-            let body = futures_util::StreamExt::chain(head, inflated(series.shared_pieces()));
-            resp.body(SizedStream::new(len, body))
-        }
+        .insert_header((CONTENT_ENCODING, body.encoding.header()));
+    match body.len {
+        Some(len) => resp.body(SizedStream::new(len, body.chunks)),
+        None => resp.streaming(body.chunks),
     }
-}
-
-/// The slice of an answer written at a time; each connection's write buffer holds about one.
-/// Measured with `examples/burst.rs` (1,000 clients, one cached 10,000-device target): peak
-/// RSS 68 MiB with gzip and 50 MiB without at 16 KiB, 99 and 132 MiB at 64 KiB
-/// (docs/reliability.md).
-const ANSWER_CHUNK: usize = 16 * 1024;
-
-/// At most this many answers without gzip inflate at once. Each holds an inflater and a
-/// 64 KiB chunk (~140 KB with the connection's buffers): a burst of 1,000 such answers waits
-/// its turn here instead of holding hundreds of megabytes.
-const MAX_INFLATING: usize = 32;
-
-static INFLATING: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
-    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_INFLATING)));
-
-/// The series' text, inflated 64 KiB at a time once one of [`MAX_INFLATING`] turns is free
-/// (the inflater is made only then, and dropped with the turn at the end).
-fn inflated(
-    pieces: Vec<web::Bytes>,
-) -> impl futures_util::Stream<Item = Result<web::Bytes, std::convert::Infallible>> {
-    type Turn = (tokio::sync::OwnedSemaphorePermit, TextChunks);
-    let start: (Option<Vec<web::Bytes>>, Option<Turn>) = (Some(pieces), None);
-    futures_util::stream::unfold(start, |(pieces, turn)| async move {
-        let (permit, mut chunks) = match (pieces, turn) {
-            (_, Some(turn)) => turn,
-            (Some(pieces), None) => (
-                INFLATING.clone().acquire_owned().await.ok()?,
-                TextChunks::new(pieces, ANSWER_CHUNK),
-            ),
-            (None, None) => return None,
-        };
-        let next = chunks.next()?;
-        Some((Ok(next), (None, Some((permit, chunks)))))
-    })
 }
 
 /// `<org or all target>/<fleet slug>`, for a fleet that discovery found under that target:
@@ -429,8 +282,8 @@ fn discovered_fleet(
 
 /// One log line per probe: target, result, duration, upstream calls; the failure reason,
 /// endpoint and status when it failed.
-fn log_outcome(probe: &Resolved, f: &Fetched, duration: Duration) {
-    let (target, module) = (&probe.params.target, probe.module_name.as_str());
+fn log_outcome(probe: &ProbeRequest, f: &Outcome, duration: Duration) {
+    let (target, module) = (&probe.target_name, probe.module_name.as_str());
     let calls = &f.calls;
     match &f.result {
         Ok(data) => tracing::info!(
@@ -461,7 +314,7 @@ fn probe_log(
     target: &str,
     module_name: &str,
     module: &crate::config::ModuleConfig,
-    f: &Fetched,
+    f: &Outcome,
 ) -> String {
     let (result, source, age, notes) = (&f.result, f.source, f.age, &f.notes);
     let mut out = String::new();

@@ -1,0 +1,168 @@
+//! A probe's answer: [`ProbeData`] (fetched, cached, shared or kept as compact values) plus the
+//! per-request head (`probe_success`, durations, ...) turned into every form an answer takes —
+//! gzip or identity, streamed or sized, or the debug page's text. The one place that knows the
+//! two forms of `ProbeData` (compressed pieces, compact per-device values), so that every path
+//! serves the same series: the most delicate invariant of the exporter lives here alone, and
+//! `tests/properties.rs` checks it over fetched, cached, shared and compact data.
+
+use std::convert::Infallible;
+use std::sync::{Arc, LazyLock};
+
+use actix_web::web::Bytes;
+use futures_util::stream::{self, LocalBoxStream, StreamExt as _};
+
+use super::ProbeData;
+use crate::exposition::body::{CompressedSeries, TextChunks};
+
+/// The slice of an answer written at a time; each connection's write buffer holds about one.
+/// Measured with `examples/burst.rs` (1,000 clients, one cached 10,000-device target): peak
+/// RSS 68 MiB with gzip and 50 MiB without at 16 KiB, 99 and 132 MiB at 64 KiB
+/// (docs/reliability.md).
+pub const ANSWER_CHUNK: usize = 16 * 1024;
+
+/// Text rendered at a time from compact per-device values before it is compressed or sent:
+/// large enough to compress well (the deflate window is 32 KiB).
+pub const RENDER_CHUNK: usize = 64 * 1024;
+
+/// At most this many answers without gzip inflate at once. Each holds an inflater and a chunk
+/// (~140 KB with the connection's buffers): a burst of 1,000 such answers waits its turn here
+/// instead of holding hundreds of megabytes.
+pub const MAX_INFLATING: usize = 32;
+
+static INFLATING: LazyLock<Arc<tokio::sync::Semaphore>> =
+    LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(MAX_INFLATING)));
+
+/// How the body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `Content-Encoding: gzip`.
+    Gzip,
+    /// No compression.
+    Identity,
+}
+
+impl Encoding {
+    /// The `Content-Encoding` value.
+    pub fn header(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Identity => "identity",
+        }
+    }
+}
+
+/// An answer's body: its encoding, its length when known ahead, and its chunks.
+pub struct Body {
+    /// How it is encoded.
+    pub encoding: Encoding,
+    /// The length in bytes, when known before sending (then the answer is sized).
+    pub len: Option<u64>,
+    /// The bytes, in chunks of at most [`ANSWER_CHUNK`] (or [`RENDER_CHUNK`] rendered).
+    pub chunks: LocalBoxStream<'static, Result<Bytes, Infallible>>,
+}
+
+/// The metrics answer: `head` (the per-request metrics, text format) then the series of
+/// `data` (none when the probe failed), in `encoding`. Gzip answers stream the cached
+/// compressed series after a compressed head; identity answers are inflated as they are sent,
+/// [`MAX_INFLATING`] at a time. Compact per-device values are rendered for each answer.
+pub fn metrics_body(head: String, data: Option<&ProbeData>, encoding: Encoding) -> Body {
+    let empty = CompressedSeries::default();
+    let series = data.map_or(&empty, |d| &d.series);
+    let compact = data.and_then(|d| d.compact.clone());
+    match (compact, encoding) {
+        // Rendered and compressed while it is sent: the length is not known ahead.
+        (Some(compact), Encoding::Gzip) => {
+            let parts = series.gzip_then(head.as_bytes(), compact.render(RENDER_CHUNK));
+            unsized_body(encoding, stream::iter(parts.map(Ok)))
+        }
+        (Some(compact), Encoding::Identity) => {
+            let chunks = std::iter::once(Bytes::from(head))
+                .chain(series.text_chunks(RENDER_CHUNK))
+                .chain(compact.render(RENDER_CHUNK).map(Bytes::from))
+                .map(Ok);
+            unsized_body(encoding, stream::iter(chunks))
+        }
+        // Slices of the cached pieces (megabytes for a large fleet), which every concurrent
+        // answer shares instead of copying them.
+        (None, Encoding::Gzip) => {
+            let answer = series.gzip_after(head.as_bytes());
+            let len = answer.len() as u64;
+            let parts = answer.into_pieces(ANSWER_CHUNK).map(Ok);
+            Body {
+                encoding,
+                len: Some(len),
+                chunks: stream::iter(parts).boxed_local(),
+            }
+        }
+        (None, Encoding::Identity) => {
+            let len = (head.len() + series.len()) as u64;
+            let head = stream::once(async move { Ok(Bytes::from(head)) });
+            Body {
+                encoding,
+                len: Some(len),
+                chunks: head.chain(inflated(series.shared_pieces())).boxed_local(),
+            }
+        }
+    }
+}
+
+fn unsized_body(
+    encoding: Encoding,
+    chunks: impl futures_util::Stream<Item = Result<Bytes, Infallible>> + 'static,
+) -> Body {
+    Body {
+        encoding,
+        len: None,
+        chunks: chunks.boxed_local(),
+    }
+}
+
+/// The series of `data` as text, as the debug page shows them after the head.
+pub fn series_text(data: &ProbeData) -> String {
+    let mut text = String::from_utf8_lossy(&data.series.text()).into_owned();
+    for chunk in data.compact.iter().flat_map(|c| c.render(RENDER_CHUNK)) {
+        text.push_str(&chunk);
+    }
+    text
+}
+
+/// The series' text, inflated a chunk at a time once one of [`MAX_INFLATING`] turns is free
+/// (the inflater is made only then, and dropped with the turn at the end).
+fn inflated(pieces: Vec<Bytes>) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    type Turn = (tokio::sync::OwnedSemaphorePermit, TextChunks);
+    let start: (Option<Vec<Bytes>>, Option<Turn>) = (Some(pieces), None);
+    stream::unfold(start, |(pieces, turn)| async move {
+        let (permit, mut chunks) = match (pieces, turn) {
+            (_, Some(turn)) => turn,
+            (Some(pieces), None) => (
+                INFLATING.clone().acquire_owned().await.ok()?,
+                TextChunks::new(pieces, ANSWER_CHUNK),
+            ),
+            (None, None) => return None,
+        };
+        let next = chunks.next()?;
+        Some((Ok(next), (None, Some((permit, chunks)))))
+    })
+}
+
+/// The whole body, decoded (inflated when gzip): what a client reads. For tests.
+pub async fn decoded(body: Body) -> Vec<u8> {
+    use std::io::Read as _;
+    let encoding = body.encoding;
+    let bytes: Vec<u8> = body
+        .chunks
+        .map(|c| c.unwrap_or_else(|e| match e {}))
+        .collect::<Vec<_>>()
+        .await
+        .concat();
+    match encoding {
+        Encoding::Identity => bytes,
+        Encoding::Gzip => {
+            let mut out = Vec::new();
+            flate2::read::MultiGzDecoder::new(&bytes[..])
+                .read_to_end(&mut out)
+                .expect("a gzip answer inflates");
+            out
+        }
+    }
+}
