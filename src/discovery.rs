@@ -91,7 +91,10 @@ async fn refresh_once(
         let Some(token) = config.auths.get(&target.auth).and_then(|a| a.current()) else {
             continue;
         };
-        match prober.fleets(client, &config, &target.auth, &token, &set).await {
+        match prober
+            .fleets(client, &config, &target.auth, &token, &set)
+            .await
+        {
             Ok(fleets) => {
                 let found: Vec<DiscoveredFleet> = fleets
                     .into_iter()

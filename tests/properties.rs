@@ -257,3 +257,89 @@ proptest! {
         });
     }
 }
+
+/// Whatever the devices, every answer form of a probe's data — gzip, identity, the debug
+/// page — carries the same series, and a module keeping per-device series as compact values
+/// (`compact_cache`) answers the same series as one keeping them compressed.
+mod answer_forms {
+    use balena_exporter::balena::model::{decode_device, Fleet};
+    use balena_exporter::config::ModuleConfig;
+    use balena_exporter::probe::answer::{decoded, metrics_body, series_text, Encoding};
+    use balena_exporter::probe::{ProbeData, SeriesBuilder};
+    use proptest::prelude::*;
+
+    fn data(rows: &[String], compact: bool) -> ProbeData {
+        let fleet: Fleet = serde_json::from_str(
+            r#"{"id":1,"app_name":"App","slug":"o/app","organization":[{"handle":"o"}],"is_for__device_type":[{"slug":"rpi"}],"should_be_running__release":[{"commit":"c1"}]}"#,
+        )
+        .unwrap();
+        let module = ModuleConfig {
+            compact_cache: compact,
+            device_tags: vec!["location".into()],
+            ..ModuleConfig::default()
+        };
+        let mut builder = SeriesBuilder::new(vec![fleet], &module);
+        for row in rows {
+            builder.add(&decode_device(row.as_bytes()).unwrap());
+        }
+        builder.finish()
+    }
+
+    fn sorted(text: &[u8]) -> Vec<String> {
+        let mut v: Vec<String> = String::from_utf8_lossy(text)
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+        #[test]
+        fn every_answer_form_carries_the_same_series(
+            devices in proptest::collection::vec(
+                ("[a-z0-9 \"\\\\]{0,12}", any::<bool>(), proptest::option::of(0u8..100), "[a-z]{0,6}"),
+                0..60,
+            ),
+        ) {
+            let rows: Vec<String> = devices
+                .iter()
+                .enumerate()
+                .map(|(i, (name, online, cpu, location))| {
+                    serde_json::json!({
+                        "id": i + 1,
+                        "uuid": format!("{:032x}", i + 1),
+                        "device_name": name,
+                        "belongs_to__application": {"__id": 1},
+                        "is_online": online,
+                        "api_heartbeat_state": if *online { "online" } else { "offline" },
+                        "overall_status": "operational",
+                        "cpu_usage": cpu,
+                        "is_running__release": [{"id": 3, "commit": "c1"}],
+                        "device_tag": [{"tag_key": "location", "value": location}],
+                    })
+                    .to_string()
+                })
+                .collect();
+            let head = "probe_success 1\n";
+            let mut forms = Vec::new();
+            for compact in [false, true] {
+                let data = data(&rows, compact);
+                for encoding in [Encoding::Gzip, Encoding::Identity] {
+                    let body = metrics_body(head.to_string(), Some(&data), encoding);
+                    let bytes = actix_rt::System::new().block_on(decoded(body));
+                    prop_assert!(bytes.starts_with(head.as_bytes()));
+                    forms.push((format!("compact={compact} {encoding:?}"), sorted(&bytes[head.len()..])));
+                }
+                forms.push((format!("compact={compact} debug"), sorted(series_text(&data).as_bytes())));
+            }
+            let (_, reference) = &forms[0];
+            prop_assert!(!reference.is_empty());
+            for (form, series) in &forms {
+                prop_assert_eq!(series, reference, "{}", form);
+            }
+        }
+    }
+}

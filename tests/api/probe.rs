@@ -536,25 +536,6 @@ async fn the_next_probe_sees_devices_going_offline() {
     app.stop().await;
 }
 
-/// Clients that do not accept gzip get the same text as those that do.
-#[actix_rt::test]
-async fn gzip_and_identity_answers_carry_the_same_series() {
-    let app = spawn_app(&[("screens", 60)]).await;
-    let gz = app.get("/probe?target=screens").await; // awc asks for gzip and inflates
-    let plain = app
-        .get_with("/probe?target=screens", &[("Accept-Encoding", "identity")])
-        .await;
-    let strip = |body: &str| -> Vec<String> {
-        body.lines()
-            .filter(|l| !l.starts_with("probe_duration_seconds") && !l.starts_with("balena_probe_"))
-            .map(String::from)
-            .collect()
-    };
-    assert_eq!(strip(&gz.body), strip(&plain.body));
-    assert_eq!(parse(&plain.body).find("balena_device_info", &[]).len(), 60);
-    app.stop().await;
-}
-
 /// A response past `api.max_response_bytes` fails the probe with reason `too_large`.
 #[actix_rt::test]
 async fn a_response_over_the_size_cap_fails_the_probe() {
@@ -568,6 +549,92 @@ async fn a_response_over_the_size_cap_fails_the_probe() {
     let m = app.probe("target=screens").await;
     assert_eq!(m.value("probe_success", &[]), 0.0);
     assert_eq!(app.probes_total("screens", "too_large").await, 1.0);
+    app.stop().await;
+}
+
+/// The series of an answer (not the per-request `probe_*` head), sorted; for a debug page,
+/// those after "Metrics that would have been returned".
+fn answer_series(body: &str) -> Vec<String> {
+    let metrics = body
+        .split_once("Metrics that would have been returned:\n")
+        .map_or(body, |(_, m)| m);
+    let mut v: Vec<String> = metrics
+        .lines()
+        .filter(|l| !l.contains("probe_"))
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every form of an answer carries the same series: per-device series kept compressed (the
+/// default) or as values (`compact_cache`), data fetched for the probe, from the cache, or
+/// shared with an identical probe in flight, answered gzip, identity or as the debug page.
+#[actix_rt::test]
+async fn every_answer_form_carries_the_same_series() {
+    use balena_simulator::{Fault, FaultRule};
+    let app = spawn_with(world(&[("screens", 700)]), |url| {
+        default_config(url, &["screens"])
+            + "modules:\n  default:\n    device_tags: [location]\n  compact:\n    device_tags: [location]\n    compact_cache: true\n"
+    })
+    .await;
+    let reference = answer_series(&app.get("/probe?target=screens").await.body);
+    assert!(reference.len() > 700 * 10, "{} series", reference.len());
+    /// An answer form: its name, its request headers, its query suffix.
+    type Form<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let forms: [Form; 3] = [
+        ("gzip", &[], ""),
+        ("identity", &[("Accept-Encoding", "identity")], ""),
+        ("debug", &[], "&debug=true"),
+    ];
+    for module in ["default", "compact"] {
+        // Shared: three identical probes while the device listing takes 300 ms.
+        app.sim.inject(
+            FaultRule::always(
+                "/v7/device",
+                Fault::Delay(std::time::Duration::from_millis(300)),
+            )
+            .times(1),
+        );
+        let path = format!("/probe?target=screens&module={module}");
+        let together = forms.iter().map(|(_, headers, extra)| {
+            let path = format!("{path}{extra}");
+            let app = &app;
+            async move { app.get_with(&path, headers).await }
+        });
+        let first = futures_util::future::join_all(together).await;
+        for ((form, _, _), answer) in forms.iter().zip(&first) {
+            assert_eq!(answer.status, 200, "{module} {form}");
+            assert_eq!(
+                answer_series(&answer.body),
+                reference,
+                "{module} {form}, fetched or shared"
+            );
+        }
+        // Cached: the same forms again.
+        for (form, headers, extra) in forms {
+            let answer = app.get_with(&format!("{path}{extra}"), headers).await;
+            assert_eq!(
+                answer_series(&answer.body),
+                reference,
+                "{module} {form}, cached"
+            );
+            if form == "debug" {
+                assert!(
+                    answer.body.contains("Data: from the cache"),
+                    "{}",
+                    answer.body
+                );
+            }
+        }
+    }
+    let shared = app
+        .state
+        .metrics
+        .cache_hits
+        .with_label_values(&["shared"])
+        .get();
+    assert!(shared > 0, "no answer was shared with a fetch in flight");
     app.stop().await;
 }
 
