@@ -26,6 +26,7 @@ pub mod config;
 pub mod discovery;
 pub mod exposition;
 pub mod history;
+pub mod lifecycle;
 pub mod metrics;
 pub mod probe;
 pub mod routes;

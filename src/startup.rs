@@ -1,7 +1,10 @@
-//! Builds and runs the server: binds every listen address (port 0 in tests), wires the routes
-//! and the per-worker balena client, and handles reloads (SIGHUP and `POST /-/reload`).
+//! Builds and runs the server: [`run`] is the start-up sequence of the binary (the config from
+//! the flags or the demo, `--config.check`, the web config, the signal handlers, serving),
+//! and [`Application::build`] binds every listen address (port 0 in tests), wires the routes
+//! and the per-worker balena client. Reload and stop live in [`crate::lifecycle`].
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,12 +12,132 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 
-use crate::config::SharedConfig;
+use crate::cli::{Cli, DEFAULT_CONFIG_FILES};
+use crate::config::{self, LoadOptions, SharedConfig};
+use crate::discovery::Discovery;
 use crate::history::History;
+use crate::lifecycle::{Lifecycle, Signals};
 use crate::metrics::ExporterMetrics;
 use crate::probe::prober::Prober;
 use crate::routes::{self, AppState};
 use crate::web_config::{require_basic_auth, BasicAuth, WebConfig};
+
+/// The `--demo` config, embedded so `--demo` works from any directory.
+#[cfg(feature = "demo")]
+const DEMO_CONFIG: &str = include_str!("../config/demo.yml");
+
+/// The binary's start-up sequence, read top to bottom: the config (the files given, the first
+/// default file, the environment, or the demo), `--config.check`, the web config, the signal
+/// handlers (before the server answers anything), then serving until a stop signal.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (config, demo) = if cli.demo {
+        let (sim, c) = start_demo()?;
+        (SharedConfig::new(c, None), Some(sim))
+    } else {
+        let (config, opts) = load_config(&cli)?;
+        if cli.config_check {
+            let source = opts
+                .as_ref()
+                .map(|o| o.describe())
+                .unwrap_or_else(|| config::ENV_SOURCE.to_string());
+            println!(
+                "{source}: config file is ok ({} targets, {} auths, {} modules)",
+                config.targets.len(),
+                config.auths.len(),
+                config.modules.len()
+            );
+            return Ok(());
+        }
+        (SharedConfig::new(config, opts), None)
+    };
+    let web = match &cli.web_config_file {
+        Some(path) => Some(crate::web_config::load(path)?),
+        None => None,
+    };
+    let signals = Signals::install();
+    let app = Application::build(Settings {
+        config,
+        listen: cli.listen.clone(),
+        timeout_offset: cli.timeout_offset,
+        workers: 0,
+        route_prefix: cli.route_prefix(),
+        history_limit: cli.history_limit,
+        web,
+        discovery_interval: Some(cli.discovery_interval),
+    })?;
+    announce(&app, &cli.route_prefix());
+    app.serve(signals).await?;
+    #[cfg(feature = "demo")]
+    if let Some(sim) = demo {
+        sim.stop().await;
+    }
+    #[cfg(not(feature = "demo"))]
+    let _ = demo;
+    Ok(())
+}
+
+/// The listening lines, and the URL to open.
+fn announce(app: &Application, prefix: &str) {
+    for addr in app.addrs() {
+        tracing::info!(address = %addr, "listening");
+    }
+    let port = app.port();
+    if let Some(first) = app.state().config.snapshot().targets.keys().next() {
+        eprintln!(
+            "balena-exporter {} listening on port {port}: open http://localhost:{port}{prefix}/ or http://localhost:{port}{prefix}/probe?target={first}",
+            env!("CARGO_PKG_VERSION")
+        );
+    }
+}
+
+/// The config files given, else the first default file that exists, else the environment.
+fn load_config(cli: &Cli) -> anyhow::Result<(config::Config, Option<LoadOptions>)> {
+    let files = if cli.config_file.is_empty() {
+        DEFAULT_CONFIG_FILES
+            .iter()
+            .map(PathBuf::from)
+            .filter(|f| f.exists())
+            .take(1)
+            .collect()
+    } else {
+        cli.config_file.clone()
+    };
+    if files.is_empty() {
+        let defaults: Vec<PathBuf> = DEFAULT_CONFIG_FILES.iter().map(PathBuf::from).collect();
+        let config =
+            config::from_env()?.ok_or_else(|| anyhow::anyhow!(config::how_to_start(&defaults)))?;
+        tracing::info!(
+            from = config::ENV_SOURCE,
+            "no config file: configured from the environment"
+        );
+        return Ok((config, None));
+    }
+    let opts = LoadOptions {
+        files,
+        expand_env: cli.expand_env,
+    };
+    Ok((config::load(&opts)?, Some(opts)))
+}
+
+/// The demo: the simulator on a free loopback port and the embedded config pointing at it.
+#[cfg(feature = "demo")]
+fn start_demo() -> anyhow::Result<(balena_simulator::Simulator, config::Config)> {
+    let sim =
+        balena_simulator::Simulator::start(&balena_simulator::WorldSpec::demo(), "127.0.0.1:0")
+            .context("starting the demo simulator")?;
+    let yaml = DEMO_CONFIG.replace("http://127.0.0.1:1", &sim.url());
+    let c = config::from_yaml_str_with_env(&yaml, "config/demo.yml (embedded)")?;
+    tracing::info!(simulator = %sim.url(), "demo mode: using the built-in balena API simulator");
+    Ok((sim, c))
+}
+
+/// Without the `demo` feature there is no simulator to run.
+#[cfg(not(feature = "demo"))]
+fn start_demo() -> anyhow::Result<(std::convert::Infallible, config::Config)> {
+    anyhow::bail!(
+        "--demo needs the `demo` feature (built in by default; this binary was built without it)"
+    )
+}
 
 /// What [`Application::build`] needs.
 pub struct Settings {
@@ -64,14 +187,17 @@ impl Application {
     /// Binds the listeners and builds the server.
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Arc::new(ExporterMetrics::new());
+        let config = Arc::new(settings.config);
+        let discovery = Arc::new(Discovery::default());
+        let lifecycle = Lifecycle::new(config.clone(), metrics.clone(), discovery.clone());
         let state = web::Data::new(AppState {
-            config: Arc::new(settings.config),
+            config,
             metrics: metrics.clone(),
             timeout_offset: settings.timeout_offset,
             prober: Arc::new(Prober::new(metrics.clone())),
             history: History::new(settings.history_limit),
-            discovery: Default::default(),
-            stopping: Default::default(),
+            discovery,
+            lifecycle: Arc::new(lifecycle),
         });
         spawn_cache_sweeper(state.clone().into_inner());
         if let Some(interval) = settings.discovery_interval {
@@ -156,6 +282,13 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
     }
+
+    /// Serves with the process' signal handlers ([`Lifecycle::handle_signals`]: SIGHUP
+    /// reloads, SIGTERM and Ctrl-C stop) until stopped.
+    pub async fn serve(self, signals: Signals) -> std::io::Result<()> {
+        self.state.lifecycle.handle_signals(signals, self.handle());
+        self.server.await
+    }
 }
 
 /// The route table, under `prefix` (`""` for `/`).
@@ -203,21 +336,6 @@ async fn method_not_allowed() -> actix_web::HttpResponse {
     actix_web::HttpResponse::MethodNotAllowed()
         .insert_header(("Allow", "POST"))
         .body("Only POST requests allowed\n")
-}
-
-/// Reloads on every SIGHUP until the process ends. `hup` is made before the server starts
-/// (a SIGHUP before the handler exists would end the process).
-#[cfg(unix)]
-pub fn spawn_sighup_reloader(state: web::Data<AppState>, hup: Option<tokio::signal::unix::Signal>) {
-    actix_rt::spawn(async move {
-        let Some(mut hup) = hup else {
-            tracing::warn!("cannot install the SIGHUP handler; reload with POST /-/reload");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let _ = routes::reload_and_record(&state).await;
-        }
-    });
 }
 
 /// Every second, drops expired probe results and fleet rows, so memory is handed back when

@@ -16,7 +16,7 @@ pub mod token_file;
 pub use env_only::{from_env, how_to_start, ENV_SOURCE};
 pub use load::{from_yaml_str, from_yaml_str_with_env, load, LoadOptions};
 pub use shared::{
-    reload_off_thread, ReloadError, Reloaded, SharedConfig, Stopping, RELOAD_TIME_LIMIT,
+    reload_off_thread, reload_within, ReloadError, Reloaded, SharedConfig, RELOAD_TIME_LIMIT,
 };
 
 use std::collections::BTreeMap;

@@ -3,6 +3,7 @@
 //! /-/reload` run: on a thread of its own, within a time limit, and never applied once its
 //! caller was told it failed.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,28 +118,6 @@ impl SharedConfig {
 /// milliseconds.
 pub const RELOAD_TIME_LIMIT: Duration = Duration::from_secs(10);
 
-/// Tells a reload in progress that the process is stopping (SIGTERM must not wait for it).
-#[derive(Debug, Default)]
-pub struct Stopping {
-    flag: std::sync::atomic::AtomicBool,
-    notify: tokio::sync::Notify,
-}
-
-impl Stopping {
-    /// Marks the process as stopping and wakes every reload that waits.
-    pub fn stop(&self) {
-        self.flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.notify.notify_waiters();
-    }
-
-    async fn wait(&self) {
-        let notified = self.notify.notified();
-        if !self.flag.load(std::sync::atomic::Ordering::SeqCst) {
-            notified.await;
-        }
-    }
-}
-
 /// Why a reload did not take effect.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -161,11 +140,11 @@ pub enum ReloadError {
 }
 
 /// Reloads `config`'s files on a thread of its own (never an HTTP worker or the runtime),
-/// within [`RELOAD_TIME_LIMIT`]; gives up at once when `stopping` says the process is
-/// stopping. See [`reload_within`].
+/// within [`RELOAD_TIME_LIMIT`]; gives up at once when `stopping` resolves (the process is
+/// stopping). See [`reload_within`].
 pub async fn reload_off_thread(
     config: Arc<SharedConfig>,
-    stopping: &Stopping,
+    stopping: impl Future<Output = ()>,
 ) -> Result<Reloaded, ReloadError> {
     reload_within(config, stopping, RELOAD_TIME_LIMIT).await
 }
@@ -176,14 +155,15 @@ pub async fn reload_off_thread(
 /// never applied afterwards, so what the caller was told — and the reload metrics — stay true.
 pub async fn reload_within(
     config: Arc<SharedConfig>,
-    stopping: &Stopping,
+    stopping: impl Future<Output = ()>,
     limit: Duration,
 ) -> Result<Reloaded, ReloadError> {
+    tokio::pin!(stopping);
     let until = tokio::time::Instant::now() + limit;
     let gate = config.reload_thread.clone();
     let permit = tokio::select! {
         p = tokio::time::timeout_at(until, gate.lock_owned()) => p.map_err(|_| ReloadError::Busy)?,
-        _ = stopping.wait() => return Err(ReloadError::Stopping),
+        _ = &mut stopping => return Err(ReloadError::Stopping),
     };
     let ticket = Arc::new(Ticket::default());
     let (tx, mut rx) = tokio::sync::oneshot::channel();
@@ -212,7 +192,7 @@ pub async fn reload_within(
                 answer(rx.await) // applied just now: say so
             }
         }
-        _ = stopping.wait() => {
+        _ = &mut stopping => {
             ticket.abandon();
             Err(ReloadError::Stopping)
         }
@@ -281,22 +261,22 @@ mod tests {
         std::fs::write(&file, yaml).unwrap();
         let opts = LoadOptions::file(&file);
         let shared = Arc::new(SharedConfig::new(load(&opts).unwrap(), Some(opts)));
-        let stopping = Stopping::default();
+        let never = || std::future::pending::<()>();
         let quick = Duration::from_millis(1);
-        let timed_out = reload_within(shared.clone(), &stopping, quick).await;
+        let timed_out = reload_within(shared.clone(), never(), quick).await;
         assert!(
             matches!(timed_out, Err(ReloadError::TimedOut)),
             "{timed_out:?}"
         );
         for _ in 0..5 {
-            let meanwhile = reload_within(shared.clone(), &stopping, quick).await;
+            let meanwhile = reload_within(shared.clone(), never(), quick).await;
             assert!(matches!(meanwhile, Err(ReloadError::Busy)), "{meanwhile:?}");
         }
         assert!(reload_threads() <= 1, "{} reload threads", reload_threads());
         // The abandoned reload's thread ends; its config was read but never applied.
         drop(shared.reload_thread.clone().lock_owned().await);
         assert_eq!(shared.snapshot().generation, 0);
-        let in_time = reload_within(shared.clone(), &stopping, Duration::from_secs(60)).await;
+        let in_time = reload_within(shared.clone(), never(), Duration::from_secs(60)).await;
         assert_eq!(in_time.unwrap(), Reloaded::Swapped);
         assert_eq!(shared.snapshot().generation, 1);
         std::fs::remove_dir_all(&dir).unwrap();

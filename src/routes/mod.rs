@@ -15,7 +15,7 @@ pub use landing::landing;
 pub use logs::logs;
 pub use metrics::metrics;
 pub use probe::{effective_timeout, probe, ProbeParams};
-pub use reload::{reload, reload_and_record};
+pub use reload::reload;
 pub use sd::sd;
 
 use std::sync::Arc;
@@ -42,6 +42,6 @@ pub struct AppState {
     pub history: History,
     /// Fleets found under org and `all` targets.
     pub discovery: Arc<Discovery>,
-    /// Set when the process is stopping: a reload in progress gives up at once.
-    pub stopping: crate::config::Stopping,
+    /// Reload and stop ([`crate::lifecycle`]).
+    pub lifecycle: Arc<crate::lifecycle::Lifecycle>,
 }
