@@ -8,12 +8,14 @@
 //!   reloadable [`config::SharedConfig`] (one reload at a time).
 //! - [`balena`]: the upstream client (awc): OData quoting, keyset paging, typed responses and
 //!   errors, the per-auth cap ([`balena::limit`]).
-//! - [`probe`]: target → fetch (cache, single-flight) → metric families (one table of device
-//!   families: [`probe::series::DEVICE_FAMILIES`]).
+//! - [`probe`]: the [`probe::prober::Prober`] (the caches, single-flight and the upstream cap
+//!   behind one type) → fetch → metric families (one table of device families:
+//!   [`probe::series::DEVICE_FAMILIES`]) → every answer form ([`probe::answer`]).
 //! - [`exposition`]: the text format and its compression (pieces, the cached compressed series,
 //!   gzip and inflated answers).
 //! - [`metrics`]: the metric catalogue and the exporter's own metrics.
-//! - [`routes`] and [`startup`]: the HTTP surface and the server.
+//! - [`routes`] (HTTP only: parse, call, record, answer; basic auth in [`basic_auth`]),
+//!   [`lifecycle`] (reload, stop, signals) and [`startup`] (the start-up sequence, the server).
 //!
 //! The balena API simulator behind `--demo` and every test is its own crate,
 //! `balena-simulator` (`simulator/`), a dependency of the binary only with the default `demo`

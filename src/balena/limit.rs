@@ -14,7 +14,7 @@
 //!   refreshed by requests that finish, so refusing then could refuse forever after a slow
 //!   spell of the API.
 //! - **A slot outlives an abandoned request.** A request runs as a task that holds its slot
-//!   until the API has answered (at most `api.timeout` after sending, [`super::exchange`]), so
+//!   until the API has answered (at most `api.timeout` after sending: `balena/exchange.rs`), so
 //!   the API never sees more than the cap, whatever the probes gave up on.
 
 use std::collections::{HashMap, VecDeque};

@@ -47,7 +47,7 @@ impl LoadOptions {
 /// read once (a ConfigMap swapped between two reads cannot mix two versions), as a regular
 /// file of at most [`files::MAX_CONFIG_BYTES`], and checked before it is parsed: not empty,
 /// flow collections nested at most [`files::MAX_YAML_NESTING`] deep, no duplicate keys. No
-/// error repeats a token of the files or the environment ([`Secrets`]).
+/// error repeats a token of the files or the environment (`config/redact.rs`).
 pub fn load(opts: &LoadOptions) -> Result<Config, ConfigError> {
     let mut texts = Vec::with_capacity(opts.files.len());
     let mut secrets = Secrets::from_env();

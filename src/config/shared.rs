@@ -79,7 +79,7 @@ impl SharedConfig {
 
     /// Re-reads the files; on success swaps the new config in, on failure keeps the old one.
     /// Blocks while another reload runs. Reads files: call it off the HTTP workers
-    /// (`startup::reload` does, with a time limit).
+    /// ([`reload_off_thread`] does, with a time limit).
     pub fn reload(&self) -> Result<Reloaded, ConfigError> {
         self.reload_unless_abandoned(&Ticket::default())
             .expect("a fresh ticket is never abandoned")

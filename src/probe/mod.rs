@@ -1,5 +1,6 @@
-//! A probe: target → upstream fetch → series. [`run`] is the seam between the `/probe`
-//! handler (which owns the request, the deadline and the final encoding) and the balena API.
+//! A probe: target → upstream fetch → series → answer. [`prober::Prober`] is the seam between
+//! the `/probe` handler (which owns the request and the HTTP answer) and the balena API: it
+//! runs [`fetch`] through the caches; [`answer`] turns the result into every answer form.
 //!
 //! Devices are turned into series page by page as they arrive; fleet aggregates are written
 //! once every device of the target has been counted.
