@@ -1,121 +1,21 @@
-//! The binary as operators run it: SIGHUP reloads, SIGTERM exits cleanly, a bad web config
-//! stops start-up. Each test starts the exporter (and a simulator) on free loopback ports and
-//! kills what it started.
+//! The binary as operators run it: SIGTERM exits cleanly, a bad web config stops start-up, the
+//! environment-only start probes and discovers. Reloads, SIGHUP included, are in
+//! `tests/reload.rs`. Each test starts the exporter (and a simulator) on free loopback ports
+//! and kills what it started.
 
 #[allow(dead_code)]
 #[path = "api/helpers.rs"]
 mod helpers;
+#[allow(dead_code)]
+#[path = "support/process.rs"]
+mod process;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use balena_simulator::Simulator;
 use helpers::*;
-
-struct Exporter {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start(args: &[String]) -> Exporter {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_balena-exporter"))
-        .args(args)
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = awc::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{base}/-/ready")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "exporter did not start");
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    Exporter { child, base }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-async fn body(url: &str) -> (u16, String) {
-    let mut r = awc::Client::new().get(url).send().await.unwrap();
-    let b = r.body().limit(64 << 20).await.unwrap();
-    (
-        r.status().as_u16(),
-        String::from_utf8_lossy(&b).into_owned(),
-    )
-}
-
-/// SIGHUP re-reads the file: a good change applies, a bad one leaves the old config in force.
-#[actix_rt::test]
-async fn sighup_reloads_and_keeps_the_old_config_on_error() {
-    let sim = Simulator::start(&world(&[("one", 2), ("two", 4)]), "127.0.0.1:0").unwrap();
-    let dir = std::env::temp_dir().join(format!("balena-exporter-proc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("config.yml");
-    std::fs::write(&file, default_config(&sim.url(), &["one"])).unwrap();
-    let exp = start(&[format!("--config.file={}", file.display())]).await;
-    assert_eq!(body(&format!("{}/probe?target=two", exp.base)).await.0, 400);
-
-    std::fs::write(&file, default_config(&sim.url(), &["one", "two"])).unwrap();
-    signal(&exp.child, "HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, text) = body(&format!("{}/probe?target=two", exp.base)).await;
-        if status == 200 {
-            assert_eq!(
-                parse(&text).value("balena_fleet_devices", &[("fleet", "acme/two")]),
-                4.0
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "SIGHUP did not reload");
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    std::fs::write(&file, "targets: [not, a, map]\n").unwrap();
-    signal(&exp.child, "HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, metrics) = body(&format!("{}/metrics", exp.base)).await;
-        if parse(&metrics).value("balena_exporter_config_last_reload_successful", &[]) == 0.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bad reload not reported");
-        actix_rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        body(&format!("{}/probe?target=two", exp.base)).await.0,
-        200,
-        "old config still in force"
-    );
-    drop(exp);
-    sim.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
-}
+use process::*;
 
 /// SIGTERM stops the exporter with exit code 0.
 #[actix_rt::test]
@@ -131,48 +31,6 @@ async fn sigterm_exits_cleanly() {
         actix_rt::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.code(), Some(0));
-}
-
-/// SIGTERM is honoured at once even while a reload is reading a large config (seconds of work
-/// here): the reload runs on a thread of its own and gives up when the process stops.
-#[actix_rt::test]
-async fn sigterm_does_not_wait_for_a_reload() {
-    let dir = std::env::temp_dir().join(format!("balena-exporter-term-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("config.yml");
-    std::fs::write(
-        &file,
-        "auths:\n  a:\n    token: tok\ntargets:\n  t: {fleet: org/app, auth: a}\n",
-    )
-    .unwrap();
-    let mut exp = start(&[format!("--config.file={}", file.display())]).await;
-    // A config that takes seconds to read and check (45,000 targets, ~1.8 MB).
-    let mut big = String::from("auths:\n  a:\n    token: tok\ntargets:\n");
-    for i in 0..45_000 {
-        big.push_str(&format!("  t{i}: {{fleet: org/app{i}, auth: a}}\n"));
-    }
-    std::fs::write(&file, big).unwrap();
-    signal(&exp.child, "HUP");
-    actix_rt::time::sleep(Duration::from_millis(200)).await;
-    let sent = Instant::now();
-    signal(&exp.child, "TERM");
-    let status = loop {
-        if let Some(s) = exp.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(10),
-            "did not exit after SIGTERM"
-        );
-        actix_rt::time::sleep(Duration::from_millis(20)).await;
-    };
-    let took = sent.elapsed();
-    assert_eq!(status.code(), Some(0));
-    assert!(
-        took < Duration::from_secs(1),
-        "SIGTERM took {took:?} during a reload"
-    );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An invalid web config stops start-up with exit 1 and a message naming the problem.

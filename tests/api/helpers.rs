@@ -125,6 +125,7 @@ impl TestApp {
     }
 
     /// POST `path`.
+    #[allow(dead_code)] // tests/reload.rs
     pub async fn post(&self, path: &str) -> Answer {
         let mut resp = self
             .client

@@ -1,7 +1,6 @@
 //! Black-box tests of the exporter against the in-process balena simulator, both on port 0.
 
 mod abuse;
-mod config;
 mod docs;
 mod faults;
 mod helpers;

@@ -1,4 +1,5 @@
-//! The rest of the HTTP surface: `/metrics`, `/config`, health, landing page, reload.
+//! The rest of the HTTP surface: `/metrics`, `/config`, health, landing page, the methods of
+//! `/-/reload` (reloads themselves are in `tests/reload.rs`).
 
 use crate::helpers::*;
 
@@ -138,67 +139,6 @@ async fn health_landing_and_reload_method() {
     app.stop().await;
 }
 
-/// A good reload swaps the config; a bad one is refused with its reason and the old one stays.
-#[actix_rt::test]
-async fn reload_swaps_good_configs_and_keeps_the_old_one_on_error() {
-    use balena_exporter::config::{self, LoadOptions, SharedConfig};
-    use balena_simulator::Simulator;
-
-    let sim = Simulator::start(&world(&[("one", 2), ("two", 3)]), "127.0.0.1:0").unwrap();
-    let dir = std::env::temp_dir().join(format!("balena-exporter-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("config.yml");
-    std::fs::write(&file, default_config(&sim.url(), &["one"])).unwrap();
-    let opts = LoadOptions::file(&file);
-    let app = spawn_config(
-        sim,
-        SharedConfig::new(config::load(&opts).unwrap(), Some(opts)),
-    )
-    .await;
-    assert_eq!(app.get("/probe?target=two").await.status, 400);
-
-    std::fs::write(&file, default_config(&app.sim.url(), &["one", "two"])).unwrap();
-    assert_eq!(app.post("/-/reload").await.status, 200);
-    let m = app.probe("target=two").await;
-    assert_eq!(
-        m.value("balena_fleet_devices", &[("fleet", "acme/two")]),
-        3.0
-    );
-
-    std::fs::write(
-        &file,
-        default_config(&app.sim.url(), &["one"]).replace("auth: acme", "auth: nobody"),
-    )
-    .unwrap();
-    let refused = app.post("/-/reload").await;
-    assert_eq!(refused.status, 500);
-    assert!(
-        refused.body.starts_with("failed to reload config: "),
-        "{}",
-        refused.body
-    );
-    assert!(
-        refused
-            .body
-            .contains("targets.one.auth: no auth named \"nobody\""),
-        "{}",
-        refused.body
-    );
-    // The previous config is still in force.
-    assert_eq!(
-        app.probe("target=two").await.value("probe_success", &[]),
-        1.0
-    );
-    assert_eq!(app.state.config.snapshot().targets.len(), 2);
-    let metrics = parse(&app.get("/metrics").await.body);
-    assert_eq!(
-        metrics.value("balena_exporter_config_last_reload_successful", &[]),
-        0.0
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    app.stop().await;
-}
-
 /// `api.max_concurrency` caps the requests in flight per auth across all targets.
 #[actix_rt::test]
 async fn upstream_concurrency_is_capped_per_auth() {
@@ -302,23 +242,6 @@ async fn steady_state_fleet_probes_make_one_request() {
         app.sim.requests("/v7/application"),
         3,
         "counts-only rows are always fresh"
-    );
-    app.stop().await;
-}
-
-/// With no config file (the environment-only start, or a config given in-process) a reload
-/// reads nothing, and says so instead of pretending.
-#[actix_rt::test]
-async fn a_reload_without_a_file_says_there_is_nothing_to_reload() {
-    let app = spawn_app(&[("screens", 2)]).await;
-    let answer = app.post("/-/reload").await;
-    assert_eq!(answer.status, 200);
-    assert!(
-        answer
-            .body
-            .starts_with("nothing to reload: the configuration comes from the environment"),
-        "{}",
-        answer.body
     );
     app.stop().await;
 }
