@@ -107,9 +107,7 @@ pub async fn fleet_by_slug(
         )
         .option("$select", FLEET_SELECT)
         .option("$expand", fleet_expand(module));
-    let rows: Envelope<Fleet> = s
-        .get_json("application", "/v7/application", &q.to_wire())
-        .await?;
+    let rows = fleet_rows(s, &q).await?;
     match rows.d.len() {
         1 => Ok(rows.d.into_iter().next().expect("one row")),
         0 => Err(not_found(s, "fleet", slug).await),
@@ -117,6 +115,26 @@ pub async fn fleet_by_slug(
             "{n} fleets match slug {slug:?}"
         ))),
     }
+}
+
+/// The fleet rows a query answers, each string that becomes a label value within the string
+/// cap (as in device rows).
+async fn fleet_rows(s: &Session<'_>, q: &Query) -> Result<Envelope<Fleet>, BalenaError> {
+    let rows: Envelope<Fleet> = s
+        .get_json("application", "/v7/application", &q.to_wire())
+        .await?;
+    if let Some(at) = rows
+        .d
+        .iter()
+        .position(|f| f.longest_label_value() > stream::MAX_STRING_BYTES)
+    {
+        return Err(BalenaError::Oversized(format!(
+            "fleet row {}: a string longer than {} bytes (the cap of a string, and so of a label value)",
+            at + 1,
+            stream::MAX_STRING_BYTES
+        )));
+    }
+    Ok(rows)
 }
 
 /// Which fleets an organization or `all` target covers.
@@ -149,9 +167,7 @@ pub async fn fleets(
         .option("$select", FLEET_SELECT)
         .option("$expand", fleet_expand(module))
         .option("$orderby", "slug asc");
-    let rows: Envelope<Fleet> = s
-        .get_json("application", "/v7/application", &q.to_wire())
-        .await?;
+    let rows = fleet_rows(s, &q).await?;
     if rows.d.is_empty() {
         match set {
             FleetSet::Org(handle) => {

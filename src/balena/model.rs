@@ -99,6 +99,22 @@ impl Fleet {
             .and_then(|r| r.commit.as_deref())
             .unwrap_or("")
     }
+
+    /// The longest of the strings that become label values, in bytes: checked against the
+    /// string cap as device rows are ([`super::stream::MAX_STRING_BYTES`]).
+    pub fn longest_label_value(&self) -> usize {
+        [
+            self.app_name.as_str(),
+            &self.slug,
+            self.organization_handle(),
+            self.device_type(),
+            self.target_release(),
+        ]
+        .iter()
+        .map(|s| s.len())
+        .max()
+        .unwrap_or(0)
+    }
 }
 
 /// The first element of an expanded to-one navigation.

@@ -49,6 +49,14 @@ fn a_huge_row(head: &str) -> String {
     })
 }
 
+fn a_huge_fleet_name(head: &str) -> String {
+    let fleet = answer(head, || device_rows(&[(5, UUID_A)]));
+    fleet.replace(
+        "\"app_name\":\"app\"",
+        &format!("\"app_name\":\"{}\"", "a".repeat(20_000)),
+    )
+}
+
 /// A proxy that echoes the Authorization header into a field that must be a number.
 fn echoed_token(head: &str) -> String {
     answer(head, || {
@@ -121,6 +129,13 @@ async fn a_string_or_a_row_over_its_cap_fails_the_probe() {
     let (ok, _, debug) = probe_stub(a_huge_row).await;
     assert_eq!(ok, 0.0, "{debug}");
     assert!(debug.contains("a row longer than 1048576 bytes"), "{debug}");
+    // Fleet rows are held whole (lookups), and their strings become labels too.
+    let (ok, _, debug) = probe_stub(a_huge_fleet_name).await;
+    assert_eq!(ok, 0.0, "{debug}");
+    assert!(
+        debug.contains("fleet row 1: a string longer than 16384 bytes"),
+        "{debug}"
+    );
 }
 
 #[actix_rt::test]
