@@ -433,6 +433,9 @@ fn resolve_tokens(config: &mut Config, file: &str, expand_env: bool) -> Result<(
     for (name, auth) in config.auths.iter_mut() {
         let key = format!("auths.{name}");
         let mut shown_as = None;
+        if !expand_env {
+            refuse_unexpanded(auth, file, &key)?;
+        }
         if expand_env {
             if let Some(t) = &auth.token {
                 let expanded = expand_vars(t.expose_secret())
@@ -494,6 +497,31 @@ fn resolve_tokens(config: &mut Config, file: &str, expand_env: bool) -> Result<(
                 "the token contains characters other than printable ASCII (an invisible character pasted with it?)",
             ));
         }
+    }
+    Ok(())
+}
+
+/// Without `--config.expand-environment-variables`, `${VAR}` in a token or token file would be
+/// used as written — every probe `unauthorized`, with no hint why: refused, naming the flag.
+fn refuse_unexpanded(auth: &super::AuthConfig, file: &str, key: &str) -> Result<(), ConfigError> {
+    let why = |what: &str| {
+        format!(
+            "{what} holds `${{...}}`, but variables are expanded only with --config.expand-environment-variables (pass it, or write the value itself)"
+        )
+    };
+    if auth
+        .token
+        .as_ref()
+        .is_some_and(|t| t.expose_secret().contains("${"))
+    {
+        return Err(invalid(file, format!("{key}.token"), why("the token")));
+    }
+    if auth
+        .token_file
+        .as_ref()
+        .is_some_and(|p| p.to_string_lossy().contains("${"))
+    {
+        return Err(invalid(file, format!("{key}.token_file"), why("the path")));
     }
     Ok(())
 }
