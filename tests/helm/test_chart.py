@@ -463,6 +463,44 @@ class InstallPathTest(unittest.TestCase):
             self.assertEqual(config["targets"]["shop-screens"], {"fleet": "acme/shop-screens", "auth": "acme"})
             check_config(self, config, {"acme": env["ACME_TOKEN"]})
 
+    def test_readme_installs_are_selected_by_kube_prometheus_stack(self):
+        """kube-prometheus-stack's Prometheus (default values) selects Probe, ServiceMonitor and
+        PrometheusRule objects by `release: <its release name>`; the README's lines, for a
+        stack installed as `kube-prometheus-stack`, render all three with it."""
+        kps = {"matchLabels": {"release": "kube-prometheus-stack"}}
+        env = {"ACME_TOKEN": "readme-token-3c1e"}
+        for cmd in helm_install_commands("README.md") + helm_install_commands("deploy/README.md"):
+            release, _, namespace, values = values_of_helm_install(cmd, env)
+            out = helm.Chart.load(CHART).render(values, name=release, namespace=namespace, is_install=True)
+            docs = [d for path, text in out.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+            selected = {d["kind"] for d in docs if d["kind"] in ("Probe", "ServiceMonitor", "PrometheusRule")
+                        and selects(kps, d["metadata"].get("labels", {}))}
+            self.assertEqual(selected, {"Probe", "ServiceMonitor", "PrometheusRule"}, cmd)
+            notes = next(t for p, t in out.items() if p.endswith("NOTES.txt"))
+            self.assertNotIn("carry no selection labels", notes)
+        _, raw = render(FULL)
+        self.assertIn("--set prometheusSelectorLabels.release=kube-prometheus-stack",
+                      next(t for p, t in raw.items() if p.endswith("NOTES.txt")))
+
+    def test_values_that_could_never_run_fail_at_render_time(self):
+        cases = [
+            (dict(FULL, auths={}, existingSecret="tokens"),
+             'config.targets.everything: auth "acme" is not under auths; with existingSecret, list every auth as an empty map'),
+            (dict(FULL, config={"targets": {"t": {"fleet": "o/f", "auth": "nobody"}}}),
+             'config.targets.t: auth "nobody" is not configured; set auths.nobody.token'),
+            (dict(FULL, config={"targets": {"t": {"fleet": "o/f", "auth": "acme", "allowed_auths": ["ghost"]}}}),
+             'config.targets.t: auth "ghost" is not configured'),
+            (dict(FULL, probe={"enabled": True, "interval": "30s", "scrapeTimeout": "1m"}),
+             "probe.scrapeTimeout (1m) is longer than probe.interval (30s): Prometheus refuses such a scrape config"),
+            (dict(FULL, serviceMonitor={"enabled": True, "interval": "15s", "scrapeTimeout": "20s"}),
+             "serviceMonitor.scrapeTimeout (20s) is longer than serviceMonitor.interval (15s)"),
+        ]
+        for values, want in cases:
+            with self.assertRaises(helm.HelmError, msg=want) as e:
+                render(values)
+            self.assertIn(want, str(e.exception))
+        render(dict(FULL, probe={"enabled": True, "interval": "30s", "scrapeTimeout": "30s"}))
+
     def test_rotation_and_runbook_commands_match_the_chart(self):
         """docs/operations.md's rotation commands and docs/runbook.md's kubectl line name what the
         chart renders for the README's install."""
@@ -699,7 +737,7 @@ class RealClusterTest(unittest.TestCase):
     def test_cache_ttl_follows_the_probe_interval(self):
         cases = {"60s": "55s", "30s": "27s", "2m": "115s", "15s": "13500ms", "1h": "3595s"}
         for interval, ttl in cases.items():
-            objs, _ = render(dict(FULL, probe={"enabled": True, "interval": interval}))
+            objs, _ = render(dict(FULL, probe={"enabled": True, "interval": interval, "scrapeTimeout": "10s"}))
             config = yaml.safe_load(objs["ConfigMap"]["data"]["balena-exporter.yml"])
             self.assertEqual(config["api"]["cache_ttl"], ttl, interval)
         check_config(self, config, {n: a["token"] for n, a in FULL["auths"].items()})

@@ -80,6 +80,34 @@ else :tag (default: the chart's appVersion, which is what the release workflow p
 {{- $total -}}
 {{- end -}}
 
+{{/* What renders but could never run, refused at render time with one line each (the pod
+would otherwise crash-loop, or Prometheus refuse its config): a target whose auth (or an
+allowed_auths entry) is not under `auths` — with `existingSecret` too, where the auths are the
+Secret's keys —, and a scrapeTimeout longer than its interval. */}}
+{{- define "balena-exporter.validate" -}}
+{{- range $name, $t := .Values.config.targets -}}
+{{- range $a := concat (list (default "" $t.auth)) (default list $t.allowed_auths) -}}
+{{- if and $a (not (hasKey $.Values.auths $a)) -}}
+{{- if $.Values.existingSecret -}}
+{{- fail (printf "config.targets.%s: auth %q is not under auths; with existingSecret, list every auth as an empty map (--set auths.%s=null is not enough: auths.%s: {}) and give the Secret %s a key %q" $name $a $a $a $.Values.existingSecret $a) -}}
+{{- else -}}
+{{- fail (printf "config.targets.%s: auth %q is not configured; set auths.%s.token (or existingSecret with a key %q)" $name $a $a $a) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range $kind := list "probe" "serviceMonitor" -}}
+{{- $v := index $.Values $kind -}}
+{{- if and $v.enabled $v.scrapeTimeout $v.interval -}}
+{{- $timeout := include "balena-exporter.durationMs" $v.scrapeTimeout | int -}}
+{{- $interval := include "balena-exporter.durationMs" $v.interval | int -}}
+{{- if gt $timeout $interval -}}
+{{- fail (printf "%s.scrapeTimeout (%s) is longer than %s.interval (%s): Prometheus refuses such a scrape config" $kind $v.scrapeTimeout $kind $v.interval) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* api.cache_ttl when not set: a little under the probe interval (docs/scaling.md), so one
 fetch per interval serves every Prometheus and data is never older than one interval:
 the interval minus 10 % of it, at most 5 s less (60s -> 55s, 30s -> 27s, 5m -> 4m55s). */}}
