@@ -14,21 +14,41 @@ use serde::de::DeserializeOwned;
 use super::error::{BalenaError, GaveUp};
 use super::exchange::{self, Event};
 use super::limit::{AuthLimits, Priority, Slot};
+use super::transport::Transport;
 use crate::config::ApiConfig;
 use crate::metrics::ExporterMetrics;
 
-/// The per-worker client. Cheap to build; not `Send` (awc).
+/// The per-worker client. Cheap to build; not `Send` (awc). Its awc client follows the
+/// config's transport (proxy, TLS): rebuilt when a reload changed it, kept (with its pooled
+/// connections) otherwise.
 #[derive(Clone)]
 pub struct BalenaClient {
-    http: awc::Client,
+    http: std::rc::Rc<RefCell<Option<(u64, awc::Client)>>>,
     metrics: Arc<ExporterMetrics>,
     limits: Arc<AuthLimits>,
 }
 
 impl BalenaClient {
-    /// A client over rustls with no default timeout (each call gets its own).
+    /// A client; the awc client is made at the first request.
     pub fn new(metrics: Arc<ExporterMetrics>, limits: Arc<AuthLimits>) -> Self {
-        let http = awc::Client::builder()
+        Self {
+            http: Default::default(),
+            metrics,
+            limits,
+        }
+    }
+
+    /// The awc client for `transport`, over rustls with no default timeout (each call gets
+    /// its own).
+    fn http(&self, transport: &Transport) -> awc::Client {
+        let mut slot = self.http.borrow_mut();
+        if let Some((fingerprint, client)) = slot.as_ref() {
+            if *fingerprint == transport.fingerprint() {
+                return client.clone();
+            }
+        }
+        let client = awc::Client::builder()
+            .connector(transport.connector())
             .add_default_header((
                 "User-Agent",
                 concat!("balena-exporter/", env!("CARGO_PKG_VERSION")),
@@ -39,11 +59,8 @@ impl BalenaClient {
             ))
             .disable_timeout()
             .finish();
-        Self {
-            http,
-            metrics,
-            limits,
-        }
+        *slot = Some((transport.fingerprint(), client.clone()));
+        client
     }
 }
 
@@ -358,7 +375,7 @@ impl<'a> Session<'a> {
         auth.set_sensitive(true);
         let request = self
             .client
-            .http
+            .http(&self.api.transport)
             .get(url)
             .insert_header((AUTHORIZATION, auth));
         let mut answer =

@@ -13,6 +13,7 @@ pub mod limit;
 pub mod model;
 pub mod odata;
 pub mod stream;
+pub mod transport;
 
 pub use client::{parse_retry_after, BalenaClient, CallRecord, Session};
 pub use error::{BalenaError, GaveUp};

@@ -53,6 +53,27 @@ pub fn read_text(path: &Path, max: u64) -> Result<String, String> {
         .map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 
+/// The PEM certificates of a file of at most [`MAX_PEM_BYTES`]: at least one.
+pub fn pem_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = read_bounded(path, MAX_PEM_BYTES)?;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The PEM private key of a file of at most [`MAX_PEM_BYTES`].
+pub fn pem_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = read_bounded(path, MAX_PEM_BYTES)?;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| format!("{}: no private key ({e})", path.display()))
+}
+
 /// An upper bound of the deepest nesting of YAML flow collections in `text`, in one linear
 /// pass that quoting cannot fool: the larger of two counts.
 ///

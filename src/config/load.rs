@@ -331,6 +331,9 @@ pub(super) fn finish(
         .or_default();
     resolve_tokens(&mut config, file, expand_env)?;
     validate(&config, file)?;
+    let transport = crate::balena::transport::Transport::from_config(&config.api)
+        .map_err(|(key, why)| invalid(file, key, why))?;
+    config.api.transport = std::sync::Arc::new(transport);
     Ok(config)
 }
 
@@ -597,6 +600,13 @@ fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
     }
     if api.timeout.is_zero() {
         return Err(invalid(file, "api.timeout", "must be greater than 0"));
+    }
+    if api.proxy_from_environment && api.proxy_url.is_some() {
+        return Err(invalid(
+            file,
+            "api.proxy_from_environment",
+            "set either proxy_url or proxy_from_environment, not both",
+        ));
     }
     if api.max_concurrency == 0 {
         return Err(invalid(file, "api.max_concurrency", "must be at least 1"));

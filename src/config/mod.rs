@@ -85,6 +85,55 @@ pub struct ApiConfig {
     /// Bound of the probe results held for `cache_ttl` (oldest dropped first; 0 keeps none).
     #[serde(deserialize_with = "de_bytes")]
     pub cache_max_bytes: usize,
+    /// An HTTP proxy for every request to the API (CONNECT tunnels), as Prometheus'
+    /// `proxy_url`; user and password, if any, are sent as `Proxy-Authorization`.
+    #[serde(
+        default,
+        deserialize_with = "de_opt_url",
+        serialize_with = "ser_opt_url",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub proxy_url: Option<url::Url>,
+    /// Hosts reached without the proxy: comma-separated names (a name covers its
+    /// subdomains), IPs and CIDRs, `*` for all.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub no_proxy: String,
+    /// Use `HTTPS_PROXY`/`HTTP_PROXY` (by `url`'s scheme) and `NO_PROXY` from the environment.
+    pub proxy_from_environment: bool,
+    /// TLS to the API: a private CA, a client certificate, the name to verify.
+    #[serde(skip_serializing_if = "TlsClientConfig::is_default")]
+    pub tls_config: TlsClientConfig,
+    /// How requests reach the API, built from the keys above at load (files read then).
+    #[serde(skip)]
+    pub transport: std::sync::Arc<crate::balena::transport::Transport>,
+}
+
+/// `api.tls_config`, named as Prometheus' `tls_config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsClientConfig {
+    /// PEM CA certificates that sign the API's certificate (instead of the public roots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (with `key_file`), for an API that asks for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The name the API's certificate is checked against (and sent as SNI), instead of
+    /// `url`'s host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Accept any certificate. For tests of a lab install only.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+}
+
+impl TlsClientConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for ApiConfig {
@@ -98,6 +147,11 @@ impl Default for ApiConfig {
             page_size: 10_000,
             max_response_bytes: 256 * 1024 * 1024,
             cache_max_bytes: 64 * 1024 * 1024,
+            proxy_url: None,
+            no_proxy: String::new(),
+            proxy_from_environment: false,
+            tls_config: TlsClientConfig::default(),
+            transport: Default::default(),
         }
     }
 }
@@ -388,6 +442,10 @@ impl std::fmt::Debug for ApiConfig {
             .field("page_size", &self.page_size)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("cache_max_bytes", &self.cache_max_bytes)
+            .field("proxy_url", &self.proxy_url.as_ref().map(shown_url))
+            .field("no_proxy", &self.no_proxy)
+            .field("proxy_from_environment", &self.proxy_from_environment)
+            .field("tls_config", &self.tls_config)
             .finish()
     }
 }
@@ -406,6 +464,17 @@ pub fn shown_url(url: &url::Url) -> String {
         Some((scheme, rest)) => format!("{scheme}://<secret>@{rest}"),
         None => text,
     }
+}
+
+fn ser_opt_url<S: Serializer>(url: &Option<url::Url>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_str(&shown_url(u)),
+        None => s.serialize_none(),
+    }
+}
+
+fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<url::Url>, D::Error> {
+    de_url(d).map(Some)
 }
 
 fn ser_url<S: Serializer>(url: &url::Url, s: S) -> Result<S::Ok, S::Error> {

@@ -2,6 +2,7 @@
 
 mod abuse;
 mod docs;
+mod egress;
 mod faults;
 mod helpers;
 mod limits;
