@@ -10,7 +10,9 @@
 //!   that a new, unknown credential is refused at once with 401, without bcrypt. Prometheus
 //!   from its own address therefore waits for at most a few bcrypts, not for the flood.
 //!
-//! The scheme is matched case-insensitively (`basic` as well as `Basic`, RFC 7235).
+//! The scheme is matched case-insensitively (`basic` as well as `Basic`, RFC 7235). With
+//! `--web.health-without-auth`, `/-/healthy` and `/-/ready` answer without credentials (they
+//! say nothing but "up"), so that kubelet probes work without a password in the pod spec.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -49,6 +51,8 @@ pub struct BasicAuth {
     /// How many bcrypts ran (tests, and to reason about floods).
     bcrypts: AtomicUsize,
     hasher: RandomState,
+    /// Paths answered without credentials (`--web.health-without-auth`).
+    exempt: Vec<String>,
 }
 
 /// Why a request was let in or not.
@@ -86,6 +90,12 @@ impl BasicAuth {
     /// True when no users are configured (auth off).
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
+    }
+
+    /// The same, answering `paths` without credentials.
+    pub fn exempting(mut self, paths: Vec<String>) -> Self {
+        self.exempt = paths;
+        self
     }
 
     /// How many bcrypt verifications have run.
@@ -198,6 +208,7 @@ pub async fn require_basic_auth(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let auth = req.app_data::<web::Data<BasicAuth>>().cloned();
     let allowed = match &auth {
+        Some(a) if a.exempt.iter().any(|p| p == req.path()) => true,
         Some(a) if !a.is_empty() => {
             let header = req
                 .headers()

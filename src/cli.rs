@@ -54,6 +54,11 @@ pub struct Cli {
     #[arg(long = "web.config.file", value_name = "PATH")]
     pub web_config_file: Option<PathBuf>,
 
+    /// Answer `/-/healthy` and `/-/ready` without basic auth (TLS still applies): for kubelet
+    /// probes, which cannot send credentials without putting them in the pod spec.
+    #[arg(long = "web.health-without-auth")]
+    pub health_without_auth: bool,
+
     /// URL under which the exporter is reached (e.g. behind a reverse proxy); its path is the
     /// default route prefix.
     #[arg(long = "web.external-url", value_name = "URL")]

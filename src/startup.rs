@@ -63,6 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         route_prefix: cli.route_prefix(),
         history_limit: cli.history_limit,
         web,
+        health_without_auth: cli.health_without_auth,
         discovery_interval: Some(cli.discovery_interval),
     })?;
     announce(&app, &cli.route_prefix());
@@ -155,6 +156,8 @@ pub struct Settings {
     pub history_limit: usize,
     /// TLS and basic auth from `--web.config.file`.
     pub web: Option<(WebConfig, Option<rustls::ServerConfig>)>,
+    /// `--web.health-without-auth`: the health paths answer without basic auth.
+    pub health_without_auth: bool,
     /// How often to list the fleets of org and `all` targets for `/sd` (None: never).
     pub discovery_interval: Option<Duration>,
 }
@@ -171,6 +174,7 @@ impl Settings {
             route_prefix: String::new(),
             history_limit: 100,
             web: None,
+            health_without_auth: false,
             discovery_interval: None,
         }
     }
@@ -209,7 +213,15 @@ impl Application {
             );
         }
         let (web_config, tls) = settings.web.unwrap_or_default();
-        let basic_auth = web::Data::new(BasicAuth::new(web_config.basic_auth_users.clone()));
+        let mut basic_auth = BasicAuth::new(web_config.basic_auth_users.clone());
+        if settings.health_without_auth {
+            let prefix = &settings.route_prefix;
+            basic_auth = basic_auth.exempting(vec![
+                format!("{prefix}/-/healthy"),
+                format!("{prefix}/-/ready"),
+            ]);
+        }
+        let basic_auth = web::Data::new(basic_auth);
         let extra_headers: Vec<(String, String)> = web_config
             .http_server_config
             .iter()

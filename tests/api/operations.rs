@@ -162,6 +162,34 @@ async fn basic_auth_guards_every_path() {
     app.stop().await;
 }
 
+/// `--web.health-without-auth`: the two health paths answer without credentials (for kubelet
+/// probes), every other path still needs them.
+#[actix_rt::test]
+async fn health_without_auth_exempts_only_the_health_paths() {
+    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
+    let cfg = config::from_yaml_str(&default_config(&sim.url(), &["screens"]), "t.yml").unwrap();
+    let web = WebConfig {
+        basic_auth_users: BTreeMap::from([("prom".to_string(), bcrypt::hash("pw", 4).unwrap())]),
+        ..Default::default()
+    };
+    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
+    settings.web = Some((web, None));
+    settings.health_without_auth = true;
+    let app = spawn_settings(sim, settings).await;
+    assert_eq!(app.get("/-/healthy").await.status, 200);
+    assert_eq!(app.get("/-/ready").await.status, 200);
+    for path in [
+        "/metrics",
+        "/probe?target=screens",
+        "/config",
+        "/",
+        "/-/healthy/x",
+    ] {
+        assert_eq!(app.get(path).await.status, 401, "{path}");
+    }
+    app.stop().await;
+}
+
 fn base64_encode(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)

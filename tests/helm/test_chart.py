@@ -616,6 +616,118 @@ class RealClusterTest(unittest.TestCase):
         self.assertEqual(w["metadata"]["annotations"], values["annotations"])
         kubernetes_validate.validate(w, KUBE_VERSION, strict=True)
 
+    def test_tls_and_basic_auth_the_probes_and_prometheus_get_through(self):
+        """webConfig with TLS and basic auth: the rendered pod runs the exporter with the
+        Secret's web config; the kubelet's probes (HTTPS, no credentials, no certificate check)
+        pass; the Probe and the ServiceMonitor scrape over https with their basicAuth; without
+        credentials a scrape gets 401."""
+        import base64, bcrypt, socket, ssl, time, urllib.request
+        creds = {"name": "prom-auth", "key": "password"}
+        values = dict(FULL,
+                      config=dict(FULL["config"], api={"url": "http://127.0.0.1:9", "timeout": "2s"}),
+                      webConfig={"existingSecret": "exporter-web", "tls": True, "basicAuth": True},
+                      probe={"enabled": True, "basicAuth": {"username": {"name": "prom-auth", "key": "user"}, "password": creds},
+                             "tlsConfig": {"insecureSkipVerify": True}},
+                      serviceMonitor={"enabled": True, "basicAuth": {"username": {"name": "prom-auth", "key": "user"}, "password": creds},
+                                      "tlsConfig": {"insecureSkipVerify": True}})
+        objs = render_all(values)
+        pod = workload(objs)["spec"]["template"]["spec"]
+        kubernetes_validate.validate(workload(objs), KUBE_VERSION, strict=True)
+        c = pod["containers"][0]
+        probe = next(o for o in objs if o["kind"] == "Probe")
+        monitor = next(o for o in objs if o["kind"] == "ServiceMonitor")
+        for o in (probe, monitor):
+            validate_crd(o)
+        self.assertEqual(probe["spec"]["prober"]["scheme"], "https")
+        self.assertEqual(probe["spec"]["basicAuth"]["password"], creds)
+        endpoint = monitor["spec"]["endpoints"][0]
+        self.assertEqual((endpoint["scheme"], endpoint["basicAuth"]["password"]), ("https", creds))
+        self.assertEqual(c["livenessProbe"]["httpGet"]["scheme"], "HTTPS")
+        web_volume = next(v for v in pod["volumes"] if v["name"] == "web")
+        self.assertEqual(web_volume["secret"]["secretName"], "exporter-web")
+        with self.assertRaises(helm.HelmError) as e:
+            render(dict(values, configReloader={"enabled": True}))
+        self.assertIn("configReloader posts to http://127.0.0.1/-/reload without credentials", str(e.exception))
+        # deploy/README's commands for it: the Secrets it makes are those the chart names.
+        env = {"ACME_TOKEN": "readme-token-3c1e", "PROM_PASSWORD": "p"}
+        _, _, ns, base = values_of_helm_install(helm_install_commands("README.md")[0], env)
+        [upgrade] = sh_lines("deploy/README.md", "helm upgrade")
+        extra = values_of_helm_install(upgrade, env)[3]
+        made = {m.group(1): m.group(2) for m in (re.search(r"create secret generic (\S+) (.*)", k)
+                                                   for k in sh_lines("deploy/README.md", "kubectl")) if m}
+        after = render_all(deep_merge(json.loads(json.dumps(base)), extra), namespace=ns)
+        pod_after = workload(after)["spec"]["template"]["spec"]
+        web_secret = next(v for v in pod_after["volumes"] if v["name"] == "web")["secret"]["secretName"]
+        self.assertIn("--from-file=web-config.yml", made[web_secret])
+        for o in after:
+            if o["kind"] in ("Probe", "ServiceMonitor"):
+                auth = o["spec"]["basicAuth"] if o["kind"] == "Probe" else o["spec"]["endpoints"][0]["basicAuth"]
+                for ref in auth.values():
+                    self.assertIn(f"--from-literal={ref['key']}=", made[ref["name"]], o["kind"])
+
+        # Run the container's command, /etc/balena-exporter moved under a temporary directory.
+        with tempfile.TemporaryDirectory() as root:
+            etc = os.path.join(root, "etc")
+            for sub in ("config", "secrets", "web"):
+                os.makedirs(os.path.join(etc, sub))
+            config_map = next(o for o in objs if o["kind"] == "ConfigMap")["data"]["balena-exporter.yml"]
+            with open(os.path.join(etc, "config", "balena-exporter.yml"), "w") as f:
+                f.write(config_map.replace("/etc/balena-exporter", etc))
+            for name, token in {"acme": TOKEN, "partner": "other-token-77"}.items():
+                with open(os.path.join(etc, "secrets", name), "w") as f:
+                    f.write(token)
+            web = os.path.join(etc, "web")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                            "-subj", "/CN=balena-exporter", "-keyout", os.path.join(web, "tls.key"),
+                            "-out", os.path.join(web, "tls.crt")], check=True, capture_output=True)
+            password = "chart-web-pass"
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+            with open(os.path.join(web, "web-config.yml"), "w") as f:
+                f.write(f"tls_server_config:\n  cert_file: {web}/tls.crt\n  key_file: {web}/tls.key\n"
+                        f"basic_auth_users:\n  prom: '{hashed}'\n")
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            args = [a.replace("/etc/balena-exporter", etc) for a in c["args"]]
+            args = [f"--web.listen-address=127.0.0.1:{port}" if a.startswith("--web.listen-address") else a for a in args]
+            proc = subprocess.Popen([BIN] + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                unverified = ssl.create_default_context()
+                unverified.check_hostname = False
+                unverified.verify_mode = ssl.CERT_NONE
+
+                def get(path, scheme, auth=None):
+                    req = urllib.request.Request(f"{scheme.lower()}://127.0.0.1:{port}{path}")
+                    if auth:
+                        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+                    try:
+                        with urllib.request.urlopen(req, context=unverified, timeout=10) as r:
+                            return r.status, r.read().decode()
+                    except urllib.error.HTTPError as err:
+                        return err.code, ""
+
+                deadline = time.time() + 20
+                while True:
+                    try:
+                        get("/-/healthy", "https")
+                        break
+                    except OSError:
+                        self.assertIsNone(proc.poll(), proc.stderr.read().decode() if proc.poll() is not None else "")
+                        self.assertLess(time.time(), deadline, "the exporter did not start")
+                        time.sleep(0.1)
+                for kubelet in (c["livenessProbe"]["httpGet"], c["readinessProbe"]["httpGet"]):
+                    self.assertEqual(get(kubelet["path"], kubelet["scheme"])[0], 200, kubelet)
+                scheme = probe["spec"]["prober"]["scheme"]
+                status, body = get(f"{probe['spec']['prober']['path']}?target=shop", scheme, f"prom:{password}")
+                self.assertEqual(status, 200)
+                self.assertIn("probe_success 0", body)  # the API is unreachable here: an answer, not an error
+                self.assertEqual(get("/metrics", endpoint["scheme"], f"prom:{password}")[0], 200)
+                self.assertEqual(get("/metrics", endpoint["scheme"])[0], 401)
+                self.assertEqual(get("/metrics", endpoint["scheme"], "prom:wrong")[0], 401)
+            finally:
+                proc.kill()
+                proc.wait()
+
     def test_service_port_is_not_the_container_port(self):
         objs = render_all(dict(FULL, service={"port": 80}))
         c = workload(objs)["spec"]["template"]["spec"]["containers"][0]

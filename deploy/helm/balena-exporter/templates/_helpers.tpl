@@ -80,6 +80,38 @@ else :tag (default: the chart's appVersion, which is what the release workflow p
 {{- $total -}}
 {{- end -}}
 
+{{/* A pod probe from values, over HTTPS when the web config serves TLS (the kubelet does not
+verify the certificate). Args: (list probe tls). */}}
+{{- define "balena-exporter.podProbe" -}}
+{{- $probe := deepCopy (index . 0) -}}
+{{- if and (index . 1) $probe.httpGet -}}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" -}}
+{{- end -}}
+{{- toYaml $probe -}}
+{{- end -}}
+
+{{/* The scheme, tlsConfig and basicAuth of a ServiceMonitor endpoint (or, without the scheme,
+of a Probe's spec). Args: (list values-of-the-object webConfig with-scheme). */}}
+{{- define "balena-exporter.scrapeAuth" -}}
+{{- $v := index . 0 -}}
+{{- if index . 2 }}
+scheme: {{ include "balena-exporter.scheme" (list $v (index . 1)) }}
+{{- end }}
+{{- with $v.tlsConfig }}
+tlsConfig:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $v.basicAuth }}
+basicAuth:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* http, or https with webConfig.tls, unless the object's values set it. */}}
+{{- define "balena-exporter.scheme" -}}
+{{- (index . 0).scheme | default (ternary "https" "http" (eq (index . 1).tls true)) -}}
+{{- end -}}
+
 {{/* What renders but could never run, refused at render time with one line each (the pod
 would otherwise crash-loop, or Prometheus refuse its config): a target whose auth (or an
 allowed_auths entry) is not under `auths` — with `existingSecret` too, where the auths are the
@@ -95,6 +127,12 @@ Secret's keys —, and a scrapeTimeout longer than its interval. */}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.configReloader.enabled (or .Values.webConfig.tls .Values.webConfig.basicAuth) -}}
+{{- fail "configReloader posts to http://127.0.0.1/-/reload without credentials: it cannot be used with webConfig.tls or webConfig.basicAuth (token files are re-read without it; a config change rolls the pods)" -}}
+{{- end -}}
+{{- if and (or .Values.webConfig.tls .Values.webConfig.basicAuth) (not .Values.webConfig.existingSecret) -}}
+{{- fail "webConfig.tls or webConfig.basicAuth needs webConfig.existingSecret (the Secret with web-config.yml)" -}}
 {{- end -}}
 {{- range $kind := list "probe" "serviceMonitor" -}}
 {{- $v := index $.Values $kind -}}
