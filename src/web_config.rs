@@ -20,9 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::files::{read_bounded, read_text, MAX_PEM_BYTES};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use crate::config::files::{pem_certs, pem_key, read_text, MAX_PEM_BYTES};
 use serde::Deserialize;
 
 /// The whole web config file.
@@ -172,34 +170,10 @@ fn version(
 fn server_config(path: &Path, t: &TlsConfig) -> Result<rustls::ServerConfig, WebConfigError> {
     // Each file is read whole first (a regular file of bounded size): `cert_file: /dev/zero`
     // must be an error, not a process growing until it is killed.
-    let pem = |key: &str, file: &Path| {
-        read_bounded(file, MAX_PEM_BYTES)
-            .map_err(|e| err(path, format!("tls_server_config.{key}: {e}")))
-    };
-    let cert_pem = pem("cert_file", &t.cert_file)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| {
-            err(
-                path,
-                format!("tls_server_config.cert_file {}: {e}", t.cert_file.display()),
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(err(
-            path,
-            format!(
-                "tls_server_config.cert_file {}: no certificate found",
-                t.cert_file.display()
-            ),
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&pem("key_file", &t.key_file)?).map_err(|e| {
-        err(
-            path,
-            format!("tls_server_config.key_file {}: {e}", t.key_file.display()),
-        )
-    })?;
+    let file_err =
+        |key: &'static str| move |e: String| err(path, format!("tls_server_config.{key}: {e}"));
+    let certs = pem_certs(&t.cert_file).map_err(file_err("cert_file"))?;
+    let key = pem_key(&t.key_file).map_err(file_err("key_file"))?;
     let min = version(
         path,
         "min_version",
@@ -238,9 +212,7 @@ fn server_config(path: &Path, t: &TlsConfig) -> Result<rustls::ServerConfig, Web
         "VerifyClientCertIfGiven" | "RequireAndVerifyClientCert" => {
             let ca = t.client_ca_file.as_ref().ok_or_else(|| err(path, format!("tls_server_config.client_auth_type {auth} needs client_ca_file")))?;
             let mut roots = rustls::RootCertStore::empty();
-            let ca_pem = read_bounded(ca, MAX_PEM_BYTES).map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))?;
-            for c in CertificateDer::pem_slice_iter(&ca_pem) {
-                let c = c.map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))?;
+            for c in pem_certs(ca).map_err(file_err("client_ca_file"))? {
                 roots.add(c).map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))?;
             }
             let mut v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
