@@ -49,6 +49,8 @@ catalogue! {
     FLEET_DEVICES_HEARTBEAT = "balena_fleet_devices_heartbeat", "Devices in the fleet per api_heartbeat_state (every known state, zeros included).";
     /// Devices running their target release.
     FLEET_DEVICES_ON_TARGET = "balena_fleet_devices_on_target_release", "Devices whose running release is the one they should run (pin, else fleet target).";
+    /// Online devices that have a target release and run another.
+    FLEET_DEVICES_ONLINE_NOT_ON_TARGET = "balena_fleet_devices_online_not_on_target_release", "Online devices that have a target release (pin, else fleet target) and run another: the devices that could update and have not.";
     /// Undervolted devices.
     FLEET_DEVICES_UNDERVOLTED = "balena_fleet_devices_undervolted", "Devices in the fleet reporting under-voltage (is_undervolted).";
     /// Compatibility gauge of the older Python exporter.

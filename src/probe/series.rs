@@ -25,6 +25,8 @@ pub struct FleetStats {
     pub heartbeat: BTreeMap<String, u64>,
     /// Running the release they should run.
     pub on_target: u64,
+    /// Online, with a target release, running another.
+    pub online_not_on_target: u64,
     /// Undervolted.
     pub undervolted: u64,
 }
@@ -42,6 +44,7 @@ impl FleetStats {
                 .map(|s| (s.to_string(), 0))
                 .collect(),
             on_target: 0,
+            online_not_on_target: 0,
             undervolted: 0,
         }
     }
@@ -52,7 +55,10 @@ impl FleetStats {
         self.online += u64::from(d.is_online == Some(true));
         bump(&mut self.status, status_label(d));
         bump(&mut self.heartbeat, heartbeat_label(d));
-        self.on_target += u64::from(d.on_target_release() == Some(true));
+        let on_target = d.on_target_release();
+        self.on_target += u64::from(on_target == Some(true));
+        self.online_not_on_target +=
+            u64::from(on_target == Some(false) && d.is_online == Some(true));
         self.undervolted += u64::from(d.is_undervolted == Some(true));
     }
 }
@@ -140,6 +146,11 @@ pub fn write_fleet(out: &mut Exposition, s: &FleetStats, module: &ModuleConfig) 
         m::FLEET_DEVICES_ON_TARGET,
         &[("fleet", slug)],
         s.on_target as f64,
+    );
+    out.gauge(
+        m::FLEET_DEVICES_ONLINE_NOT_ON_TARGET,
+        &[("fleet", slug)],
+        s.online_not_on_target as f64,
     );
     out.gauge(
         m::FLEET_DEVICES_UNDERVOLTED,

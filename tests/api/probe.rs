@@ -68,6 +68,20 @@ async fn fleet_probe_reports_the_simulators_numbers() {
         m.value("balena_fleet_devices_on_target_release", &fleet),
         count(&rows, on_target)
     );
+    let could_update = |r: &Row| {
+        r["is_online"] == true
+            && r["should_be_running__release"].get("__id").is_some()
+            && !on_target(r)
+    };
+    assert_eq!(
+        m.value("balena_fleet_devices_online_not_on_target_release", &fleet),
+        count(&rows, could_update)
+    );
+    assert!(count(&rows, could_update) > 0.0);
+    assert!(
+        count(&rows, |r| !on_target(r) && r["is_online"] != true) > 0.0,
+        "offline devices off target exist and are not counted"
+    );
     // The generated mix really exercises the statuses (otherwise the checks above prove little).
     assert!(count(&rows, |r| r["overall_status"] == "disconnected") > 0.0);
     assert!(count(&rows, |r| r["overall_status"] == "updating") > 0.0);

@@ -200,6 +200,7 @@ async fn summary_module_emits_no_device_series() {
         "balena_fleet_devices",
         "balena_fleet_devices_online",
         "balena_fleet_devices_on_target_release",
+        "balena_fleet_devices_online_not_on_target_release",
         "balena_fleet_devices_undervolted",
     ] {
         for slug in FLEETS {

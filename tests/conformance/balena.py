@@ -157,6 +157,9 @@ class Truth:
             out[("balena_fleet_devices_heartbeat", fl + (("state", s),))] = float(
                 sum(1 for d in devs if d["api_heartbeat_state"] == s))
         out[("balena_fleet_devices_on_target_release", fl)] = float(sum(1 for d in devs if self.on_target(d)))
+        out[("balena_fleet_devices_online_not_on_target_release", fl)] = float(sum(
+            1 for d in devs if d["is_online"] and nav(d["should_be_running__release"]) is not None
+            and not self.on_target(d)))
         out[("balena_fleet_devices_undervolted", fl)] = float(sum(1 for d in devs if d["is_undervolted"]))
         if module.get("devices", True):
             for d in devs:

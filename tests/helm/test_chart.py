@@ -331,7 +331,91 @@ class ChartTest(unittest.TestCase):
         objs, _ = render(FULL)
         with open(os.path.join(ROOT, "deploy", "prometheus", "rules", "balena-alerts.yml")) as f:
             shipped = yaml.safe_load(f)
+        # The same rules, the exporter's own selectors narrowed to the release's namespace.
+        for g in shipped["groups"]:
+            for r in g["rules"]:
+                r["expr"] = r["expr"].replace('job="balena-exporter"', 'job="balena-exporter", namespace="monitoring"')
         self.assertEqual(objs["PrometheusRule"]["spec"], shipped)
+
+    def test_every_rule_selects_its_job_and_keeps_the_routing_labels(self):
+        with open(os.path.join(ROOT, "deploy", "prometheus", "rules", "balena-alerts.yml")) as f:
+            rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+        for r in rules:
+            names = set(re.findall(r"\b(balena_[a-z_]+|probe_success|up)\b(\{[^}]*\})?", r["expr"]))
+            self.assertTrue(names, r["alert"])
+            for name, selector in names:
+                self.assertRegex(selector, r'job="balena(-exporter)?"', f"{r['alert']}: {name} without a job")
+            for by in re.findall(r"by \(([^)]*)\)", r["expr"]):
+                self.assertTrue({"namespace", "cluster", "job"} <= {x.strip() for x in by.split(",")},
+                                f"{r['alert']}: by ({by}) drops routing labels")
+
+    def test_descriptions_name_their_own_for(self):
+        # A description that says how long says exactly its rule's `for`, so that the chart's
+        # rewrite of an overridden `for` reaches it.
+        with open(os.path.join(ROOT, "deploy", "prometheus", "rules", "balena-alerts.yml")) as f:
+            rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+        for r in rules:
+            text = r["annotations"]["description"]
+            self.assertIn(f"for {r['for']}", text, r["alert"])
+            self.assertNotRegex(text, r"\b(minutes|hours)\b", r["alert"])
+            said = set(re.findall(r"for (\d+[smhd])\b", text))
+            self.assertEqual(said, {r["for"]}, r["alert"])
+
+    def test_job_names_and_for_overrides_reach_every_rule(self):
+        values = dict(FULL,
+                      probe={"enabled": True, "jobName": "balena-fleets"},
+                      serviceMonitor={"enabled": True, "jobName": "balena-exp"},
+                      prometheusRule={"enabled": True, "rules": {
+                          "BalenaFleetDevicesUndervolted": {"for": "2h"},
+                          "BalenaDevicesNotOnTargetRelease": {"for": "1d"}}})
+        objs, _ = render(values)
+        validate_crd(objs["PrometheusRule"])
+        self.assertEqual(objs["Probe"]["spec"]["jobName"], "balena-fleets")
+        ep = objs["ServiceMonitor"]["spec"]["endpoints"][0]
+        self.assertEqual(relabel({"job": "serviceMonitor/monitoring/rel/0"}, ep["relabelings"])["job"], "balena-exp")
+        rules = {r["alert"]: r for g in objs["PrometheusRule"]["spec"]["groups"] for r in g["rules"]}
+        for r in rules.values():
+            jobs = set(re.findall(r'job="([^"]*)"', r["expr"]))
+            self.assertTrue(jobs and jobs <= {"balena-fleets", "balena-exp"}, (r["alert"], jobs))
+        self.assertIn('up{job="balena-exp", namespace="monitoring"}', rules["BalenaExporterDown"]["expr"])
+        self.assertIn('absent(up{job="balena-exp", namespace="monitoring"})', rules["BalenaExporterDown"]["expr"])
+        under = rules["BalenaFleetDevicesUndervolted"]
+        self.assertEqual(under["for"], "2h")
+        self.assertIn("some for 2h:", under["annotations"]["description"])
+        self.assertNotIn("30m", under["annotations"]["description"])
+        self.assertIn("for 1d (offline", rules["BalenaDevicesNotOnTargetRelease"]["annotations"]["description"])
+        # Not overridden: the shipped text.
+        self.assertIn("for 15m", rules["BalenaFleetDevicesOffline"]["annotations"]["description"])
+        with self.assertRaises(helm.HelmError):
+            render(dict(FULL, probe={"enabled": True, "jobName": 'x"y'}))
+
+    def test_documented_scrape_jobs_are_the_jobs_the_rules_select(self):
+        # Every scrape job shown in the README, docs and deploy/prometheus: /probe jobs are
+        # job="balena", the exporter's own /metrics job="balena-exporter" (what the rules select).
+        with open(os.path.join(ROOT, "deploy", "prometheus", "rules", "balena-alerts.yml")) as f:
+            exprs = [r["expr"] for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+        self.assertEqual({j for e in exprs for j in re.findall(r'job="([^"]*)"', e)}, {"balena", "balena-exporter"})
+        texts = []
+        for d in ("README.md", "deploy/README.md", *[f"docs/{n}" for n in os.listdir(os.path.join(ROOT, "docs"))]):
+            with open(os.path.join(ROOT, d)) as f:
+                texts += [(d, b) for b in re.findall(r"```yaml\n(.*?)```", f.read(), re.S)]
+        for n in os.listdir(os.path.join(ROOT, "deploy", "prometheus")):
+            if n.endswith(".yml"):
+                with open(os.path.join(ROOT, "deploy", "prometheus", n)) as f:
+                    texts.append((n, f.read()))
+        seen = 0
+        for where, text in texts:
+            for job, body in re.findall(r"- job_name: (\S+)(.*?)(?=\n\s*- job_name:|\Z)", text, re.S):
+                probe = "metrics_path: /probe" in body
+                self.assertEqual(job, "balena" if probe else "balena-exporter", f"{where}: job {job}")
+                seen += 1
+        self.assertGreaterEqual(seen, 8)
+
+    def test_exporter_down_is_left_out_when_nothing_scrapes_the_exporter(self):
+        objs, _ = render(dict(FULL, serviceMonitor={"enabled": False}))
+        names = {r["alert"] for g in objs["PrometheusRule"]["spec"]["groups"] for r in g["rules"]}
+        self.assertNotIn("BalenaExporterDown", names)
+        self.assertIn("BalenaProbeFailing", names)
 
     def test_schema_rejects_wrong_types_and_unknown_keys(self):
         chart = helm.Chart.load(CHART)
@@ -804,12 +888,12 @@ class RealClusterTest(unittest.TestCase):
     def test_prometheus_rule_overrides_per_alert(self):
         values = dict(FULL, prometheusRule={
             "enabled": True, "additionalRuleLabels": {"team": "iot"},
-            "rules": {"BalenaDeviceUndervolted": {"disabled": True},
+            "rules": {"BalenaFleetDevicesUndervolted": {"disabled": True},
                       "BalenaFleetDevicesOffline": {"for": "30m", "severity": "critical", "labels": {"page": "yes"}}}})
         objs, _ = render(values)
         validate_crd(objs["PrometheusRule"])
         rules = {r["alert"]: r for g in objs["PrometheusRule"]["spec"]["groups"] for r in g["rules"]}
-        self.assertNotIn("BalenaDeviceUndervolted", rules)
+        self.assertNotIn("BalenaFleetDevicesUndervolted", rules)
         offline = rules["BalenaFleetDevicesOffline"]
         self.assertEqual(offline["for"], "30m")
         self.assertEqual(offline["labels"], {"severity": "critical", "team": "iot", "page": "yes"})
