@@ -11,6 +11,7 @@ Run: python tests/helm/test_dashboard.py   (needs promtool on PATH)
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import unittest
@@ -21,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "balena-fleets.json")
 
 # Variables as Grafana would send them with "All" selected.
-VARIABLES = {"$__rate_interval": "5m", "$exporter_job": "balena-exporter", "$instance": ".*",
+VARIABLES = {"$__rate_interval": "5m", "$cluster": ".*", "$exporter_job": "balena-exporter", "$instance": ".*",
              "$fleet": ".*", "$device": ".*", "$job": "balena"}
 
 # Ground truth: fleets, the targets that report each one, and their devices.
@@ -184,6 +185,59 @@ class DashboardTest(unittest.TestCase):
                 if "balena_device_" in t["expr"]:
                     self.assertIn('device_uuid=~"$device"', t["expr"], p["title"])
                     self.assertNotIn("device_name=~", t["expr"], p["title"])
+
+
+    def test_defaults_are_the_shipped_jobs_and_one_device(self):
+        dash, _ = panels()
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        # The probe job lists only jobs that scrape this exporter's /probe (blackbox's
+        # probe_success jobs are not offered), and opens on the jobs the chart and rules use.
+        job = variables["job"]
+        self.assertIn("balena_fleet_info", job["definition"])
+        self.assertNotIn("probe_success", job["definition"])
+        self.assertEqual(job["current"]["value"], "balena")
+        self.assertEqual(variables["exporter_job"]["current"]["value"], "balena-exporter")
+        self.assertIn("balena_exporter_", variables["exporter_job"]["definition"])
+        # Never All devices: a 2,000-device fleet would draw 2,000 lines in each device panel.
+        self.assertFalse(variables["device"]["includeAll"])
+        self.assertNotIn("allValue", variables["device"])
+        self.assertEqual(variables["device"].get("current"), {})
+        # Shared crosshair.
+        self.assertEqual(dash.get("graphTooltip"), 1)
+
+    def test_every_selector_follows_the_cluster_variable(self):
+        dash, ps = panels()
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        cluster = variables["cluster"]
+        self.assertTrue(cluster["includeAll"])
+        self.assertEqual(cluster["allValue"], ".*")  # also matches series without a cluster label
+        names = [v["name"] for v in dash["templating"]["list"]]
+        self.assertLess(names.index("cluster"), names.index("job"))
+        exprs = [t["expr"] for p in ps for t in p["targets"]]
+        exprs += [variables[n]["definition"] for n in ("job", "instance", "fleet", "device", "exporter_job")]
+        for e in exprs:
+            for sel in re.findall(r"\{[^}]*\}", e):
+                if "job=~" in sel:
+                    self.assertIn('cluster=~"$cluster"', sel, e)
+
+    def test_no_panel_mixes_units_on_one_axis(self):
+        _, ps = panels()
+
+        def unit(expr):
+            if "histogram_quantile" in expr or ("time() -" in expr and "_timestamp_seconds" in expr):
+                return "seconds"
+            if "rate(" in expr:
+                return "per second"
+            if " / " in expr or "_ratio" in expr:
+                return "ratio"
+            for suffix, u in (("_seconds", "seconds"), ("_bytes", "bytes"), ("_celsius", "celsius")):
+                if re.search(suffix + r"\b", expr):
+                    return u
+            return "count"
+
+        for p in ps:
+            units = {unit(t["expr"]) for t in p["targets"]}
+            self.assertEqual(len(units), 1, f"{p['title']}: {units}")
 
 
 if __name__ == "__main__":
