@@ -6,6 +6,8 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use crate::probe::cache::Source;
+
 /// One finished probe.
 #[derive(Debug, Clone)]
 pub struct ProbeRecord {
@@ -17,8 +19,18 @@ pub struct ProbeRecord {
     pub target: String,
     /// Module name.
     pub module: String,
+    /// The auth it used.
+    pub auth: String,
     /// `success` or the failure reason.
     pub result: &'static str,
+    /// The result in words ("success: 1 fleet, 12 devices", "failure (unauthorized): ...").
+    pub summary: String,
+    /// What to do about a failure, naming the auth.
+    pub advice: Option<String>,
+    /// Where the data came from (a cached answer made no request).
+    pub data_from: Source,
+    /// How old the data was.
+    pub data_age: Duration,
     /// How long it took.
     pub duration: Duration,
     /// The debug text without the metrics: upstream requests, log lines, module.
@@ -114,7 +126,12 @@ mod tests {
             time: SystemTime::now(),
             target: target.into(),
             module: "default".into(),
+            auth: "a".into(),
             result,
+            summary: result.into(),
+            advice: None,
+            data_from: Source::Fetched,
+            data_age: Duration::ZERO,
             duration: Duration::ZERO,
             log: String::new(),
         }

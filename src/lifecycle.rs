@@ -55,9 +55,9 @@ impl Lifecycle {
                 self.discovery.request_refresh();
                 tracing::info!(files = ?self.config.files(), "configuration reloaded");
             }
-            Ok(Reloaded::NoFile) => tracing::info!(
-                "reload asked, but the configuration comes from the environment only: nothing to read (token files are re-read when they change)"
-            ),
+            Ok(Reloaded::NoFile(fixed)) => {
+                tracing::info!("reload asked: {}", fixed.nothing_to_reload())
+            }
             Err(ReloadError::Stopping) => {}
             Err(e) => {
                 self.metrics.observe_reload(false);

@@ -32,7 +32,7 @@ const DEMO_CONFIG: &str = include_str!("../config/demo.yml");
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let (config, demo) = if cli.demo {
         let (sim, c) = start_demo()?;
-        (SharedConfig::new(c, None), Some(sim))
+        (SharedConfig::demo(c), Some(sim))
     } else {
         let (config, opts) = load_config(&cli)?;
         if cli.config_check {
@@ -41,10 +41,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|o| o.describe())
                 .unwrap_or_else(|| config::ENV_SOURCE.to_string());
             println!(
-                "{source}: config file is ok ({} targets, {} auths, {} modules)",
-                config.targets.len(),
-                config.auths.len(),
-                config.modules.len()
+                "{source}: config file is ok ({}, {}, {})",
+                routes::count(config.targets.len(), "target"),
+                routes::count(config.auths.len(), "auth"),
+                routes::count(config.modules.len(), "module")
             );
             return Ok(());
         }
@@ -66,7 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         health_without_auth: cli.health_without_auth,
         discovery_interval: Some(cli.discovery_interval),
     })?;
-    announce(&app, &cli.route_prefix());
+    announce(&app, &cli.route_prefix(), cli.demo);
     app.serve(signals).await?;
     #[cfg(feature = "demo")]
     if let Some(sim) = demo {
@@ -77,18 +77,40 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The listening lines, and the URL to open.
-fn announce(app: &Application, prefix: &str) {
+/// The listening lines, then what to open: under `--demo` a short block (the landing page, a
+/// fleet, a failing probe explained), else the landing page and the target count.
+fn announce(app: &Application, prefix: &str, demo: bool) {
     for addr in app.addrs() {
         tracing::info!(address = %addr, "listening");
     }
-    let port = app.port();
-    if let Some(first) = app.state().config.snapshot().targets.keys().next() {
+    let base = format!("http://localhost:{}{prefix}", app.port());
+    let config = app.state().config.snapshot();
+    let version = env!("CARGO_PKG_VERSION");
+    if !demo {
         eprintln!(
-            "balena-exporter {} listening on port {port}: open http://localhost:{port}{prefix}/ or http://localhost:{port}{prefix}/probe?target={first}",
-            env!("CARGO_PKG_VERSION")
+            "balena-exporter {version} listening: open {base}/ ({})",
+            routes::count(config.targets.len(), "target")
         );
+        return;
     }
+    let pick = |wanted: &str| {
+        config
+            .targets
+            .keys()
+            .find(|k| k.as_str() == wanted)
+            .or_else(|| config.targets.keys().next())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (fleet, failing) = (pick("kiosks"), pick("broken-token"));
+    let lines = [
+        format!("balena-exporter {version} is running on its demo: a built-in balena API simulator, no token, no network."),
+        format!("  open  {base}/    every target with its last result"),
+        format!("  try   {base}/probe?target={fleet}    one fleet's metrics"),
+        format!("        {base}/probe?target={failing}&debug=true    a failing probe, explained"),
+        "  stop  Ctrl-C".to_string(),
+    ];
+    eprintln!("\n{}\n", lines.join("\n"));
 }
 
 /// The config files given, else the first default file that exists, else the environment.

@@ -199,3 +199,128 @@ fn no_file_and_no_token_exits_1_with_guidance() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// logfmt pairs of one line, values unquoted.
+fn logfmt(line: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = line.trim();
+    while let Some((key, after)) = rest.split_once('=') {
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut end = 0;
+            let bytes = quoted.as_bytes();
+            while end < bytes.len()
+                && !(bytes[end] == b'"' && (end == 0 || bytes[end - 1] != b'\\'))
+            {
+                end += 1;
+            }
+            (
+                quoted[..end].replace("\\\"", "\""),
+                &quoted[(end + 1).min(quoted.len())..],
+            )
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_string(), &after[end..])
+        };
+        out.push((key.trim().to_string(), value));
+        rest = next.trim_start();
+    }
+    out
+}
+
+/// `--demo`, its stderr in a file: the process and the file's path.
+fn demo_with_log(dir: &std::path::Path) -> (std::process::Child, String, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    let log = dir.join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_balena-exporter"))
+        .args(["--demo", &format!("--web.listen-address=127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, format!("http://127.0.0.1:{port}"), log)
+}
+
+async fn wait_ready(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = awc::Client::new();
+    while client.get(format!("{base}/-/ready")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "exporter did not start");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// docs/operations.md's sample log lines are what the binary writes for the same probes of
+/// `--demo`: the same keys in the same order, the same values but for times and durations.
+/// And the `--demo` banner is the last thing said before the first probe, with URLs that work.
+#[actix_rt::test]
+async fn the_documented_log_lines_and_the_demo_banner_are_what_the_binary_writes() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let documented: Vec<Vec<(String, String)>> = doc
+        .lines()
+        .filter(|l| l.starts_with("time=") && l.contains("source=balena_exporter::probe"))
+        .map(logfmt)
+        .collect();
+    assert_eq!(
+        documented.len(),
+        2,
+        "docs/operations.md shows two probe lines"
+    );
+    let dir = std::env::temp_dir().join(format!("balena-exporter-doclog-{}", std::process::id()));
+    let (mut child, base, log) = demo_with_log(&dir);
+    wait_ready(&base).await;
+    let banner = std::fs::read_to_string(&log).unwrap();
+    // The banner's URLs, with localhost as printed, answer as they say.
+    let urls: Vec<String> = banner
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://localhost:"))
+        .map(|w| w.replace("http://localhost:", "http://127.0.0.1:"))
+        .collect();
+    assert_eq!(urls.len(), 3, "{banner}");
+    assert!(
+        banner.trim_end().ends_with("stop  Ctrl-C"),
+        "the banner comes last: {banner}"
+    );
+    assert!(!banner.contains("actix_server"), "{banner}");
+    let (status, landing) = body(&urls[0]).await;
+    assert_eq!((status, landing.contains("<h2>Targets</h2>")), (200, true));
+    let (_, fleet) = body(&urls[1]).await;
+    assert!(fleet.contains("probe_success 1"), "{fleet}");
+    let (_, failing) = body(&urls[2]).await;
+    assert!(
+        failing.contains("Result: failure (unauthorized)"),
+        "{failing}"
+    );
+    assert!(
+        failing.contains("What to do: check the token of auth \"revoked\""),
+        "{failing}"
+    );
+    // The same probes as the documented lines (the first probe of each target).
+    let written = std::fs::read_to_string(&log).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let varying = ["time", "duration_seconds", "data_age_seconds"];
+    for doc_line in &documented {
+        let field = |pairs: &[(String, String)], k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let target = field(doc_line, "target_name").unwrap();
+        let real = written
+            .lines()
+            .map(logfmt)
+            .find(|l| field(l, "target_name").as_deref() == Some(&target))
+            .unwrap_or_else(|| panic!("no log line for {target}: {written}"));
+        let keys = |p: &[(String, String)]| p.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(doc_line), keys(&real), "{target}: the keys");
+        for ((k, want), (_, got)) in doc_line.iter().zip(&real) {
+            if !varying.contains(&k.as_str()) {
+                assert_eq!(want, got, "{target}: {k}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -96,6 +96,24 @@ async fn a_reload_without_a_file_says_there_is_nothing_to_reload() {
     app.stop().await;
 }
 
+/// Under `--demo` the config is the embedded demo file: a reload says that, not "the
+/// environment".
+#[actix_rt::test]
+async fn a_reload_under_demo_names_the_demo_config() {
+    let exp = start(&["--demo".to_string()]).await;
+    let mut r = awc::Client::new()
+        .post(format!("{}/-/reload", exp.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body = String::from_utf8(r.body().await.unwrap().to_vec()).unwrap();
+    assert_eq!(
+        body,
+        "nothing to reload: --demo runs the embedded demo configuration (config/demo.yml), read at start; run with --config.file to reload a file\n"
+    );
+}
+
 /// SIGHUP re-reads the file: a good change applies, a bad one leaves the old config in force.
 #[actix_rt::test]
 async fn sighup_reloads_and_keeps_the_old_config_on_error() {

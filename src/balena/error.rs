@@ -6,7 +6,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BalenaError {
     /// The token was rejected: 401 on a read, or whoami says it is not a valid credential.
-    #[error("the API token was rejected (HTTP 401); check the auth's token")]
+    #[error("the API token was rejected (HTTP 401)")]
     Unauthorized,
     /// 403: the token is valid but may not read this.
     #[error("forbidden (HTTP 403)")]
@@ -82,6 +82,29 @@ fn rate_limit_detail(retry_after: Option<Duration>, gave_up: Option<GaveUp>) -> 
 }
 
 impl BalenaError {
+    /// What to do about it, naming the auth the probe used; `None` where the message says all.
+    pub fn advice(&self, auth: &str) -> Option<String> {
+        Some(match self {
+            Self::Unauthorized => format!(
+                "check the token of auth {auth:?} (auths.{auth}.token or its token_file): expired, revoked, or for another API"
+            ),
+            Self::Forbidden => format!("auth {auth:?} is valid but may not read this target"),
+            Self::NotFound { .. } => {
+                format!("check the slug or handle, and that auth {auth:?} can see it")
+            }
+            Self::RateLimited { .. } => format!(
+                "the API rate-limits auth {auth:?}: probe less often, raise api.cache_ttl, or use fewer targets"
+            ),
+            Self::Timeout(_) | Self::NotSent(_) => {
+                "raise the scrape timeout, or use a lighter module for a big fleet".to_string()
+            }
+            Self::Transport(_) => {
+                "check api.url, DNS, egress rules, api.proxy_url and api.tls_config".to_string()
+            }
+            _ => return None,
+        })
+    }
+
     /// A short, bounded reason: a label value and a log field.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -8,6 +8,7 @@
 //! and at every reload, and again whenever the file changes ([`token_file`]): a rotated
 //! Kubernetes Secret is in use at the next probe, with no reload.
 
+pub mod duration;
 mod env_only;
 pub mod files;
 mod load;
@@ -18,7 +19,7 @@ pub mod token_file;
 pub use env_only::{from_env, how_to_start, ENV_SOURCE};
 pub use load::{from_yaml_str, from_yaml_str_with_env, load, LoadOptions};
 pub use shared::{
-    reload_off_thread, reload_within, ReloadError, Reloaded, SharedConfig, RELOAD_TIME_LIMIT,
+    reload_off_thread, reload_within, Fixed, ReloadError, Reloaded, SharedConfig, RELOAD_TIME_LIMIT,
 };
 
 use std::collections::BTreeMap;
@@ -524,49 +525,5 @@ fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
                 "invalid size {t:?}; expected e.g. 256MiB, 10MB or a byte count"
             ))
         }),
-    }
-}
-
-/// Serde for durations written the Prometheus way: `10s`, `1m30s`, `500ms`, `0`.
-pub mod duration {
-    use super::*;
-
-    /// The longest duration any key or flag takes: far beyond any sensible timeout, TTL or
-    /// interval, and far from where adding it to a clock could overflow.
-    pub const MAX: Duration = Duration::from_secs(30 * 24 * 3600);
-
-    /// Parses a duration of at most [`MAX`]; a bare `0` is zero.
-    pub fn parse(text: &str) -> Option<Duration> {
-        let t = text.trim();
-        if t == "0" {
-            return Some(Duration::ZERO);
-        }
-        humantime::parse_duration(t).ok().filter(|d| *d <= MAX)
-    }
-
-    /// Writes `1m 30s` style text.
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
-    }
-
-    /// Reads text (or a number of seconds).
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        let invalid = |t: &dyn std::fmt::Debug| {
-            serde::de::Error::custom(format!(
-                "invalid duration {t:?}; expected e.g. 10s, 1m30s, 500ms, at most 30d"
-            ))
-        };
-        match Raw::deserialize(d)? {
-            Raw::Secs(n) => Some(Duration::from_secs(n))
-                .filter(|d| *d <= MAX)
-                .ok_or_else(|| invalid(&n)),
-            Raw::Text(t) => parse(&t).ok_or_else(|| invalid(&t)),
-        }
     }
 }

@@ -18,6 +18,8 @@ use super::{load, Config, ConfigError, LoadOptions};
 pub struct SharedConfig {
     current: ArcSwap<Config>,
     options: Option<LoadOptions>,
+    /// Where the config came from when there are no files to re-read.
+    fixed: Fixed,
     /// Held for a whole reload: two reloads never interleave (each config gets its own
     /// generation, and the last one read is the one in force).
     reloading: Mutex<()>,
@@ -56,9 +58,28 @@ impl Ticket {
 pub enum Reloaded {
     /// The files were read and the new config is in force.
     Swapped,
-    /// There is no config file (the environment-only start): nothing was read. Token files
-    /// are re-read when they change, without a reload.
-    NoFile,
+    /// There is no config file (the environment-only start, or `--demo`): nothing was read.
+    /// Token files are re-read when they change, without a reload.
+    NoFile(Fixed),
+}
+
+/// Where a config without files comes from: what a reload says it could not re-read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fixed {
+    /// `BALENA_TOKEN` / `BALENA_TOKEN_FILE` and the other variables, read at start.
+    Environment,
+    /// `--demo`: the embedded `config/demo.yml`.
+    Demo,
+}
+
+impl Fixed {
+    /// One sentence for the operator who asked for a reload.
+    pub fn nothing_to_reload(self) -> &'static str {
+        match self {
+            Fixed::Environment => "nothing to reload: the configuration comes from the environment, read at start; BALENA_TOKEN_FILE is re-read when it changes",
+            Fixed::Demo => "nothing to reload: --demo runs the embedded demo configuration (config/demo.yml), read at start; run with --config.file to reload a file",
+        }
+    }
 }
 
 impl SharedConfig {
@@ -67,8 +88,17 @@ impl SharedConfig {
         Self {
             current: ArcSwap::from_pointee(config),
             options,
+            fixed: Fixed::Environment,
             reloading: Mutex::new(()),
             reload_thread: Arc::default(),
+        }
+    }
+
+    /// The `--demo` config: never reloaded.
+    pub fn demo(config: Config) -> Self {
+        Self {
+            fixed: Fixed::Demo,
+            ..Self::new(config, None)
         }
     }
 
@@ -89,7 +119,7 @@ impl SharedConfig {
     /// then: nothing changed).
     fn reload_unless_abandoned(&self, ticket: &Ticket) -> Option<Result<Reloaded, ConfigError>> {
         let Some(opts) = &self.options else {
-            return Some(Ok(Reloaded::NoFile));
+            return Some(Ok(Reloaded::NoFile(self.fixed)));
         };
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let mut new = match load(opts) {
@@ -232,7 +262,10 @@ mod tests {
         }
         assert_eq!(shared.snapshot().generation, 40);
         let env_only = SharedConfig::new(shared.snapshot().as_ref().clone(), None);
-        assert_eq!(env_only.reload().unwrap(), Reloaded::NoFile);
+        assert_eq!(
+            env_only.reload().unwrap(),
+            Reloaded::NoFile(Fixed::Environment)
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -51,6 +51,18 @@ pub enum Source {
     Shared,
 }
 
+impl Source {
+    /// The word logs and pages use: `fetched`, `cache`, `shared` (the last two are also the
+    /// `kind` of `balena_exporter_cache_hits_total`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Fetched => "fetched",
+            Source::Cache => "cache",
+            Source::Shared => "shared",
+        }
+    }
+}
+
 /// The shared cache.
 #[derive(Debug)]
 pub struct ProbeCache {

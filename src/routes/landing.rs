@@ -1,8 +1,13 @@
-//! `/`: a plain HTML page with the version, the configured targets and links.
+//! `/`: a plain HTML page with the version, every configured target with its last result (in
+//! words, with what to do when it failed), the recent probes, and links.
+
+use std::time::SystemTime;
 
 use actix_web::{web, HttpResponse};
 
 use super::AppState;
+use crate::history::ProbeRecord;
+use crate::probe::cache::Source;
 
 /// Escapes text for HTML.
 pub fn html_escape(s: &str) -> String {
@@ -17,9 +22,10 @@ fn url_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// The landing page.
+/// The landing page: the targets with their last result, then the recent probes.
 pub async fn landing(state: web::Data<AppState>) -> HttpResponse {
     let config = state.config.snapshot();
+    let now = SystemTime::now();
     let mut rows = String::new();
     for (name, t) in &config.targets {
         let what = match t.scope() {
@@ -28,35 +34,88 @@ pub async fn landing(state: web::Data<AppState>) -> HttpResponse {
             crate::config::Scope::All => "every accessible fleet".to_string(),
         };
         let n = url_encode(name);
+        let last = match state.history.latest(name, None) {
+            Some(r) => last_result(&r, now),
+            None => "<td class=\"none\" colspan=\"3\">not probed yet</td>".to_string(),
+        };
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><a href=\"probe?target={n}\">metrics</a> · <a href=\"probe?target={n}&amp;debug=true\">debug</a></td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td>{last}<td><a href=\"probe?target={n}\">metrics</a> · <a href=\"probe?target={n}&amp;debug=true\">debug</a></td></tr>\n",
             html_escape(name),
             html_escape(&what),
             html_escape(t.module_name()),
+            html_escape(&t.auth),
         ));
     }
     let mut recent = String::new();
     for r in state.history.list() {
         let time = humantime::format_rfc3339_seconds(r.time);
         recent.push_str(&format!(
-            "<tr><td>{time}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}s</td><td><a href=\"logs?id={}\">log</a></td></tr>\n",
+            "<tr class=\"{}\"><td>{time}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><a href=\"logs?id={}\">log</a></td></tr>\n",
+            class(&r),
             html_escape(&r.target),
             html_escape(&r.module),
-            if r.success() { "Success".to_string() } else { format!("Failure ({})", r.result) },
-            r.duration.as_secs_f64(),
+            html_escape(&r.auth),
+            result_cell(&r),
+            html_escape(&data_cell(&r)),
             r.id,
         ));
     }
     let body = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>balena exporter</title></head><body>\n\
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>balena exporter</title>\n<style>{STYLE}</style></head><body>\n\
 <h1>balena exporter</h1>\n<p>Version {version}</p>\n\
-<p><a href=\"metrics\">Exporter metrics</a> · <a href=\"config\">Configuration</a> · <a href=\"-/healthy\">Health</a></p>\n\
-<h2>Targets</h2>\n<table border=\"1\" cellpadding=\"4\"><tr><th>target</th><th>covers</th><th>module</th><th>probe</th></tr>\n{rows}</table>\n\
-<h2>Recent probes</h2>\n<table border=\"1\" cellpadding=\"4\"><tr><th>time</th><th>target</th><th>module</th><th>result</th><th>duration</th><th>debug</th></tr>\n{recent}</table>\n\
-<p><a href=\"sd\">Service discovery (JSON)</a></p>\n</body></html>\n",
+<p><a href=\"metrics\">Exporter metrics</a> · <a href=\"config\">Configuration</a> · <a href=\"-/healthy\">Health</a> · <a href=\"sd\">Service discovery (JSON)</a></p>\n\
+<h2>Targets</h2>\n<table><tr><th>target</th><th>covers</th><th>module</th><th>auth</th><th>last result</th><th>data</th><th>when</th><th>probe</th></tr>\n{rows}</table>\n\
+<h2>Recent probes</h2>\n<table><tr><th>time</th><th>target</th><th>module</th><th>auth</th><th>result</th><th>data</th><th>debug</th></tr>\n{recent}</table>\n\
+</body></html>\n",
         version = env!("CARGO_PKG_VERSION"),
     );
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .body(body)
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}\
+td,th{border:1px solid #bbb;padding:4px 8px;text-align:left;vertical-align:top}td:first-child{white-space:nowrap}\
+.ok{background:#e8f6e8}.failed{background:#fbe4e4}.none{color:#777}.advice{font-size:90%;color:#555}";
+
+/// `ok` or `failed`: the row's colour.
+fn class(r: &ProbeRecord) -> &'static str {
+    if r.success() {
+        "ok"
+    } else {
+        "failed"
+    }
+}
+
+/// The result in words, and what to do about a failure.
+fn result_cell(r: &ProbeRecord) -> String {
+    match &r.advice {
+        Some(a) => format!(
+            "{}<br><span class=\"advice\">{}</span>",
+            html_escape(&r.summary),
+            html_escape(a)
+        ),
+        None => html_escape(&r.summary),
+    }
+}
+
+/// Where the data came from: a cached answer says so (and how old) instead of a duration.
+fn data_cell(r: &ProbeRecord) -> String {
+    match r.data_from {
+        Source::Fetched => format!("fetched in {:.3}s", r.duration.as_secs_f64()),
+        Source::Cache => format!("cached, {:.1}s old", r.data_age.as_secs_f64()),
+        Source::Shared => format!("shared fetch, {:.3}s", r.duration.as_secs_f64()),
+    }
+}
+
+/// The last result, data and time cells of a target's row.
+fn last_result(r: &ProbeRecord, now: SystemTime) -> String {
+    let ago = now.duration_since(r.time).unwrap_or_default().as_secs();
+    format!(
+        "<td class=\"{}\">{} · <a href=\"logs?id={}\">log</a></td><td>{}</td><td>{ago}s ago</td>",
+        class(r),
+        result_cell(r),
+        r.id,
+        html_escape(&data_cell(r)),
+    )
 }

@@ -7,6 +7,7 @@ mod logs;
 mod metrics;
 mod probe;
 mod reload;
+mod report;
 mod sd;
 
 pub use self::config::config;
@@ -16,6 +17,7 @@ pub use logs::logs;
 pub use metrics::metrics;
 pub use probe::{effective_timeout, probe, ProbeParams};
 pub use reload::reload;
+pub use report::count;
 pub use sd::sd;
 
 use std::sync::Arc;

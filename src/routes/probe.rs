@@ -5,21 +5,19 @@
 //! the accepted encoding ([`crate::probe::answer`]), or the debug page. An upstream failure is
 //! HTTP 200 with `probe_success 0`; only a bad request is a 4xx.
 
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
 use actix_web::http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, VARY};
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::report::record;
 use super::AppState;
 use crate::balena::BalenaClient;
 use crate::exposition::body::accepts_gzip;
 use crate::exposition::{Exposition, TEXT_FORMAT};
-use crate::history::ProbeRecord;
 use crate::metrics as m;
 use crate::probe::answer::{self, Encoding};
-use crate::probe::cache::Source;
 use crate::probe::prober::{Outcome, ProbeRequest};
 
 /// Deadline used when Prometheus sends no `X-Prometheus-Scrape-Timeout-Seconds` (as blackbox).
@@ -187,32 +185,6 @@ fn resolve(req: &HttpRequest, state: &AppState) -> Result<(ProbeRequest, bool), 
     Ok((request, params.debug))
 }
 
-/// Records the probe (self-metrics, one log line, the history) and returns its log text.
-fn record(state: &AppState, probe: &ProbeRequest, f: &Outcome, duration: Duration) -> String {
-    let (target, module) = (probe.target_name.as_str(), probe.module_name.as_str());
-    let outcome = match &f.result {
-        Ok(_) => "success",
-        Err(e) => e.reason(),
-    };
-    let m = &state.metrics;
-    m.probes.with_label_values(&[target, module, outcome]).inc();
-    m.probe_duration
-        .with_label_values(&[module])
-        .observe(duration.as_secs_f64());
-    log_outcome(probe, f, duration);
-    let log = probe_log(target, module, probe.module(), f);
-    state.history.add(ProbeRecord {
-        id: 0,
-        time: std::time::SystemTime::now(),
-        target: target.to_string(),
-        module: module.to_string(),
-        result: outcome,
-        duration,
-        log: log.clone(),
-    });
-    log
-}
-
 /// The per-probe metrics (`probe_success`, durations, requests, data age) as text.
 fn head_text(probe: &ProbeRequest, f: &Outcome, duration: Duration) -> String {
     let mut head = Exposition::new();
@@ -278,87 +250,6 @@ fn discovered_fleet(
         kind: crate::config::TargetKind::Fleet(slug.to_string()),
         ..parent.clone()
     })
-}
-
-/// One log line per probe: target, result, duration, upstream calls; the failure reason,
-/// endpoint and status when it failed.
-fn log_outcome(probe: &ProbeRequest, f: &Outcome, duration: Duration) {
-    let (target, module) = (&probe.target_name, probe.module_name.as_str());
-    let calls = &f.calls;
-    match &f.result {
-        Ok(data) => tracing::info!(
-            target: "balena_exporter::probe",
-            target_name = %target, module, result = "success",
-            duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
-            data_from = ?f.source, data_age_seconds = f.age.as_secs_f64(),
-            fleets = data.fleets, devices = data.devices, "probe succeeded"
-        ),
-        Err(e) => {
-            let last = calls.last();
-            tracing::error!(
-                target: "balena_exporter::probe",
-                target_name = %target, module, auth = probe.auth_name.as_str(), result = "failure",
-                reason = e.reason(), error = %e,
-                endpoint = last.map(|c| c.endpoint).unwrap_or("-"),
-                status = last.and_then(|c| c.status).unwrap_or(0),
-                duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
-                "probe failed"
-            )
-        }
-    }
-}
-
-/// The probe's log as `debug=true` and `/logs` show it: result, upstream requests and log
-/// lines (never the Authorization header), and the module.
-fn probe_log(
-    target: &str,
-    module_name: &str,
-    module: &crate::config::ModuleConfig,
-    f: &Outcome,
-) -> String {
-    let (result, source, age, notes) = (&f.result, f.source, f.age, &f.notes);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Probe of target {target:?} with module {module_name:?}"
-    );
-    match result {
-        Ok(d) => {
-            let _ = writeln!(
-                out,
-                "Result: success ({} fleets, {} devices)",
-                d.fleets, d.devices
-            );
-        }
-        Err(e) => {
-            let _ = writeln!(out, "Result: failure ({}): {e}", e.reason());
-        }
-    }
-    let _ = match source {
-        Source::Fetched => writeln!(out, "Data: fetched for this probe"),
-        Source::Cache => writeln!(
-            out,
-            "Data: from the cache, {:.1}s old (api.cache_ttl)",
-            age.as_secs_f64()
-        ),
-        Source::Shared => writeln!(
-            out,
-            "Data: shared with an identical probe's fetch in flight"
-        ),
-    };
-    let _ = writeln!(out, "\nLog (upstream requests and decisions, in order):");
-    for n in notes {
-        let _ = writeln!(out, "{n}");
-    }
-    if notes.is_empty() {
-        let _ = writeln!(out, "(no upstream request by this probe)");
-    }
-    let _ = writeln!(
-        out,
-        "\nModule configuration:\n{}",
-        serde_yaml::to_string(module).unwrap_or_default()
-    );
-    out
 }
 
 #[cfg(test)]

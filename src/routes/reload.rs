@@ -14,9 +14,9 @@ pub async fn reload(state: web::Data<AppState>) -> HttpResponse {
     };
     match state.lifecycle.reload().await {
         Ok(Reloaded::Swapped) => HttpResponse::Ok().finish(),
-        Ok(Reloaded::NoFile) => text(
+        Ok(Reloaded::NoFile(fixed)) => text(
             HttpResponse::Ok(),
-            "nothing to reload: the configuration comes from the environment, read at start; BALENA_TOKEN_FILE is re-read when it changes\n".into(),
+            format!("{}\n", fixed.nothing_to_reload()),
         ),
         Err(ReloadError::Stopping) => text(
             HttpResponse::ServiceUnavailable(),

@@ -196,3 +196,21 @@ async fn the_device_family_table_is_documented_and_served() {
     }
     app.stop().await;
 }
+
+/// docs/operations.md's default deadline (no scrape-timeout header, as curl) is the one served.
+#[actix_rt::test]
+async fn the_documented_default_deadline_is_served() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let said: f64 = doc
+        .split("`probe_timeout_seconds ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .expect("operations.md shows probe_timeout_seconds")
+        .parse()
+        .unwrap();
+    let app = spawn_app(&[("screens", 1)]).await;
+    let m = app.probe("target=screens").await;
+    assert_eq!(m.value("probe_timeout_seconds", &[]), said);
+    app.stop().await;
+}

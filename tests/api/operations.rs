@@ -69,29 +69,79 @@ async fn debug_output_explains_a_failed_probe() {
     app.stop().await;
 }
 
-/// The landing page lists recent probes; `/logs` serves their logs by id or target.
+/// The landing page shows every target's last result in words (a failure with its reason and
+/// what to do, naming the auth; a cached answer marked as cached), the recent probes, and
+/// `/logs` serves their logs by id or target.
 #[actix_rt::test]
 async fn history_is_shown_and_logs_are_served() {
-    let app = spawn_app(&[("screens", 3)]).await;
+    let app = spawn_with(world(&[("screens", 3)]), |url| {
+        format!(
+            "{}  lost:\n    fleet: acme/missing\n    auth: acme\n  idle:\n    fleet: acme/screens\n    auth: acme\n",
+            default_config(url, &["screens"])
+        )
+    })
+    .await;
     app.probe("target=screens").await;
+    app.probe("target=screens").await; // from the cache
+    app.probe("target=lost").await;
     let landing = app.get("/").await.body;
+    let row = |name: &str| {
+        landing
+            .lines()
+            .find(|l| l.starts_with(&format!("<tr><td>{name}</td>")))
+            .unwrap_or_else(|| panic!("no row for {name}: {landing}"))
+            .to_string()
+    };
+    let screens = row("screens");
     assert!(
-        landing.contains("Recent probes") && landing.contains("logs?id=1"),
-        "{landing}"
+        screens.contains("<td class=\"ok\">success: 1 fleet, 3 devices"),
+        "{screens}"
+    );
+    assert!(screens.contains("<td>cached, "), "{screens}");
+    assert!(screens.contains("logs?id=2"), "the newest probe: {screens}");
+    let lost = row("lost");
+    assert!(
+        lost.contains(
+            "<td class=\"failed\">failure (not_found): fleet &quot;acme/missing&quot; not found"
+        ),
+        "{lost}"
     );
     assert!(
-        landing.contains("<td>screens</td><td>default</td><td>Success</td>"),
-        "{landing}"
+        lost.contains("that auth &quot;acme&quot; can see it"),
+        "{lost}"
+    );
+    assert!(row("idle").contains("not probed yet"));
+    // The recent probes: newest first, the cached one said as such, the fetched one timed.
+    let recent: Vec<&str> = landing
+        .lines()
+        .filter(|l| l.starts_with("<tr class="))
+        .collect();
+    assert_eq!(recent.len(), 3, "{landing}");
+    assert!(recent[0].contains("failure (not_found)"), "{}", recent[0]);
+    assert!(recent[1].contains("cached, "), "{}", recent[1]);
+    assert!(recent[2].contains("fetched in "), "{}", recent[2]);
+    assert!(
+        !landing.contains("Fetched")
+            && !landing.contains("Cache {")
+            && !landing.contains("1 fleets")
     );
     let by_id = app.get("/logs?id=1").await;
     assert_eq!(by_id.status, 200);
     assert!(
-        by_id.body.contains("Result: success (1 fleets, 3 devices)"),
+        by_id
+            .body
+            .contains("Result: success: 1 fleet, 3 devices\nData: fetched for this probe\n"),
         "{}",
         by_id.body
     );
+    // By target: its newest probe (the cached one).
     let by_target = app.get("/logs?target=screens&module=default").await;
-    assert_eq!(by_target.body, by_id.body);
+    assert_eq!(by_target.body, app.get("/logs?id=2").await.body);
+    assert!(
+        by_target.body.contains("Data: from the cache, "),
+        "{}",
+        by_target.body
+    );
     assert_eq!(app.get("/logs").await.status, 400);
     assert_eq!(app.get("/logs?id=1&target=screens").await.status, 400);
     assert_eq!(app.get("/logs?id=99").await.status, 404);

@@ -283,6 +283,33 @@ class ChartTest(unittest.TestCase):
             self.assertEqual(result.returncode, 0, result.stderr)
             self.assertIn("config file is ok (3 targets, 2 auths", result.stdout)
 
+    def test_chart_schema_and_exporter_take_the_same_durations(self):
+        # The schema's duration and the exporter's (config keys and flags) agree on every text:
+        # what the chart accepts starts, what it refuses the exporter refuses too.
+        samples = ["0", "0s", "500ms", "10s", "1m30s", "1h30m", "2d", "1w", "1d2h3m4s5ms", "30d",
+                   30, "30", "", "1m 30s", "30s1m", "1s1s", "1.5s", "10 seconds", "1hour", "-1s", "5ms1s"]
+        chart = helm.Chart.load(CHART)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "config.yml")
+            for sample in samples:
+                try:
+                    chart.validate_schema(dict(FULL, config=dict(FULL["config"], api={"cache_ttl": sample})))
+                    schema_ok = True
+                except Exception:
+                    schema_ok = False
+                with open(path, "w") as f:
+                    yaml.safe_dump({"auths": {"a": {"token": "t"}}, "api": {"cache_ttl": sample},
+                                    "targets": {"t": {"fleet": "o/a", "auth": "a"}}}, f)
+                r = subprocess.run([BIN, f"--config.file={path}", "--config.check"], capture_output=True, text=True)
+                self.assertEqual(schema_ok, r.returncode == 0, f"{sample!r}: schema {schema_ok}, exporter {r.stderr.strip()}")
+                if isinstance(sample, str) and sample:
+                    flag = subprocess.run([BIN, f"--config.file={path}", "--config.check",
+                                           f"--web.timeout-offset={sample}"], capture_output=True, text=True)
+                    if r.returncode == 0:
+                        self.assertEqual(flag.returncode, 0, f"flag {sample!r}: {flag.stderr}")
+                    else:
+                        self.assertNotEqual(flag.returncode, 0, f"flag {sample!r} accepted")
+
     def test_existing_secret_is_used_instead_of_a_chart_secret(self):
         values = dict(FULL, auths={"acme": {}, "partner": {}}, existingSecret="sealed-balena-tokens")
         objs, _ = render(values)
