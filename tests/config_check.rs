@@ -155,3 +155,35 @@ fn unrelated_prefixed_variables_are_not_config() {
     let (code, _, err) = run_with_config_env(GOOD, &["--config.check"], &env);
     assert!(code == 0, "{err}");
 }
+
+/// docs/configuration.md: `--config.file` repeats and the files merge; a name defined in two
+/// files is refused naming both.
+#[test]
+fn several_config_files_merge_and_a_name_in_two_is_refused() {
+    let dir = std::env::temp_dir().join(format!("balena-exporter-merge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let auths = dir.join("auths.yml");
+    let targets = dir.join("targets.yml");
+    let again = dir.join("again.yml");
+    std::fs::write(&auths, "auths:\n  a:\n    token: tok\n").unwrap();
+    std::fs::write(&targets, "targets:\n  t:\n    fleet: org/app\n    auth: a\n").unwrap();
+    std::fs::write(&again, "targets:\n  t:\n    fleet: org/other\n    auth: a\n").unwrap();
+    let check = |files: &[&std::path::Path]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_balena-exporter"));
+        for f in files {
+            cmd.arg(format!("--config.file={}", f.display()));
+        }
+        let out = cmd.arg("--config.check").output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = check(&[&auths, &targets]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("config file is ok (1 target, 1 auth, "), "{out}");
+    let (code, out) = check(&[&auths, &targets, &again]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("targets.t") && out.contains("again.yml"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

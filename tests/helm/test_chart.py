@@ -61,10 +61,10 @@ def render(values, namespace="monitoring"):
     return objects, out
 
 
-def render_all(values, namespace="monitoring"):
+def render_all(values, namespace="monitoring", name="rel"):
     """Every rendered object, in order (several of one kind allowed)."""
     chart = helm.Chart.load(CHART)
-    out = chart.render(values, name="rel", namespace=namespace, is_install=True)
+    out = chart.render(values, name=name, namespace=namespace, is_install=True)
     return [doc for path, text in sorted(out.items()) if path.endswith(".yaml")
             for doc in yaml.safe_load_all(text) if doc]
 
@@ -612,6 +612,20 @@ class InstallPathTest(unittest.TestCase):
             self.assertIn(want, str(e.exception))
         render(dict(FULL, probe={"enabled": True, "interval": "30s", "scrapeTimeout": "30s"}))
 
+    def test_scaling_doc_names_what_the_readme_install_renders_when_sharded(self):
+        env = {"ACME_TOKEN": "readme-token-3c1e"}
+        release, _, ns, values = values_of_helm_install(helm_install_commands("README.md")[0], env)
+        values = deep_merge(values, {"sharding": {"enabled": True}, "replicaCount": 3})
+        objs = render_all(values, namespace=ns, name=release)
+        sts = next(o for o in objs if o["kind"] == "StatefulSet")["metadata"]["name"]
+        headless = next(o["metadata"]["name"] for o in objs if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None")
+        port = next(o for o in objs if o["kind"] == "Service")["spec"]["ports"][0]["port"]
+        with open(os.path.join(ROOT, "docs", "scaling.md")) as f:
+            doc = " ".join(f.read().split())
+        self.assertIn(f"pods `{sts}-0 … {sts}-<R-1>`", doc)
+        self.assertIn(f"headless Service `{headless}`", doc)
+        self.assertIn(f"`{sts}-<i>.{headless}.{ns}.svc:{port}`", doc)
+
     def test_rotation_and_runbook_commands_match_the_chart(self):
         """docs/operations.md's rotation commands and docs/runbook.md's kubectl line name what the
         chart renders for the README's install."""
@@ -626,6 +640,9 @@ class InstallPathTest(unittest.TestCase):
         self.assertEqual(after["Secret"]["stringData"]["acme"], env["NEW_ACME_TOKEN"])
         ann = lambda o: o["Deployment"]["spec"]["template"]["metadata"]["annotations"]["checksum/auths"]
         self.assertNotEqual(ann(after), ann(objs), "the chart-made Secret's change rolls the pods")
+        with open(os.path.join(ROOT, "deploy", "README.md")) as f:
+            self.assertIn("it changes `checksum/auths` and rolls the pods", " ".join(f.read().split()),
+                          "deploy/README says what the chart does")
         # kubectl ... | kubectl apply: the existingSecret the chart mounts, one key per auth.
         [kubectl] = sh_lines("docs/operations.md", "kubectl")
         m = re.search(r"-n (\S+) create secret generic (\S+) (.*?)--dry-run", kubectl)
