@@ -166,8 +166,16 @@ fn several_config_files_merge_and_a_name_in_two_is_refused() {
     let targets = dir.join("targets.yml");
     let again = dir.join("again.yml");
     std::fs::write(&auths, "auths:\n  a:\n    token: tok\n").unwrap();
-    std::fs::write(&targets, "targets:\n  t:\n    fleet: org/app\n    auth: a\n").unwrap();
-    std::fs::write(&again, "targets:\n  t:\n    fleet: org/other\n    auth: a\n").unwrap();
+    std::fs::write(
+        &targets,
+        "targets:\n  t:\n    fleet: org/app\n    auth: a\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &again,
+        "targets:\n  t:\n    fleet: org/other\n    auth: a\n",
+    )
+    .unwrap();
     let check = |files: &[&std::path::Path]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_balena-exporter"));
         for f in files {
@@ -176,14 +184,21 @@ fn several_config_files_merge_and_a_name_in_two_is_refused() {
         let out = cmd.arg("--config.check").output().unwrap();
         (
             out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     };
     let (code, out) = check(&[&auths, &targets]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("config file is ok (1 target, 1 auth, "), "{out}");
+    assert!(
+        out.contains("config file is ok (1 target, 1 auth, "),
+        "{out}"
+    );
     let (code, out) = check(&[&auths, &targets, &again]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("targets.t") && out.contains("again.yml"), "{out}");
+    assert!(
+        out.contains("targets.t") && out.contains("again.yml"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

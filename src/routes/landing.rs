@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use actix_web::{web, HttpResponse};
 
+use super::took;
 use super::AppState;
 use crate::history::ProbeRecord;
 use crate::probe::cache::Source;
@@ -102,9 +103,9 @@ fn result_cell(r: &ProbeRecord) -> String {
 /// Where the data came from: a cached answer says so (and how old) instead of a duration.
 fn data_cell(r: &ProbeRecord) -> String {
     match r.data_from {
-        Source::Fetched => format!("fetched in {:.3}s", r.duration.as_secs_f64()),
-        Source::Cache => format!("cached, {:.1}s old", r.data_age.as_secs_f64()),
-        Source::Shared => format!("shared fetch, {:.3}s", r.duration.as_secs_f64()),
+        Source::Fetched => format!("fetched in {}", took(r.duration)),
+        Source::Cache => format!("cached, {:.1} s old", r.data_age.as_secs_f64()),
+        Source::Shared => format!("shared fetch, {}", took(r.duration)),
     }
 }
 

@@ -17,7 +17,7 @@ pub use logs::logs;
 pub use metrics::metrics;
 pub use probe::{effective_timeout, probe, ProbeParams};
 pub use reload::reload;
-pub use report::count;
+pub use report::{count, took};
 pub use sd::sd;
 
 use std::sync::Arc;

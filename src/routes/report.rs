@@ -71,6 +71,16 @@ pub fn result_words<T: std::ops::Deref<Target = crate::probe::ProbeData>>(
     }
 }
 
+/// A duration for people: "0.4 ms", "115.0 ms", "1.23 s".
+pub fn took(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 1.0 {
+        format!("{:.1} ms", secs * 1000.0)
+    } else {
+        format!("{secs:.2} s")
+    }
+}
+
 /// Where the data came from, in words.
 pub fn data_words(source: Source, age: Duration) -> String {
     match source {
@@ -155,5 +165,7 @@ mod tests {
         assert_eq!(count(1, "fleet"), "1 fleet");
         assert_eq!(count(0, "device"), "0 devices");
         assert_eq!(count(12, "device"), "12 devices");
+        assert_eq!(took(Duration::from_micros(400)), "0.4 ms");
+        assert_eq!(took(Duration::from_millis(1234)), "1.23 s");
     }
 }
