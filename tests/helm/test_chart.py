@@ -574,6 +574,32 @@ class InstallPathTest(unittest.TestCase):
             self.assertEqual(config["targets"]["shop-screens"], {"fleet": "acme/shop-screens", "auth": "acme"})
             check_config(self, config, {"acme": env["ACME_TOKEN"]})
 
+    def test_readme_install_from_a_clone_runs_the_image_built_and_loaded_there(self):
+        """Before a release is published, the README's clone install runs the image its own
+        `docker build` made and its kind/k3d/minikube line loaded: the same name everywhere, and
+        never pulled. The lines that need a published release say so."""
+        [build] = [c for c in sh_lines("README.md", "docker build") if "localhost/" in c]
+        tag = re.search(r"-t (\S+)", build).group(1)
+        loads = sh_lines("README.md", "kind load") + sh_lines("README.md", "k3d image import") + \
+            sh_lines("README.md", "minikube image load")
+        self.assertEqual(len(loads), 3, loads)
+        for load in loads:
+            self.assertEqual(load.split()[-1], tag, load)
+        env = {"ACME_TOKEN": "readme-token-3c1e"}
+        local = helm_install_commands("README.md")[0]
+        release, _, ns, values = values_of_helm_install(local, env)
+        objs = render_all(values, namespace=ns, name=release)
+        [container] = [c for c in workload(objs)["spec"]["template"]["spec"]["containers"] if c["name"] == "balena-exporter"]
+        self.assertEqual(container["image"], tag)
+        self.assertEqual(container["imagePullPolicy"], "Never")
+        with open(os.path.join(ROOT, "README.md")) as f:
+            readme = f.read()
+        for line in readme.splitlines():
+            if "ghcr.io/balena-exporter/balena-exporter:0.1.0" in line and line.startswith("docker run"):
+                self.assertIn("needs a published release", line)
+        self.assertIn("until a maintainer pushes the tag `v0.1.0`", " ".join(re.sub(r"^> ?", "", readme, flags=re.M).split()))
+        self.assertIn(f"v{chart_metadata()['version']}", readme)
+
     def test_readme_installs_are_selected_by_kube_prometheus_stack(self):
         """kube-prometheus-stack's Prometheus (default values) selects Probe, ServiceMonitor and
         PrometheusRule objects by `release: <its release name>`; the README's lines, for a
