@@ -53,6 +53,24 @@ catalogue! {
     FLEET_DEVICES_ONLINE_NOT_ON_TARGET = "balena_fleet_devices_online_not_on_target_release", "Online devices that have a target release (pin, else fleet target) and run another: the devices that could update and have not.";
     /// Undervolted devices.
     FLEET_DEVICES_UNDERVOLTED = "balena_fleet_devices_undervolted", "Devices in the fleet reporting under-voltage (is_undervolted).";
+    /// Current services per name and status.
+    FLEET_SERVICES = "balena_fleet_services", "Current services of the fleet's devices per service name and container status (image_install.status of each device's newest install of the service, not deleted).";
+    /// Devices per update_status.
+    FLEET_DEVICES_UPDATE_STATUS = "balena_fleet_devices_update_status", "Devices in the fleet per update_status (every known value and none, for null, zeros included).";
+    /// Devices per running release.
+    FLEET_DEVICES_RELEASE = "balena_fleet_devices_release", "Devices in the fleet per running release commit (is_running__release; none when unknown).";
+    /// Pinned devices.
+    FLEET_DEVICES_PINNED = "balena_fleet_devices_pinned", "Devices in the fleet pinned to a release (is_pinned_on__release set).";
+    /// Devices per OS.
+    FLEET_DEVICES_OS = "balena_fleet_devices_os", "Devices in the fleet per balenaOS version and variant.";
+    /// Devices per supervisor.
+    FLEET_DEVICES_SUPERVISOR = "balena_fleet_devices_supervisor", "Devices in the fleet per supervisor version.";
+    /// The newest release.
+    FLEET_LATEST_RELEASE_INFO = "balena_fleet_latest_release_info", "The fleet's newest release (build) as labels: commit, build status, semver; always 1.";
+    /// When the newest release was created.
+    FLEET_LATEST_RELEASE_CREATED = "balena_fleet_latest_release_created_timestamp_seconds", "When the fleet's newest release was created (created_at), Unix seconds.";
+    /// When the target release was created.
+    FLEET_TARGET_RELEASE_CREATED = "balena_fleet_target_release_created_timestamp_seconds", "When the fleet's target release was created (created_at), Unix seconds.";
     /// Compatibility gauge of the older Python exporter.
     LEGACY_DEVICES_ONLINE = "balena_devices_online", "Online devices per fleet, labelled by fleet display name as the older balena Python exporter wrote it.";
     /// Device facts.
@@ -85,7 +103,52 @@ catalogue! {
     DEVICE_ON_TARGET = "balena_device_on_target_release", "Whether the device runs the release it should run (pin, else fleet target).";
     /// overall_progress / 100.
     DEVICE_PROGRESS = "balena_device_update_progress_ratio", "Progress of the current update or provisioning (overall_progress / 100); absent when nothing is in progress.";
+    /// update_status.
+    DEVICE_UPDATE_STATUS = "balena_device_update_status", "The device's update_status as a label (none when null: supervisors before 16.7); always 1.";
+    /// last_update_status_event.
+    DEVICE_UPDATE_STATUS_TIME = "balena_device_update_status_timestamp_seconds", "When the device's update_status last changed (last_update_status_event), Unix seconds.";
+    /// is_pinned_on__release set.
+    DEVICE_PINNED = "balena_device_pinned", "Whether the device is pinned to a release (is_pinned_on__release set).";
+    /// changed_api_heartbeat_state_on__date.
+    DEVICE_HEARTBEAT_CHANGED = "balena_device_heartbeat_changed_timestamp_seconds", "When the device's api_heartbeat_state last changed (changed_api_heartbeat_state_on__date), Unix seconds: offline since, for an offline device.";
+    /// A service's status on a device (opt-in).
+    DEVICE_SERVICE_STATUS = "balena_device_service_status", "The container status of each current service of the device as labels (modules with device_services); always 1.";
 }
+
+/// Every `update_status` value of API v7, and `none` for null; emitted with zeros.
+pub const KNOWN_UPDATE_STATUSES: &[&str] = &[
+    "aborted",
+    "applying changes",
+    "done",
+    "downloaded",
+    "downloading",
+    "none",
+    "rejected",
+];
+
+/// Every `image_install.status` the v7 model allows (balena.sbvr), as the supervisor writes them.
+pub const KNOWN_INSTALL_STATUSES: &[&str] = &[
+    "Awaiting handover",
+    "Dead",
+    "Deleting",
+    "Downloaded",
+    "Downloading",
+    "Handing over",
+    "Idle",
+    "Installed",
+    "Installing",
+    "Running",
+    "Starting",
+    "Stopped",
+    "Stopping",
+    "Unknown",
+    "configuring",
+    "deleted",
+    "exited",
+    "paused",
+    "removing",
+    "restarting",
+];
 
 /// Every `overall_status` value of API v7, emitted with zeros at fleet level.
 pub const KNOWN_STATUSES: &[&str] = &[

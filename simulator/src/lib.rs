@@ -18,7 +18,9 @@ use actix_web::{dev::ServerHandle, web, App, HttpServer};
 
 pub use odata::{parse_filter, parse_request, Expr, Lit, Malformed};
 pub use server::{Fault, FaultRule, LoggedRequest, SimState};
-pub use world::{overall_status, Caller, FleetSpec, OrgSpec, Row, UserSpec, World, WorldSpec};
+pub use world::{
+    overall_status, Caller, FleetSpec, OrgSpec, Row, Scenario, UserSpec, World, WorldSpec, SERVICES,
+};
 
 /// A running simulator.
 pub struct Simulator {

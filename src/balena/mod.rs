@@ -53,8 +53,7 @@ impl DeviceScope {
 }
 
 const FLEET_SELECT: &str = "id,app_name,slug";
-const FLEET_EXPAND: &str =
-    "organization($select=handle),is_for__device_type($select=slug),should_be_running__release($select=commit)";
+const FLEET_EXPAND: &str = "organization($select=handle),is_for__device_type($select=slug),should_be_running__release($select=commit,semver,created_at),owns__release($select=commit,status,semver,created_at;$orderby=created_at desc;$top=1)";
 
 fn fleet_expand(module: &ModuleConfig) -> String {
     if module.counts_only {
@@ -198,6 +197,9 @@ pub fn device_query(module: &ModuleConfig) -> (String, String) {
         SUMMARY_DEVICE_FIELDS
     };
     let mut expand = vec!["is_running__release($select=id,commit)".to_string()];
+    if module.services {
+        expand.push(model::SERVICES_EXPAND.to_string());
+    }
     if module.devices {
         expand.push("is_of__device_type($select=slug)".into());
         if !module.device_tags.is_empty() {

@@ -47,6 +47,24 @@ pub struct ReleaseRow {
     pub commit: Option<String>,
 }
 
+/// A release as the fleet row expands it: the target (`should_be_running__release`) and the
+/// newest build (`owns__release`, newest first, one row). Never `build_log` (up to 1 MB).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct FleetRelease {
+    /// Commit hash: the `release` label.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Build status: `running`, `success`, `failed`, `error`, `cancelled`, `interrupted`.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Computed `semver` (`1.2.3`, `0.0.0` for an unversioned release).
+    #[serde(default)]
+    pub semver: Option<String>,
+    /// When the release was created, ISO-8601.
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
 /// A count from `$expand=owns__device/$count(...)`: the API writes the number in place of the
 /// navigation array.
 pub type Count = u64;
@@ -69,9 +87,14 @@ pub struct Fleet {
     /// `$expand=is_for__device_type($select=slug)`.
     #[serde(default)]
     pub is_for__device_type: Option<Vec<SlugRow>>,
-    /// `$expand=should_be_running__release($select=commit)`: the fleet's target release.
+    /// `$expand=should_be_running__release($select=commit,semver,created_at)`: the fleet's
+    /// target release.
     #[serde(default)]
-    pub should_be_running__release: Option<Vec<ReleaseRow>>,
+    pub should_be_running__release: Option<Vec<FleetRelease>>,
+    /// `$expand=owns__release($select=commit,status,semver,created_at;$orderby=created_at
+    /// desc;$top=1)`: the newest build, whatever its status.
+    #[serde(default)]
+    pub owns__release: Option<Vec<FleetRelease>>,
     /// `$expand=owns__device/$count($filter=is_online eq true)`: online devices (counts-only
     /// module).
     #[serde(default, rename = "owns__device")]
@@ -100,15 +123,29 @@ impl Fleet {
             .unwrap_or("")
     }
 
+    /// The newest release (build) of the fleet, if it has any.
+    pub fn latest_release(&self) -> Option<&FleetRelease> {
+        first(&self.owns__release)
+    }
+
+    /// The target release row, if the fleet has one.
+    pub fn target(&self) -> Option<&FleetRelease> {
+        first(&self.should_be_running__release)
+    }
+
     /// The longest of the strings that become label values, in bytes: checked against the
     /// string cap as device rows are ([`super::stream::MAX_STRING_BYTES`]).
     pub fn longest_label_value(&self) -> usize {
+        let latest = self.latest_release().cloned().unwrap_or_default();
         [
             self.app_name.as_str(),
             &self.slug,
             self.organization_handle(),
             self.device_type(),
             self.target_release(),
+            latest.commit.as_deref().unwrap_or(""),
+            latest.status.as_deref().unwrap_or(""),
+            latest.semver.as_deref().unwrap_or(""),
         ]
         .iter()
         .map(|s| s.len())
@@ -182,6 +219,10 @@ pub const DEVICE_FIELDS: &[&str] = &[
     "is_connected_to_vpn",
     "last_connectivity_event",
     "should_be_running__release",
+    "update_status",
+    "last_update_status_event",
+    "is_pinned_on__release",
+    "changed_api_heartbeat_state_on__date",
 ];
 
 /// Device fields a summary module (no per-device series) needs.
@@ -193,7 +234,61 @@ pub const SUMMARY_DEVICE_FIELDS: &[&str] = &[
     "overall_status",
     "is_undervolted",
     "should_be_running__release",
+    "update_status",
+    "is_pinned_on__release",
+    "os_version",
+    "os_variant",
+    "supervisor_version",
 ];
+
+/// The `$expand` of a device's current services, after balena-sdk's
+/// `getCurrentServiceDetailsPineExpand`: every install not `deleted`, with its service's name.
+pub const SERVICES_EXPAND: &str = "image_install($select=id,status,install_date;$filter=status ne 'deleted';$expand=installs__image($select=id;$expand=is_a_build_of__service($select=service_name)))";
+
+/// One image install of a device (`image_install`, expanded with [`SERVICES_EXPAND`]).
+#[allow(non_snake_case)]
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Install<'a> {
+    /// Row id (breaks ties of `install_date`).
+    #[serde(default)]
+    pub id: u64,
+    /// Container status as the supervisor reports it (`Running`, `exited`, `Downloading`, ...).
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub status: Text<'a>,
+    /// When the install was created, ISO-8601 (compares in time order as text).
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub install_date: Text<'a>,
+    /// `$expand=installs__image(...)`.
+    #[serde(default, borrow)]
+    pub installs__image: Option<Vec<InstalledImage<'a>>>,
+}
+
+/// `installs__image($select=id;$expand=is_a_build_of__service($select=service_name))`.
+#[allow(non_snake_case)]
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct InstalledImage<'a> {
+    /// The service the image is a build of.
+    #[serde(default, borrow)]
+    pub is_a_build_of__service: Option<Vec<ServiceName<'a>>>,
+}
+
+/// `is_a_build_of__service($select=service_name)`.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ServiceName<'a> {
+    /// The service's name in the release's compose file.
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub service_name: Text<'a>,
+}
+
+impl Install<'_> {
+    /// The service's name, or "" when the API did not say.
+    pub fn service(&self) -> &str {
+        first(&self.installs__image)
+            .and_then(|i| first(&i.is_a_build_of__service))
+            .map(|s| text(&s.service_name))
+            .unwrap_or("")
+    }
+}
 
 /// A device row, with exactly the fields [`DEVICE_FIELDS`] selects. Strings
 /// borrow from the response body: a page of devices is decoded one row at a time without
@@ -273,6 +368,22 @@ pub struct Device<'a> {
     /// `$expand=device_tag($select=tag_key,value)`, only when the module asks for tags.
     #[serde(default, borrow)]
     pub device_tag: Option<Vec<DeviceTag<'a>>>,
+    /// `rejected`, `downloading`, `downloaded`, `applying changes`, `aborted`, `done`; null
+    /// before supervisor 16.7.
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub update_status: Text<'a>,
+    /// When `update_status` last changed, ISO-8601.
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub last_update_status_event: Text<'a>,
+    /// The release the device is pinned to, if any.
+    #[serde(default)]
+    pub is_pinned_on__release: Option<NavId>,
+    /// When `api_heartbeat_state` last changed, ISO-8601.
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub changed_api_heartbeat_state_on__date: Text<'a>,
+    /// `$expand=image_install(...)` ([`SERVICES_EXPAND`]), only when the module reads services.
+    #[serde(default, borrow)]
+    pub image_install: Option<Vec<Install<'a>>>,
 }
 
 fn text<'s>(t: &'s Text<'_>) -> &'s str {
@@ -312,6 +423,29 @@ impl Device<'_> {
             .find(|t| t.tag_key == key)
             .map(|t| text(&t.value))
             .unwrap_or("")
+    }
+
+    /// The device's current services: per service name, its newest install (latest
+    /// `install_date`, then highest id), as balena's dashboard and the SDK's
+    /// `generateCurrentServiceDetails` show first. Sorted by service name.
+    pub fn current_services(&self) -> Vec<(&str, &str)> {
+        let mut newest: Vec<&Install<'_>> = Vec::new();
+        for i in self.image_install.iter().flatten() {
+            match newest.iter_mut().find(|n| n.service() == i.service()) {
+                Some(n) => {
+                    if (text(&i.install_date), i.id) > (text(&n.install_date), n.id) {
+                        *n = i;
+                    }
+                }
+                None => newest.push(i),
+            }
+        }
+        let mut out: Vec<(&str, &str)> = newest
+            .iter()
+            .map(|i| (i.service(), text(&i.status)))
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// Whether the running release is the one the device should run; `None` when unknown.

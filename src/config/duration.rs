@@ -79,7 +79,7 @@ pub fn format(d: Duration) -> String {
     out
 }
 
-/// Writes [`format`]'s text.
+/// Writes [`format()`]'s text.
 pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&format(*d))
 }

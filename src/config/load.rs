@@ -645,6 +645,15 @@ fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
                 "compact_cache keeps per-device series, so it needs devices: true and no counts_only",
             ));
         }
+        if module.device_services
+            && (!module.devices || !module.services || module.counts_only || module.compact_cache)
+        {
+            return Err(invalid(
+                file,
+                format!("modules.{name}.device_services"),
+                "device_services writes per-device service series, so it needs devices: true, services: true, no counts_only and no compact_cache",
+            ));
+        }
         if module.counts_only && !module.device_tags.is_empty() {
             return Err(invalid(
                 file,

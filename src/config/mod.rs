@@ -216,6 +216,12 @@ pub struct ModuleConfig {
     /// Cache per-device series as values and render them for every answer: ~0.2 KB per device
     /// held instead of ~0.56 KB, for CPU on every answer (large fleets; docs/performance.md).
     pub compact_cache: bool,
+    /// Read each device's current services (`image_install`, expanded in the device listing)
+    /// for `balena_fleet_services`. Off: no service data, a smaller listing.
+    pub services: bool,
+    /// Also write each service's status on each device (`balena_device_service_status`):
+    /// devices × services series, so opt-in. Needs `devices` and `services`.
+    pub device_services: bool,
 }
 
 impl ModuleConfig {
@@ -274,6 +280,8 @@ impl Default for ModuleConfig {
             counts_only: false,
             legacy_devices_online: false,
             compact_cache: false,
+            services: true,
+            device_services: false,
         }
     }
 }

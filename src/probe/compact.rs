@@ -43,6 +43,7 @@ struct Row {
     info: [u32; 5],
     status: u32,
     heartbeat: u32,
+    update: u32,
     /// Values of the [`STORED`] families (NaN: absent).
     values: [f64; N_STORED],
 }
@@ -134,6 +135,7 @@ impl CompactDevices {
             info: series.info.map(|s| self.intern(s)),
             status: self.intern(&series.status),
             heartbeat: self.intern(&series.heartbeat),
+            update: self.intern(&series.update),
             values,
         };
         for t in &series.tags {
@@ -173,6 +175,7 @@ impl CompactDevices {
                 .collect(),
             status: s(r.status).into(),
             heartbeat: s(r.heartbeat).into(),
+            update: s(r.update).into(),
             values,
         }
     }

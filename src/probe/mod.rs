@@ -20,7 +20,7 @@ use crate::config::{ModuleConfig, Scope};
 use crate::exposition::body::CompressedSeries;
 use crate::exposition::Exposition;
 use compact::CompactDevices;
-use series::{write_device, write_fleet, FleetStats};
+use series::{write_device, write_device_services, write_fleet, FleetStats};
 
 /// Pending text of one family that is compressed as one piece: large enough to compress well
 /// (the deflate window is 32 KiB), small enough that ~13 per-device families of a probe hold
@@ -193,6 +193,9 @@ impl<'m> SeriesBuilder<'m> {
             compact.push(i, d);
         } else if self.module.devices {
             write_device(&mut self.devices, &self.stats[i].fleet.slug, d, &self.tags);
+            if self.module.device_services {
+                write_device_services(&mut self.devices, &self.stats[i].fleet.slug, d);
+            }
         }
     }
 

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use crate::balena::model::{Device, Fleet};
 use crate::config::ModuleConfig;
 use crate::exposition::Exposition;
-use crate::metrics::{self as m, KNOWN_HEARTBEATS, KNOWN_STATUSES, MIB};
+use crate::metrics::{
+    self as m, KNOWN_HEARTBEATS, KNOWN_INSTALL_STATUSES, KNOWN_STATUSES, KNOWN_UPDATE_STATUSES, MIB,
+};
 
 /// Running counts of one fleet.
 #[derive(Debug, Clone)]
@@ -29,6 +31,47 @@ pub struct FleetStats {
     pub online_not_on_target: u64,
     /// Undervolted.
     pub undervolted: u64,
+    /// Current services per (service name, status).
+    pub services: Pairs,
+    /// Per `update_status` (known values and `none` pre-filled with 0).
+    pub update_status: BTreeMap<String, u64>,
+    /// Per running release commit (`none` when unknown).
+    pub releases: BTreeMap<String, u64>,
+    /// Pinned to a release.
+    pub pinned: u64,
+    /// Per (os_version, os_variant).
+    pub os: Pairs,
+    /// Per supervisor version.
+    pub supervisor: BTreeMap<String, u64>,
+}
+
+/// Counts per pair of label values: a fleet has few distinct pairs (services × statuses, OS
+/// versions × variants), so a short list searched in place, allocating only for a new pair.
+#[derive(Debug, Clone, Default)]
+pub struct Pairs(pub Vec<(String, String, u64)>);
+
+impl Pairs {
+    /// Adds one to the pair's count.
+    pub fn bump(&mut self, a: &str, b: &str) {
+        match self.0.iter_mut().find(|(x, y, _)| x == a && y == b) {
+            Some((_, _, n)) => *n += 1,
+            None => self.0.push((a.to_string(), b.to_string(), 1)),
+        }
+    }
+
+    /// Makes sure the pair is there, with 0 if it was not.
+    pub fn ensure(&mut self, a: &str, b: &str) {
+        if !self.0.iter().any(|(x, y, _)| x == a && y == b) {
+            self.0.push((a.to_string(), b.to_string(), 0));
+        }
+    }
+
+    /// The pairs in label order.
+    pub fn sorted(&self) -> Vec<&(String, String, u64)> {
+        let mut v: Vec<_> = self.0.iter().collect();
+        v.sort();
+        v
+    }
 }
 
 impl FleetStats {
@@ -46,6 +89,15 @@ impl FleetStats {
             on_target: 0,
             online_not_on_target: 0,
             undervolted: 0,
+            services: Pairs::default(),
+            update_status: KNOWN_UPDATE_STATUSES
+                .iter()
+                .map(|s| (s.to_string(), 0))
+                .collect(),
+            releases: BTreeMap::new(),
+            pinned: 0,
+            os: Pairs::default(),
+            supervisor: BTreeMap::new(),
         }
     }
 
@@ -60,6 +112,22 @@ impl FleetStats {
         self.online_not_on_target +=
             u64::from(on_target == Some(false) && d.is_online == Some(true));
         self.undervolted += u64::from(d.is_undervolted == Some(true));
+        for (service, status) in d.current_services() {
+            self.services.bump(service, &install_status_label(status));
+        }
+        bump(&mut self.update_status, update_status_label(d));
+        let release = d.release();
+        bump(
+            &mut self.releases,
+            Cow::Borrowed(if release.is_empty() { "none" } else { release }),
+        );
+        self.pinned += u64::from(d.is_pinned_on__release.is_some());
+        self.os
+            .bump(Device::str_of(&d.os_version), Device::str_of(&d.os_variant));
+        bump(
+            &mut self.supervisor,
+            Cow::Borrowed(Device::str_of(&d.supervisor_version)),
+        );
     }
 }
 
@@ -76,6 +144,23 @@ fn bump(map: &mut BTreeMap<String, u64>, key: Cow<'_, str>) {
 /// The device's `overall_status` as a label value (unknown values kept, sanitised).
 fn status_label<'a>(d: &'a Device) -> Cow<'a, str> {
     enum_label(d.overall_status.as_deref(), KNOWN_STATUSES)
+}
+
+/// The device's `update_status` as a label value (`none` for null).
+fn update_status_label<'a>(d: &'a Device) -> Cow<'a, str> {
+    match d.update_status.as_deref() {
+        None => Cow::Borrowed("none"),
+        v => enum_label(v, KNOWN_UPDATE_STATUSES),
+    }
+}
+
+/// A container status as a label value: the known ones as balena writes them (`Running`,
+/// `exited`), others sanitised.
+fn install_status_label(status: &str) -> Cow<'_, str> {
+    if status.is_empty() {
+        return Cow::Borrowed("Unknown");
+    }
+    enum_label(Some(status), KNOWN_INSTALL_STATUSES)
 }
 
 fn heartbeat_label<'a>(d: &'a Device) -> Cow<'a, str> {
@@ -95,6 +180,87 @@ fn flag(b: bool) -> f64 {
         1.0
     } else {
         0.0
+    }
+}
+
+/// Writes the fleet's release series: the newest build beside the target.
+fn write_releases(out: &mut Exposition, f: &Fleet) {
+    let slug = f.slug.as_str();
+    if let Some(latest) = f.latest_release() {
+        let text = |v: &Option<String>| v.clone().unwrap_or_default();
+        out.gauge(
+            m::FLEET_LATEST_RELEASE_INFO,
+            &[
+                ("fleet", slug),
+                ("release", &text(&latest.commit)),
+                ("status", &text(&latest.status)),
+                ("semver", &text(&latest.semver)),
+            ],
+            1.0,
+        );
+        if let Some(t) = latest.created_at.as_deref().and_then(parse_timestamp) {
+            out.gauge(m::FLEET_LATEST_RELEASE_CREATED, &[("fleet", slug)], t);
+        }
+    }
+    if let Some(t) = f
+        .target()
+        .and_then(|r| r.created_at.as_deref())
+        .and_then(parse_timestamp)
+    {
+        out.gauge(m::FLEET_TARGET_RELEASE_CREATED, &[("fleet", slug)], t);
+    }
+}
+
+/// Writes what the fleet runs: services by status, update states, releases, pins, OS and
+/// supervisor versions in use.
+fn write_application(out: &mut Exposition, s: &FleetStats, module: &ModuleConfig) {
+    let slug = s.fleet.slug.as_str();
+    if module.services {
+        let mut services = s.services.clone();
+        let names: Vec<String> = services.0.iter().map(|(n, _, _)| n.clone()).collect();
+        for name in &names {
+            services.ensure(name, "Running");
+        }
+        for (service, status, n) in services.sorted() {
+            out.gauge(
+                m::FLEET_SERVICES,
+                &[("fleet", slug), ("service", service), ("status", status)],
+                *n as f64,
+            );
+        }
+    }
+    for (status, n) in &s.update_status {
+        out.gauge(
+            m::FLEET_DEVICES_UPDATE_STATUS,
+            &[("fleet", slug), ("status", status)],
+            *n as f64,
+        );
+    }
+    for (release, n) in &s.releases {
+        out.gauge(
+            m::FLEET_DEVICES_RELEASE,
+            &[("fleet", slug), ("release", release)],
+            *n as f64,
+        );
+    }
+    out.gauge(m::FLEET_DEVICES_PINNED, &[("fleet", slug)], s.pinned as f64);
+    for (version, variant, n) in s.os.sorted() {
+        out.gauge(
+            m::FLEET_DEVICES_OS,
+            &[
+                ("fleet", slug),
+                ("os_version", version),
+                ("os_variant", variant),
+            ],
+            *n as f64,
+        );
+    }
+    for (version, n) in &s.supervisor {
+        out.gauge(
+            m::FLEET_DEVICES_SUPERVISOR,
+            &[("fleet", slug), ("supervisor_version", version)],
+            *n as f64,
+        );
     }
 }
 
@@ -125,9 +291,11 @@ pub fn write_fleet(out: &mut Exposition, s: &FleetStats, module: &ModuleConfig) 
             s.online as f64,
         );
     }
+    write_releases(out, f);
     if module.counts_only {
         return;
     }
+    write_application(out, s, module);
     for (status, n) in &s.status {
         out.gauge(
             m::FLEET_DEVICES_STATUS,
@@ -170,6 +338,8 @@ pub enum Extra {
     Status,
     /// `state` (value 1).
     Heartbeat,
+    /// `status`: the update status (value 1).
+    Update,
 }
 
 /// One per-device metric family: what it is, the label it adds, and how its value comes from a
@@ -226,6 +396,20 @@ pub const DEVICE_FAMILIES: &[DeviceFamily] = &[
     family(m::DEVICE_PROGRESS, |d| {
         d.overall_progress.map(|v| v / 100.0)
     }),
+    labelled(m::DEVICE_UPDATE_STATUS, Extra::Update),
+    family(m::DEVICE_UPDATE_STATUS_TIME, |d| {
+        d.last_update_status_event
+            .as_deref()
+            .and_then(parse_timestamp)
+    }),
+    family(m::DEVICE_PINNED, |d| {
+        Some(flag(d.is_pinned_on__release.is_some()))
+    }),
+    family(m::DEVICE_HEARTBEAT_CHANGED, |d| {
+        d.changed_api_heartbeat_state_on__date
+            .as_deref()
+            .and_then(parse_timestamp)
+    }),
 ];
 
 /// How many device families there are.
@@ -250,6 +434,8 @@ pub struct DeviceSeries<'a> {
     pub status: Cow<'a, str>,
     /// `state` label of `balena_device_heartbeat`.
     pub heartbeat: Cow<'a, str>,
+    /// `status` label of `balena_device_update_status`.
+    pub update: Cow<'a, str>,
     /// The value of each family of [`DEVICE_FAMILIES`] (units converted).
     pub values: [Option<f64>; N_FAMILIES],
 }
@@ -280,6 +466,7 @@ impl<'a> DeviceSeries<'a> {
             tags: tags.iter().map(|(_, key)| d.tag(key)).collect(),
             status: status_label(d),
             heartbeat: heartbeat_label(d),
+            update: update_status_label(d),
             values: std::array::from_fn(|i| (DEVICE_FAMILIES[i].value)(d)),
         }
     }
@@ -321,6 +508,10 @@ impl<'a> DeviceSeries<'a> {
                 let [a, b, c] = base;
                 write(def, &[a, b, c, ("state", &self.heartbeat)], value);
             }
+            Extra::Update => {
+                let [a, b, c] = base;
+                write(def, &[a, b, c, ("status", &self.update)], value);
+            }
             Extra::Value => write(def, &base, value),
         }
     }
@@ -333,6 +524,24 @@ pub fn write_device(out: &mut Exposition, fleet: &str, d: &Device, tags: &[(Stri
         series.sample(family, tags, |def, labels, value| {
             out.gauge(def, labels, value)
         });
+    }
+}
+
+/// Writes the opt-in `balena_device_service_status` of one device: one series per current
+/// service, its status as a label.
+pub fn write_device_services(out: &mut Exposition, fleet: &str, d: &Device) {
+    for (service, status) in d.current_services() {
+        out.gauge(
+            m::DEVICE_SERVICE_STATUS,
+            &[
+                ("fleet", fleet),
+                ("device_uuid", d.uuid.as_ref()),
+                ("device_name", d.name()),
+                ("service", service),
+                ("status", &install_status_label(status)),
+            ],
+            1.0,
+        );
     }
 }
 

@@ -15,7 +15,7 @@ pub type Row = Map<String, Value>;
 mod query;
 mod spec;
 
-pub use spec::{FleetSpec, OrgSpec, UserSpec, WorldSpec};
+pub use spec::{FleetSpec, OrgSpec, Scenario, UserSpec, WorldSpec, SERVICES};
 
 /// Who is asking.
 #[derive(Debug, Clone)]
@@ -56,6 +56,7 @@ const DEVICE_FIELDS: &[&str] = &[
     "is_connected_to_vpn",
     "last_connectivity_event",
     "last_vpn_event",
+    "last_update_status_event",
     "api_heartbeat_state",
     "changed_api_heartbeat_state_on__date",
     "status",
@@ -119,6 +120,23 @@ const RELEASE_FIELDS: &[&str] = &[
     "belongs_to__application",
     "created_at",
 ];
+const SERVICE_FIELDS: &[&str] = &["id", "application", "service_name", "created_at"];
+const IMAGE_FIELDS: &[&str] = &[
+    "id",
+    "is_a_build_of__service",
+    "is_stored_at__image_location",
+    "status",
+    "created_at",
+];
+const IMAGE_INSTALL_FIELDS: &[&str] = &[
+    "id",
+    "device",
+    "installs__image",
+    "is_provided_by__release",
+    "status",
+    "download_progress",
+    "install_date",
+];
 const DEVICE_TYPE_FIELDS: &[&str] = &["id", "slug", "name"];
 const DEVICE_TAG_FIELDS: &[&str] = &["id", "device", "tag_key", "value"];
 
@@ -143,6 +161,9 @@ fn stored(resource: &str) -> Option<&'static [&'static str]> {
         "release" => RELEASE_FIELDS,
         "device_type" => DEVICE_TYPE_FIELDS,
         "device_tag" => DEVICE_TAG_FIELDS,
+        "service" => SERVICE_FIELDS,
+        "image" => IMAGE_FIELDS,
+        "image_install" => IMAGE_INSTALL_FIELDS,
         _ => return None,
     })
 }
@@ -161,6 +182,11 @@ fn forward(resource: &str, nav: &str) -> Option<&'static str> {
         ("application", "should_be_running__release") => "release",
         ("release", "belongs_to__application") => "application",
         ("device_tag", "device") => "device",
+        ("service", "application") => "application",
+        ("image", "is_a_build_of__service") => "service",
+        ("image_install", "device") => "device",
+        ("image_install", "installs__image") => "image",
+        ("image_install", "is_provided_by__release") => "release",
         _ => return None,
     })
 }
@@ -172,6 +198,8 @@ fn reverse(resource: &str, nav: &str) -> Option<(&'static str, &'static str)> {
         ("application", "owns__release") => ("release", "belongs_to__application"),
         ("organization", "has__application") => ("application", "organization"),
         ("device", "device_tag") => ("device_tag", "device"),
+        ("device", "image_install") => ("image_install", "device"),
+        ("application", "service") => ("service", "application"),
         _ => return None,
     })
 }
@@ -188,6 +216,8 @@ pub struct World {
     fleet_devices: HashMap<u64, Vec<u64>>,
     /// device id → tag ids
     device_tags: HashMap<u64, Vec<u64>>,
+    /// device id → image install ids
+    device_installs: HashMap<u64, Vec<u64>>,
 }
 
 impl World {
@@ -208,6 +238,11 @@ impl World {
             "device_tag" => {
                 if let Some(d) = nav_id(&row, "device") {
                     self.device_tags.entry(d).or_default().push(id);
+                }
+            }
+            "image_install" => {
+                if let Some(d) = nav_id(&row, "device") {
+                    self.device_installs.entry(d).or_default().push(id);
                 }
             }
             _ => {}
@@ -234,6 +269,9 @@ impl World {
                 "release" => "release",
                 "device_type" => "device_type",
                 "device_tag" => "device_tag",
+                "service" => "service",
+                "image" => "image",
+                "image_install" => "image_install",
                 other => return Err(format!("unknown table {other:?}")),
             };
             for row in rows.as_array().ok_or(format!("{name}: not an array"))? {
@@ -475,9 +513,15 @@ impl World {
                     || (matches!(caller, Caller::Guest) && row["is_public"] == true)
             }
             "device" => fleet_visible(nav_id(row, "belongs_to__application")),
-            "device_tag" => nav_id(row, "device")
+            "device_tag" | "image_install" => nav_id(row, "device")
                 .and_then(|d| self.row("device", d))
                 .is_some_and(|d| fleet_visible(nav_id(d, "belongs_to__application"))),
+            "service" | "release" => fleet_visible(
+                nav_id(row, "application").or_else(|| nav_id(row, "belongs_to__application")),
+            ),
+            "image" => nav_id(row, "is_a_build_of__service")
+                .and_then(|s| self.row("service", s))
+                .is_some_and(|s| fleet_visible(nav_id(s, "application"))),
             _ => true,
         }
     }

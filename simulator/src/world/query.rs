@@ -212,6 +212,9 @@ impl World {
                     self.fleet_devices.get(&id).cloned().unwrap_or_default()
                 }
                 ("device", "device_tag") => self.device_tags.get(&id).cloned().unwrap_or_default(),
+                ("device", "image_install") => {
+                    self.device_installs.get(&id).cloned().unwrap_or_default()
+                }
                 _ => self
                     .tables
                     .get(target)?

@@ -39,7 +39,29 @@ pub struct FleetSpec {
     pub device_type: String,
     /// Readable by guests.
     pub public: bool,
+    /// What its application is doing (services, updates, builds).
+    pub scenario: Scenario,
 }
+
+/// What a fleet's application is doing: the steady random mix, or one story a demo tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scenario {
+    /// The mix: a few crashed containers, a few updates in progress, a few aborted.
+    #[default]
+    Steady,
+    /// A new target release rolling out: a third of the online devices still run the
+    /// previous one, downloading or applying it.
+    Rollout,
+    /// One service (`proxy`) has exited or keeps restarting on a quarter of the devices.
+    CrashedService,
+    /// An update stuck for days: devices downloading since three days ago, some aborted.
+    StuckUpdate,
+    /// The newest build failed (the target stays the last good one).
+    FailedBuild,
+}
+
+/// The services every generated fleet's releases have.
+pub const SERVICES: [&str; 3] = ["main", "proxy", "metrics"];
 
 /// A user and the token it authenticates with.
 #[derive(Debug, Clone)]
@@ -60,6 +82,7 @@ impl FleetSpec {
             devices,
             device_type: "raspberrypi4-64".into(),
             public: false,
+            scenario: Scenario::Steady,
         }
     }
 }
@@ -73,12 +96,19 @@ impl WorldSpec {
                 OrgSpec {
                     handle: "acme".into(),
                     fleets: vec![
-                        FleetSpec::new("shop-screens", 48),
+                        FleetSpec {
+                            scenario: Scenario::Rollout,
+                            ..FleetSpec::new("shop-screens", 48)
+                        },
                         FleetSpec {
                             device_type: "intel-nuc".into(),
+                            scenario: Scenario::CrashedService,
                             ..FleetSpec::new("kiosks", 12)
                         },
-                        FleetSpec::new("warehouse-sensors", 2_000),
+                        FleetSpec {
+                            scenario: Scenario::FailedBuild,
+                            ..FleetSpec::new("warehouse-sensors", 2_000)
+                        },
                     ],
                 },
                 OrgSpec {
@@ -86,6 +116,7 @@ impl WorldSpec {
                     fleets: vec![
                         FleetSpec {
                             device_type: "jetson-nano".into(),
+                            scenario: Scenario::StuckUpdate,
                             ..FleetSpec::new("cameras", 150)
                         },
                         FleetSpec::new("gateways", 0),
@@ -121,6 +152,9 @@ fn hex(rng: &mut fastrand::Rng, n: usize) -> String {
 impl World {
     pub fn generate(spec: &WorldSpec) -> Self {
         let mut rng = fastrand::Rng::with_seed(spec.seed);
+        // Application state (services, installs, update states) draws from its own sequence,
+        // so that adding it changed none of the device rows generated before it.
+        let mut app_rng = fastrand::Rng::with_seed(spec.seed ^ 0x5e41_ce5);
         let now = SystemTime::now();
         let mut w = World::default();
         let mut next_id = HashMap::<&'static str, u64>::new();
@@ -170,11 +204,59 @@ impl World {
                     "is_of__class": "fleet", "is_host": false, "is_archived": false,
                     "is_public": fleet.public, "created_at": iso(now - Duration::from_secs(86_400 * 300)),
                 }));
+                if fleet.scenario == Scenario::FailedBuild {
+                    let rid = id("release");
+                    w.insert(
+                        "release",
+                        json!({
+                            "id": rid, "commit": hex(&mut app_rng, 32), "raw_version": "1.3.0",
+                            "semver": "1.3.0", "status": "failed",
+                            "belongs_to__application": {"__id": fid},
+                            "created_at": iso(now - Duration::from_secs(3_600 * 5)),
+                        }),
+                    );
+                }
+                // Services, and an image of each per release.
+                let mut images = HashMap::<(u64, &str), u64>::new();
+                for name in SERVICES {
+                    let sid = id("service");
+                    w.insert(
+                        "service",
+                        json!({
+                            "id": sid, "application": {"__id": fid}, "service_name": name,
+                            "created_at": iso(now - Duration::from_secs(86_400 * 300)),
+                        }),
+                    );
+                    for (rid, _) in &releases {
+                        let iid = id("image");
+                        w.insert("image", json!({
+                            "id": iid, "is_a_build_of__service": {"__id": sid},
+                            "is_stored_at__image_location": format!("registry2.balena-cloud.com/v2/{}", hex(&mut app_rng, 32)),
+                            "status": "success", "created_at": iso(now - Duration::from_secs(86_400 * 30)),
+                        }));
+                        images.insert((*rid, name), iid);
+                    }
+                }
                 w.fleet_devices.insert(fid, Vec::new());
                 for n in 0..fleet.devices {
                     let did = id("device");
-                    let row = generate_device(&mut rng, now, did, fid, dt, &releases, n);
+                    let mut row = generate_device(&mut rng, now, did, fid, dt, &releases, n);
+                    let installs =
+                        application_state(&mut app_rng, now, &mut row, fleet.scenario, &releases);
                     w.insert("device", row);
+                    for (release, service, status, progress, age) in installs {
+                        let iid = id("image_install");
+                        w.insert(
+                            "image_install",
+                            json!({
+                                "id": iid, "device": {"__id": did},
+                                "installs__image": {"__id": images[&(release, service)]},
+                                "is_provided_by__release": {"__id": release},
+                                "status": status, "download_progress": progress,
+                                "install_date": iso(now - Duration::from_secs(age)),
+                            }),
+                        );
+                    }
                     for (key, value) in generate_tags(&mut rng, n) {
                         let tid = id("device_tag");
                         w.insert("device_tag", json!({"id": tid, "device": {"__id": did}, "tag_key": key, "value": value}));
@@ -328,4 +410,100 @@ fn generate_device(
         _ => {}
     }
     d
+}
+
+/// One image install to generate: (release id, service, status, download progress, age in s).
+type InstallSpec = (u64, &'static str, &'static str, Option<u32>, u64);
+
+/// Sets a device's update state for the fleet's scenario and returns its image installs, as a
+/// supervisor would have reported them (`PATCH /device/v3/state`): the running release's
+/// services, the target's too while an update is under way, an old deleted install now and then.
+/// Long on purpose: the scenarios side by side.
+fn application_state(
+    rng: &mut fastrand::Rng,
+    now: SystemTime,
+    d: &mut Value,
+    scenario: Scenario,
+    releases: &[(u64, String)],
+) -> Vec<InstallSpec> {
+    let ago = |secs: u64| Value::from(iso(now - Duration::from_secs(secs)));
+    let Some(running) = d["is_running__release"]["__id"].as_u64() else {
+        return Vec::new(); // never ran a release: nothing installed
+    };
+    let target = d["is_pinned_on__release"]["__id"]
+        .as_u64()
+        .unwrap_or(releases[2].0);
+    let online = d["is_online"] == true;
+    let roll = rng.u32(0..100);
+    // (update_status, seconds since it changed, the target's install status) for a device
+    // that moves to the target now.
+    let mut updating: Option<(&str, u64, &'static str)> = None;
+    match scenario {
+        Scenario::Rollout if online && running == target && roll < 35 => {
+            d["is_running__release"] = json!({"__id": releases[1].0});
+            let (status, inst) = if roll < 25 {
+                ("downloading", "Downloading")
+            } else {
+                ("applying changes", "Installing")
+            };
+            updating = Some((status, rng.u64(60..1_800), inst));
+        }
+        Scenario::StuckUpdate if online && running == target && roll < 30 => {
+            d["is_running__release"] = json!({"__id": releases[1].0});
+            let (status, inst) = if roll < 24 {
+                ("downloading", "Downloading")
+            } else {
+                ("aborted", "Downloaded")
+            };
+            updating = Some((status, 86_400 * 3 + rng.u64(0..3_600), inst));
+        }
+        _ => {}
+    }
+    let running = d["is_running__release"]["__id"].as_u64().unwrap_or(running);
+    if d["update_status"] == "downloading" && updating.is_none() {
+        updating = Some(("downloading", rng.u64(60..900), "Downloading"));
+    }
+    if updating.is_none() && !d["update_status"].is_null() {
+        // The steady mix: now and then an update aborted, rejected or just downloaded.
+        let status = match rng.u32(0..100) {
+            0..=1 => "aborted",
+            2 => "rejected",
+            3 => "downloaded",
+            _ => "done",
+        };
+        d["update_status"] = status.into();
+        d["last_update_status_event"] = ago(rng.u64(600..86_400 * 20));
+    }
+    let mut installs = Vec::new();
+    for (k, service) in SERVICES.iter().enumerate() {
+        let status = match (scenario, rng.u32(0..100)) {
+            (Scenario::CrashedService, r) if k == 1 && r < 25 => {
+                if r < 15 {
+                    "exited"
+                } else {
+                    "restarting"
+                }
+            }
+            (_, 0) => "exited",
+            (_, 1) if k == 2 => "Dead",
+            _ => "Running",
+        };
+        installs.push((running, *service, status, None, 86_400 * 12));
+    }
+    if let Some((status, since, inst)) = updating {
+        d["update_status"] = status.into();
+        d["last_update_status_event"] = ago(since);
+        let progress = (inst == "Downloading").then(|| rng.u32(5..95));
+        if let Some(p) = progress {
+            d["status"] = "Downloading".into();
+            d["download_progress"] = p.into();
+        }
+        for service in SERVICES {
+            installs.push((target, service, inst, progress, since));
+        }
+    }
+    if rng.u32(0..10) == 0 && running != releases[0].0 {
+        installs.push((releases[0].0, SERVICES[0], "deleted", None, 86_400 * 25));
+    }
+    installs
 }
