@@ -1,6 +1,7 @@
 //! Black-box tests of the exporter against the in-process balena simulator, both on port 0.
 
 mod abuse;
+mod application;
 mod docs;
 mod egress;
 mod faults;

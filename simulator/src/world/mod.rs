@@ -426,6 +426,28 @@ impl World {
             .unwrap_or_default()
     }
 
+    /// Image install rows of a device, each with its `service_name` added (from its image's
+    /// service), deleted ones included.
+    pub fn installs_of(&self, device_id: u64) -> Vec<Row> {
+        self.device_installs
+            .get(&device_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|i| self.row("image_install", *i))
+            .map(|r| {
+                let mut r = r.clone();
+                let name = nav_id(&r, "installs__image")
+                    .and_then(|i| self.row("image", i))
+                    .and_then(|i| nav_id(i, "is_a_build_of__service"))
+                    .and_then(|s| self.row("service", s))
+                    .map(|s| s["service_name"].clone())
+                    .unwrap_or(Value::Null);
+                r.insert("service_name".into(), name);
+                r
+            })
+            .collect()
+    }
+
     /// Tags (key, value) of a device.
     pub fn tags_of(&self, device_id: u64) -> Vec<(String, String)> {
         self.device_tags

@@ -154,7 +154,7 @@ impl World {
         let mut rng = fastrand::Rng::with_seed(spec.seed);
         // Application state (services, installs, update states) draws from its own sequence,
         // so that adding it changed none of the device rows generated before it.
-        let mut app_rng = fastrand::Rng::with_seed(spec.seed ^ 0x5e41_ce5);
+        let mut app_rng = fastrand::Rng::with_seed(spec.seed ^ 0x05e4_1ce5);
         let now = SystemTime::now();
         let mut w = World::default();
         let mut next_id = HashMap::<&'static str, u64>::new();
@@ -319,7 +319,7 @@ fn generate_device(
         "is_online": true, "is_connected_to_vpn": true, "last_connectivity_event": ago(rng.u64(60..86_400)),
         "last_vpn_event": ago(rng.u64(60..86_400)), "api_heartbeat_state": "online",
         "changed_api_heartbeat_state_on__date": ago(rng.u64(60..86_400)), "status": "Idle",
-        "update_status": "done", "provisioning_state": "", "provisioning_progress": null,
+        "update_status": "done", "last_update_status_event": null, "provisioning_state": "", "provisioning_progress": null,
         "download_progress": null, "os_version": os_version,
         "os_variant": if rng.u32(0..10) == 0 { "dev" } else { "prod" },
         "supervisor_version": supervisor,

@@ -1,0 +1,338 @@
+//! Application health: services by status, update states, releases, pins, OS and supervisor
+//! versions, the newest build — every series equal to what the simulator's rows say, counted
+//! here independently of the exporter, for fleets in each scenario and every module.
+
+use std::collections::BTreeMap;
+
+use balena_simulator::{FleetSpec, OrgSpec, Row, Scenario, UserSpec, WorldSpec};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn scenario_world() -> WorldSpec {
+    let fleet = |name: &str, n, scenario| FleetSpec {
+        scenario,
+        ..FleetSpec::new(name, n)
+    };
+    WorldSpec {
+        seed: 11,
+        orgs: vec![OrgSpec {
+            handle: "acme".into(),
+            fleets: vec![
+                fleet("steady", 200, Scenario::Steady),
+                fleet("rollout", 120, Scenario::Rollout),
+                fleet("crashed", 80, Scenario::CrashedService),
+                fleet("stuck", 80, Scenario::StuckUpdate),
+                fleet("failed", 30, Scenario::FailedBuild),
+            ],
+        }],
+        users: vec![UserSpec {
+            username: "ops".into(),
+            token: TOKEN.into(),
+            orgs: vec!["acme".into()],
+        }],
+    }
+}
+
+const FLEETS: [&str; 5] = ["steady", "rollout", "crashed", "stuck", "failed"];
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// (service, status) → devices, by the rule docs/metrics.md states: per device and service
+/// the newest install that is not deleted.
+fn current_services(installs: &[Vec<Row>]) -> BTreeMap<(String, String), f64> {
+    let mut out = BTreeMap::new();
+    for device in installs {
+        let mut newest: BTreeMap<String, (String, u64, String)> = BTreeMap::new();
+        for i in device.iter().filter(|i| i["status"] != "deleted") {
+            let key = (
+                s(&i["install_date"]),
+                i["id"].as_u64().unwrap(),
+                s(&i["status"]),
+            );
+            let slot = newest.entry(s(&i["service_name"])).or_insert(key.clone());
+            if key > *slot {
+                *slot = key;
+            }
+        }
+        for (service, (_, _, status)) in newest {
+            *out.entry((service, status)).or_insert(0.0) += 1.0;
+        }
+    }
+    out
+}
+
+#[actix_rt::test]
+async fn application_series_equal_the_simulators_rows() {
+    let app = spawn_with(scenario_world(), |url| {
+        format!(
+            "{}modules:\n  summary:\n    devices: false\n  services:\n    device_services: true\n",
+            default_config(url, &FLEETS)
+        )
+    })
+    .await;
+    let mut saw = BTreeMap::<&str, f64>::new();
+    for name in FLEETS {
+        let slug = format!("acme/{name}");
+        let fleet = [("fleet", slug.as_str())];
+        let (rows, installs, releases, target) = app.sim.with_world(|w| {
+            let rows = w.devices_of(&slug);
+            let installs: Vec<Vec<Row>> = rows
+                .iter()
+                .map(|d| w.installs_of(d["id"].as_u64().unwrap()))
+                .collect();
+            let fid = w.fleet(&slug).unwrap()["id"].as_u64().unwrap();
+            let mut releases: Vec<Row> = (1..=w.max_id("release"))
+                .filter_map(|id| w.row("release", id).cloned())
+                .filter(|r| r["belongs_to__application"]["__id"] == fid)
+                .collect();
+            releases.sort_by_key(|r| s(&r["created_at"]));
+            let target = w.fleet(&slug).unwrap()["should_be_running__release"]["__id"].as_u64();
+            (rows, installs, releases, target)
+        });
+        let commit_of = |id: &Value| {
+            releases
+                .iter()
+                .find(|r| r["id"] == *id)
+                .map(|r| s(&r["commit"]))
+        };
+        for module in ["default", "summary", "services"] {
+            let m = app.probe(&format!("target={name}&module={module}")).await;
+            assert_eq!(m.value("probe_success", &[]), 1.0, "{name} {module}");
+            // Services by status: every (service, status) the rows give, Running always there.
+            let truth = current_services(&installs);
+            for ((service, status), n) in &truth {
+                assert_eq!(
+                    m.value(
+                        "balena_fleet_services",
+                        &[("fleet", &slug), ("service", service), ("status", status)]
+                    ),
+                    *n,
+                    "{name} {module} {service} {status}"
+                );
+                *saw.entry(if status == "Running" {
+                    "running"
+                } else {
+                    "not running"
+                })
+                .or_default() += n;
+            }
+            let written = m.find("balena_fleet_services", &fleet);
+            let extra: Vec<_> = written
+                .iter()
+                .filter(|x| {
+                    !truth.contains_key(&(x.labels["service"].clone(), x.labels["status"].clone()))
+                })
+                .collect();
+            assert!(
+                extra
+                    .iter()
+                    .all(|x| x.value == 0.0 && x.labels["status"] == "Running"),
+                "{extra:?}"
+            );
+            // Update states, zeros included, null as none.
+            for status in [
+                "aborted",
+                "applying changes",
+                "done",
+                "downloaded",
+                "downloading",
+                "none",
+                "rejected",
+            ] {
+                let n = rows
+                    .iter()
+                    .filter(|d| match &d["update_status"] {
+                        Value::Null => status == "none",
+                        v => v == status,
+                    })
+                    .count() as f64;
+                assert_eq!(
+                    m.value(
+                        "balena_fleet_devices_update_status",
+                        &[("fleet", &slug), ("status", status)]
+                    ),
+                    n,
+                    "{name} {module} update {status}"
+                );
+                *saw.entry(status).or_default() += n;
+            }
+            // Devices per running release (rollout progress), pinned, OS and supervisor.
+            let mut per_release = BTreeMap::<String, f64>::new();
+            for d in &rows {
+                let commit = commit_of(&d["is_running__release"]["__id"]).unwrap_or("none".into());
+                *per_release.entry(commit).or_default() += 1.0;
+            }
+            assert_eq!(
+                m.find("balena_fleet_devices_release", &fleet).len(),
+                per_release.len()
+            );
+            for (commit, n) in &per_release {
+                assert_eq!(
+                    m.value(
+                        "balena_fleet_devices_release",
+                        &[("fleet", &slug), ("release", commit)]
+                    ),
+                    *n
+                );
+            }
+            assert_eq!(
+                m.value("balena_fleet_devices_pinned", &fleet),
+                rows.iter()
+                    .filter(|d| !d["is_pinned_on__release"].is_null())
+                    .count() as f64
+            );
+            let mut os = BTreeMap::<(String, String), f64>::new();
+            let mut sup = BTreeMap::<String, f64>::new();
+            for d in &rows {
+                *os.entry((s(&d["os_version"]), s(&d["os_variant"])))
+                    .or_default() += 1.0;
+                *sup.entry(s(&d["supervisor_version"])).or_default() += 1.0;
+            }
+            for ((v, var), n) in &os {
+                assert_eq!(
+                    m.value(
+                        "balena_fleet_devices_os",
+                        &[("fleet", &slug), ("os_version", v), ("os_variant", var)]
+                    ),
+                    *n
+                );
+            }
+            for (v, n) in &sup {
+                assert_eq!(
+                    m.value(
+                        "balena_fleet_devices_supervisor",
+                        &[("fleet", &slug), ("supervisor_version", v)]
+                    ),
+                    *n
+                );
+            }
+            // The newest build beside the target.
+            let latest = releases.last().unwrap();
+            assert_eq!(
+                m.value(
+                    "balena_fleet_latest_release_info",
+                    &[
+                        ("fleet", &slug),
+                        ("release", &s(&latest["commit"])),
+                        ("status", &s(&latest["status"])),
+                        ("semver", &s(&latest["semver"]))
+                    ]
+                ),
+                1.0
+            );
+            let ts = |v: &Value| {
+                humantime::parse_rfc3339_weak(v.as_str().unwrap())
+                    .unwrap()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs_f64()
+            };
+            assert_eq!(
+                m.value(
+                    "balena_fleet_latest_release_created_timestamp_seconds",
+                    &fleet
+                ),
+                ts(&latest["created_at"])
+            );
+            let target_row = releases
+                .iter()
+                .find(|r| r["id"].as_u64() == target)
+                .unwrap();
+            assert_eq!(
+                m.value(
+                    "balena_fleet_target_release_created_timestamp_seconds",
+                    &fleet
+                ),
+                ts(&target_row["created_at"])
+            );
+            if name == "failed" {
+                assert_eq!(s(&latest["status"]), "failed");
+                assert_ne!(
+                    latest["id"].as_u64(),
+                    target,
+                    "the failed build is not the target"
+                );
+            }
+            // Per device, where the module writes devices.
+            let per_device = module != "summary";
+            assert_eq!(m.has("balena_device_update_status"), per_device, "{module}");
+            assert_eq!(
+                m.has("balena_device_service_status"),
+                module == "services",
+                "{module}"
+            );
+            if !per_device {
+                continue;
+            }
+            for (d, device_installs) in rows.iter().zip(&installs) {
+                let base = [
+                    ("fleet", slug.as_str()),
+                    ("device_uuid", d["uuid"].as_str().unwrap()),
+                ];
+                let update = d["update_status"].as_str().unwrap_or("none");
+                let with_status = [base[0], base[1], ("status", update)];
+                assert_eq!(m.value("balena_device_update_status", &with_status), 1.0);
+                assert_eq!(m.find("balena_device_update_status", &base).len(), 1);
+                match &d["last_update_status_event"] {
+                    Value::Null => assert!(m
+                        .find("balena_device_update_status_timestamp_seconds", &base)
+                        .is_empty()),
+                    v => assert_eq!(
+                        m.value("balena_device_update_status_timestamp_seconds", &base),
+                        ts(v)
+                    ),
+                }
+                assert_eq!(
+                    m.value("balena_device_pinned", &base),
+                    if d["is_pinned_on__release"].is_null() {
+                        0.0
+                    } else {
+                        1.0
+                    }
+                );
+                match &d["changed_api_heartbeat_state_on__date"] {
+                    Value::Null => assert!(m
+                        .find("balena_device_heartbeat_changed_timestamp_seconds", &base)
+                        .is_empty()),
+                    v => assert_eq!(
+                        m.value("balena_device_heartbeat_changed_timestamp_seconds", &base),
+                        ts(v)
+                    ),
+                }
+                if module == "services" {
+                    let truth = current_services(std::slice::from_ref(device_installs));
+                    assert_eq!(
+                        m.find("balena_device_service_status", &base).len(),
+                        truth.len()
+                    );
+                    for (service, status) in truth.keys() {
+                        let labels = [
+                            base[0],
+                            base[1],
+                            ("service", service.as_str()),
+                            ("status", status.as_str()),
+                        ];
+                        assert_eq!(m.value("balena_device_service_status", &labels), 1.0);
+                    }
+                }
+            }
+        }
+    }
+    // The scenarios really exercise what the checks compare.
+    for (what, min) in [
+        ("not running", 10.0),
+        ("downloading", 10.0),
+        ("applying changes", 3.0),
+        ("aborted", 3.0),
+        ("none", 1.0),
+    ] {
+        assert!(
+            saw.get(what).copied().unwrap_or(0.0) >= min,
+            "{what}: {saw:?}"
+        );
+    }
+    app.stop().await;
+}
