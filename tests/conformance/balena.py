@@ -105,8 +105,22 @@ DEVICE_SELECT = ",".join([
     "api_heartbeat_state", "overall_status", "overall_progress", "os_version", "os_variant",
     "supervisor_version", "cpu_usage", "cpu_temp", "memory_usage", "memory_total", "storage_usage",
     "storage_total", "is_undervolted", "is_connected_to_vpn", "last_connectivity_event", "is_running__release",
-    "should_be_running__release",
+    "should_be_running__release", "update_status", "last_update_status_event", "is_pinned_on__release",
+    "changed_api_heartbeat_state_on__date",
 ])
+UPDATE_STATUSES = ["aborted", "applying changes", "done", "downloaded", "downloading", "none", "rejected"]
+
+
+def keyset(api, resource, select, filt=None, page=1000):
+    """Every row of a listing, in keyset pages written independently of the exporter's."""
+    rows, after = [], 0
+    while True:
+        f = f"({filt})%20and%20id%20gt%20{after}" if filt else f"id%20gt%20{after}"
+        batch = api.get(resource, f"$select={select}&$filter={f}&$orderby=id%20asc&$top={page}")
+        if not batch:
+            return rows
+        rows += batch
+        after = batch[-1]["id"]
 
 
 class Truth:
@@ -115,7 +129,17 @@ class Truth:
     def __init__(self, api):
         self.orgs = {o["id"]: o["handle"] for o in api.get("organization", "$select=id,handle")}
         self.types = {t["id"]: t["slug"] for t in api.get("device_type", "$select=id,slug")}
-        self.releases = {r["id"]: r["commit"] for r in api.get("release", "$select=id,commit")}
+        self.release_rows = {r["id"]: r for r in keyset(
+            api, "release", "id,commit,status,semver,created_at,belongs_to__application")}
+        self.releases = {i: r["commit"] for i, r in self.release_rows.items()}
+        # Services per device from three plain listings: installs, images, services.
+        service_names = {x["id"]: x["service_name"] for x in keyset(api, "service", "id,service_name")}
+        image_service = {x["id"]: service_names.get(nav(x["is_a_build_of__service"]))
+                         for x in keyset(api, "image", "id,is_a_build_of__service")}
+        self.installs = {}
+        for i in keyset(api, "image_install", "id,device,installs__image,status,install_date"):
+            i["service_name"] = image_service.get(nav(i["installs__image"]))
+            self.installs.setdefault(nav(i["device"]), []).append(i)
         self.fleets = {f["slug"]: f for f in api.get(
             "application", "$select=id,app_name,slug,organization,is_for__device_type,should_be_running__release")}
         self.devices = {}
@@ -147,6 +171,7 @@ class Truth:
         out[("balena_fleet_devices_online", fl)] = float(online)
         if module.get("legacy_devices_online"):
             out[("balena_devices_online", (("fleet_name", f["app_name"]),))] = float(online)
+        out.update(self.release_series(f, slug))
         if module.get("counts_only"):
             return out
         out[("balena_fleet_devices", fl)] = float(len(devs))
@@ -161,9 +186,60 @@ class Truth:
             1 for d in devs if d["is_online"] and nav(d["should_be_running__release"]) is not None
             and not self.on_target(d)))
         out[("balena_fleet_devices_undervolted", fl)] = float(sum(1 for d in devs if d["is_undervolted"]))
+        for (service, status), n in self.current_services(devs).items():
+            out[("balena_fleet_services", fl + (("service", service), ("status", status)))] = float(n)
+        for service in {service for service, _ in self.current_services(devs)}:
+            out.setdefault(("balena_fleet_services", fl + (("service", service), ("status", "Running"))), 0.0)
+        for u in UPDATE_STATUSES:
+            out[("balena_fleet_devices_update_status", fl + (("status", u),))] = float(
+                sum(1 for d in devs if (d["update_status"] or "none") == u))
+        for d in devs:
+            rel = (("fleet", slug), ("release", self.releases.get(nav(d["is_running__release"]), "none")))
+            out[("balena_fleet_devices_release", rel)] = out.get(("balena_fleet_devices_release", rel), 0.0) + 1
+            os_key = (("fleet", slug), ("os_variant", d["os_variant"] or ""), ("os_version", d["os_version"] or ""))
+            out[("balena_fleet_devices_os", os_key)] = out.get(("balena_fleet_devices_os", os_key), 0.0) + 1
+            sup = (("fleet", slug), ("supervisor_version", d["supervisor_version"] or ""))
+            out[("balena_fleet_devices_supervisor", sup)] = out.get(("balena_fleet_devices_supervisor", sup), 0.0) + 1
+        out[("balena_fleet_devices_pinned", fl)] = float(sum(1 for d in devs if nav(d["is_pinned_on__release"])))
         if module.get("devices", True):
             for d in devs:
                 out.update(self.device_series(slug, d, module.get("device_tags", [])))
+                if module.get("device_services"):
+                    base = (("device_name", d["device_name"]), ("device_uuid", d["uuid"]), ("fleet", slug))
+                    for service, status in self.current_services([d]):
+                        out[("balena_device_service_status",
+                             tuple(sorted(base + (("service", service), ("status", status)))))] = 1.0
+        return out
+
+    def release_series(self, f, slug):
+        """The newest build (by created_at) beside the target."""
+        out, fl = {}, (("fleet", slug),)
+        own = sorted((r for r in self.release_rows.values() if nav(r["belongs_to__application"]) == f["id"]),
+                     key=lambda r: r["created_at"])
+        if own:
+            latest = own[-1]
+            out[("balena_fleet_latest_release_info", fl + (("release", latest["commit"]), ("semver", latest["semver"]),
+                                                            ("status", latest["status"])))] = 1.0
+            out[("balena_fleet_latest_release_created_timestamp_seconds", fl)] = epoch(latest["created_at"])
+        target = self.release_rows.get(nav(f["should_be_running__release"]))
+        if target:
+            out[("balena_fleet_target_release_created_timestamp_seconds", fl)] = epoch(target["created_at"])
+        return out
+
+    def current_services(self, devs):
+        """(service, status) → devices: per device and service the newest install (install_date,
+        then id) that is not deleted, as docs/metrics.md says."""
+        out = {}
+        for d in devs:
+            newest = {}
+            for i in self.installs.get(d["id"], []):
+                if i["status"] == "deleted":
+                    continue
+                k = (i["install_date"], i["id"])
+                if i["service_name"] not in newest or k > newest[i["service_name"]][0]:
+                    newest[i["service_name"]] = (k, i["status"])
+            for service, (_, status) in newest.items():
+                out[(service, status)] = out.get((service, status), 0) + 1
         return out
 
     @staticmethod
@@ -201,6 +277,13 @@ class Truth:
             put("balena_device_on_target_release", int(self.on_target(d)))
         put("balena_device_update_progress_ratio",
             None if d["overall_progress"] is None else d["overall_progress"] / 100)
+        put("balena_device_update_status", 1, (("status", d["update_status"] or "none"),))
+        put("balena_device_update_status_timestamp_seconds",
+            None if d["last_update_status_event"] is None else epoch(d["last_update_status_event"]))
+        put("balena_device_pinned", int(nav(d["is_pinned_on__release"]) is not None))
+        put("balena_device_heartbeat_changed_timestamp_seconds",
+            None if d["changed_api_heartbeat_state_on__date"] is None
+            else epoch(d["changed_api_heartbeat_state_on__date"]))
         return out
 
 

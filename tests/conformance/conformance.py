@@ -38,7 +38,11 @@ MODULES = {
     "summary": {"devices": False},
     "compat": {"counts_only": True, "legacy_devices_online": True},
     "compact": {"devices": True, "device_tags": TAG_KEYS, "compact_cache": True},
+    "services": {"devices": True, "device_services": True},
 }
+INSTALL_STATUSES = ["Stopping", "Stopped", "Downloading", "Downloaded", "Installing", "Installed", "Starting",
+                    "Running", "Idle", "Handing over", "Awaiting handover", "Deleting", "deleted", "Dead", "paused",
+                    "restarting", "removing", "exited", "configuring", "Unknown"]  # balena.sbvr, image install status
 PAGE_SIZE = 300  # small, so that the 2,000-device fleet is listed in 7 pages (and one empty)
 
 
@@ -110,9 +114,11 @@ TARGETS = {
     "empty": ({"fleet": "admin/empty-fleet", "auth": "good"}, ["admin/empty-fleet"]),
     "big": ({"fleet": "admin/big-fleet", "auth": "good"}, ["admin/big-fleet"]),
     "kiosks": ({"fleet": "partner/kiosks", "auth": "good"}, ["partner/kiosks"]),
-    "admin-org": ({"org": "admin", "auth": "good"}, ["admin/big-fleet", "admin/empty-fleet", "admin/screens"]),
+    "apps": ({"fleet": "admin/apps", "auth": "good"}, ["admin/apps"]),
+    "admin-org": ({"org": "admin", "auth": "good"}, ["admin/apps", "admin/big-fleet", "admin/empty-fleet", "admin/screens"]),
     "partner-org": ({"org": "partner", "auth": "good"}, ["partner/kiosks"]),
-    "everything": ({"all": True, "auth": "good"}, ["admin/big-fleet", "admin/empty-fleet", "admin/screens", "partner/kiosks"]),
+    "everything": ({"all": True, "auth": "good"},
+                   ["admin/apps", "admin/big-fleet", "admin/empty-fleet", "admin/screens", "partner/kiosks"]),
     "caps-fleet": ({"fleet": "ADMIN/Screens", "auth": "good"}, ["admin/screens"]),
     "caps-org": ({"org": "PARTNER", "auth": "good"}, ["partner/kiosks"]),
     "bad-key": ({"fleet": "admin/screens", "auth": "bad"}, "unauthorized"),
@@ -197,7 +203,8 @@ def check_heartbeat(ex, api, device_key, r):
 
 def dump(api, token):
     tables = {}
-    for t in ("organization", "application", "device", "release", "device_type", "device_tag"):
+    for t in ("organization", "application", "device", "release", "device_type", "device_tag", "service", "image",
+              "image_install"):
         rows, after = [], 0
         while True:
             page = api.get(t, f"$filter=id%20gt%20{after}&$orderby=id%20asc&$top=1000")
@@ -321,6 +328,16 @@ def main():
                                  "reduced-functionality", "updating"},
                     f"the seed covers every overall_status the API computes: {sorted(statuses)}")
             r.check(states == {"online", "offline", "timeout", "unknown"}, f"and every heartbeat state: {sorted(states)}")
+            installed = {i["status"] for rows in truth.installs.values() for i in rows}
+            r.check(installed == set(INSTALL_STATUSES),
+                    f"devices reported every image_install status of the model ({len(installed)})",
+                    f"    missing {sorted(set(INSTALL_STATUSES) - installed)}")
+            updates = {d["update_status"] for d in truth.devices["admin/apps"]}
+            r.check(updates == {None, "aborted", "applying changes", "done", "downloaded", "downloading", "rejected"},
+                    f"and every update_status, null included: {sorted(map(str, updates))}")
+            two = [d for d in truth.devices["admin/apps"]
+                   if len({i["installs__image"]["__id"] for i in truth.installs.get(d["id"], [])}) > 4]
+            r.check(two, "a device mid-update holds two releases' installs at once")
             check_targets(real_ex, truth, r)
             check_failure_reasons(real_ex, r)
 

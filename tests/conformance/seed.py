@@ -1,4 +1,6 @@
 """Seeds a fresh open-balena-api through its own API: two organizations, fleets (one empty,
+one whose devices report services, updates and releases through the device API as supervisors
+do,
 one of 2,000+ devices), devices in every `overall_status` and `api_heartbeat_state` the API can
 be made to compute, metrics with nulls, undervolted devices, a fleet target release with devices
 on it, off it and pinned to another release, device tags with odd characters, and one device
@@ -49,9 +51,9 @@ def seed(api, env, add_org):
         "partner/kiosks": fleet("partner", "Kiosks", "intel-nuc"),
     }
 
-    def release(fid, n):
+    def release(fid, n, status="success"):
         return api.post("release", {"belongs_to__application": fid, "commit": commit(n), "composition": {},
-                                    "status": "success", "source": "cloud", "start_timestamp": iso(now)})["id"]
+                                    "status": status, "source": "cloud", "start_timestamp": iso(now)})["id"]
     screens = fleets["admin/screens"]
     r_target, r_other = release(screens, 1), release(screens, 2)
     api.patch("application", screens, {"should_track_latest_release": False, "should_be_running__release": r_target})
@@ -119,8 +121,83 @@ def seed(api, env, add_org):
                now() - (i || ' minutes')::interval, case when i % 5 = 0 then null else i % 100 end,
                100 + i % 50, 1024, i % 97 = 0, 'balenaOS 5.1.' || (i % 7)
         from n""")
+    fleets["admin/apps"] = fleet("admin", "Apps", "raspberrypi4-64")
+    release(fleets["partner/kiosks"], 4, status="failed")  # kiosks' newest build failed
+    apps = seed_applications(api, fleets["admin/apps"], types["raspberrypi4-64"], now)
     return {"fleets": fleets, "devices": devices, "device_key": device_key, "orgs": orgs,
-            "releases": {"target": r_target, "other": r_other}, "seeded_at": time.time()}
+            "releases": {"target": r_target, "other": r_other}, "apps": apps, "seeded_at": time.time()}
+
+
+SERVICES = ["main", "proxy", "metrics", "worker"]
+# Every image_install status of the v7 model, and every update_status the API accepts, laid out
+# over devices as a supervisor would report them: (name, running release, pinned, {release:
+# (update_status, statuses of main, proxy, metrics, worker)}). "old" is the previous release,
+# "new" the fleet's target; a device mid-update reports both releases' installs at once.
+APP_DEVICES = [
+    ("app-done", "new", False, {"new": ("done", ["Running", "Running", "Running", "exited"])}),
+    ("app-crashed", "new", False, {"new": ("done", ["Dead", "restarting", "paused", "Stopped"])}),
+    ("app-mid-update", "old", False, {"old": ("downloading", ["Running", "Stopping", "Idle", "Running"]),
+                                       "new": ("downloading", ["Downloading", "Downloaded", "Installing", "Installed"])}),
+    ("app-applying", "old", False, {"old": ("done", ["Running", "Running", "Running", "Running"]),
+                                     "new": ("applying changes", ["Starting", "Handing over", "Awaiting handover", "Deleting"])}),
+    ("app-aborted", "old", False, {"old": ("aborted", ["removing", "configuring", "Unknown", "deleted"])}),
+    ("app-rejected", "old", False, {"old": ("rejected", ["Running", "Running", "exited", "Running"])}),
+    ("app-downloaded", "old", False, {"old": ("done", ["Running", "Running", "Running", "Running"]),
+                                       "new": ("downloaded", ["Downloaded", "Downloaded", "Downloaded", "Downloaded"])}),
+    ("app-pinned", "old", True, {"old": ("done", ["Running", "Running", "Running", "Running"])}),
+    ("app-legacy", None, False, {}),  # an old supervisor: no state report, update_status null
+]
+
+
+def seed_applications(api, fid, dtype, now):
+    """A fleet whose devices report their application state through the device API, as
+    supervisors do: services and their images in two successful releases (built the way the
+    builder registers them: service, image, release_image), a failed newest build, then per
+    device `PATCH /device/v3/state` with each release's update_status and each service's status
+    and download progress, with the device's own key."""
+    app_uuid = api.get("application", f"$select=uuid&$filter=id%20eq%20{fid}")[0]["uuid"]
+    services = {n: api.post("service", {"application": fid, "service_name": n})["id"] for n in SERVICES}
+    releases, locations = {}, {}
+    for n, (name, semver) in enumerate([("old", "1.0.0"), ("new", "1.1.0")]):
+        rid = api.post("release", {"belongs_to__application": fid, "commit": commit(0xa0 + n), "composition": {},
+                                   "status": "success", "source": "cloud", "start_timestamp": iso(now),
+                                   "semver": semver})["id"]
+        releases[name] = (rid, commit(0xa0 + n))
+        for service, sid in services.items():
+            img = api.post("image", {"is_a_build_of__service": sid, "status": "success", "start_timestamp": iso(now),
+                                     "push_timestamp": iso(now), "project_type": "dockerfile"})["id"]
+            api.post("release_image", {"is_part_of__release": rid, "image": img})
+            # The API names the image's location itself; the supervisor reports it back.
+            locations[(name, service)] = api.get(
+                "image", f"$select=is_stored_at__image_location&$filter=id%20eq%20{img}")[0]["is_stored_at__image_location"]
+    api.patch("application", fid, {"should_track_latest_release": False, "should_be_running__release": releases["new"][0]})
+    time.sleep(0.01)
+    api.post("release", {"belongs_to__application": fid, "commit": commit(0xaf), "composition": {}, "status": "failed",
+                         "source": "cloud", "start_timestamp": iso(now), "semver": "1.2.0"})
+    devices = {}
+    for i, (name, running, pinned, reports) in enumerate(APP_DEVICES):
+        did = api.post("device", {"belongs_to__application": fid, "is_of__device_type": dtype,
+                                  "uuid": uuid(200 + i), "device_name": name})["id"]
+        devices[name] = did
+        if pinned:
+            api.patch("device", did, {"is_pinned_on__release": releases["old"][0]})
+        if running is None:
+            continue
+        status, key = api.request("POST", f"/api-key/device/{did}/device-key", {})
+        assert status in (200, 201), (status, key)
+        key = key.decode().strip().strip('"')
+        body = {uuid(200 + i): {
+            "os_version": ["balenaOS 6.0.13", "balenaOS 5.3.24"][i % 2], "os_variant": ["prod", "dev"][i % 3 == 0],
+            "supervisor_version": ["17.0.3", "16.7.9"][i % 2],
+            "apps": {app_uuid: {"release_uuid": releases[running][1], "releases": {
+                releases[rel][1]: {"update_status": update, "services": {
+                    service: dict({"image": locations[(rel, service)], "status": st},
+                                  **({"download_progress": 30} if st == "Downloading" else {}))
+                    for service, st in zip(SERVICES, statuses)}}
+                for rel, (update, statuses) in reports.items()}}}}}
+        status, text = api.request("PATCH", "/device/v3/state", body, token=key)
+        assert status == 200, (name, status, text[:300])
+    return {"fleet": fid, "devices": devices, "releases": {k: v[0] for k, v in releases.items()}}
 
 
 def heartbeat(api, uuid_hex, device_key):

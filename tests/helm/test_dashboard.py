@@ -38,6 +38,21 @@ FLEETS = {
 STATUSES = ["configuring", "disconnected", "inactive", "operational", "post-provisioning",
             "reduced-functionality", "updating"]
 STATES = ["online", "offline", "timeout", "unknown"]
+# What the fleets run: per fleet, services {(service, status): n}, update states, devices per
+# release, OS (version, variant), supervisor versions, newest build (commit, status, semver).
+APPS = {
+    "acme/screens": dict(services={("main", "Running"): 9, ("main", "exited"): 1, ("proxy", "Running"): 10},
+                         update={"done": 8, "downloading": 2}, releases={"abc": 8, "old": 2},
+                         os={("balenaOS 6.0.0", "prod"): 10}, supervisor={"17.0.3": 10},
+                         latest=("abc", "success", "1.1.0")),
+    "acme/tiny": dict(services={("main", "Running"): 2}, update={"done": 2}, releases={"abc": 2},
+                      os={("balenaOS 6.0.0", "prod"): 1, ("balenaOS 5.3.24", "dev"): 1}, supervisor={"16.7.9": 2},
+                      latest=("new", "failed", "1.2.0")),
+    "partner/kiosk": dict(services={("main", "Running"): 3, ("main", "restarting"): 1}, update={"aborted": 1, "done": 3},
+                          releases={"abc": 4}, os={("balenaOS 6.0.0", "prod"): 4}, supervisor={"17.0.3": 4},
+                          latest=("abc", "success", "1.1.0")),
+}
+
 DEVICES = {  # uuid -> fleet, name, values
     "a1": dict(fleet="acme/screens", name="lobby", cpu=0.5, temp=51.0, mem=(1 << 30, 4 << 30),
                disk=(8 << 30, 32 << 30), online=1, on_target=1, undervolted=1, progress=0.25, seen=1000),
@@ -62,6 +77,19 @@ def series():
                 add("balena_fleet_devices_status", dict(base, status=s), f["status"].get(s, 0))
             for s in STATES:
                 add("balena_fleet_devices_heartbeat", dict(base, state=s), f["heartbeat"].get(s, 0))
+            a = APPS[fleet]
+            for (service, status), n in a["services"].items():
+                add("balena_fleet_services", dict(base, service=service, status=status), n)
+            for status, n in a["update"].items():
+                add("balena_fleet_devices_update_status", dict(base, status=status), n)
+            for release, n in a["releases"].items():
+                add("balena_fleet_devices_release", dict(base, release=release), n)
+            for (version, variant), n in a["os"].items():
+                add("balena_fleet_devices_os", dict(base, os_version=version, os_variant=variant), n)
+            for version, n in a["supervisor"].items():
+                add("balena_fleet_devices_supervisor", dict(base, supervisor_version=version), n)
+            commit, status, semver = a["latest"]
+            add("balena_fleet_latest_release_info", dict(base, release=commit, status=status, semver=semver), 1)
     for uuid, d in DEVICES.items():
         for t in FLEETS[d["fleet"]]["targets"]:
             base = {"job": "balena", "instance": t, "fleet": d["fleet"], "device_uuid": uuid, "device_name": d["name"]}
@@ -91,6 +119,17 @@ def per_device(fn):
             for u, d in DEVICES.items() if fn(d) is not None}
 
 
+def apps_summed(field, labels):
+    """Sum over fleets of APPS[fleet][field], keyed by the label values (what `sum by` shows)."""
+    out = {}
+    for a in APPS.values():
+        for k, n in a[field].items():
+            k = k if isinstance(k, tuple) else (k,)
+            key = "{" + ", ".join(f'{l}="{v}"' for l, v in sorted(zip(labels, k))) + "}"
+            out[key] = out.get(key, 0) + n
+    return out
+
+
 def summed(key, values):
     return {f'{{{key}="{v}"}}': sum(f[{"status": "status", "state": "heartbeat"}[key]].get(v, 0) for f in FLEETS.values())
             for v in values}
@@ -118,6 +157,15 @@ EXPECTED = {
     "Online, on target release, undervolted": [per_device(lambda d: d["online"]), per_device(lambda d: d["on_target"]),
                                                per_device(lambda d: d["undervolted"])],
     "Update progress": [per_device(lambda d: d["progress"])],
+    "Rollout: devices per running release": [
+        {f'{{fleet="{name}", release="{r}"}}': n for name, a in APPS.items() for r, n in a["releases"].items()}],
+    "Services by status": [apps_summed("services", ["service", "status"])],
+    "Update status": [apps_summed("update", ["status"])],
+    "OS versions in use": [apps_summed("os", ["os_version", "os_variant"])],
+    "Supervisor versions in use": [apps_summed("supervisor", ["supervisor_version"])],
+    "Releases: newest build beside the target": [
+        {f'{{fleet="{name}", release="{a["latest"][0]}", semver="{a["latest"][2]}", status="{a["latest"][1]}"}}': 1
+         for name, a in APPS.items()}],
 }
 
 
