@@ -27,6 +27,8 @@ pub struct ProbeRecord {
     pub summary: String,
     /// What to do about a failure, naming the auth.
     pub advice: Option<String>,
+    /// What needs attention in the data (crashed services, updates, builds).
+    pub attention: Vec<String>,
     /// Where the data came from (a cached answer made no request).
     pub data_from: Source,
     /// How old the data was.
@@ -130,6 +132,7 @@ mod tests {
             result,
             summary: result.into(),
             advice: None,
+            attention: Vec::new(),
             data_from: Source::Fetched,
             data_age: Duration::ZERO,
             duration: Duration::ZERO,

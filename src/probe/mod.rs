@@ -40,6 +40,9 @@ pub struct ProbeData {
     pub fleets: usize,
     /// Devices counted.
     pub devices: usize,
+    /// What needs a person's attention, in words (crashed services, updates under way or
+    /// failed, a failed build): the landing and debug pages show it.
+    pub attention: Vec<String>,
 }
 
 impl ProbeData {
@@ -206,6 +209,7 @@ impl<'m> SeriesBuilder<'m> {
         for s in &self.stats {
             write_fleet(&mut fleets, s, self.module);
         }
+        let attention = series::attention(&self.stats, self.module);
         ProbeData {
             series: CompressedSeries::from_expositions([fleets, self.devices]),
             compact: self.compact.map(|mut c| {
@@ -214,6 +218,7 @@ impl<'m> SeriesBuilder<'m> {
             }),
             fleets: self.stats.len(),
             devices: self.device_total,
+            attention,
         }
     }
 }

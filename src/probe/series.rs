@@ -43,6 +43,9 @@ pub struct FleetStats {
     pub os: Pairs,
     /// Per supervisor version.
     pub supervisor: BTreeMap<String, u64>,
+    /// The earliest `last_update_status_event` of a device downloading or applying an update
+    /// (Unix seconds; per-device modules select the field).
+    pub updating_since: Option<f64>,
 }
 
 /// Counts per pair of label values: a fleet has few distinct pairs (services × statuses, OS
@@ -98,6 +101,7 @@ impl FleetStats {
             pinned: 0,
             os: Pairs::default(),
             supervisor: BTreeMap::new(),
+            updating_since: None,
         }
     }
 
@@ -115,7 +119,17 @@ impl FleetStats {
         for (service, status) in d.current_services() {
             self.services.bump(service, &install_status_label(status));
         }
-        bump(&mut self.update_status, update_status_label(d));
+        let update = update_status_label(d);
+        if matches!(update.as_ref(), "downloading" | "applying changes") {
+            if let Some(t) = d
+                .last_update_status_event
+                .as_deref()
+                .and_then(parse_timestamp)
+            {
+                self.updating_since = Some(self.updating_since.map_or(t, |s| s.min(t)));
+            }
+        }
+        bump(&mut self.update_status, update);
         let release = d.release();
         bump(
             &mut self.releases,
@@ -261,6 +275,81 @@ fn write_application(out: &mut Exposition, s: &FleetStats, module: &ModuleConfig
             &[("fleet", slug), ("supervisor_version", version)],
             *n as f64,
         );
+    }
+}
+
+/// The most lines [`attention`] gives (the first fleets' first findings).
+const MAX_ATTENTION: usize = 6;
+
+/// What needs a person's attention in these fleets, in words, worst first within a fleet:
+/// services exited, dead or restarting; a newest build that failed; updates aborted or
+/// rejected; updates under way. Empty when all is well (or the module reads none of it).
+pub fn attention(stats: &[FleetStats], module: &ModuleConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let devices = |n: u64| {
+        if n == 1 {
+            "1 device".to_string()
+        } else {
+            format!("{n} devices")
+        }
+    };
+    for s in stats {
+        let fleet = &s.fleet.slug;
+        if module.services {
+            for (service, status, n) in s.services.sorted() {
+                if *n > 0 && matches!(status.as_str(), "exited" | "Dead" | "restarting") {
+                    out.push(format!(
+                        "{fleet}: service {service} {status} on {}",
+                        devices(*n)
+                    ));
+                }
+            }
+        }
+        if let Some(r) = s.fleet.latest_release() {
+            if matches!(r.status.as_deref(), Some("failed" | "error")) {
+                let semver = r.semver.as_deref().unwrap_or("");
+                out.push(format!("{fleet}: the newest build {semver} failed"));
+            }
+        }
+        if module.counts_only {
+            continue;
+        }
+        let count = |k: &str| s.update_status.get(k).copied().unwrap_or(0);
+        let failed = count("aborted") + count("rejected");
+        if failed > 0 {
+            out.push(format!(
+                "{fleet}: the last update of {} was aborted or rejected",
+                devices(failed)
+            ));
+        }
+        let updating = count("downloading") + count("applying changes") + count("downloaded");
+        if updating > 0 {
+            let longest = s.updating_since.map(|t| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64());
+                format!(" (the longest for {})", ago(now - t))
+            });
+            out.push(format!(
+                "{fleet}: {} updating{}, {} of {} on the target release",
+                devices(updating),
+                longest.unwrap_or_default(),
+                s.on_target,
+                s.devices
+            ));
+        }
+    }
+    out.truncate(MAX_ATTENTION);
+    out
+}
+
+/// A time span in the largest unit that fits: "40 min", "5 h", "3 days".
+fn ago(secs: f64) -> String {
+    let secs = secs.max(0.0) as u64;
+    match secs {
+        0..=5_399 => format!("{} min", secs.div_ceil(60)),
+        5_400..=129_599 => format!("{} h", (secs + 1_800) / 3_600),
+        _ => format!("{} days", (secs + 43_200) / 86_400),
     }
 }
 

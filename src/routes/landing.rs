@@ -77,7 +77,8 @@ pub async fn landing(state: web::Data<AppState>) -> HttpResponse {
 
 const STYLE: &str = "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}\
 td,th{border:1px solid #bbb;padding:4px 8px;text-align:left;vertical-align:top}td:first-child{white-space:nowrap}\
-.ok{background:#e8f6e8}.failed{background:#fbe4e4}.none{color:#777}.advice{font-size:90%;color:#555}";
+.ok{background:#e8f6e8}.failed{background:#fbe4e4}.none{color:#777}.advice{font-size:90%;color:#555}\
+.attention{font-size:90%;color:#8a4b00}";
 
 /// `ok` or `failed`: the row's colour.
 fn class(r: &ProbeRecord) -> &'static str {
@@ -88,16 +89,22 @@ fn class(r: &ProbeRecord) -> &'static str {
     }
 }
 
-/// The result in words, and what to do about a failure.
+/// The result in words, what to do about a failure, and what needs attention in the data.
 fn result_cell(r: &ProbeRecord) -> String {
-    match &r.advice {
-        Some(a) => format!(
-            "{}<br><span class=\"advice\">{}</span>",
-            html_escape(&r.summary),
+    let mut cell = html_escape(&r.summary);
+    if let Some(a) = &r.advice {
+        cell.push_str(&format!(
+            "<br><span class=\"advice\">{}</span>",
             html_escape(a)
-        ),
-        None => html_escape(&r.summary),
+        ));
     }
+    for line in &r.attention {
+        cell.push_str(&format!(
+            "<br><span class=\"attention\">⚠ {}</span>",
+            html_escape(line)
+        ));
+    }
+    cell
 }
 
 /// Where the data came from: a cached answer says so (and how old) instead of a duration.

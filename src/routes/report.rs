@@ -39,6 +39,11 @@ pub fn record(state: &AppState, probe: &ProbeRequest, f: &Outcome, duration: Dur
             .as_ref()
             .err()
             .and_then(|e| e.advice(&probe.auth_name)),
+        attention: f
+            .result
+            .as_ref()
+            .map(|d| d.attention.clone())
+            .unwrap_or_default(),
         data_from: f.source,
         data_age: f.age,
         duration,
@@ -139,6 +144,11 @@ fn probe_log(probe: &ProbeRequest, f: &Outcome) -> String {
         .and_then(|e| e.advice(&probe.auth_name))
     {
         let _ = writeln!(out, "What to do: {advice}");
+    }
+    if let Ok(d) = &f.result {
+        for line in &d.attention {
+            let _ = writeln!(out, "Needs attention: {line}");
+        }
     }
     let _ = writeln!(out, "Data: {}", data_words(f.source, f.age));
     let _ = writeln!(out, "\nLog (upstream requests and decisions, in order):");

@@ -336,3 +336,102 @@ async fn application_series_equal_the_simulators_rows() {
     }
     app.stop().await;
 }
+
+/// The debug page (and the landing page, from the same record) says in words what needs
+/// attention, with the simulator's numbers: crashed services, a failed newest build, failed and
+/// running updates.
+#[actix_rt::test]
+async fn what_needs_attention_is_said_in_words() {
+    let app = spawn_with(scenario_world(), |url| default_config(url, &FLEETS)).await;
+    for name in ["crashed", "failed", "stuck", "rollout"] {
+        let slug = format!("acme/{name}");
+        let (rows, installs) = app.sim.with_world(|w| {
+            let rows = w.devices_of(&slug);
+            let installs: Vec<Vec<Row>> = rows
+                .iter()
+                .map(|d| w.installs_of(d["id"].as_u64().unwrap()))
+                .collect();
+            (rows, installs)
+        });
+        let debug = app
+            .get(&format!("/probe?target={name}&debug=true"))
+            .await
+            .body;
+        let said: Vec<&str> = debug
+            .lines()
+            .filter_map(|l| l.strip_prefix("Needs attention: "))
+            .collect();
+        let mut want = Vec::new();
+        for ((service, status), n) in current_services(&installs) {
+            if ["exited", "Dead", "restarting"].contains(&status.as_str()) {
+                let devices = if n == 1.0 {
+                    "1 device".to_string()
+                } else {
+                    format!("{n} devices")
+                };
+                want.push(format!("{slug}: service {service} {status} on {devices}"));
+            }
+        }
+        if name == "failed" {
+            want.push(format!("{slug}: the newest build 1.3.0 failed"));
+        }
+        let count = |f: &dyn Fn(&Row) -> bool| rows.iter().filter(|d| f(d)).count();
+        let failed =
+            count(&|d| d["update_status"] == "aborted" || d["update_status"] == "rejected");
+        if failed > 0 {
+            let devices = if failed == 1 {
+                "1 device".to_string()
+            } else {
+                format!("{failed} devices")
+            };
+            want.push(format!(
+                "{slug}: the last update of {devices} was aborted or rejected"
+            ));
+        }
+        let updating = count(&|d| {
+            ["downloading", "applying changes", "downloaded"]
+                .contains(&d["update_status"].as_str().unwrap_or(""))
+        });
+        want.truncate(6);
+        let prefix: Vec<&str> = said.iter().take(want.len()).copied().collect();
+        assert_eq!(
+            prefix,
+            want.iter().map(String::as_str).collect::<Vec<_>>(),
+            "{name}: {debug}"
+        );
+        if updating > 0 && want.len() < 6 {
+            let line = said
+                .get(want.len())
+                .unwrap_or_else(|| panic!("{name}: no update line: {debug}"));
+            let devices = if updating == 1 {
+                "1 device".to_string()
+            } else {
+                format!("{updating} devices")
+            };
+            assert!(
+                line.starts_with(&format!("{slug}: {devices} updating")),
+                "{line}"
+            );
+            if name == "stuck" {
+                assert!(line.contains("(the longest for 3 days)"), "{line}");
+            }
+        }
+        if name == "crashed" {
+            assert!(
+                !want.is_empty(),
+                "the crashed-service fleet has crashed services"
+            );
+        }
+    }
+    // The landing page shows the same lines for the target's last probe.
+    let landing = app.get("/").await.body;
+    let row = landing
+        .lines()
+        .find(|l| l.starts_with("<tr><td>failed</td>"))
+        .unwrap();
+    assert!(
+        row.contains("⚠ acme/failed: the newest build 1.3.0 failed"),
+        "{row}"
+    );
+    app.stop().await;
+}

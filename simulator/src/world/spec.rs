@@ -465,10 +465,10 @@ fn application_state(
     }
     if updating.is_none() && !d["update_status"].is_null() {
         // The steady mix: now and then an update aborted, rejected or just downloaded.
-        let status = match rng.u32(0..100) {
+        let status = match rng.u32(0..400) {
             0..=1 => "aborted",
             2 => "rejected",
-            3 => "downloaded",
+            3..=6 => "downloaded",
             _ => "done",
         };
         d["update_status"] = status.into();
@@ -484,8 +484,9 @@ fn application_state(
                     "restarting"
                 }
             }
-            (_, 0) => "exited",
-            (_, 1) if k == 2 => "Dead",
+            // The steady mix: a crashed container now and then (about one device in 150).
+            (_, 0) if rng.u32(0..3) == 0 => "exited",
+            (_, 1) if k == 2 && rng.u32(0..3) == 0 => "Dead",
             _ => "Running",
         };
         installs.push((running, *service, status, None, 86_400 * 12));

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""What application health (services, update states, releases) costs on the real balena API
+(open-balena-api on loopback), for docs/performance.md. Not a test: numbers, measured in one
+run so that ratios compare.
+
+    tests/conformance/real-balena-api/install.sh ~/.cache/real-balena-api
+    tests/conformance/real-balena-api/start.sh ~/.cache/real-balena-api
+    python3 tests/conformance/bench_services.py ~/.cache/real-balena-api target/release/balena-exporter [DEVICES] [BIG] [OLD]
+
+OLD, optional: a release binary built before application health (e.g. commit 853fc92), probed
+the same way for "today's" cost.
+
+Seeds a fleet of DEVICES (default 10,000) devices with 3 services each — services, images and a
+release through the API, the device and image_install rows by SQL (through the device API they
+would take an hour), every tenth device mid-update (a second release's installs, Downloading)
+and a deleted install on every twentieth — then measures, per module:
+
+- one device page of 10,000 rows with the request shapes considered: as before application
+  health; with the new device fields; with the services expand (with and without
+  `$filter=status ne 'deleted'`); and the services by their own keyset listing of image_install;
+- the exporter's probe of the fleet with `services: true` and `services: false`;
+
+and the summary module's probe of a BIG-device fleet (default 50,000) against a 10 s scrape.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from balena import Api, api_key, env_file, free_port, login, psql  # noqa: E402
+
+OLD_DEFAULT = ("id,uuid,device_name,belongs_to__application,is_online,api_heartbeat_state,overall_status,"
+               "overall_progress,os_version,os_variant,supervisor_version,cpu_usage,cpu_temp,memory_usage,"
+               "memory_total,storage_usage,storage_total,is_undervolted,is_connected_to_vpn,last_connectivity_event,"
+               "should_be_running__release")
+OLD_SUMMARY = "id,belongs_to__application,is_online,api_heartbeat_state,overall_status,is_undervolted,should_be_running__release"
+NEW_DEFAULT = OLD_DEFAULT + ",update_status,last_update_status_event,is_pinned_on__release,changed_api_heartbeat_state_on__date"
+NEW_SUMMARY = OLD_SUMMARY + ",update_status,is_pinned_on__release,os_version,os_variant,supervisor_version"
+RELEASE = "is_running__release($select=id,commit)"
+TYPE = "is_of__device_type($select=slug)"
+SERVICES = ("image_install($select=id,status,install_date;$filter=status ne 'deleted';"
+            "$expand=installs__image($select=id;$expand=is_a_build_of__service($select=service_name)))")
+SERVICES_UNFILTERED = SERVICES.replace("$filter=status ne 'deleted';", "")
+SHAPES = {  # module -> shape -> ($select, $expand); the exporter's are src/balena/mod.rs's device_query
+    "default": {
+        "before application health": (OLD_DEFAULT, f"{RELEASE},{TYPE}"),
+        "+ device fields": (NEW_DEFAULT, f"{RELEASE},{TYPE}"),
+        "+ services expand (the exporter's)": (NEW_DEFAULT, f"{RELEASE},{SERVICES},{TYPE}"),
+        "+ services expand, deleted not filtered": (NEW_DEFAULT, f"{RELEASE},{SERVICES_UNFILTERED},{TYPE}"),
+    },
+    "summary": {
+        "before application health": (OLD_SUMMARY, RELEASE),
+        "+ device fields": (NEW_SUMMARY, RELEASE),
+        "+ services expand (the exporter's)": (NEW_SUMMARY, f"{RELEASE},{SERVICES}"),
+        "+ services expand, deleted not filtered": (NEW_SUMMARY, f"{RELEASE},{SERVICES_UNFILTERED}"),
+    },
+}
+PAGE = 10_000
+
+
+def q(select, expand, flt, top=PAGE):
+    return f"$select={select}&$expand={expand}&$filter={flt}&$orderby=id asc&$top={top}".replace(" ", "%20")
+
+
+def timed(api, path, query):
+    t = time.perf_counter()
+    status, body = api.request("GET", path, raw_query=query)
+    assert status == 200, (status, body[:300])
+    return time.perf_counter() - t, len(body)
+
+
+def median3(fn):
+    runs = [fn() for _ in range(3)]
+    return statistics.median(r[0] for r in runs), runs[0][1]
+
+
+def seed_fleet(api, env, n, name):
+    """A fleet of n devices, 3 services, releases r1 (target) and r2 (rolling out)."""
+    types = {t["slug"]: t["id"] for t in api.get("device_type", "$select=id,slug")}
+    dt = types["raspberrypi4-64"]
+    fleet = api.post("application", {"app_name": name, "organization": 1, "is_for__device_type": dt})
+    fid = fleet["id"]
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    services = {s: api.post("service", {"application": fid, "service_name": s})["id"] for s in ("main", "proxy", "metrics")}
+    images = {}
+    for r, commit in ((1, "b1" * 16), (2, "b2" * 16)):
+        rid = api.post("release", {"belongs_to__application": fid, "commit": commit, "composition": {},
+                                   "status": "success", "source": "cloud", "start_timestamp": now})["id"]
+        for s, sid in services.items():
+            iid = api.post("image", {"is_a_build_of__service": sid, "status": "success", "start_timestamp": now,
+                                     "push_timestamp": now, "project_type": "dockerfile"})["id"]
+            api.post("release_image", {"is_part_of__release": rid, "image": iid})
+            images[(r, s)] = (iid, rid)
+    api.patch("application", fid, {"should_track_latest_release": False,
+                                    "should_be_running__release": images[(1, "main")][1]})
+    psql(env["PG_PORT"], f"""
+        with a as (insert into actor ("created at") select now() from generate_series(1, {n}) returning id),
+             x as (select id, row_number() over (order by id) as i from a)
+        insert into device (actor, uuid, "device name", "is of-device type", "belongs to-application", "is online",
+                            "api heartbeat state", "is connected to vpn", "last connectivity event", "cpu usage",
+                            "cpu temp", "memory usage", "memory total", "storage usage", "storage total",
+                            "is undervolted", "os version", "os variant", "supervisor version", "is running-release",
+                            "update status", "last update status event", "changed api heartbeat state on-date")
+        select id, md5('{name}-' || i), '{name}-device-' || i, {dt}, {fid}, i % 3 <> 0,
+               (array['online','offline','timeout','unknown'])[1 + i % 4], i % 2 = 0,
+               now() - (i || ' seconds')::interval, i % 100, 40 + i % 30, 500 + i % 400, 3906, 2000 + i % 900,
+               29000, i % 97 = 0, 'balenaOS 6.0.' || (i % 20), 'prod', '17.0.' || (i % 9), {images[(1, "main")][1]},
+               case when i % 10 = 0 then 'downloading' else 'done' end, now() - (i || ' minutes')::interval,
+               now() - (i || ' seconds')::interval
+        from x""")
+    values = []
+    for (r, s), (iid, rid) in images.items():
+        if r == 1:
+            status = "case when d.i % 50 = 0 then 'exited' else 'Running' end"
+            where = "true"
+        else:
+            status = "'Downloading'"
+            where = "d.i % 10 = 0"
+        values.append(f"""insert into "image install" (device, "installs-image", "install date", status,
+                          "is provided by-release", "download progress")
+                          select d.id, {iid}, now() - interval '{3 - r} days', {status}, {rid},
+                                 {'null' if r == 1 else '40'}
+                          from (select id, row_number() over (order by id) as i from device
+                                where "belongs to-application" = {fid}) d where {where}""")
+    for v in values:
+        psql(env["PG_PORT"], v)
+    # A deleted install (an old release's, removed) on every twentieth device: a third release.
+    rid3 = api.post("release", {"belongs_to__application": fid, "commit": "b0" * 16, "composition": {},
+                                "status": "success", "source": "cloud", "start_timestamp": now})["id"]
+    iid3 = api.post("image", {"is_a_build_of__service": services["main"], "status": "success", "start_timestamp": now,
+                              "push_timestamp": now, "project_type": "dockerfile"})["id"]
+    psql(env["PG_PORT"], f"""insert into "image install" (device, "installs-image", "install date", status, "is provided by-release")
+        select d.id, {iid3}, now() - interval '9 days', 'deleted', {rid3}
+        from (select id, row_number() over (order by id) as i from device where "belongs to-application" = {fid}) d
+        where d.i % 20 = 0""")
+    psql(env["PG_PORT"], 'analyze device; analyze "image install"; analyze image; analyze service')
+    return fid, fleet["slug"]
+
+
+def own_listing(api, fid):
+    """The services by their own keyset listing: image_install rows of the fleet's devices, not
+    deleted, with the service id (service names from one small query, cached with the fleet row)."""
+    spent, size, after, pages = 0.0, 0, 0, 0
+    while True:
+        flt = f"device/any(d:d/belongs_to__application eq {fid}) and status ne 'deleted' and id gt {after}"
+        query = (f"$select=id,device,status,install_date&$expand=installs__image($select=is_a_build_of__service)"
+                 f"&$filter={flt}&$orderby=id asc&$top={PAGE}").replace(" ", "%20")
+        t = time.perf_counter()
+        status, body = api.request("GET", "/v7/image_install", raw_query=query)
+        spent += time.perf_counter() - t
+        assert status == 200, (status, body[:300])
+        size += len(body)
+        pages += 1
+        import json
+        rows = json.loads(body)["d"]
+        if not rows:
+            return spent, size, pages
+        after = rows[-1]["id"]
+
+
+def probe(binary, url, token, slug, module, services):
+    """Median of 3 probes; `services=None`: a binary from before the key existed."""
+    with tempfile.TemporaryDirectory() as d:
+        cfg = os.path.join(d, "c.yml")
+        devices = "true" if module == "default" else "false"
+        with open(cfg, "w") as f:
+            f.write(f"api:\n  url: {url}\n  cache_ttl: 0s\n  timeout: 60s\n  page_size: {PAGE}\nauths:\n  a:\n"
+                    f"    token: {token}\nmodules:\n  m: {{devices: {devices}"
+                    + ("" if services is None else f", services: {str(services).lower()}") + "}\n"
+                    f"targets:\n  t: {{fleet: {slug}, auth: a, module: m}}\n")
+        port = free_port()
+        p = subprocess.Popen([binary, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            times, size = [], 0
+            for _ in range(3):
+                t = time.perf_counter()
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/probe?target=t",
+                                             headers={"Accept-Encoding": "gzip", "X-Prometheus-Scrape-Timeout-Seconds": "60"})
+                with urllib.request.urlopen(req, timeout=120) as r:
+                    body = r.read()
+                times.append(time.perf_counter() - t)
+                size = len(body)
+            return statistics.median(times), size
+        finally:
+            p.terminate()
+            p.wait()
+
+
+def main():
+    api_dir, binary = sys.argv[1:3]
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 10_000
+    big = int(sys.argv[4]) if len(sys.argv) > 4 else 50_000
+    old = sys.argv[5] if len(sys.argv) > 5 else None
+    env = env_file(os.path.join(api_dir, "run", "env"))
+    url = env["BALENA_API_URL"]
+    token = api_key(url, login(url, env["SUPERUSER_EMAIL"], env["SUPERUSER_PASSWORD"]), "bench-services")
+    api = Api(url, token)
+    t = time.perf_counter()
+    fid, slug = seed_fleet(api, env, n, f"Svc-{n}")
+    print(f"seeded {n:,} devices x 3 services in {time.perf_counter() - t:.1f}s (fleet {slug})\n")
+
+    print(f"one device page of {PAGE:,} rows (the whole fleet), median of 3:")
+    print("| module | request shape | time | bytes | vs before |\n|---|---|---|---|---|")
+    flt = f"belongs_to__application eq {fid}"
+    for module, shapes in SHAPES.items():
+        base = None
+        for shape, (select, expand) in shapes.items():
+            s, size = median3(lambda: timed(api, "/v7/device", q(select, expand, flt)))
+            base = base or s
+            print(f"| {module} | {shape} | {s * 1000:.0f} ms | {size / 1e6:.1f} MB | {s / base:.2f}x |")
+        select, expand = shapes["+ device fields"]
+        dev, dsize = median3(lambda: timed(api, "/v7/device", q(select, expand, flt)))
+        own, osize, pages = statistics.median([own_listing(api, fid) for _ in range(3)])
+        print(f"| {module} | + device fields, then services by their own image_install listing ({pages} pages) | "
+              f"{(dev + own) * 1000:.0f} ms | {(dsize + osize) / 1e6:.1f} MB | {(dev + own) / base:.2f}x |")
+
+    print(f"\nthe exporter's probe of the {n:,}-device fleet (median of 3, gzip answer):")
+    print("| module | binary, services | probe | answer | vs before |\n|---|---|---|---|---|")
+    for module in ("default", "summary"):
+        before = None
+        if old:
+            before, size = probe(old, url, token, slug, module, None)
+            print(f"| {module} | before application health | {before:.2f} s | {size / 1e3:.0f} kB | 1.00x |")
+        for services in (False, True):
+            s, size = probe(binary, url, token, slug, module, services)
+            before = before or s
+            print(f"| {module} | now, services: {str(services).lower()} | {s:.2f} s | {size / 1e3:.0f} kB | {s / before:.2f}x |")
+
+    if big:
+        t = time.perf_counter()
+        _, big_slug = seed_fleet(api, env, big, f"Svc-{big}")
+        print(f"\nseeded {big:,} devices x 3 services in {time.perf_counter() - t:.1f}s")
+        print(f"the summary module's probe of the {big:,}-device fleet (median of 3):")
+        print("| services | probe |\n|---|---|")
+        for services in (False, True):
+            s, _ = probe(binary, url, token, big_slug, "summary", services)
+            print(f"| {str(services).lower()} | {s:.2f} s |")
+
+
+if __name__ == "__main__":
+    main()
