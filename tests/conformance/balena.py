@@ -330,6 +330,40 @@ def free_port():
     return port
 
 
+def timed_probes(binary, config_text, query, runs=3, headers=None):
+    """Runs the exporter binary on `config_text`, times `runs` probes of `/probe?<query>` (gzip
+    answers) and returns (median seconds, bytes of the last answer). For the benchmarks."""
+    import statistics
+    import tempfile
+    import time
+    with tempfile.TemporaryDirectory() as d:
+        cfg = os.path.join(d, "c.yml")
+        with open(cfg, "w") as f:
+            f.write(config_text)
+        port = free_port()
+        p = subprocess.Popen([binary, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            times, size = [], 0
+            for _ in range(runs):
+                t = time.perf_counter()
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/probe?{query}",
+                                             headers=dict({"Accept-Encoding": "gzip"}, **(headers or {})))
+                with urllib.request.urlopen(req, timeout=120) as r:
+                    size = len(r.read())
+                times.append(time.perf_counter() - t)
+            return statistics.median(times), size
+        finally:
+            p.terminate()
+            p.wait()
+
+
 def env_file(path):
     env = {}
     with open(path) as f:

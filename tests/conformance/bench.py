@@ -17,12 +17,10 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from balena import Api, api_key, env_file, free_port, login, psql  # noqa: E402
+from balena import Api, api_key, env_file, login, psql, timed_probes  # noqa: E402
 
 DEVICE_FIELDS = ("id,uuid,device_name,belongs_to__application,is_online,api_heartbeat_state,overall_status,"
                  "overall_progress,os_version,os_variant,supervisor_version,cpu_usage,cpu_temp,memory_usage,"
@@ -76,35 +74,10 @@ def listing(api, module, fleet, page, keyset=True, limit=None):
 
 
 def probe(binary, url, token, fleet_slug, module, page):
-    with tempfile.TemporaryDirectory() as d:
-        cfg = os.path.join(d, "c.yml")
-        with open(cfg, "w") as f:
-            f.write(f"api:\n  url: {url}\n  cache_ttl: 0s\n  timeout: 60s\n  page_size: {page}\nauths:\n  a:\n"
-                    f"    token: {token}\nmodules:\n  default: {{devices: true}}\n  summary: {{devices: false}}\n"
-                    f"targets:\n  t: {{fleet: {fleet_slug}, auth: a}}\n")
-        port = free_port()
-        import subprocess
-        p = subprocess.Popen([binary, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            times = []
-            for _ in range(3):
-                t = time.perf_counter()
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/probe?target=t&module={module}",
-                                             headers={"Accept-Encoding": "gzip"})
-                with urllib.request.urlopen(req, timeout=120) as r:
-                    r.read()
-                times.append(time.perf_counter() - t)
-            return statistics.median(times)
-        finally:
-            p.terminate()
-            p.wait()
+    config = (f"api:\n  url: {url}\n  cache_ttl: 0s\n  timeout: 60s\n  page_size: {page}\nauths:\n  a:\n"
+              f"    token: {token}\nmodules:\n  default: {{devices: true}}\n  summary: {{devices: false}}\n"
+              f"targets:\n  t: {{fleet: {fleet_slug}, auth: a}}\n")
+    return timed_probes(binary, config, f"target=t&module={module}")[0]
 
 
 def main():

@@ -23,16 +23,14 @@ and a deleted install on every twentieth — then measures, per module:
 and the summary module's probe of a BIG-device fleet (default 50,000) against a 10 s scrape.
 """
 
+import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from balena import Api, api_key, env_file, free_port, login, psql  # noqa: E402
+from balena import Api, api_key, env_file, login, psql, timed_probes  # noqa: E402
 
 OLD_DEFAULT = ("id,uuid,device_name,belongs_to__application,is_online,api_heartbeat_state,overall_status,"
                "overall_progress,os_version,os_variant,supervisor_version,cpu_usage,cpu_temp,memory_usage,"
@@ -156,7 +154,6 @@ def own_listing(api, fid):
         assert status == 200, (status, body[:300])
         size += len(body)
         pages += 1
-        import json
         rows = json.loads(body)["d"]
         if not rows:
             return spent, size, pages
@@ -165,37 +162,12 @@ def own_listing(api, fid):
 
 def probe(binary, url, token, slug, module, services):
     """Median of 3 probes; `services=None`: a binary from before the key existed."""
-    with tempfile.TemporaryDirectory() as d:
-        cfg = os.path.join(d, "c.yml")
-        devices = "true" if module == "default" else "false"
-        with open(cfg, "w") as f:
-            f.write(f"api:\n  url: {url}\n  cache_ttl: 0s\n  timeout: 60s\n  page_size: {PAGE}\nauths:\n  a:\n"
-                    f"    token: {token}\nmodules:\n  m: {{devices: {devices}"
-                    + ("" if services is None else f", services: {str(services).lower()}") + "}\n"
-                    f"targets:\n  t: {{fleet: {slug}, auth: a, module: m}}\n")
-        port = free_port()
-        p = subprocess.Popen([binary, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            times, size = [], 0
-            for _ in range(3):
-                t = time.perf_counter()
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/probe?target=t",
-                                             headers={"Accept-Encoding": "gzip", "X-Prometheus-Scrape-Timeout-Seconds": "60"})
-                with urllib.request.urlopen(req, timeout=120) as r:
-                    body = r.read()
-                times.append(time.perf_counter() - t)
-                size = len(body)
-            return statistics.median(times), size
-        finally:
-            p.terminate()
-            p.wait()
+    devices = "true" if module == "default" else "false"
+    key = "" if services is None else f", services: {str(services).lower()}"
+    config = (f"api:\n  url: {url}\n  cache_ttl: 0s\n  timeout: 60s\n  page_size: {PAGE}\nauths:\n  a:\n"
+              f"    token: {token}\nmodules:\n  m: {{devices: {devices}{key}}}\n"
+              f"targets:\n  t: {{fleet: {slug}, auth: a, module: m}}\n")
+    return timed_probes(binary, config, "target=t", headers={"X-Prometheus-Scrape-Timeout-Seconds": "60"})
 
 
 def main():
