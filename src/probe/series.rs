@@ -672,6 +672,31 @@ mod tests {
     }
 
     #[test]
+    fn spans_read_in_the_largest_unit_that_fits() {
+        assert_eq!(ago(30.0), "1 min");
+        assert_eq!(ago(1_500.0), "25 min");
+        assert_eq!(ago(5_400.0), "2 h");
+        assert_eq!(ago(86_400.0 * 3.0 + 600.0), "3 days");
+        assert_eq!(ago(-5.0), "0 min");
+    }
+
+    #[test]
+    fn current_services_are_the_newest_install_of_each_service() {
+        let d = device(serde_json::json!({"image_install": [
+            {"id": 1, "status": "Running", "install_date": "2026-01-01T00:00:00Z",
+             "installs__image": [{"is_a_build_of__service": [{"service_name": "main"}]}]},
+            {"id": 2, "status": "Downloading", "install_date": "2026-01-02T00:00:00Z",
+             "installs__image": [{"is_a_build_of__service": [{"service_name": "main"}]}]},
+            {"id": 3, "status": "exited", "install_date": "2026-01-01T00:00:00Z",
+             "installs__image": [{"is_a_build_of__service": [{"service_name": "db"}]}]},
+            {"id": 4, "status": "Running", "install_date": "2026-01-01T00:00:00Z",
+             "installs__image": [{"is_a_build_of__service": [{"service_name": "db"}]}]},
+        ]}));
+        // main: the newer install (the update's); db: same date, the higher id.
+        assert_eq!(d.current_services(), vec![("db", "Running"), ("main", "Downloading")]);
+    }
+
+    #[test]
     fn unknown_enum_values_are_kept_and_counted() {
         let fleet: Fleet =
             serde_json::from_value(serde_json::json!({"id": 1, "slug": "o/f"})).unwrap();
