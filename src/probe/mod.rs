@@ -6,6 +6,7 @@
 //! once every device of the target has been counted.
 
 pub mod answer;
+pub mod application;
 pub mod cache;
 pub mod compact;
 pub mod prober;
@@ -19,8 +20,9 @@ use crate::balena::{self, BalenaError, DeviceScope, FleetSet, Session};
 use crate::config::{ModuleConfig, Scope};
 use crate::exposition::body::CompressedSeries;
 use crate::exposition::Exposition;
+use application::write_device_services;
 use compact::CompactDevices;
-use series::{write_device, write_device_services, write_fleet, FleetStats};
+use series::{write_device, write_fleet, FleetStats};
 
 /// Pending text of one family that is compressed as one piece: large enough to compress well
 /// (the deflate window is 32 KiB), small enough that ~13 per-device families of a probe hold
@@ -209,7 +211,7 @@ impl<'m> SeriesBuilder<'m> {
         for s in &self.stats {
             write_fleet(&mut fleets, s, self.module);
         }
-        let attention = series::attention(&self.stats, self.module);
+        let attention = application::attention(&self.stats, self.module);
         ProbeData {
             series: CompressedSeries::from_expositions([fleets, self.devices]),
             compact: self.compact.map(|mut c| {
