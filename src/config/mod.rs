@@ -217,7 +217,8 @@ pub struct ModuleConfig {
     /// held instead of ~0.56 KB, for CPU on every answer (large fleets; docs/performance.md).
     pub compact_cache: bool,
     /// Read each device's current services (`image_install`, expanded in the device listing)
-    /// for `balena_fleet_services`. Off: no service data, a smaller listing.
+    /// for `balena_fleet_services`. Off by default: on the real API it makes the device listing
+    /// 2.6–2.8 times as slow (docs/performance.md, "Application health").
     pub services: bool,
     /// Also write each service's status on each device (`balena_device_service_status`):
     /// devices × services series, so opt-in. Needs `devices` and `services`.
@@ -280,7 +281,7 @@ impl Default for ModuleConfig {
             counts_only: false,
             legacy_devices_online: false,
             compact_cache: false,
-            services: true,
+            services: false,
             device_services: false,
         }
     }

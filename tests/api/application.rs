@@ -68,7 +68,7 @@ fn current_services(installs: &[Vec<Row>]) -> BTreeMap<(String, String), f64> {
 async fn application_series_equal_the_simulators_rows() {
     let app = spawn_with(scenario_world(), |url| {
         format!(
-            "{}modules:\n  summary:\n    devices: false\n  services:\n    device_services: true\n",
+            "{}modules:\n  default:\n    services: true\n  summary:\n    devices: false\n    services: true\n  services:\n    services: true\n    device_services: true\n",
             default_config(url, &FLEETS)
         )
     })
@@ -342,7 +342,13 @@ async fn application_series_equal_the_simulators_rows() {
 /// running updates.
 #[actix_rt::test]
 async fn what_needs_attention_is_said_in_words() {
-    let app = spawn_with(scenario_world(), |url| default_config(url, &FLEETS)).await;
+    let app = spawn_with(scenario_world(), |url| {
+        format!(
+            "{}modules:\n  default:\n    services: true\n",
+            default_config(url, &FLEETS)
+        )
+    })
+    .await;
     for name in ["crashed", "failed", "stuck", "rollout"] {
         let slug = format!("acme/{name}");
         let (rows, installs) = app.sim.with_world(|w| {

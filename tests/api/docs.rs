@@ -30,7 +30,7 @@ fn type_names(text: &str) -> BTreeSet<String> {
 async fn docs_list_exactly_the_emitted_metrics() {
     let app = spawn_with(world(&[("screens", 200)]), |url| {
         format!(
-            "{}modules:\n  default:\n    device_tags: [location]\n  summary:\n    devices: false\n  compat:\n    counts_only: true\n    legacy_devices_online: true\n  services:\n    device_services: true\n",
+            "{}modules:\n  default:\n    device_tags: [location]\n  summary:\n    devices: false\n  compat:\n    counts_only: true\n    legacy_devices_online: true\n  services:\n    services: true\n    device_services: true\n",
             default_config(url, &["screens"])
                 .replace("  timeout: 5s\n", "  timeout: 5s\n  max_concurrency: 1\n")
         )

@@ -186,9 +186,10 @@ class Truth:
             1 for d in devs if d["is_online"] and nav(d["should_be_running__release"]) is not None
             and not self.on_target(d)))
         out[("balena_fleet_devices_undervolted", fl)] = float(sum(1 for d in devs if d["is_undervolted"]))
-        for (service, status), n in self.current_services(devs).items():
+        services = self.current_services(devs) if module.get("services") else {}
+        for (service, status), n in services.items():
             out[("balena_fleet_services", fl + (("service", service), ("status", status)))] = float(n)
-        for service in {service for service, _ in self.current_services(devs)}:
+        for service in {service for service, _ in services}:
             out.setdefault(("balena_fleet_services", fl + (("service", service), ("status", "Running"))), 0.0)
         for u in UPDATE_STATUSES:
             out[("balena_fleet_devices_update_status", fl + (("status", u),))] = float(

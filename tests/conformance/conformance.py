@@ -34,11 +34,11 @@ from balena import Api, Truth, api_key, env_file, free_port, here, login, parse_
 from seed import TAG_KEYS, heartbeat, seed, uuid  # noqa: E402
 
 MODULES = {
-    "default": {"devices": True, "device_tags": TAG_KEYS},
-    "summary": {"devices": False},
+    "default": {"devices": True, "device_tags": TAG_KEYS, "services": True},
+    "summary": {"devices": False, "services": True},
     "compat": {"counts_only": True, "legacy_devices_online": True},
     "compact": {"devices": True, "device_tags": TAG_KEYS, "compact_cache": True},
-    "services": {"devices": True, "device_services": True},
+    "services": {"devices": True, "services": True, "device_services": True},
 }
 INSTALL_STATUSES = ["Stopping", "Stopped", "Downloading", "Downloaded", "Installing", "Installed", "Starting",
                     "Running", "Idle", "Handing over", "Awaiting handover", "Deleting", "deleted", "Dead", "paused",
