@@ -136,16 +136,19 @@ impl Fleet {
     /// The longest of the strings that become label values, in bytes: checked against the
     /// string cap as device rows are ([`super::stream::MAX_STRING_BYTES`]).
     pub fn longest_label_value(&self) -> usize {
-        let latest = self.latest_release().cloned().unwrap_or_default();
+        let latest = self.latest_release();
+        let field = |f: fn(&FleetRelease) -> &Option<String>| {
+            latest.and_then(|r| f(r).as_deref()).unwrap_or("")
+        };
         [
             self.app_name.as_str(),
             &self.slug,
             self.organization_handle(),
             self.device_type(),
             self.target_release(),
-            latest.commit.as_deref().unwrap_or(""),
-            latest.status.as_deref().unwrap_or(""),
-            latest.semver.as_deref().unwrap_or(""),
+            field(|r| &r.commit),
+            field(|r| &r.status),
+            field(|r| &r.semver),
         ]
         .iter()
         .map(|s| s.len())

@@ -66,8 +66,8 @@ pub fn format(d: Duration) -> String {
         return "0s".to_string();
     }
     let mut out = String::new();
-    // Prometheus writes no years or weeks above days only when they divide evenly; days are
-    // as far as a 30-day maximum needs.
+    // Days are the largest unit written: a duration is at most 30 days, and `2w` and `14d`
+    // read the same.
     for (unit, len) in &UNITS[2..] {
         let len = u128::from(*len);
         if left >= len {
