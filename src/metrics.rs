@@ -55,6 +55,8 @@ catalogue! {
     FLEET_DEVICES_UNDERVOLTED = "balena_fleet_devices_undervolted", "Devices in the fleet reporting under-voltage (is_undervolted).";
     /// Current services per name and status.
     FLEET_SERVICES = "balena_fleet_services", "Current services of the fleet's devices per service name and container status (image_install.status of each device's newest install of the service, not deleted).";
+    /// When the services were read.
+    FLEET_SERVICES_TIMESTAMP = "balena_fleet_services_timestamp_seconds", "When the image installs behind balena_fleet_services were read from the API, Unix seconds: they are re-read in the background once services_interval old, so services lag device states by up to that much.";
     /// Devices per update_status.
     FLEET_DEVICES_UPDATE_STATUS = "balena_fleet_devices_update_status", "Devices in the fleet per update_status (every known value and none, for null, zeros included).";
     /// Devices per running release.
@@ -214,6 +216,10 @@ pub struct ExporterMetrics {
     pub cache_bytes: IntGauge,
     /// Results held by the probe cache (set on each `/metrics` scrape).
     pub cache_entries: IntGauge,
+    /// Reads of a target's services (image installs), by result.
+    pub services_reads: IntCounterVec,
+    /// Bytes held by services snapshots (set on each `/metrics` scrape).
+    pub services_bytes: IntGauge,
 }
 
 impl ExporterMetrics {
@@ -309,8 +315,20 @@ impl ExporterMetrics {
             "Probe results held by the probe cache (target, module, auth).",
         )
         .expect("valid metric");
+        let services_reads = IntCounterVec::new(
+            Opts::new("balena_exporter_services_reads_total", "Reads of a target's services (its image installs, re-read every services_interval off the probe path), by result (success or failure)."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let services_bytes = IntGauge::new(
+            "balena_exporter_services_snapshot_bytes",
+            "Services snapshots held (one per target scope and auth), in bytes: about 16 bytes per image install.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
+            Box::new(services_reads.clone()),
+            Box::new(services_bytes.clone()),
             Box::new(cache_bytes.clone()),
             Box::new(cache_entries.clone()),
             Box::new(probes.clone()),
@@ -346,6 +364,8 @@ impl ExporterMetrics {
             cache_hits,
             cache_bytes,
             cache_entries,
+            services_reads,
+            services_bytes,
         }
     }
 

@@ -412,6 +412,9 @@ fn odata(state: &SimState, rest: &str, query: &str, caller: &Caller) -> HttpResp
         "release" => "release",
         "device_type" => "device_type",
         "device_tag" => "device_tag",
+        "service" => "service",
+        "image" => "image",
+        "image_install" => "image_install",
         _ => return error_response(401, None),
     };
     let key_ids = match &request.key {

@@ -4,11 +4,14 @@
 //! `api.page_size`); an organization probe is an org lookup, its fleets, and the devices of all
 //! of them in one listing; an `all` probe lists the fleets the token can access and their
 //! devices. An empty lookup is checked with `/actor/v1/whoami`, because the API answers an
-//! unknown token as a guest with an empty list instead of a 401.
+//! unknown token as a guest with an empty list instead of a 401. Services are a listing of
+//! their own ([`installs`], then [`service_names`] for the images they point to), read less
+//! often than devices (`probe::services`).
 
 mod client;
 mod error;
 mod exchange;
+pub mod keyset;
 pub mod limit;
 pub mod model;
 pub mod odata;
@@ -197,9 +200,6 @@ pub fn device_query(module: &ModuleConfig) -> (String, String) {
         SUMMARY_DEVICE_FIELDS
     };
     let mut expand = vec!["is_running__release($select=id,commit)".to_string()];
-    if module.services {
-        expand.push(model::SERVICES_EXPAND.to_string());
-    }
     if module.devices {
         expand.push("is_of__device_type($select=slug)".into());
         if !module.device_tags.is_empty() {
@@ -217,20 +217,9 @@ pub fn device_query(module: &ModuleConfig) -> (String, String) {
     (fields.join(","), expand.join(","))
 }
 
-/// Lists devices in pages of at most `api.page_size`, by keyset: `$filter=(<scope>) and id gt
-/// <last id>&$orderby=id asc&$top=N`, until a page comes back empty. Each device is handed to
-/// `on_device` as soon as its row has arrived: no page is ever held whole.
-///
-/// Rows must come in ascending id order, as asked: a row repeated (a proxy or a server sending
-/// rows twice) is counted once, but a new row out of order, or a uuid on two rows, fails the
-/// probe ([`BalenaError::Inconsistent`]): keyset paging over rows out of order skips rows, and
-/// two rows of one uuid write duplicate series that Prometheus refuses for the whole scrape.
-///
-/// A short page does not end the listing: a server that caps `$top` below `page_size` answers
-/// short pages that are not the last, so only an empty page is the end (one small request,
-/// ~10 ms on the real API whatever the fleet size). Keyset pages cost the same however deep they
-/// go (`$skip` costs more per row skipped), and devices created or deleted while the listing
-/// runs shift nothing: no device that exists throughout is missed or counted twice.
+/// Lists devices in pages of at most `api.page_size`, by keyset ([`keyset`]): each device is
+/// handed to `on_device` as soon as its row has arrived. Uuids are checked to be unique when
+/// the module selects them (per-device series are keyed by them).
 pub async fn devices(
     s: &Session<'_>,
     scope: &DeviceScope,
@@ -238,171 +227,104 @@ pub async fn devices(
     mut on_device: impl FnMut(Device<'_>),
 ) -> Result<usize, BalenaError> {
     let (select, expand) = device_query(module);
-    let page = s.api().page_size as usize;
-    let mut total = 0;
-    let mut after: Option<u64> = None;
-    let mut seen = Seen::default();
-    loop {
-        let filter = match after {
-            None => scope.filter(),
-            Some(id) => format!("({}) and id gt {id}", scope.filter()),
-        };
+    let listing = keyset::Listing {
+        endpoint: "device",
+        path: "/v7/device",
+        filter: scope.filter(),
+        select: &select,
+        expand: Some(&expand),
+        rows: "device rows",
+    };
+    keyset::list(s, &listing, |row, gate| {
+        let device = model::decode_device(row)?;
+        let uuid = module.devices.then_some(device.uuid.as_ref());
+        if gate.admit(device.id, uuid)? {
+            on_device(device);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The `$select` of the image-install listing: the device, the image (a build of one
+/// service), the container status and when the install was made.
+pub const INSTALL_FIELDS: &str = "id,device,installs__image,status,install_date";
+
+/// Lists the image installs of the devices in `scope` that are not `deleted` (as balena-sdk's
+/// `getCurrentServiceDetailsPineExpand` filters them), by keyset, each handed to `on_install`
+/// as it arrives. The installs are filtered by the device's fleet (`device/any(...)`), not by
+/// the service's: a device moved from another fleet keeps its installs until it updates.
+pub async fn installs(
+    s: &Session<'_>,
+    scope: &DeviceScope,
+    mut on_install: impl FnMut(model::InstallRow<'_>),
+) -> Result<usize, BalenaError> {
+    let listing = keyset::Listing {
+        endpoint: "image_install",
+        path: "/v7/image_install",
+        filter: format!("device/any(d:d/{}) and status ne 'deleted'", scope.filter()),
+        select: INSTALL_FIELDS,
+        expand: None,
+        rows: "image install rows",
+    };
+    keyset::list(s, &listing, |row, gate| {
+        let install = model::decode_install(row)?;
+        if gate.admit(install.id, None)? {
+            on_install(install);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Image ids per request of [`service_names`]: ~12 bytes each in the URL, well under the
+/// URL length proxies accept.
+const IMAGES_PER_REQUEST: usize = 100;
+
+/// The service name of each image in `images` (the images the installs point to): a few
+/// rows, as many as the releases in use times their services.
+pub async fn service_names(
+    s: &Session<'_>,
+    images: &[u64],
+) -> Result<std::collections::HashMap<u64, String>, BalenaError> {
+    let mut out = std::collections::HashMap::with_capacity(images.len());
+    for chunk in images.chunks(IMAGES_PER_REQUEST) {
+        let ids: Vec<String> = chunk.iter().map(u64::to_string).collect();
         let q = Query::new()
-            .option("$select", select.clone())
-            .option("$expand", expand.clone())
-            .option("$filter", filter)
-            .option("$orderby", "id asc")
-            .option("$top", page.to_string());
-        let mut rows = stream::RowStream::new();
-        let mut last = after;
-        let mut page_last = None;
-        let mut repeated = 0usize;
-        let mut refused = None;
-        s.get_streamed("device", "/v7/device", &q.to_wire(), &mut |chunk| {
-            rows.feed(chunk, &mut |row| {
-                let device = model::decode_device(row)?;
-                match seen.take(&device, after, page_last, module.devices) {
-                    Ok(Take::Repeat) => repeated += 1,
-                    Ok(Take::New) => {
-                        page_last = Some(device.id);
-                        last = last.max(Some(device.id));
-                        on_device(device);
-                    }
-                    Err(why) => {
-                        refused = Some(BalenaError::Inconsistent(why));
-                        return Err(stream::StreamError::Invalid("refused".into()));
-                    }
+            .option("$select", "id")
+            .option("$expand", "is_a_build_of__service($select=service_name)")
+            .option("$filter", format!("id in ({})", ids.join(",")));
+        let rows: Envelope<model::ImageRow> =
+            s.get_json("image", "/v7/image", &q.to_wire()).await?;
+        for image in rows.d {
+            if let Some(name) = image.service_name() {
+                if name.len() > stream::MAX_STRING_BYTES {
+                    return Err(BalenaError::Oversized(format!(
+                        "the service name of image {}: longer than {} bytes (the cap of a label value)",
+                        image.id,
+                        stream::MAX_STRING_BYTES
+                    )));
                 }
-                Ok(())
-            })
-            .map_err(|e| refused.take().unwrap_or_else(|| stream_error(e)))
-        })
-        .await?;
-        let n = rows.finish().map_err(stream_error)?;
-        if repeated > 0 {
-            s.note(format_args!("{repeated} repeated device rows ignored"));
-        }
-        total += n - repeated;
-        if n == 0 || last == after {
-            return Ok(total);
-        }
-        after = last;
-        if n < page {
-            s.note(format_args!(
-                "a page of {n} rows (asked {page}): asking for rows after id {} to be sure it was the last",
-                after.unwrap_or(0)
-            ));
-        }
-    }
-}
-
-fn stream_error(e: stream::StreamError) -> BalenaError {
-    match e {
-        stream::StreamError::Invalid(e) => BalenaError::Decode(e),
-        stream::StreamError::Oversized(e) => BalenaError::Oversized(e),
-    }
-}
-
-/// What a device listing has taken so far: every row id, and each uuid's row (by a hash of
-/// it: ~24 bytes a device).
-#[derive(Default)]
-struct Seen {
-    ids: std::collections::HashSet<u64>,
-    uuids: std::collections::HashMap<u64, u64>,
-    hasher: std::collections::hash_map::RandomState,
-}
-
-/// A row of a listing that can be trusted.
-#[derive(Debug, PartialEq, Eq)]
-enum Take {
-    /// A row not seen before: count it.
-    New,
-    /// The same row again: counted once already.
-    Repeat,
-}
-
-impl Seen {
-    /// Whether to take `device`, the row after `page_last` on a page asked for ids after
-    /// `after`; uuids are checked when the module selects them. Else why not (ids only: a
-    /// uuid is the API's text and is never quoted).
-    fn take(
-        &mut self,
-        device: &Device<'_>,
-        after: Option<u64>,
-        page_last: Option<u64>,
-        with_uuid: bool,
-    ) -> Result<Take, String> {
-        use std::hash::BuildHasher as _;
-        let id = device.id;
-        if self.ids.contains(&id) {
-            return Ok(Take::Repeat);
-        }
-        if let Some(before) = page_last.filter(|l| id < *l).or(after.filter(|a| id <= *a)) {
-            return Err(format!(
-                "rows out of id order (id {id} after id {before}); paging by id would skip rows"
-            ));
-        }
-        if with_uuid {
-            if device.uuid.is_empty() {
-                return Err(format!("the row of id {id} has no uuid"));
-            }
-            let key = self.hasher.hash_one(device.uuid.as_ref());
-            if let Some(other) = self.uuids.insert(key, id) {
-                return Err(format!(
-                    "the rows of ids {other} and {id} have the same uuid"
-                ));
+                out.insert(image.id, name.to_string());
             }
         }
-        self.ids.insert(id);
-        Ok(Take::New)
     }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn device(id: u64, uuid: &str) -> Device<'_> {
-        Device {
-            id,
-            uuid: uuid.into(),
-            ..Device::default()
-        }
-    }
-
     #[test]
-    fn a_listing_takes_repeats_once_and_refuses_what_it_cannot_trust() {
-        let mut seen = Seen::default();
-        assert_eq!(seen.take(&device(1, "a"), None, None, true), Ok(Take::New));
-        assert_eq!(
-            seen.take(&device(2, "b"), None, Some(1), true),
-            Ok(Take::New)
+    fn installs_are_filtered_by_the_devices_fleet() {
+        let f = format!(
+            "device/any(d:d/{})",
+            DeviceScope::Org("Acme".into()).filter()
         );
         assert_eq!(
-            seen.take(&device(2, "b"), None, Some(2), true),
-            Ok(Take::Repeat)
+            f,
+            "device/any(d:d/belongs_to__application/any(a:a/organization/any(o:o/handle eq 'acme')))"
         );
-        assert_eq!(
-            seen.take(&device(1, "a"), Some(2), None, true),
-            Ok(Take::Repeat)
-        );
-        let reversed = seen.take(&device(0, "z"), None, Some(2), true).unwrap_err();
-        assert!(
-            reversed.contains("out of id order (id 0 after id 2)"),
-            "{reversed}"
-        );
-        let ignored_filter = seen.take(&device(0, "z"), Some(2), None, true).unwrap_err();
-        assert!(
-            ignored_filter.contains("out of id order"),
-            "{ignored_filter}"
-        );
-        let twice = seen.take(&device(3, "a"), Some(2), None, true).unwrap_err();
-        assert_eq!(twice, "the rows of ids 1 and 3 have the same uuid");
-        assert!(!twice.contains("\"a\""), "never quotes the uuid");
-        assert_eq!(
-            seen.take(&device(4, ""), Some(2), None, false),
-            Ok(Take::New)
-        );
-        assert!(seen.take(&device(5, ""), Some(4), None, true).is_err());
     }
 }

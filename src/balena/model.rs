@@ -244,52 +244,56 @@ pub const SUMMARY_DEVICE_FIELDS: &[&str] = &[
     "supervisor_version",
 ];
 
-/// The `$expand` of a device's current services, after balena-sdk's
-/// `getCurrentServiceDetailsPineExpand`: every install not `deleted`, with its service's name.
-pub const SERVICES_EXPAND: &str = "image_install($select=id,status,install_date;$filter=status ne 'deleted';$expand=installs__image($select=id;$expand=is_a_build_of__service($select=service_name)))";
-
-/// One image install of a device (`image_install`, expanded with [`SERVICES_EXPAND`]).
+/// One row of the image-install listing (`image_install`, [`super::INSTALL_FIELDS`]).
 #[allow(non_snake_case)]
 #[derive(Debug, Clone, Deserialize, Default)]
-pub struct Install<'a> {
-    /// Row id (breaks ties of `install_date`).
+pub struct InstallRow<'a> {
+    /// Row id (paging order; breaks ties of `install_date`).
     #[serde(default)]
     pub id: u64,
+    /// The device it is installed on.
+    #[serde(default)]
+    pub device: Option<NavId>,
+    /// The image installed: a build of one service.
+    #[serde(default)]
+    pub installs__image: Option<NavId>,
     /// Container status as the supervisor reports it (`Running`, `exited`, `Downloading`, ...).
     #[serde(default, borrow, deserialize_with = "borrowed")]
     pub status: Text<'a>,
-    /// When the install was created, ISO-8601 (compares in time order as text).
+    /// When the install was created, ISO-8601.
     #[serde(default, borrow, deserialize_with = "borrowed")]
     pub install_date: Text<'a>,
-    /// `$expand=installs__image(...)`.
-    #[serde(default, borrow)]
-    pub installs__image: Option<Vec<InstalledImage<'a>>>,
 }
 
-/// `installs__image($select=id;$expand=is_a_build_of__service($select=service_name))`.
+/// Decodes one image-install row.
+pub fn decode_install(row: &[u8]) -> Result<InstallRow<'_>, StreamError> {
+    serde_json::from_slice(row).map_err(|e| StreamError::Invalid(unquoted(&e)))
+}
+
+/// An image with its service's name:
+/// `$select=id&$expand=is_a_build_of__service($select=service_name)`.
 #[allow(non_snake_case)]
-#[derive(Debug, Clone, Deserialize, Default)]
-pub struct InstalledImage<'a> {
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageRow {
+    /// Row id (what installs point to).
+    pub id: u64,
     /// The service the image is a build of.
-    #[serde(default, borrow)]
-    pub is_a_build_of__service: Option<Vec<ServiceName<'a>>>,
+    #[serde(default)]
+    pub is_a_build_of__service: Option<Vec<ServiceName>>,
 }
 
 /// `is_a_build_of__service($select=service_name)`.
 #[derive(Debug, Clone, Deserialize, Default)]
-pub struct ServiceName<'a> {
+pub struct ServiceName {
     /// The service's name in the release's compose file.
-    #[serde(default, borrow, deserialize_with = "borrowed")]
-    pub service_name: Text<'a>,
+    #[serde(default)]
+    pub service_name: Option<String>,
 }
 
-impl Install<'_> {
-    /// The service's name, or "" when the API did not say.
-    pub fn service(&self) -> &str {
-        first(&self.installs__image)
-            .and_then(|i| first(&i.is_a_build_of__service))
-            .map(|s| text(&s.service_name))
-            .unwrap_or("")
+impl ImageRow {
+    /// The service's name, if the API said.
+    pub fn service_name(&self) -> Option<&str> {
+        first(&self.is_a_build_of__service).and_then(|s| s.service_name.as_deref())
     }
 }
 
@@ -384,9 +388,6 @@ pub struct Device<'a> {
     /// When `api_heartbeat_state` last changed, ISO-8601.
     #[serde(default, borrow, deserialize_with = "borrowed")]
     pub changed_api_heartbeat_state_on__date: Text<'a>,
-    /// `$expand=image_install(...)` ([`SERVICES_EXPAND`]), only when the module reads services.
-    #[serde(default, borrow)]
-    pub image_install: Option<Vec<Install<'a>>>,
 }
 
 fn text<'s>(t: &'s Text<'_>) -> &'s str {
@@ -426,29 +427,6 @@ impl Device<'_> {
             .find(|t| t.tag_key == key)
             .map(|t| text(&t.value))
             .unwrap_or("")
-    }
-
-    /// The device's current services: per service name, its newest install (latest
-    /// `install_date`, then highest id), as balena's dashboard and the SDK's
-    /// `generateCurrentServiceDetails` show first. Sorted by service name.
-    pub fn current_services(&self) -> Vec<(&str, &str)> {
-        let mut newest: Vec<&Install<'_>> = Vec::new();
-        for i in self.image_install.iter().flatten() {
-            match newest.iter_mut().find(|n| n.service() == i.service()) {
-                Some(n) => {
-                    if (text(&i.install_date), i.id) > (text(&n.install_date), n.id) {
-                        *n = i;
-                    }
-                }
-                None => newest.push(i),
-            }
-        }
-        let mut out: Vec<(&str, &str)> = newest
-            .iter()
-            .map(|i| (i.service(), text(&i.status)))
-            .collect();
-        out.sort_unstable();
-        out
     }
 
     /// Whether the running release is the one the device should run; `None` when unknown.

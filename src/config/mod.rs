@@ -200,6 +200,10 @@ impl AuthConfig {
     }
 }
 
+/// The default `services_interval`: services lag device states by up to this much, and the
+/// image-install listing is read at most once per interval per target.
+pub const DEFAULT_SERVICES_INTERVAL: Duration = Duration::from_secs(300);
+
 /// `modules.NAME`: what a probe collects.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -216,10 +220,16 @@ pub struct ModuleConfig {
     /// Cache per-device series as values and render them for every answer: ~0.2 KB per device
     /// held instead of ~0.56 KB, for CPU on every answer (large fleets; docs/performance.md).
     pub compact_cache: bool,
-    /// Read each device's current services (`image_install`, expanded in the device listing)
-    /// for `balena_fleet_services`. Off by default: on the real API it makes the device listing
-    /// 2.6–2.8 times as slow (docs/performance.md, "Application health").
+    /// Read each device's current services for `balena_fleet_services`: a listing of the
+    /// target's image installs of its own, kept as a snapshot and re-read in the background
+    /// once it is `services_interval` old, so that a probe does not wait for it
+    /// (docs/performance.md, "Application health"). Ignored when `counts_only` is set.
     pub services: bool,
+    /// How old the services snapshot may grow before a probe starts reading it again (in the
+    /// background: the probe answers with the snapshot it has). `0s` reads services with every
+    /// probe, and the probe waits for them.
+    #[serde(with = "duration")]
+    pub services_interval: Duration,
     /// Also write each service's status on each device (`balena_device_service_status`):
     /// devices × services series, so opt-in. Needs `devices` and `services`.
     pub device_services: bool,
@@ -281,7 +291,8 @@ impl Default for ModuleConfig {
             counts_only: false,
             legacy_devices_online: false,
             compact_cache: false,
-            services: false,
+            services: true,
+            services_interval: DEFAULT_SERVICES_INTERVAL,
             device_services: false,
         }
     }

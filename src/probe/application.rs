@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use super::series::{enum_label, parse_timestamp, FleetStats};
-use crate::balena::model::{Device, Fleet};
+use crate::balena::model::Fleet;
 use crate::config::ModuleConfig;
 use crate::exposition::Exposition;
 use crate::metrics::{self as m, KNOWN_INSTALL_STATUSES};
@@ -81,7 +81,8 @@ pub(super) fn write_releases(out: &mut Exposition, f: &Fleet) {
 /// supervisor versions in use.
 pub(super) fn write_application(out: &mut Exposition, s: &FleetStats, module: &ModuleConfig) {
     let slug = s.fleet.slug.as_str();
-    if module.services {
+    if let Some(read_at) = s.services_read_at.filter(|_| module.services) {
+        out.gauge(m::FLEET_SERVICES_TIMESTAMP, &[("fleet", slug)], read_at);
         let mut services = s.services.clone();
         let names: Vec<String> = services.0.iter().map(|(n, _, _)| n.clone()).collect();
         for name in &names {
@@ -206,17 +207,23 @@ fn ago(secs: f64) -> String {
 }
 
 /// Writes the opt-in `balena_device_service_status` of one device: one series per current
-/// service, its status as a label.
-pub fn write_device_services(out: &mut Exposition, fleet: &str, d: &Device) {
-    for (service, status) in d.current_services() {
+/// service (as (name, status label)), its status as a label.
+pub fn write_device_services<'s>(
+    out: &mut Exposition,
+    fleet: &str,
+    uuid: &str,
+    name: &str,
+    services: impl Iterator<Item = (&'s str, &'s str)>,
+) {
+    for (service, status) in services {
         out.gauge(
             m::DEVICE_SERVICE_STATUS,
             &[
                 ("fleet", fleet),
-                ("device_uuid", d.uuid.as_ref()),
-                ("device_name", d.name()),
+                ("device_uuid", uuid),
+                ("device_name", name),
                 ("service", service),
-                ("status", &install_status_label(status)),
+                ("status", status),
             ],
             1.0,
         );

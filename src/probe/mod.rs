@@ -3,7 +3,8 @@
 //! runs [`fetch`] through the caches; [`answer`] turns the result into every answer form.
 //!
 //! Devices are turned into series page by page as they arrive; fleet aggregates are written
-//! once every device of the target has been counted.
+//! once every device of the target has been counted, joined with the target's services
+//! snapshot ([`snapshots`]) by device id.
 
 pub mod answer;
 pub mod application;
@@ -11,8 +12,11 @@ pub mod cache;
 pub mod compact;
 pub mod prober;
 pub mod series;
+pub mod services;
+pub mod snapshots;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::balena::model::{Device, Fleet};
@@ -23,6 +27,8 @@ use crate::exposition::Exposition;
 use application::write_device_services;
 use compact::CompactDevices;
 use series::{write_device, write_fleet, FleetStats};
+use services::Snapshot;
+use snapshots::ServicesAt;
 
 /// Pending text of one family that is compressed as one piece: large enough to compress well
 /// (the deflate window is 32 KiB), small enough that ~13 per-device families of a probe hold
@@ -37,7 +43,7 @@ pub struct ProbeData {
     pub series: CompressedSeries,
     /// Per-device series kept as values (modules with `compact_cache`), rendered for each
     /// answer after `series`.
-    pub compact: Option<std::sync::Arc<CompactDevices>>,
+    pub compact: Option<Arc<CompactDevices>>,
     /// Fleets covered.
     pub fleets: usize,
     /// Devices counted.
@@ -56,12 +62,14 @@ impl ProbeData {
     }
 }
 
-/// Fetches a target's data through `session` and builds its series.
+/// Fetches a target's data through `session` and builds its series; with `services` (modules
+/// that read them), the services snapshot is got beside the device listing.
 pub async fn fetch(
     session: &Session<'_>,
     scope: &Scope,
     module: &ModuleConfig,
     rows: &FleetRowsAt<'_>,
+    services: Option<&ServicesAt>,
 ) -> Result<ProbeData, BalenaError> {
     let (fleets, devices) = match scope {
         Scope::Fleet(slug) => {
@@ -81,10 +89,20 @@ pub async fn fetch(
     let mut builder = SeriesBuilder::new(fleets, module);
     if module.counts_only {
         builder.use_online_counts();
-    } else if !builder.is_empty() {
-        balena::devices(session, &devices, module, |d| builder.add(&d)).await?;
+        return Ok(builder.finish(None));
     }
-    Ok(builder.finish())
+    if builder.is_empty() {
+        return Ok(builder.finish(None));
+    }
+    let listing = balena::devices(session, &devices, module, |d| builder.add(&d));
+    let snapshot = async {
+        Ok(match services.filter(|_| module.services) {
+            Some(at) => at.get(session, &devices, module.services_interval).await,
+            None => None,
+        })
+    };
+    let (_, snapshot) = tokio::try_join!(listing, snapshot)?;
+    Ok(builder.finish(snapshot.as_deref()))
 }
 
 /// The fleet-row cache as one probe sees it: which auth and config generation, for how long.
@@ -134,7 +152,10 @@ pub struct SeriesBuilder<'m> {
     devices: Exposition,
     compact: Option<CompactDevices>,
     device_total: usize,
-    seen: std::collections::HashSet<u64>,
+    /// Each device counted, and its fleet (the services join).
+    seen: HashMap<u64, u32>,
+    /// Each device's id, fleet, uuid and name, for `balena_device_service_status`.
+    named: Vec<(u64, u32, String, String)>,
 }
 
 impl<'m> SeriesBuilder<'m> {
@@ -162,6 +183,7 @@ impl<'m> SeriesBuilder<'m> {
             devices: Exposition::packing(PACK_THRESHOLD),
             device_total: 0,
             seen: Default::default(),
+            named: Vec::new(),
         }
     }
 
@@ -181,7 +203,7 @@ impl<'m> SeriesBuilder<'m> {
     pub fn add(&mut self, d: &Device<'_>) {
         // A row seen twice (the API paged under a concurrent change, or a proxy repeated
         // itself) would write duplicate series, which Prometheus rejects: count it once.
-        if !self.seen.insert(d.id) {
+        if self.seen.contains_key(&d.id) {
             return;
         }
         let i = match d
@@ -192,6 +214,7 @@ impl<'m> SeriesBuilder<'m> {
             None if self.stats.len() == 1 => 0,
             None => return,
         };
+        self.seen.insert(d.id, i as u32);
         self.device_total += 1;
         self.stats[i].add(d);
         if let Some(compact) = &mut self.compact {
@@ -199,14 +222,38 @@ impl<'m> SeriesBuilder<'m> {
         } else if self.module.devices {
             write_device(&mut self.devices, &self.stats[i].fleet.slug, d, &self.tags);
             if self.module.device_services {
-                write_device_services(&mut self.devices, &self.stats[i].fleet.slug, d);
+                let (uuid, name) = (d.uuid.to_string(), d.name().to_string());
+                self.named.push((d.id, i as u32, uuid, name));
             }
         }
     }
 
-    /// The probe's data: the compressed series (fleet aggregates first), the per-device values
-    /// when the module keeps them compact, and the counts.
-    pub fn finish(self) -> ProbeData {
+    /// Counts each device's current services from `snapshot` (and writes them per device when
+    /// the module asks).
+    fn join_services(&mut self, snapshot: &Snapshot) {
+        for (&device, &i) in &self.seen {
+            let stats = &mut self.stats[i as usize];
+            for (service, status) in snapshot.of_device(device) {
+                stats.services.bump(service, status);
+            }
+        }
+        for s in &mut self.stats {
+            s.services_read_at = Some(snapshot.read_at_unix());
+        }
+        for (device, i, uuid, name) in &self.named {
+            let fleet = &self.stats[*i as usize].fleet.slug;
+            let services = snapshot.of_device(*device);
+            write_device_services(&mut self.devices, fleet, uuid, name, services);
+        }
+    }
+
+    /// The probe's data: the compressed series (fleet aggregates first, with the services of
+    /// `services` when the module reads them), the per-device values when the module keeps
+    /// them compact, and the counts.
+    pub fn finish(mut self, services: Option<&Snapshot>) -> ProbeData {
+        if let Some(snapshot) = services.filter(|_| self.module.services) {
+            self.join_services(snapshot);
+        }
         let mut fleets = Exposition::new();
         for s in &self.stats {
             write_fleet(&mut fleets, s, self.module);
@@ -216,7 +263,7 @@ impl<'m> SeriesBuilder<'m> {
             series: CompressedSeries::from_expositions([fleets, self.devices]),
             compact: self.compact.map(|mut c| {
                 c.shrink();
-                std::sync::Arc::new(c)
+                Arc::new(c)
             }),
             fleets: self.stats.len(),
             devices: self.device_total,

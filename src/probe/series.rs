@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use super::application::{install_status_label, write_application, write_releases, Pairs};
+use super::application::{write_application, write_releases, Pairs};
 use crate::balena::model::{Device, Fleet};
 use crate::config::ModuleConfig;
 use crate::exposition::Exposition;
@@ -30,8 +30,10 @@ pub struct FleetStats {
     pub online_not_on_target: u64,
     /// Undervolted.
     pub undervolted: u64,
-    /// Current services per (service name, status).
+    /// Current services per (service name, status), from the services snapshot.
     pub services: Pairs,
+    /// When the services were read (Unix seconds); `None` when there are none to show.
+    pub services_read_at: Option<f64>,
     /// Per `update_status` (known values and `none` pre-filled with 0).
     pub update_status: BTreeMap<String, u64>,
     /// Per running release commit (`none` when unknown).
@@ -63,6 +65,7 @@ impl FleetStats {
             online_not_on_target: 0,
             undervolted: 0,
             services: Pairs::default(),
+            services_read_at: None,
             update_status: KNOWN_UPDATE_STATUSES
                 .iter()
                 .map(|s| (s.to_string(), 0))
@@ -86,9 +89,6 @@ impl FleetStats {
         self.online_not_on_target +=
             u64::from(on_target == Some(false) && d.is_online == Some(true));
         self.undervolted += u64::from(d.is_undervolted == Some(true));
-        for (service, status) in d.current_services() {
-            self.services.bump(service, &install_status_label(status));
-        }
         let update = update_status_label(d);
         if matches!(update.as_ref(), "downloading" | "applying changes") {
             if let Some(t) = d
@@ -456,25 +456,6 @@ mod tests {
         assert!(!names.contains(&"balena_device_memory_total_bytes"));
         assert!(!names.contains(&"balena_device_cpu_temperature_celsius"));
         assert!(!names.contains(&"balena_device_update_progress_ratio"));
-    }
-
-    #[test]
-    fn current_services_are_the_newest_install_of_each_service() {
-        let d = device(serde_json::json!({"image_install": [
-            {"id": 1, "status": "Running", "install_date": "2026-01-01T00:00:00Z",
-             "installs__image": [{"is_a_build_of__service": [{"service_name": "main"}]}]},
-            {"id": 2, "status": "Downloading", "install_date": "2026-01-02T00:00:00Z",
-             "installs__image": [{"is_a_build_of__service": [{"service_name": "main"}]}]},
-            {"id": 3, "status": "exited", "install_date": "2026-01-01T00:00:00Z",
-             "installs__image": [{"is_a_build_of__service": [{"service_name": "db"}]}]},
-            {"id": 4, "status": "Running", "install_date": "2026-01-01T00:00:00Z",
-             "installs__image": [{"is_a_build_of__service": [{"service_name": "db"}]}]},
-        ]}));
-        // main: the newer install (the update's); db: same date, the higher id.
-        assert_eq!(
-            d.current_services(),
-            vec![("db", "Running"), ("main", "Downloading")]
-        );
     }
 
     #[test]

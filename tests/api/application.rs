@@ -441,3 +441,128 @@ async fn what_needs_attention_is_said_in_words() {
     );
     app.stop().await;
 }
+
+/// The services of `slug` by the simulator's rows now.
+fn services_now(app: &TestApp, slug: &str) -> BTreeMap<(String, String), f64> {
+    app.sim.with_world(|w| {
+        let installs: Vec<Vec<Row>> = w
+            .device_ids(slug)
+            .into_iter()
+            .map(|id| w.installs_of(id))
+            .collect();
+        current_services(&installs)
+    })
+}
+
+/// Every `balena_fleet_services` of the fleet that is not zero.
+fn services_written(m: &Samples, slug: &str) -> BTreeMap<(String, String), f64> {
+    m.find("balena_fleet_services", &[("fleet", slug)])
+        .into_iter()
+        .filter(|x| x.value != 0.0)
+        .map(|x| {
+            (
+                (x.labels["service"].clone(), x.labels["status"].clone()),
+                x.value,
+            )
+        })
+        .collect()
+}
+
+/// Every install of the fleet's devices that is running now reads `exited`.
+fn crash_every_service(app: &TestApp, slug: &str) {
+    app.sim.with_world_mut(|w| {
+        let ids: Vec<u64> = w
+            .device_ids(slug)
+            .into_iter()
+            .flat_map(|d| w.installs_of(d))
+            .filter(|i| i["status"] == "Running")
+            .filter_map(|i| i["id"].as_u64())
+            .collect();
+        assert!(!ids.is_empty(), "the fleet runs services");
+        for id in ids {
+            w.row_mut("image_install", id).unwrap()["status"] = "exited".into();
+        }
+    });
+}
+
+/// Services are a snapshot: a probe answers with it while it is younger than
+/// `services_interval`, the first probe after that answers with the old one and starts a read
+/// in the background, and a later probe has the new one, with a newer read time. With
+/// `services_interval: 0s` every probe reads them and waits.
+#[actix_rt::test]
+async fn services_are_read_again_in_the_background_once_services_interval_old() {
+    let app = spawn_with(scenario_world(), |url| {
+        format!(
+            "{}modules:\n  default:\n    services_interval: 2s\n  live:\n    services_interval: 0s\n",
+            default_config(url, &["steady", "rollout"])
+                .replace("  timeout: 5s\n", "  timeout: 5s\n  cache_ttl: 0s\n")
+        )
+    })
+    .await;
+    let reads = || app.sim.requests("/v7/image_install");
+    let slug = "acme/steady";
+    let before = services_now(&app, slug);
+    let first = app.probe("target=steady").await;
+    assert_eq!(
+        services_written(&first, slug),
+        before,
+        "the first probe waits"
+    );
+    let read_at = first.value(
+        "balena_fleet_services_timestamp_seconds",
+        &[("fleet", slug)],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - read_at).abs() < 5.0, "read {read_at}, now {now}");
+    let listed = reads();
+    assert!(listed >= 1);
+
+    crash_every_service(&app, slug);
+    let after = services_now(&app, slug);
+    assert_ne!(after, before);
+    let fresh = app.probe("target=steady").await;
+    assert_eq!(
+        services_written(&fresh, slug),
+        before,
+        "younger than 2s: kept"
+    );
+    assert_eq!(reads(), listed, "no read while fresh");
+
+    actix_rt::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let stale = app.get("/probe?target=steady&debug=true").await.body;
+    assert!(
+        stale.contains("services: reading the image installs of fleet"),
+        "{stale}"
+    );
+    let mut newer = None;
+    for _ in 0..50 {
+        actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
+        let m = app.probe("target=steady").await;
+        if services_written(&m, slug) == after {
+            newer = Some(m);
+            break;
+        }
+    }
+    let newer = newer.expect("the background read lands");
+    assert!(
+        newer.value(
+            "balena_fleet_services_timestamp_seconds",
+            &[("fleet", slug)]
+        ) > read_at,
+        "a newer read time"
+    );
+
+    // services_interval 0s: every probe reads, and answers with what it read.
+    let rollout = "acme/rollout";
+    let listed = reads();
+    let m = app.probe("target=rollout&module=live").await;
+    assert_eq!(services_written(&m, rollout), services_now(&app, rollout));
+    crash_every_service(&app, rollout);
+    let m = app.probe("target=rollout&module=live").await;
+    assert_eq!(services_written(&m, rollout), services_now(&app, rollout));
+    assert!(reads() >= listed + 2, "a read per probe");
+    app.stop().await;
+}

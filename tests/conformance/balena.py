@@ -186,7 +186,7 @@ class Truth:
             1 for d in devs if d["is_online"] and nav(d["should_be_running__release"]) is not None
             and not self.on_target(d)))
         out[("balena_fleet_devices_undervolted", fl)] = float(sum(1 for d in devs if d["is_undervolted"]))
-        services = self.current_services(devs) if module.get("services") else {}
+        services = self.current_services(devs) if module.get("services", True) else {}
         for (service, status), n in services.items():
             out[("balena_fleet_services", fl + (("service", service), ("status", status)))] = float(n)
         for service in {service for service, _ in services}:

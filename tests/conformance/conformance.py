@@ -38,8 +38,10 @@ MODULES = {
     "summary": {"devices": False, "services": True},
     "compat": {"counts_only": True, "legacy_devices_online": True},
     "compact": {"devices": True, "device_tags": TAG_KEYS, "compact_cache": True},
-    "services": {"devices": True, "services": True, "device_services": True},
+    "services": {"devices": True, "services": True, "device_services": True, "services_interval": "0s"},
 }
+READ_TIMES = "balena_fleet_services_timestamp_seconds"  # when services were read: checked apart
+RUN_STARTED = time.time()
 INSTALL_STATUSES = ["Stopping", "Stopped", "Downloading", "Downloaded", "Installing", "Installed", "Starting",
                     "Running", "Idle", "Handing over", "Awaiting handover", "Deleting", "deleted", "Dead", "paused",
                     "restarting", "removing", "exited", "configuring", "Unknown"]  # balena.sbvr, image install status
@@ -131,7 +133,12 @@ TARGETS = {
 
 
 def balena_series(samples):
-    return {k: v for k, v in samples.items() if k[0].startswith("balena_") and not k[0].startswith("balena_probe_")}
+    return {k: v for k, v in samples.items()
+            if k[0].startswith("balena_") and not k[0].startswith("balena_probe_") and k[0] != READ_TIMES}
+
+
+def services_on(module):
+    return module.get("services", True) and not module.get("counts_only")
 
 
 def diff(want, got, limit=8):
@@ -158,6 +165,11 @@ def check_targets(ex, truth, r):
             r.check(samples.get(("probe_success", ())) == 1.0 and got == want,
                     f"{target} ({module}): {len(want)} fleet and device series equal the API's independent answers",
                     diff(want, got))
+            stamps = {dict(k[1])["fleet"]: v for k, v in samples.items() if k[0] == READ_TIMES}
+            expected = set(covers) if services_on(MODULES[module]) else set()
+            r.check(set(stamps) == expected and all(RUN_STARTED - 1 <= t <= time.time() for t in stamps.values()),
+                    f"{target} ({module}): services read during this run for each of its {len(expected)} fleets",
+                    f"    {stamps}")
 
 
 def check_failure_reasons(ex, r):

@@ -1,0 +1,259 @@
+//! A target's services: the container status of each device's current services, from a
+//! listing of the target's image installs ([`balena::installs`]) and the service name of each
+//! image they point to ([`balena::service_names`]), kept as a compact [`Snapshot`] that probes
+//! join to their device listing by device id. When it is read again is [`super::snapshots`]'
+//! business.
+//!
+//! A device's *current* service is, per service name, its newest install that is not `deleted`
+//! (latest `install_date`, then highest id), as balena's dashboard shows first and balena-sdk's
+//! `generateCurrentServiceDetails` orders them: during an update that is the new release's
+//! install (`Downloading`, `Downloaded`, `Installing`…) while the old one still runs.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use super::application::install_status_label;
+use super::series::parse_timestamp;
+use crate::balena::model::InstallRow;
+use crate::balena::{self, BalenaError, DeviceScope, Session};
+
+/// One current service of one device: indexes into the snapshot's names and statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    device: u64,
+    service: u32,
+    status: u32,
+}
+
+/// The current services of every device of a target, sorted by device id (16 bytes each).
+#[derive(Debug)]
+pub struct Snapshot {
+    entries: Vec<Entry>,
+    names: Vec<String>,
+    statuses: Vec<String>,
+    /// When the listing started (the services are at least this recent).
+    pub read_at: SystemTime,
+    /// Image installs listed (not deleted).
+    pub installs: usize,
+}
+
+impl Snapshot {
+    /// The current services of `device`, as (service name, status label), by service name.
+    pub fn of_device(&self, device: u64) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let start = self.entries.partition_point(|e| e.device < device);
+        self.entries[start..]
+            .iter()
+            .take_while(move |e| e.device == device)
+            .map(|e| {
+                (
+                    self.names[e.service as usize].as_str(),
+                    self.statuses[e.status as usize].as_str(),
+                )
+            })
+    }
+
+    /// `read_at` in Unix seconds.
+    pub fn read_at_unix(&self) -> f64 {
+        self.read_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    /// Current services held (device × service).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no device has a current service.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes held, roughly (`balena_exporter_services_snapshot_bytes`).
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self
+                .names
+                .iter()
+                .chain(&self.statuses)
+                .map(|s| s.capacity() + std::mem::size_of::<String>())
+                .sum::<usize>()
+    }
+}
+
+/// Distinct strings numbered in order of arrival.
+#[derive(Debug, Default)]
+struct Interner {
+    all: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(i) = self.index.get(s) {
+            return *i;
+        }
+        let i = self.all.len() as u32;
+        self.all.push(s.to_string());
+        self.index.insert(s.to_string(), i);
+        i
+    }
+}
+
+/// An install as listed, before the newest of each device's service is chosen (40 bytes).
+#[derive(Debug, Clone, Copy)]
+struct Listed {
+    device: u64,
+    image: u64,
+    installed_ms: i64,
+    id: u64,
+    status: u32,
+}
+
+/// Collects installs as they arrive, then builds the [`Snapshot`].
+#[derive(Debug, Default)]
+pub struct SnapshotBuilder {
+    listed: Vec<Listed>,
+    statuses: Interner,
+    /// Installs without a device or an image (not counted).
+    pub incomplete: usize,
+}
+
+impl SnapshotBuilder {
+    /// Takes one listed install.
+    pub fn add(&mut self, row: &InstallRow<'_>) {
+        let (Some(device), Some(image)) = (row.device, row.installs__image) else {
+            self.incomplete += 1;
+            return;
+        };
+        let installed = row.install_date.as_deref().and_then(parse_timestamp);
+        self.listed.push(Listed {
+            device: device.id,
+            image: image.id,
+            installed_ms: installed.map_or(i64::MIN, |t| (t * 1000.0) as i64),
+            id: row.id,
+            status: self
+                .statuses
+                .intern(&install_status_label(row.status.as_deref().unwrap_or(""))),
+        });
+    }
+
+    /// The images the installs point to, each once, in order.
+    pub fn images(&self) -> Vec<u64> {
+        let mut images: Vec<u64> = self.listed.iter().map(|l| l.image).collect();
+        images.sort_unstable();
+        images.dedup();
+        images
+    }
+
+    /// The snapshot, given each image's service name (`names`): per device and service, the
+    /// newest install. Installs of an image without a service name are left out.
+    pub fn finish(self, names: &HashMap<u64, String>, read_at: SystemTime) -> Snapshot {
+        let installs = self.listed.len() + self.incomplete;
+        let mut services: Vec<&str> = names.values().map(String::as_str).collect();
+        services.sort_unstable();
+        services.dedup();
+        let service_of: HashMap<u64, u32> = names
+            .iter()
+            .map(|(image, name)| {
+                let at = services.binary_search(&name.as_str()).expect("listed name");
+                (*image, at as u32)
+            })
+            .collect();
+        let mut keyed: Vec<(u64, u32, i64, u64, u32)> = self
+            .listed
+            .iter()
+            .filter_map(|l| {
+                let service = *service_of.get(&l.image)?;
+                Some((l.device, service, l.installed_ms, l.id, l.status))
+            })
+            .collect();
+        keyed.sort_unstable();
+        let mut entries: Vec<Entry> = Vec::new();
+        for (device, service, _, _, status) in keyed {
+            let entry = Entry {
+                device,
+                service,
+                status,
+            };
+            match entries.last_mut() {
+                // Sorted oldest first: a later install of the same service replaces it.
+                Some(last) if (last.device, last.service) == (device, service) => *last = entry,
+                _ => entries.push(entry),
+            }
+        }
+        entries.shrink_to_fit();
+        Snapshot {
+            entries,
+            names: services.into_iter().map(str::to_string).collect(),
+            statuses: self.statuses.all,
+            read_at,
+            installs,
+        }
+    }
+}
+
+/// Reads the services of the devices in `scope`: the install listing, then the service names
+/// of the images it points to.
+pub async fn read(s: &Session<'_>, scope: &DeviceScope) -> Result<Snapshot, BalenaError> {
+    let read_at = SystemTime::now();
+    let mut builder = SnapshotBuilder::default();
+    balena::installs(s, scope, |row| builder.add(&row)).await?;
+    let names = balena::service_names(s, &builder.images()).await?;
+    if builder.incomplete > 0 {
+        s.note(format_args!(
+            "{} image installs without a device or an image left out",
+            builder.incomplete
+        ));
+    }
+    Ok(builder.finish(&names, read_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balena::model::NavId;
+
+    fn install(id: u64, device: u64, image: u64, status: &str, date: &str) -> InstallRow<'static> {
+        InstallRow {
+            id,
+            device: Some(NavId { id: device }),
+            installs__image: Some(NavId { id: image }),
+            status: Some(status.to_string().into()),
+            install_date: Some(date.to_string().into()),
+        }
+    }
+
+    #[test]
+    fn current_services_are_the_newest_install_of_each_service() {
+        let names = HashMap::from([
+            (10, "main".to_string()),
+            (11, "db".to_string()),
+            (20, "main".to_string()),
+        ]);
+        let mut b = SnapshotBuilder::default();
+        for row in [
+            install(1, 7, 10, "Running", "2026-01-01T00:00:00Z"),
+            // The update's install of main: newer, so current while the old one still runs.
+            install(2, 7, 20, "Downloading", "2026-01-02T00:00:00Z"),
+            install(3, 7, 11, "exited", "2026-01-01T00:00:00Z"),
+            // Same date: the higher id.
+            install(4, 7, 11, "Running", "2026-01-01T00:00:00Z"),
+            install(5, 8, 10, "weird state!", "2026-01-01T00:00:00Z"),
+            // An image of no known service.
+            install(6, 8, 99, "Running", "2026-01-01T00:00:00Z"),
+        ] {
+            b.add(&row);
+        }
+        b.add(&InstallRow::default());
+        assert_eq!(b.images(), vec![10, 11, 20, 99]);
+        let s = b.finish(&names, SystemTime::UNIX_EPOCH);
+        let of = |d| s.of_device(d).collect::<Vec<_>>();
+        assert_eq!(of(7), vec![("db", "Running"), ("main", "Downloading")]);
+        assert_eq!(of(8), vec![("main", "weird state_")], "sanitised");
+        assert_eq!(of(9), Vec::<(&str, &str)>::new());
+        assert_eq!((s.len(), s.installs), (3, 7));
+        assert!(s.bytes() > 3 * 16);
+    }
+}
