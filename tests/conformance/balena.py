@@ -331,38 +331,54 @@ def free_port():
     return port
 
 
+class RunningExporter:
+    """The exporter binary on `config_text`, on a free loopback port, for the benchmarks:
+    `timed(query)` times one probe of `/probe?<query>` (gzip answer) -> (seconds, bytes).
+    Stopped when the `with` block ends."""
+
+    def __init__(self, binary, config_text, headers=None):
+        self.binary, self.config_text, self.headers = binary, config_text, headers or {}
+
+    def __enter__(self):
+        import tempfile
+        import time
+        self.dir = tempfile.TemporaryDirectory()
+        cfg = os.path.join(self.dir.name, "c.yml")
+        with open(cfg, "w") as f:
+            f.write(self.config_text)
+        self.port = free_port()
+        self.proc = subprocess.Popen([self.binary, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{self.port}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        return self
+
+    def timed(self, query):
+        import time
+        t = time.perf_counter()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/probe?{query}",
+                                     headers=dict({"Accept-Encoding": "gzip"}, **self.headers))
+        with urllib.request.urlopen(req, timeout=120) as r:
+            size = len(r.read())
+        return time.perf_counter() - t, size
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait()
+        self.dir.cleanup()
+
+
 def timed_probes(binary, config_text, query, runs=3, headers=None):
     """Runs the exporter binary on `config_text`, times `runs` probes of `/probe?<query>` (gzip
     answers) and returns (median seconds, bytes of the last answer). For the benchmarks."""
     import statistics
-    import tempfile
-    import time
-    with tempfile.TemporaryDirectory() as d:
-        cfg = os.path.join(d, "c.yml")
-        with open(cfg, "w") as f:
-            f.write(config_text)
-        port = free_port()
-        p = subprocess.Popen([binary, f"--config.file={cfg}", f"--web.listen-address=127.0.0.1:{port}"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            times, size = [], 0
-            for _ in range(runs):
-                t = time.perf_counter()
-                req = urllib.request.Request(f"http://127.0.0.1:{port}/probe?{query}",
-                                             headers=dict({"Accept-Encoding": "gzip"}, **(headers or {})))
-                with urllib.request.urlopen(req, timeout=120) as r:
-                    size = len(r.read())
-                times.append(time.perf_counter() - t)
-            return statistics.median(times), size
-        finally:
-            p.terminate()
-            p.wait()
+    with RunningExporter(binary, config_text, headers) as ex:
+        runs = [ex.timed(query) for _ in range(runs)]
+    return statistics.median(t for t, _ in runs), runs[-1][1]
 
 
 def env_file(path):

@@ -17,8 +17,12 @@ and a deleted install on every twentieth — then measures, per module:
 
 - one device page of 10,000 rows with the request shapes considered: as before application
   health; with the new device fields; with the services expand (with and without
-  `$filter=status ne 'deleted'`); and the services by their own keyset listing of image_install;
-- the exporter's probe of the fleet with `services: true` and `services: false`;
+  `$filter=status ne 'deleted'`);
+- the services by their own keyset listing of image_install, in the shapes considered (the
+  exporter's; without the deleted filter; with the service id expanded);
+- the exporter's probe of the fleet: before application health (OLD), `services: false`, and
+  with services — the first probe (it waits for the read), the steady state (the snapshot
+  fresh), the probe that starts a background read and the one during it, `services_interval: 0s`;
 
 and the summary module's probe of a BIG-device fleet (default 50,000) against a 10 s scrape.
 """
@@ -30,7 +34,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from balena import Api, api_key, env_file, login, psql, timed_probes  # noqa: E402
+from balena import Api, RunningExporter, api_key, env_file, login, psql, timed_probes  # noqa: E402
 
 OLD_DEFAULT = ("id,uuid,device_name,belongs_to__application,is_online,api_heartbeat_state,overall_status,"
                "overall_progress,os_version,os_variant,supervisor_version,cpu_usage,cpu_temp,memory_usage,"
@@ -140,14 +144,26 @@ def seed_fleet(api, env, n, name):
     return fid, fleet["slug"]
 
 
-def own_listing(api, fid):
-    """The services by their own keyset listing: image_install rows of the fleet's devices, not
-    deleted, with the service id (service names from one small query, cached with the fleet row)."""
-    spent, size, after, pages = 0.0, 0, 0, 0
+INSTALL_SELECT = "id,device,installs__image,status,install_date"  # src/balena/mod.rs INSTALL_FIELDS
+INSTALL_SHAPES = {  # shape -> ($select, $expand, filter after the fleet's)
+    "the exporter's: no expand, deleted filtered": (INSTALL_SELECT, None, " and status ne 'deleted'"),
+    "no expand, deleted not filtered": (INSTALL_SELECT, None, ""),
+    "service id expanded, deleted filtered": ("id,device,status,install_date",
+                                              "installs__image($select=is_a_build_of__service)",
+                                              " and status ne 'deleted'"),
+}
+
+
+def own_listing(api, fid, select, expand, extra):
+    """The services by their own keyset listing of image_install (the fleet's devices' installs),
+    then, as the exporter does, the service names of the images they point to."""
+    spent, size, after, pages, images = 0.0, 0, None, 0, set()
     while True:
-        flt = f"device/any(d:d/belongs_to__application eq {fid}) and status ne 'deleted' and id gt {after}"
-        query = (f"$select=id,device,status,install_date&$expand=installs__image($select=is_a_build_of__service)"
-                 f"&$filter={flt}&$orderby=id asc&$top={PAGE}").replace(" ", "%20")
+        flt = f"device/any(d:d/belongs_to__application eq {fid}){extra}"
+        if after is not None:
+            flt = f"({flt}) and id gt {after}"
+        expand_opt = f"&$expand={expand}" if expand else ""
+        query = f"$select={select}{expand_opt}&$filter={flt}&$orderby=id asc&$top={PAGE}".replace(" ", "%20")
         t = time.perf_counter()
         status, body = api.request("GET", "/v7/image_install", raw_query=query)
         spent += time.perf_counter() - t
@@ -156,18 +172,53 @@ def own_listing(api, fid):
         pages += 1
         rows = json.loads(body)["d"]
         if not rows:
-            return spent, size, pages
+            break
         after = rows[-1]["id"]
+        images.update(r["installs__image"]["__id"] for r in rows if isinstance(r.get("installs__image"), dict))
+    if images:
+        ids = ",".join(str(i) for i in sorted(images))
+        query = (f"$select=id&$expand=is_a_build_of__service($select=service_name)&$filter=id in ({ids})"
+                 ).replace(" ", "%20")
+        t = time.perf_counter()
+        status, body = api.request("GET", "/v7/image", raw_query=query)
+        spent += time.perf_counter() - t
+        assert status == 200, (status, body[:300])
+        size += len(body)
+        pages += 1
+    return spent, size, pages
 
 
-def probe(binary, url, token, slug, module, services):
-    """Median of 3 probes; `services=None`: a binary from before the key existed."""
+def config(url, token, slug, module, services=None, interval=None):
+    """The benchmark's exporter config; `services=None`: a binary from before the key existed."""
     devices = "true" if module == "default" else "false"
-    key = "" if services is None else f", services: {str(services).lower()}"
-    config = (f"api:\n  url: {url}\n  cache_ttl: 0s\n  timeout: 60s\n  page_size: {PAGE}\nauths:\n  a:\n"
-              f"    token: {token}\nmodules:\n  m: {{devices: {devices}{key}}}\n"
-              f"targets:\n  t: {{fleet: {slug}, auth: a, module: m}}\n")
-    return timed_probes(binary, config, "target=t", headers={"X-Prometheus-Scrape-Timeout-Seconds": "60"})
+    keys = "" if services is None else f", services: {str(services).lower()}"
+    if interval is not None:
+        keys += f", services_interval: {interval}"
+    return (f"api:\n  url: {url}\n  cache_ttl: 0s\n  timeout: 60s\n  page_size: {PAGE}\nauths:\n  a:\n"
+            f"    token: {token}\nmodules:\n  m: {{devices: {devices}{keys}}}\n"
+            f"targets:\n  t: {{fleet: {slug}, auth: a, module: m}}\n")
+
+
+HEADERS = {"X-Prometheus-Scrape-Timeout-Seconds": "60"}
+
+
+def median_probe(binary, cfg):
+    return timed_probes(binary, cfg, "target=t", headers=HEADERS)
+
+
+def snapshot_probes(binary, cfg_5m, cfg_2s):
+    """With services on: the first probe (it waits for the read), the steady state (median of the
+    next 3: the snapshot is fresh), and the probe that finds it stale and starts a read in the
+    background (interval 2s), with the probe right after it (while the read runs)."""
+    with RunningExporter(binary, cfg_5m, HEADERS) as ex:
+        first, _ = ex.timed("target=t")
+        steady = statistics.median(ex.timed("target=t")[0] for _ in range(3))
+    with RunningExporter(binary, cfg_2s, HEADERS) as ex:
+        ex.timed("target=t")
+        time.sleep(2.2)
+        starts, _ = ex.timed("target=t")
+        during, _ = ex.timed("target=t")
+    return first, steady, starts, during
 
 
 def main():
@@ -192,33 +243,50 @@ def main():
             s, size = median3(lambda: timed(api, "/v7/device", q(select, expand, flt)))
             base = base or s
             print(f"| {module} | {shape} | {s * 1000:.0f} ms | {size / 1e6:.1f} MB | {s / base:.2f}x |")
-        select, expand = shapes["+ device fields"]
-        dev, dsize = median3(lambda: timed(api, "/v7/device", q(select, expand, flt)))
-        own, osize, pages = statistics.median([own_listing(api, fid) for _ in range(3)])
-        print(f"| {module} | + device fields, then services by their own image_install listing ({pages} pages) | "
-              f"{(dev + own) * 1000:.0f} ms | {(dsize + osize) / 1e6:.1f} MB | {(dev + own) / base:.2f}x |")
 
-    print(f"\nthe exporter's probe of the {n:,}-device fleet (median of 3, gzip answer):")
+    print(f"\nthe services by their own listing of the fleet's image installs (keyset pages of {PAGE:,}, "
+          "then the images' service names), median of 3:")
+    print("| listing shape | requests | time | bytes |\n|---|---|---|---|")
+    for shape, (select, expand, extra) in INSTALL_SHAPES.items():
+        runs = [own_listing(api, fid, select, expand, extra) for _ in range(3)]
+        spent = statistics.median(r[0] for r in runs)
+        print(f"| {shape} | {runs[0][2]} | {spent * 1000:.0f} ms | {runs[0][1] / 1e6:.1f} MB |")
+
+    print(f"\nthe exporter's probe of the {n:,}-device fleet (gzip answer; medians of 3 unless one probe):")
     print("| module | binary, services | probe | answer | vs before |\n|---|---|---|---|---|")
     for module in ("default", "summary"):
         before = None
         if old:
-            before, size = probe(old, url, token, slug, module, None)
+            before, size = median_probe(old, config(url, token, slug, module))
             print(f"| {module} | before application health | {before:.2f} s | {size / 1e3:.0f} kB | 1.00x |")
-        for services in (False, True):
-            s, size = probe(binary, url, token, slug, module, services)
-            before = before or s
-            print(f"| {module} | now, services: {str(services).lower()} | {s:.2f} s | {size / 1e3:.0f} kB | {s / before:.2f}x |")
+        off, size = median_probe(binary, config(url, token, slug, module, False))
+        before = before or off
+        print(f"| {module} | now, services: false | {off:.2f} s | {size / 1e3:.0f} kB | {off / before:.2f}x |")
+        first, steady, starts, during = snapshot_probes(
+            binary, config(url, token, slug, module, True), config(url, token, slug, module, True, "2s"))
+        for what, s in (("services (default): the first probe, waiting for the read", first),
+                        ("services (default): steady state, the snapshot fresh", steady),
+                        ("services: the probe that starts a background read", starts),
+                        ("services: the probe after it, the read still running", during)):
+            print(f"| {module} | {what} | {s:.2f} s | | {s / before:.2f}x |")
+        every, _ = median_probe(binary, config(url, token, slug, module, True, "0s"))
+        print(f"| {module} | services_interval: 0s, every probe waits for a read | {every:.2f} s | | {every / before:.2f}x |")
 
     if big:
         t = time.perf_counter()
         _, big_slug = seed_fleet(api, env, big, f"Svc-{big}")
         print(f"\nseeded {big:,} devices x 3 services in {time.perf_counter() - t:.1f}s")
-        print(f"the summary module's probe of the {big:,}-device fleet (median of 3):")
+        print(f"the summary module's probe of the {big:,}-device fleet:")
         print("| services | probe |\n|---|---|")
-        for services in (False, True):
-            s, _ = probe(binary, url, token, big_slug, "summary", services)
-            print(f"| {str(services).lower()} | {s:.2f} s |")
+        off, _ = median_probe(binary, config(url, token, big_slug, "summary", False))
+        print(f"| false | {off:.2f} s |")
+        first, steady, starts, during = snapshot_probes(
+            binary, config(url, token, big_slug, "summary", True), config(url, token, big_slug, "summary", True, "2s"))
+        print(f"| default (5m): the first probe, waiting for the read | {first:.2f} s |")
+        print(f"| default (5m): steady state (median of 3) | {steady:.2f} s |")
+        print(f"| the probe that starts a background read / the next, during it | {starts:.2f} s / {during:.2f} s |")
+        every, _ = median_probe(binary, config(url, token, big_slug, "summary", True, "0s"))
+        print(f"| services_interval: 0s (median of 3) | {every:.2f} s |")
 
 
 if __name__ == "__main__":

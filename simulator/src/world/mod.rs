@@ -496,7 +496,8 @@ impl World {
     }
 
     /// Whether `caller` may run this read at all. A guest (no token, or one the API does not
-    /// know) gets 401 on devices and organizations, and on fleet queries that reach an
+    /// know) gets 401 on devices, their tags and image installs and on organizations (services
+    /// and images answer 200 with those of public fleets), and on fleet queries that reach an
     /// organization, devices or the user relation (by `$filter` or `$expand`); a fleet query on
     /// the fleet's own fields answers 200 with the rows a guest may see (public fleets). This
     /// is what open-balena-api answers (tests/conformance holds the simulator to it).
@@ -507,7 +508,7 @@ impl World {
         caller: &Caller,
     ) -> Result<(), ReadError> {
         match (table, caller) {
-            ("device" | "device_tag" | "organization", Caller::Guest) => {
+            ("device" | "device_tag" | "image_install" | "organization", Caller::Guest) => {
                 Err(ReadError::Unauthorized)
             }
             ("application", Caller::Guest) if reaches_guarded(opts) => Err(ReadError::Unauthorized),
@@ -691,10 +692,16 @@ mod tests {
             .read("application", None, &req.options, &other)
             .unwrap()
             .is_empty());
-        assert_eq!(
-            w.read("device", None, &Options::default(), &Caller::Guest),
-            Err(ReadError::Unauthorized)
-        );
+        for table in ["device", "device_tag", "image_install", "organization"] {
+            assert_eq!(
+                w.read(table, None, &Options::default(), &Caller::Guest),
+                Err(ReadError::Unauthorized),
+                "{table}"
+            );
+        }
+        for table in ["image", "service"] {
+            assert!(w.read(table, None, &Options::default(), &Caller::Guest).is_ok());
+        }
     }
 
     #[test]
