@@ -214,3 +214,30 @@ async fn the_documented_default_deadline_is_served() {
     assert_eq!(m.value("probe_timeout_seconds", &[]), said);
     app.stop().await;
 }
+
+/// The chart's values schema takes exactly the keys a module has, and every key of `api:` (it
+/// refuses unknown keys, so a key missing there cannot be set through the chart; the optional
+/// `api:` keys, proxy and TLS, are not serialised when unset, so only inclusion is checked).
+#[test]
+fn the_charts_schema_takes_every_module_and_api_key() {
+    use balena_exporter::config::{ApiConfig, ModuleConfig};
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/helm/balena-exporter/values.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let keys = |v: &serde_json::Value| -> BTreeSet<String> {
+        v.as_object().expect("an object").keys().cloned().collect()
+    };
+    assert_eq!(
+        keys(&schema["definitions"]["module"]["properties"]),
+        keys(&serde_json::to_value(ModuleConfig::default()).unwrap()),
+        "modules"
+    );
+    let api = keys(&schema["properties"]["config"]["properties"]["api"]["properties"]);
+    let ours = keys(&serde_json::to_value(ApiConfig::default()).unwrap());
+    assert!(ours.is_subset(&api), "api: {:?}", ours.difference(&api));
+}

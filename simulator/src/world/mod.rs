@@ -700,7 +700,9 @@ mod tests {
             );
         }
         for table in ["image", "service"] {
-            assert!(w.read(table, None, &Options::default(), &Caller::Guest).is_ok());
+            assert!(w
+                .read(table, None, &Options::default(), &Caller::Guest)
+                .is_ok());
         }
     }
 
