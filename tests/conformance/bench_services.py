@@ -69,11 +69,17 @@ def q(select, expand, flt, top=PAGE):
     return f"$select={select}&$expand={expand}&$filter={flt}&$orderby=id asc&$top={top}".replace(" ", "%20")
 
 
-def timed(api, path, query):
+def fetched(api, path, query):
+    """(seconds, body) of one GET that must answer 200."""
     t = time.perf_counter()
     status, body = api.request("GET", path, raw_query=query)
     assert status == 200, (status, body[:300])
-    return time.perf_counter() - t, len(body)
+    return time.perf_counter() - t, body
+
+
+def timed(api, path, query):
+    spent, body = fetched(api, path, query)
+    return spent, len(body)
 
 
 def median3(fn):
@@ -164,11 +170,8 @@ def own_listing(api, fid, select, expand, extra):
             flt = f"({flt}) and id gt {after}"
         expand_opt = f"&$expand={expand}" if expand else ""
         query = f"$select={select}{expand_opt}&$filter={flt}&$orderby=id asc&$top={PAGE}".replace(" ", "%20")
-        t = time.perf_counter()
-        status, body = api.request("GET", "/v7/image_install", raw_query=query)
-        spent += time.perf_counter() - t
-        assert status == 200, (status, body[:300])
-        size += len(body)
+        took, body = fetched(api, "/v7/image_install", query)
+        spent, size = spent + took, size + len(body)
         pages += 1
         rows = json.loads(body)["d"]
         if not rows:
@@ -179,12 +182,8 @@ def own_listing(api, fid, select, expand, extra):
         ids = ",".join(str(i) for i in sorted(images))
         query = (f"$select=id&$expand=is_a_build_of__service($select=service_name)&$filter=id in ({ids})"
                  ).replace(" ", "%20")
-        t = time.perf_counter()
-        status, body = api.request("GET", "/v7/image", raw_query=query)
-        spent += time.perf_counter() - t
-        assert status == 200, (status, body[:300])
-        size += len(body)
-        pages += 1
+        took, body = fetched(api, "/v7/image", query)
+        spent, size, pages = spent + took, size + len(body), pages + 1
     return spent, size, pages
 
 
