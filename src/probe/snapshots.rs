@@ -156,10 +156,17 @@ impl ServiceSnapshots {
         let _ = tx.send(Some(shared));
     }
 
-    /// Drops the snapshots no probe asked for in [`IDLE`] (or twice their interval).
+    /// Drops the snapshots no probe asked for in [`IDLE`] (or twice their interval), unless a
+    /// read of theirs is running.
     pub fn sweep(&self) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots.retain(|_, s| s.pending.is_some() || s.used.elapsed() < IDLE.max(s.interval * 2));
+        slots.retain(|_, s| {
+            let reading = s
+                .pending
+                .as_ref()
+                .is_some_and(|rx| rx.has_changed().is_ok());
+            reading || s.used.elapsed() < IDLE.max(s.interval * 2)
+        });
     }
 
     /// Bytes held by the snapshots.
@@ -372,6 +379,18 @@ mod tests {
         let first = cache.plan(&key(), FIVE_MIN);
         drop(first.start);
         tokio::time::advance(RETRY_AFTER_FAILURE).await;
-        assert!(cache.plan(&key(), FIVE_MIN).start.is_some());
+        let again = cache.plan(&key(), FIVE_MIN);
+        assert!(again.start.is_some());
+        // A slot whose reader vanished is swept once idle; one whose read runs is kept.
+        tokio::time::advance(IDLE).await;
+        cache.sweep();
+        assert!(
+            cache.plan(&key(), FIVE_MIN).start.is_none(),
+            "kept: its read runs"
+        );
+        drop(again.start);
+        tokio::time::advance(IDLE).await;
+        cache.sweep();
+        assert!(cache.slots.lock().unwrap().is_empty());
     }
 }
