@@ -120,7 +120,13 @@ async fn tokens_appear_in_no_log_response_or_error() {
     ] {
         app.sim.clear_faults();
         app.sim.inject(
-            FaultRule::always("/v7/device", fault).when_query_contains(&format!("eq {faulty_id}&")),
+            FaultRule::always("/v7/device", fault.clone())
+                .when_query_contains(&format!("eq {faulty_id}&")),
+        );
+        // The services read, in the background with a session of its own, fails too.
+        app.sim.inject(
+            FaultRule::always("/v7/image_install", fault)
+                .when_query_contains(&format!("eq {faulty_id})")),
         );
         for path in ["/probe?target=faulty", "/probe?target=faulty&debug=true"] {
             let a = app
@@ -194,6 +200,10 @@ async fn tokens_appear_in_no_log_response_or_error() {
         "trace logging was on"
     );
     assert!(logs.contains("probe failed"), "failures were logged");
+    assert!(
+        logs.contains("services read failed"),
+        "a failed services read was logged"
+    );
     assert!(
         logs.contains("auth=bad") && logs.contains("token file changed"),
         "the rotation was logged by auth name"

@@ -237,7 +237,12 @@ impl ServicesAt {
             .wait_until
             .saturating_duration_since(std::time::Instant::now());
         let outcome = match actix_rt::time::timeout(remaining, rx.wait_for(Option::is_some)).await {
-            Ok(Ok(v)) => v.clone().expect("waited for Some"),
+            Ok(Ok(v)) => v.clone().expect("waited for Some").map_err(|e| {
+                format!(
+                    "the read failed: {e}; tried again in {}s",
+                    interval.min(RETRY_AFTER_FAILURE).as_secs()
+                )
+            }),
             Ok(Err(_)) => Err("the read ended without an answer".into()),
             Err(_) => Err(format!(
                 "not read within {:.1}s; the read goes on for the next probe",
@@ -254,7 +259,12 @@ impl ServicesAt {
                 Some(s)
             }
             Err(why) => {
-                session.note(format_args!("services: {why}"));
+                let with = if fallback.is_some() {
+                    "the previous snapshot"
+                } else {
+                    "no services"
+                };
+                session.note(format_args!("services: {why}; answering with {with}"));
                 fallback
             }
         }

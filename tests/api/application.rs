@@ -566,3 +566,36 @@ async fn services_are_read_again_in_the_background_once_services_interval_old() 
     assert!(reads() >= listed + 2, "a read per probe");
     app.stop().await;
 }
+
+/// A services read that fails never fails the probe: the device series are all there, services
+/// are absent (no snapshot yet), the debug page says why, and `/metrics` counts the failure.
+#[actix_rt::test]
+async fn a_failed_services_read_leaves_the_probe_whole() {
+    use balena_simulator::{Fault, FaultRule};
+    let app = spawn_app(&[("screens", 7)]).await;
+    app.sim
+        .inject(FaultRule::always("/v7/image_install", Fault::Status(500)));
+    let debug = app.get("/probe?target=screens&debug=true").await.body;
+    assert!(
+        debug.contains("services: the read failed: unexpected HTTP status 500; tried again in 30s; answering with no services"),
+        "{debug}"
+    );
+    let m = parse(&app.get("/probe?target=screens").await.body);
+    assert_eq!(m.value("probe_success", &[]), 1.0);
+    assert_eq!(
+        m.value("balena_fleet_devices", &[("fleet", "acme/screens")]),
+        7.0
+    );
+    assert!(!m.has("balena_fleet_services"));
+    assert!(!m.has("balena_fleet_services_timestamp_seconds"));
+    let own = parse(&app.get("/metrics").await.body);
+    assert_eq!(
+        own.value(
+            "balena_exporter_services_reads_total",
+            &[("result", "failure")]
+        ),
+        1.0,
+        "one read: the second probe does not retry within 30 s"
+    );
+    app.stop().await;
+}
