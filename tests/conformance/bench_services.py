@@ -24,7 +24,8 @@ and a deleted install on every twentieth — then measures, per module:
   with services — the first probe (it waits for the read), the steady state (the snapshot
   fresh), the probe that starts a background read and the one during it, `services_interval: 0s`;
 
-and the summary module's probe of a BIG-device fleet (default 50,000) against a 10 s scrape.
+and the summary module's probe of a BIG-device fleet (default 50,000) against a 10 s scrape;
+last, the install listing by target scope (fleet, organization, all).
 """
 
 import json
@@ -187,6 +188,34 @@ def own_listing(api, fid, select, expand, extra):
     return spent, size, pages
 
 
+def scope_listings(api, fid, org):
+    """The exporter's install listing by each kind of target scope: the fleet, its organization
+    (every fleet seeded so far), every fleet the token sees. Median of 3."""
+    scopes = {
+        "fleet": f"belongs_to__application eq {fid}",
+        "org": f"belongs_to__application/any(a:a/organization/any(o:o/handle eq '{org}'))",
+        "all": "belongs_to__application/any(a:a/is_directly_accessible_by__user/any(dau:1 eq 1))",
+    }
+    print("| scope | installs listed | pages | time |\n|---|---|---|---|")
+    for name, flt in scopes.items():
+        runs = [listing_by_filter(api, f"device/any(d:d/{flt}) and status ne 'deleted'") for _ in range(3)]
+        print(f"| {name} | {runs[0][1]:,} | {runs[0][2]} | {statistics.median(r[0] for r in runs) * 1000:.0f} ms |")
+
+
+def listing_by_filter(api, flt):
+    """(seconds, rows, pages) of the exporter's keyset listing of image_install under `flt`."""
+    spent, rows, pages, after = 0.0, 0, 0, None
+    while True:
+        f = flt if after is None else f"({flt}) and id gt {after}"
+        query = f"$select={INSTALL_SELECT}&$filter={f}&$orderby=id asc&$top={PAGE}".replace(" ", "%20")
+        took, body = fetched(api, "/v7/image_install", query)
+        spent, pages = spent + took, pages + 1
+        page = json.loads(body)["d"]
+        if not page:
+            return spent, rows, pages
+        rows, after = rows + len(page), page[-1]["id"]
+
+
 def config(url, token, slug, module, services=None, interval=None):
     """The benchmark's exporter config; `services=None`: a binary from before the key existed."""
     devices = "true" if module == "default" else "false"
@@ -286,6 +315,9 @@ def main():
         print(f"| the probe that starts a background read / the next, during it | {starts:.2f} s / {during:.2f} s |")
         every, _ = median_probe(binary, config(url, token, big_slug, "summary", True, "0s"))
         print(f"| services_interval: 0s (median of 3) | {every:.2f} s |")
+
+    print(f"\nthe install listing of the {n:,}-device fleet by target scope (the org holds every fleet seeded):")
+    scope_listings(api, fid, slug.split("/")[0])
 
 
 if __name__ == "__main__":
