@@ -201,8 +201,8 @@ async fn tokens_appear_in_no_log_response_or_error() {
     );
     assert!(logs.contains("probe failed"), "failures were logged");
     assert!(
-        logs.contains("services read failed"),
-        "a failed services read was logged"
+        logs.contains("msg=\"services read failed; the previous snapshot is kept\""),
+        "a failed services read was logged, as docs/operations.md quotes it"
     );
     assert!(
         logs.contains("auth=bad") && logs.contains("token file changed"),

@@ -89,7 +89,7 @@ pub async fn list(
 }
 
 /// A stream error as the probe reports it.
-pub fn stream_error(e: StreamError) -> BalenaError {
+fn stream_error(e: StreamError) -> BalenaError {
     match e {
         StreamError::Invalid(e) => BalenaError::Decode(e),
         StreamError::Oversized(e) => BalenaError::Oversized(e),

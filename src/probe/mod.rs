@@ -62,14 +62,14 @@ impl ProbeData {
     }
 }
 
-/// Fetches a target's data through `session` and builds its series; with `services` (modules
-/// that read them), the services snapshot is got beside the device listing.
+/// Fetches a target's data through `session` and builds its series; for modules that read
+/// services, the snapshot is got from `services` beside the device listing.
 pub async fn fetch(
     session: &Session<'_>,
     scope: &Scope,
     module: &ModuleConfig,
     rows: &FleetRowsAt<'_>,
-    services: Option<&ServicesAt>,
+    services: &ServicesAt,
 ) -> Result<ProbeData, BalenaError> {
     let (fleets, devices) = match scope {
         Scope::Fleet(slug) => {
@@ -96,10 +96,12 @@ pub async fn fetch(
     }
     let listing = balena::devices(session, &devices, module, |d| builder.add(&d));
     let snapshot = async {
-        Ok(match services.filter(|_| module.services) {
-            Some(at) => at.get(session, &devices, module.services_interval).await,
-            None => None,
-        })
+        if !module.services {
+            return Ok(None);
+        }
+        Ok(services
+            .get(session, &devices, module.services_interval)
+            .await)
     };
     let (_, snapshot) = tokio::try_join!(listing, snapshot)?;
     Ok(builder.finish(snapshot.as_deref()))

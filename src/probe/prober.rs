@@ -1,8 +1,8 @@
 //! The prober, as blackbox_exporter's: the `/probe` handler hands it a resolved target and gets
 //! a result; discovery asks it for the fleets of an org or `all` target. It owns what probes
 //! share — the probe cache (single-flight and TTL), the fleet-row cache, the services
-//! snapshots, the per-auth upstream cap — and builds each probe's session, cache key and deadline, so `routes/` keeps
-//! only HTTP. Built once by `Application::build`.
+//! snapshots, the per-auth upstream cap — and builds each probe's session, cache key and
+//! deadline, so `routes/` keeps only HTTP. Built once by `Application::build`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,7 +128,7 @@ impl Prober {
             metrics: self.metrics.clone(),
             wait_until: deadline - SERVICES_MARGIN.min(timeout / 5),
         };
-        let work = fetch(&session, &scope, req.module(), &rows, Some(&services));
+        let work = fetch(&session, &scope, req.module(), &rows, &services);
         self.cache.set_max_bytes(config.api.cache_max_bytes);
         let (result, age, source) = self
             .cache
