@@ -17,9 +17,9 @@ sim=${2:-$root/target/debug/examples/simulator}
 scripts=$root/tests/conformance/real-balena-api
 tarball=open-balena-api-61a847a.tar.gz
 if [ -z "${REAL_BALENA_API_TARBALL:-}" ]; then
-  for d in "$root/../shared/real-balena-api" /work/shared/real-balena-api; do
-    [ -f "$d/$tarball" ] && { REAL_BALENA_API_TARBALL=$d/$tarball; break; }
-  done
+  if [ -f "$root/../shared/real-balena-api/$tarball" ]; then
+    REAL_BALENA_API_TARBALL=$root/../shared/real-balena-api/$tarball
+  fi
 fi
 export REAL_BALENA_API_TARBALL
 dir=${REAL_BALENA_API_DIR:-$HOME/.cache/real-balena-api}
@@ -32,7 +32,7 @@ unavailable() {
   echo "conformance: SKIPPED (not CI): the real balena API is not available: $*" >&2
   exit 0
 }
-[ -f "${REAL_BALENA_API_TARBALL:-}" ] || unavailable "no $tarball (set REAL_BALENA_API_TARBALL)"
+[ -f "${REAL_BALENA_API_TARBALL:-}" ] || unavailable "no $tarball in ../shared/real-balena-api beside the repository (or set REAL_BALENA_API_TARBALL)"
 [ -x "$bin" ] || { echo "conformance: no exporter binary $bin (cargo build)" >&2; exit 1; }
 [ -x "$sim" ] || { echo "conformance: no simulator binary $sim (cargo build --example simulator)" >&2; exit 1; }
 
