@@ -244,21 +244,12 @@ impl Application {
             ]);
         }
         let basic_auth = web::Data::new(basic_auth);
-        let extra_headers: Vec<(String, String)> = web_config
-            .http_server_config
-            .iter()
-            .flat_map(|h| h.headers.clone())
-            .collect();
         let prefix = settings.route_prefix.clone();
         let shared = state.clone();
         let mut server = HttpServer::new(move || {
             let client = shared.prober.client();
             let prefix = prefix.clone();
-            let headers = extra_headers
-                .iter()
-                .fold(middleware::DefaultHeaders::new(), |h, (k, v)| {
-                    h.add((k.as_str(), v.as_str()))
-                });
+            let headers = web_config.response_headers();
             App::new()
                 .app_data(shared.clone())
                 .app_data(basic_auth.clone())

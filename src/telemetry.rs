@@ -1,14 +1,22 @@
 //! Logging: a tracing subscriber writing logfmt (the Prometheus family's default) or JSON.
 //! The level comes from `--log.level` unless `RUST_LOG` is set.
+//!
+//! The HTTP libraries' own debug and trace lines are never written, at any level and whatever
+//! `RUST_LOG` says ([`QUOTES_HEADS`]): they quote request and response heads as they parse
+//! them (actix-http's decoder logs `illegal Content-Length: "<value>"`), and an upstream that
+//! reflects the `Authorization` header into a malformed head would put the token in the log.
 
 use std::fmt;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::cli::LogFormat;
 
@@ -82,6 +90,20 @@ where
     }
 }
 
+/// Log targets (crates) whose debug and trace lines can quote an HTTP head, request or
+/// response, and so a token: written at info and above only, whatever the level.
+pub const QUOTES_HEADS: &[&str] = &["actix_http", "awc", "h2", "actix_tls", "actix_web::client"];
+
+/// Whether a line may be written at all (see [`QUOTES_HEADS`]).
+pub fn may_write(meta: &Metadata<'_>) -> bool {
+    *meta.level() <= Level::INFO
+        || !QUOTES_HEADS.iter().any(|t| {
+            meta.target()
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+}
+
 /// Installs the global subscriber writing to `writer`.
 pub fn init<W>(level: &str, format: LogFormat, writer: W)
 where
@@ -91,13 +113,15 @@ where
     // unless asked for with RUST_LOG: the exporter says where it listens itself.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},actix_server=warn")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let _ = match format {
-        LogFormat::Logfmt => builder.event_format(Logfmt).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let layer = tracing_subscriber::fmt::layer().with_writer(writer);
+    let layer = match format {
+        LogFormat::Logfmt => layer.event_format(Logfmt).boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer.with_filter(filter_fn(may_write)))
+        .try_init();
 }
 
 /// Hands memory freed by the process back to the operating system (glibc keeps freed pages of

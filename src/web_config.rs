@@ -61,6 +61,19 @@ pub struct TlsConfig {
     pub max_version: Option<String>,
 }
 
+impl WebConfig {
+    /// The middleware that adds `http_server_config.headers` to every response. Never panics
+    /// on a config that [`load`] accepted (every name and value was checked there).
+    pub fn response_headers(&self) -> actix_web::middleware::DefaultHeaders {
+        self.http_server_config
+            .iter()
+            .flat_map(|h| &h.headers)
+            .fold(actix_web::middleware::DefaultHeaders::new(), |h, (k, v)| {
+                h.add((k.as_str(), v.as_str()))
+            })
+    }
+}
+
 /// `http_server_config`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +110,49 @@ const ALLOWED_HEADERS: &[&str] = &[
     "Strict-Transport-Security",
 ];
 
+/// A response header of `http_server_config.headers`: an allowed name, and a value that can be
+/// sent (visible ASCII and spaces: a newline or NUL would make every response fail to build).
+/// The value is never quoted back.
+fn check_header(name: &str, value: &str) -> Result<(), String> {
+    if !ALLOWED_HEADERS.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+        return Err(format!(
+            "http_server_config.headers.{}: not allowed; expected one of {}",
+            name.escape_debug(),
+            ALLOWED_HEADERS.join(", ")
+        ));
+    }
+    let ok = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+        && actix_web::http::header::HeaderValue::from_str(value).is_ok();
+    if !ok {
+        return Err(format!(
+            "http_server_config.headers.{name}: not a valid header value (expected visible ASCII and spaces, not empty; no newline or control character)"
+        ));
+    }
+    Ok(())
+}
+
+/// `text` with every double-quoted part replaced by `"…"` (an error of the YAML parser quotes
+/// the value it refused).
+pub fn without_quoted_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('"') else {
+            out.push('…');
+            return out;
+        };
+        out.push_str("…\"");
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Reads and validates a web config file (certificates loaded, hashes checked).
 pub fn load(path: &Path) -> Result<(WebConfig, Option<rustls::ServerConfig>), WebConfigError> {
     let text = read_text(path, MAX_PEM_BYTES).map_err(|e| err(path, e))?;
@@ -105,8 +161,11 @@ pub fn load(path: &Path) -> Result<(WebConfig, Option<rustls::ServerConfig>), We
     } else {
         // Through a generic value first: it refuses a key given twice (a user listed twice
         // would otherwise keep only its last hash, silently).
-        serde_yaml::from_str::<serde_yaml::Value>(&text).map_err(|e| err(path, e.to_string()))?;
-        serde_yaml::from_str(&text).map_err(|e| err(path, e.to_string()))?
+        // The parser's messages quote the value they refused (`invalid type: string "…"`),
+        // which can be a password written where a hash belongs: quoted text is left out.
+        let refused = |e: serde_yaml::Error| err(path, without_quoted_text(&e.to_string()));
+        serde_yaml::from_str::<serde_yaml::Value>(&text).map_err(refused)?;
+        serde_yaml::from_str(&text).map_err(refused)?
     };
     if config.http_server_config.as_ref().and_then(|h| h.http2) == Some(false) {
         return Err(err(
@@ -129,16 +188,8 @@ pub fn load(path: &Path) -> Result<(WebConfig, Option<rustls::ServerConfig>), We
         }
     }
     if let Some(h) = &config.http_server_config {
-        for name in h.headers.keys() {
-            if !ALLOWED_HEADERS.iter().any(|a| a.eq_ignore_ascii_case(name)) {
-                return Err(err(
-                    path,
-                    format!(
-                        "http_server_config.headers.{name}: not allowed; expected one of {}",
-                        ALLOWED_HEADERS.join(", ")
-                    ),
-                ));
-            }
+        for (name, value) in &h.headers {
+            check_header(name, value).map_err(|why| err(path, why))?;
         }
     }
     let tls = match &config.tls_server_config {
@@ -278,11 +329,28 @@ mod tests {
                 "http_server_config:\n  headers:\n    X-Evil: 1\n",
                 "http_server_config.headers.X-Evil: not allowed",
             ),
+            (
+                "http_server_config:\n  headers:\n    X-Frame-Options: \"deny\\nX-Injected: 1\"\n",
+                "http_server_config.headers.X-Frame-Options: not a valid header value",
+            ),
+            (
+                "http_server_config:\n  headers:\n    X-Frame-Options: \"deny\\0\"\n",
+                "http_server_config.headers.X-Frame-Options: not a valid header value",
+            ),
+            (
+                "http_server_config:\n  headers:\n    X-Frame-Options: \"\"\n",
+                "http_server_config.headers.X-Frame-Options: not a valid header value",
+            ),
+            (
+                "basic_auth_users: \"prom:hunter2-password\"\n",
+                "basic_auth_users: invalid type: string \"…\"",
+            ),
         ];
         for (yaml, want) in cases {
             std::fs::write(&f, yaml).unwrap();
             let e = load(&f).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains('\n'), "{e}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -343,3 +343,44 @@ mod answer_forms {
         }
     }
 }
+
+const GOOD_WEB_CONFIG: &str = "basic_auth_users:\n  prom: $2y$10$abcdefghijklmnopqrstuu5fW9x8r1QF0Bx1V2y3z4A5b6C7d8E9f\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n    Content-Security-Policy: \"default-src 'self'\"\n";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
+
+    /// A web config file, mangled anywhere (escapes, control characters, non-ASCII), is refused
+    /// with one line naming the file, or loads into a server that builds its response headers
+    /// without a panic (the middleware every worker makes at start).
+    #[test]
+    fn a_web_config_that_loads_never_panics_a_worker(
+        cut in 0usize..GOOD_WEB_CONFIG.len(),
+        len in 0usize..12,
+        insert in prop_oneof![
+            "[ -~\\n\\t:{}\\[\\]'\"#&*!|>%@`-]{0,8}",
+            "\"[\\\\a-z0-9\\x00-\\x1f\\u{80}-\\u{10ffff}]{0,6}\"",
+            Just("\"deny\\r\\nX-Injected: 1\"".to_string()),
+            Just("\"a\\0b\"".to_string()),
+        ],
+    ) {
+        let mut text = GOOD_WEB_CONFIG.to_string();
+        let start = (0..=cut).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let end = (start + len).min(text.len());
+        let end = (end..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+        text.replace_range(start..end, &insert);
+        let dir = std::env::temp_dir().join(format!("balena-webcfg-prop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("web.yml");
+        std::fs::write(&file, &text).unwrap();
+        match balena_exporter::web_config::load(&file) {
+            Ok((web, _)) => {
+                let _headers = web.response_headers();
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                prop_assert!(msg.starts_with(&file.display().to_string()), "{}", msg);
+                prop_assert!(!msg.contains('\n'), "one line: {}", msg);
+            }
+        }
+    }
+}

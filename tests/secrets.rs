@@ -214,4 +214,77 @@ async fn tokens_appear_in_no_log_response_or_error() {
     );
     assert_clean("trace-level logs", &logs);
     let _ = std::fs::remove_dir_all(&dir);
+    reflected_heads_stay_out_of_the_log(&capture, &dir).await;
+}
+
+/// An upstream that reflects the `Authorization` header into a malformed `Content-Length`,
+/// `Transfer-Encoding` or a header of its own: the HTTP client's decoder, which quotes what it
+/// cannot parse at debug and trace, writes nothing of it (telemetry::QUOTES_HEADS), and the
+/// probe fails with a reason that quotes nothing either. Token inline and from a file.
+async fn reflected_heads_stay_out_of_the_log(capture: &Capture, dir: &std::path::Path) {
+    use std::io::{Read, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (n, conn) in listener.incoming().enumerate() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => head.extend_from_slice(&buf[..k]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            let auth = head
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("authorization: ")
+                        .or(l.strip_prefix("Authorization: "))
+                })
+                .unwrap_or("")
+                .to_string();
+            let reflected = match n % 3 {
+                0 => format!("Content-Length: {auth}\r\n"),
+                1 => format!("Transfer-Encoding: {auth}\r\n"),
+                _ => format!("Content-Length: 1\r\nContent-Length: {auth}\r\n"),
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\n{reflected}X-Echo: {auth}\r\n\r\n{{}}"
+            );
+        }
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    let token_file = dir.join("reflected.token");
+    std::fs::write(&token_file, format!("{ROTATED}\n")).unwrap();
+    let yaml = format!(
+        "api:\n  url: http://127.0.0.1:{port}\n  timeout: 2s\nauths:\n  inline:\n    token: {GOOD}\n  file:\n    token_file: {}\ntargets:\n  a: {{fleet: acme/screens, auth: inline}}\n  b: {{fleet: acme/screens, auth: file}}\n",
+        token_file.display()
+    );
+    let sim = balena_simulator::Simulator::start(&world(&[("screens", 1)]), "127.0.0.1:0").unwrap();
+    let app = spawn_config(
+        sim,
+        SharedConfig::new(config::from_yaml_str(&yaml, "reflect.yml").unwrap(), None),
+    )
+    .await;
+    let before = capture.0.lock().unwrap().len();
+    for _ in 0..3 {
+        for path in ["/probe?target=a&debug=true", "/probe?target=b&debug=true"] {
+            let a = app.get(path).await;
+            assert!(
+                a.body.contains("probe_success 0"),
+                "a malformed answer fails the probe: {}",
+                a.body
+            );
+            assert_clean(path, &a.body);
+        }
+    }
+    app.stop().await;
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()[before..]).into_owned();
+    assert!(logs.contains("probe failed"), "the failures were logged");
+    assert_clean("trace-level logs of a reflecting upstream", &logs);
+    let _ = std::fs::remove_dir_all(dir);
 }
