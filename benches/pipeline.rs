@@ -66,7 +66,7 @@ fn pipeline(c: &mut Criterion) {
                 b.iter(|| {
                     let mut builder = SeriesBuilder::new(vec![fleet.clone()], &full);
                     for_each_device(body, |d| builder.add(&d)).unwrap();
-                    black_box(builder.finish(None))
+                    black_box(builder.finish(&Default::default()))
                 })
             },
         );
@@ -78,7 +78,7 @@ fn pipeline(c: &mut Criterion) {
         };
         let mut builder = SeriesBuilder::new(vec![fleet.clone()], &compact_module);
         for_each_device(&body, |d| builder.add(&d)).unwrap();
-        let data = builder.finish(None);
+        let data = builder.finish(&Default::default());
         let (fleet_series, compact) = (data.series, data.compact);
         let compact = compact.expect("compact module keeps values");
         group.bench_function(
@@ -100,7 +100,7 @@ fn pipeline(c: &mut Criterion) {
                 b.iter(|| {
                     let mut builder = SeriesBuilder::new(vec![sfleet.clone()], &summary);
                     for_each_device(body, |d| builder.add(&d)).unwrap();
-                    black_box(builder.finish(None))
+                    black_box(builder.finish(&Default::default()))
                 })
             },
         );

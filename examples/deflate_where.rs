@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use balena_exporter::exposition::body::CompressedSeries;
 use balena_exporter::exposition::Exposition;
-use balena_exporter::probe::series::DEVICE_FAMILIES;
+use balena_exporter::probe::device::DEVICE_FAMILIES;
 
 fn run(n: usize, mut e: Exposition) -> Duration {
     let started = Instant::now();

@@ -10,7 +10,7 @@
 //!   errors, the per-auth cap ([`balena::limit`]).
 //! - [`probe`]: the [`probe::prober::Prober`] (the caches, single-flight and the upstream cap
 //!   behind one type) → fetch → metric families (one table of device families:
-//!   [`probe::series::DEVICE_FAMILIES`]) → every answer form ([`probe::answer`]).
+//!   [`probe::device::DEVICE_FAMILIES`]) → every answer form ([`probe::answer`]).
 //! - [`exposition`]: the text format and its compression (pieces, the cached compressed series,
 //!   gzip and inflated answers).
 //! - [`metrics`]: the metric catalogue and the exporter's own metrics.

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// A metric's name, HELP text and type.
@@ -216,10 +216,14 @@ pub struct ExporterMetrics {
     pub cache_bytes: IntGauge,
     /// Results held by the probe cache (set on each `/metrics` scrape).
     pub cache_entries: IntGauge,
-    /// Reads of a target's services (image installs), by result.
-    pub services_reads: IntCounterVec,
-    /// Bytes held by services snapshots (set on each `/metrics` scrape).
-    pub services_bytes: IntGauge,
+    /// Background reads (`probe::reads`), by read and result (`success` or the failure's
+    /// reason).
+    pub background_reads: IntCounterVec,
+    /// Bytes held by each read's snapshots (set on each `/metrics` scrape).
+    pub background_bytes: IntGaugeVec,
+    /// Seconds left of each auth's `Retry-After` hold (set on each `/metrics` scrape; no series
+    /// for an auth that is not held).
+    pub api_hold: GaugeVec,
 }
 
 impl ExporterMetrics {
@@ -275,7 +279,7 @@ impl ExporterMetrics {
         )
         .expect("valid metric");
         let upstream_not_sent = IntCounterVec::new(
-            Opts::new("balena_exporter_upstream_requests_not_sent_total", "Requests to the balena API a probe needed but never sent: no free slot of the auth's max_concurrency before the deadline, or less time left than its requests take. Not upstream errors."),
+            Opts::new("balena_exporter_upstream_requests_not_sent_total", "Requests to the balena API a probe needed but never sent: no free slot of the auth's max_concurrency before the deadline, less time left than its requests take, or the auth held by a Retry-After (balena_exporter_api_hold_seconds). Not upstream errors."),
             &["auth", "endpoint"],
         )
         .expect("valid metric");
@@ -315,20 +319,32 @@ impl ExporterMetrics {
             "Probe results held by the probe cache (target, module, auth).",
         )
         .expect("valid metric");
-        let services_reads = IntCounterVec::new(
-            Opts::new("balena_exporter_services_reads_total", "Reads of a target's services (its image installs, re-read every services_interval off the probe path), by result (success or failure)."),
-            &["result"],
+        let background_reads = IntCounterVec::new(
+            Opts::new("balena_exporter_background_reads_total", "Background reads (data re-read off the probe path, e.g. read=services: the image installs, every services_interval), by read and result (success, or the failure's reason: over_bound, inconsistent, timeout, rate_limited, ...)."),
+            &["read", "result"],
         )
         .expect("valid metric");
-        let services_bytes = IntGauge::new(
-            "balena_exporter_services_snapshot_bytes",
-            "Services snapshots held (one per target scope and auth), in bytes: about 16 bytes per image install.",
+        let background_bytes = IntGaugeVec::new(
+            Opts::new(
+                "balena_exporter_background_bytes",
+                "Snapshots of a background read held (one per read, API, auth and token, and device scope), in bytes: at most half of api.background_max_bytes in all (services: about 16 bytes per current service of a device).",
+            ),
+            &["read"],
+        )
+        .expect("valid metric");
+        let api_hold = GaugeVec::new(
+            Opts::new(
+                "balena_exporter_api_hold_seconds",
+                "Seconds left until an auth's requests are sent again, after the API answered 429 or 503 with Retry-After (capped by api.max_retry_after); probes meanwhile fail at once with reason rate_limited. No series while an auth is not held.",
+            ),
+            &["auth"],
         )
         .expect("valid metric");
         for c in [
             Box::new(build) as Box<dyn prometheus::core::Collector>,
-            Box::new(services_reads.clone()),
-            Box::new(services_bytes.clone()),
+            Box::new(background_reads.clone()),
+            Box::new(background_bytes.clone()),
+            Box::new(api_hold.clone()),
             Box::new(cache_bytes.clone()),
             Box::new(cache_entries.clone()),
             Box::new(probes.clone()),
@@ -364,8 +380,9 @@ impl ExporterMetrics {
             cache_hits,
             cache_bytes,
             cache_entries,
-            services_reads,
-            services_bytes,
+            background_reads,
+            background_bytes,
+            api_hold,
         }
     }
 

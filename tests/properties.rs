@@ -282,7 +282,7 @@ mod answer_forms {
         for row in rows {
             builder.add(&decode_device(row.as_bytes()).unwrap());
         }
-        builder.finish(None)
+        builder.finish(&Default::default())
     }
 
     fn sorted(text: &[u8]) -> Vec<String> {

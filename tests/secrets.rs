@@ -201,7 +201,8 @@ async fn tokens_appear_in_no_log_response_or_error() {
     );
     assert!(logs.contains("probe failed"), "failures were logged");
     assert!(
-        logs.contains("msg=\"services read failed; the previous snapshot is kept\""),
+        logs.contains("msg=\"background read failed; the previous snapshot is kept\"")
+            && logs.contains("read=services"),
         "a failed services read was logged, as docs/operations.md quotes it"
     );
     assert!(

@@ -18,6 +18,8 @@ pub enum Fault {
     Status(u16),
     /// 429 with an optional `Retry-After` header value.
     RateLimit(Option<String>),
+    /// 503 with an optional `Retry-After` header value (maintenance, overload).
+    Unavailable(Option<String>),
     /// Wait, then answer normally.
     Delay(Duration),
     /// 200 with a body that is not JSON.
@@ -143,13 +145,11 @@ fn error_response(status: u16, retry_after: Option<&str>) -> HttpResponse {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = HttpResponse::build(code);
     r.insert_header(("Cache-Control", "no-cache"));
+    if let Some(v) = retry_after {
+        r.insert_header(("Retry-After", v.to_string()));
+    }
     match status {
-        429 => {
-            if let Some(v) = retry_after {
-                r.insert_header(("Retry-After", v.to_string()));
-            }
-            r.json("Too Many Requests")
-        }
+        429 => r.json("Too Many Requests"),
         500 => r.json("Server error"),
         401 | 404 => r.finish(),
         _ => r.json(code.canonical_reason().unwrap_or("Error")),
@@ -191,6 +191,7 @@ async fn answer_with_faults(req: &HttpRequest, state: &web::Data<Arc<SimState>>)
         Some(Fault::Delay(d)) => actix_rt::time::sleep(d).await,
         Some(Fault::Status(s)) => response = Some(error_response(s, None)),
         Some(Fault::RateLimit(after)) => response = Some(error_response(429, after.as_deref())),
+        Some(Fault::Unavailable(after)) => response = Some(error_response(503, after.as_deref())),
         Some(Fault::MalformedJson) => {
             response = Some(
                 HttpResponse::Ok()

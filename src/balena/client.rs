@@ -100,6 +100,7 @@ pub struct Session<'a> {
     started: Instant,
     calls: RefCell<Vec<CallRecord>>,
     notes: RefCell<Vec<String>>,
+    background: bool,
 }
 
 impl<'a> Session<'a> {
@@ -120,7 +121,16 @@ impl<'a> Session<'a> {
             started: Instant::now(),
             calls: RefCell::new(Vec::new()),
             notes: RefCell::new(Vec::new()),
+            background: false,
         }
+    }
+
+    /// This session as a background read's: its requests wait behind every probe's, on a slot
+    /// budget of their own, and their times do not feed the probes' estimate
+    /// ([`super::limit`]).
+    pub fn background(mut self) -> Self {
+        self.background = true;
+        self
     }
 
     /// The API settings in force for this probe.
@@ -222,7 +232,7 @@ impl<'a> Session<'a> {
                     error:
                         BalenaError::RateLimited {
                             retry_after: Some(wait),
-                            ..
+                            gave_up: None,
                         },
                     ..
                 }) if wait < self.remaining() => {
@@ -255,7 +265,7 @@ impl<'a> Session<'a> {
                     error:
                         BalenaError::RateLimited {
                             retry_after: Some(wait),
-                            ..
+                            gave_up: None,
                         },
                     ..
                 }) => {
@@ -278,9 +288,17 @@ impl<'a> Session<'a> {
                 "the probe's deadline had passed".into(),
             )));
         }
+        if let Some((left, until)) = self.client.limits.held(self.auth_name) {
+            return Err(Failure::not_sent(BalenaError::RateLimited {
+                retry_after: Some(left),
+                gave_up: Some(GaveUp::Held(until)),
+            }));
+        }
         let cap = self.api.max_concurrency;
         let limit = self.client.limits.get(self.auth_name, cap);
-        let priority = if self.call_count() > 0 {
+        let priority = if self.background {
+            Priority::Background
+        } else if self.call_count() > 0 {
             Priority::Continuing
         } else {
             Priority::Starting
@@ -299,8 +317,13 @@ impl<'a> Session<'a> {
         let requests_needed = match priority {
             Priority::Starting => 2,
             Priority::Continuing => 1,
+            // A background read has a deadline of its own, and no estimate to keep to.
+            Priority::Background => 0,
         };
-        if let Some(expected) = limit.too_late(left, requests_needed) {
+        if let Some(expected) = limit
+            .too_late(left, requests_needed)
+            .filter(|_| requests_needed > 0)
+        {
             drop(slot);
             let why = format!(
                 "{:.3}s left, and what this probe still needs takes ~{:.3}s while other requests of the auth are in flight",
@@ -310,6 +333,43 @@ impl<'a> Session<'a> {
             return Err(Failure::not_sent(BalenaError::NotSent(why)));
         }
         Ok((slot, left))
+    }
+
+    /// A 429 or 503 with `Retry-After`: holds every request of the auth until then (at most
+    /// `api.max_retry_after`), so that no probe, discovery or background read knocks again
+    /// before the API said it may.
+    fn hold_if_asked(&self, status: u16, retry_after: Option<&HeaderValue>) {
+        if !matches!(status, 429 | 503) {
+            return;
+        }
+        let Some(wait) = retry_after
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after)
+        else {
+            return;
+        };
+        let max = self.api.max_retry_after;
+        let hold = wait.min(max);
+        if hold.is_zero() {
+            return;
+        }
+        self.client.limits.hold(self.auth_name, hold);
+        let capped = if wait > max {
+            format!(" (asked {:.0}s; api.max_retry_after)", wait.as_secs_f64())
+        } else {
+            String::new()
+        };
+        self.note(format_args!(
+            "HTTP {status} with Retry-After: every request of auth {} held for {:.0}s{capped}",
+            self.auth_name,
+            hold.as_secs_f64()
+        ));
+        tracing::warn!(
+            auth = self.auth_name,
+            status,
+            hold_seconds = hold.as_secs_f64().round(),
+            "the API asked to wait (Retry-After): the auth's requests are held"
+        );
     }
 
     /// Records one call: a line of the probe's log, the call list, and the self-metrics
@@ -390,6 +450,7 @@ impl<'a> Session<'a> {
                         retry_after,
                     } => {
                         status = Some(s);
+                        self.hold_if_asked(s, retry_after.as_ref());
                         if !(200..300).contains(&s) {
                             return Err(status_error(s, retry_after.as_ref()));
                         }

@@ -20,7 +20,7 @@ pub enum BalenaError {
         name: String,
     },
     /// 429 whose `Retry-After` does not fit in the probe's deadline, or 429s again and again.
-    #[error("rate limited (HTTP 429){}", rate_limit_detail(*retry_after, *gave_up))]
+    #[error("{}", rate_limit_text(*retry_after, *gave_up))]
     RateLimited {
         /// What the API asked for, when it said.
         retry_after: Option<Duration>,
@@ -51,8 +51,12 @@ pub enum BalenaError {
     Oversized(String),
     /// A listing that cannot be trusted: rows out of id order (keyset paging would skip
     /// rows), or one uuid on two rows (duplicate series). Never reported as a success.
-    #[error("the device listing cannot be trusted: {0}")]
+    #[error("{0}")]
     Inconsistent(String),
+    /// A bounded read past its bound (a background listing longer than its setting allows):
+    /// failed rather than held.
+    #[error("{0}")]
+    OverBound(String),
     /// The body exceeded `api.max_response_bytes`.
     #[error("response larger than the {limit}-byte cap (api.max_response_bytes)")]
     TooLarge {
@@ -68,6 +72,18 @@ pub enum GaveUp {
     TimeLeft,
     /// 429 this many times in a row, each retried as asked.
     Repeated(usize),
+    /// Not sent: an earlier 429 or 503 with `Retry-After` holds the auth's requests until then.
+    Held(std::time::SystemTime),
+}
+
+fn rate_limit_text(retry_after: Option<Duration>, gave_up: Option<GaveUp>) -> String {
+    match gave_up {
+        Some(GaveUp::Held(_)) => format!("rate limited{}", rate_limit_detail(retry_after, gave_up)),
+        _ => format!(
+            "rate limited (HTTP 429){}",
+            rate_limit_detail(retry_after, gave_up)
+        ),
+    }
 }
 
 fn rate_limit_detail(retry_after: Option<Duration>, gave_up: Option<GaveUp>) -> String {
@@ -77,6 +93,11 @@ fn rate_limit_detail(retry_after: Option<Duration>, gave_up: Option<GaveUp>) -> 
             format!(" {n} times in a row, each retried after its Retry-After; gave up")
         }
         Some(GaveUp::TimeLeft) => format!("{} exceeds the time left", asked.unwrap_or_default()),
+        Some(GaveUp::Held(until)) => format!(
+            ": the API asked this auth to wait (Retry-After); its requests are held until {} ({:.0}s more), so none was sent",
+            humantime::format_rfc3339_seconds(until),
+            retry_after.unwrap_or_default().as_secs_f64().ceil()
+        ),
         None => asked.unwrap_or_default(),
     }
 }
@@ -119,6 +140,7 @@ impl BalenaError {
             Self::Decode(_) => "decode",
             Self::TooLarge { .. } | Self::Oversized(_) => "too_large",
             Self::Inconsistent(_) => "inconsistent",
+            Self::OverBound(_) => "over_bound",
         }
     }
 }

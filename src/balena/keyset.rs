@@ -2,11 +2,17 @@
 //! `$filter=(<filter>) and id gt <last id>&$orderby=id asc&$top=N`, until a page comes back
 //! empty. Each row is handed on as soon as it has arrived: no page is ever held whole.
 //!
-//! Rows must come in ascending id order, as asked: a row repeated (a proxy or a server sending
-//! rows twice) is taken once, but a new row out of order, or a unique text (a device's uuid) on
-//! two rows, fails the listing ([`BalenaError::Inconsistent`]): keyset paging over rows out of
-//! order skips rows, and two rows of one uuid write duplicate series that Prometheus refuses for
-//! the whole scrape.
+//! Rows must come in ascending id order, as asked. A row repeated *exactly* (the same bytes: a
+//! proxy or a server sending a page twice) is taken once. Anything else that cannot be trusted
+//! fails the listing ([`BalenaError::Inconsistent`]), never shrinks the count: a new row out of
+//! order (keyset paging over rows out of order skips rows), a row without an id (or id 0, which
+//! balena never gives), one id on two rows that differ (which is the real one?), and a unique
+//! text (a device's uuid) on two rows (duplicate series, which Prometheus refuses for the whole
+//! scrape).
+//!
+//! A listing may be bounded ([`Listing::max_rows`]): past it the listing fails
+//! ([`BalenaError::OverBound`]) instead of holding more. Pages need no bound of their own: a page
+//! that brings no new row ends the listing, so there are never more pages than rows + 1.
 //!
 //! A short page does not end the listing: a server that caps `$top` below `page_size` answers
 //! short pages that are not the last, so only an empty page is the end (one small request,
@@ -14,7 +20,7 @@
 //! go (`$skip` costs more per row skipped), and rows created or deleted while the listing runs
 //! shift nothing: no row that exists throughout is missed or taken twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasher as _;
 
 use super::odata::Query;
@@ -35,6 +41,8 @@ pub struct Listing<'a> {
     pub expand: Option<&'a str>,
     /// What a row is called in notes ("device rows").
     pub rows: &'static str,
+    /// The most rows taken, and the setting that says so (`None`: unbounded).
+    pub max_rows: Option<(usize, &'static str)>,
 }
 
 /// Lists every row of `listing`, handing each row's text to `on_row`, which decodes it and asks
@@ -45,7 +53,11 @@ pub async fn list(
     mut on_row: impl FnMut(&[u8], &mut Gate) -> Result<(), StreamError>,
 ) -> Result<usize, BalenaError> {
     let page = s.api().page_size as usize;
-    let mut gate = Gate::default();
+    let mut gate = Gate {
+        rows: listing.rows,
+        max_rows: listing.max_rows,
+        ..Gate::default()
+    };
     loop {
         let filter = match gate.after {
             None => listing.filter.clone(),
@@ -96,11 +108,15 @@ fn stream_error(e: StreamError) -> BalenaError {
     }
 }
 
-/// What a listing has taken so far: every row id, and each unique text's row (by a hash of
-/// it: ~24 bytes a row), and where the page being read stands.
+/// What a listing has taken so far: every row id with a hash of its text, and each unique
+/// text's row (by a hash of it: ~48 bytes a row in all, [`Gate::BYTES_PER_ROW`]), and where the
+/// page being read stands.
 #[derive(Default)]
 pub struct Gate {
-    ids: HashSet<u64>,
+    /// Row id → hash of the row's text.
+    ids: HashMap<u64, u64>,
+    rows: &'static str,
+    max_rows: Option<(usize, &'static str)>,
     unique: HashMap<u64, u64>,
     hasher: std::collections::hash_map::RandomState,
     /// The page asks for ids after this one.
@@ -118,16 +134,34 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// What the gate holds per row taken, roughly (hash map entries with their overhead).
+    pub const BYTES_PER_ROW: usize = 48;
+
     fn begin_page(&mut self) {
         self.page_last = None;
         self.repeated = 0;
     }
 
-    /// Whether to take the row of `id` (true), or to skip it as a repeat (false); `unique`,
-    /// when given, must be a non-empty text no other row has. A row that cannot be trusted is
-    /// an error that ends the listing.
-    pub fn admit(&mut self, id: u64, unique: Option<&str>) -> Result<bool, StreamError> {
-        match self.check(id, unique) {
+    /// Whether to take the row of `id` whose text is `row` (true), or to skip it as an exact
+    /// repeat (false); `unique`, when given, must be a non-empty text no other row has. A row
+    /// that cannot be trusted, or one past the listing's bound, is an error that ends it.
+    pub fn admit(
+        &mut self,
+        id: u64,
+        unique: Option<&str>,
+        row: &[u8],
+    ) -> Result<bool, StreamError> {
+        if let Some((max, key)) = self.max_rows {
+            if self.ids.len() >= max && !self.ids.contains_key(&id) {
+                self.refused = Some(BalenaError::OverBound(format!(
+                    "more than {max} {} (the bound set by {key})",
+                    self.rows
+                )));
+                return Err(StreamError::Invalid("refused".into()));
+            }
+        }
+        let text = self.hasher.hash_one(row);
+        match self.check(id, unique, text) {
             Ok(take) => {
                 if take {
                     self.page_last = Some(id);
@@ -138,16 +172,27 @@ impl Gate {
                 Ok(take)
             }
             Err(why) => {
-                self.refused = Some(BalenaError::Inconsistent(why));
+                let listing = self.rows.trim_end_matches(" rows");
+                self.refused = Some(BalenaError::Inconsistent(format!(
+                    "the {listing} listing cannot be trusted: {why}"
+                )));
                 Err(StreamError::Invalid("refused".into()))
             }
         }
     }
 
     /// Why not, in words (ids only: a uuid is the API's text and is never quoted).
-    fn check(&mut self, id: u64, unique: Option<&str>) -> Result<bool, String> {
-        if self.ids.contains(&id) {
-            return Ok(false);
+    fn check(&mut self, id: u64, unique: Option<&str>, text: u64) -> Result<bool, String> {
+        if id == 0 {
+            return Err("a row without an id (or id 0, which balena never gives)".into());
+        }
+        if let Some(seen) = self.ids.get(&id) {
+            if *seen == text {
+                return Ok(false);
+            }
+            return Err(format!(
+                "two different rows of id {id}; either could be the real one"
+            ));
         }
         if let Some(before) = self
             .page_last
@@ -169,7 +214,7 @@ impl Gate {
                 ));
             }
         }
-        self.ids.insert(id);
+        self.ids.insert(id, text);
         Ok(true)
     }
 }
@@ -184,47 +229,84 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_takes_repeats_once_and_refuses_what_it_cannot_trust() {
+    fn a_listing_takes_exact_repeats_once_and_refuses_what_it_cannot_trust() {
         let mut gate = Gate::default();
         page(&mut gate, None);
-        assert_eq!(gate.check(1, Some("a")), Ok(true));
+        assert_eq!(gate.check(1, Some("a"), 10), Ok(true));
         gate.page_last = Some(1);
-        assert_eq!(gate.check(2, Some("b")), Ok(true));
+        assert_eq!(gate.check(2, Some("b"), 20), Ok(true));
         gate.page_last = Some(2);
-        assert_eq!(gate.check(2, Some("b")), Ok(false));
+        assert_eq!(gate.check(2, Some("b"), 20), Ok(false));
+        let differs = gate.check(2, Some("c"), 21).unwrap_err();
+        assert_eq!(
+            differs,
+            "two different rows of id 2; either could be the real one"
+        );
         page(&mut gate, Some(2));
-        assert_eq!(gate.check(1, Some("a")), Ok(false));
+        assert_eq!(gate.check(1, Some("a"), 10), Ok(false));
         page(&mut gate, None);
         gate.page_last = Some(2);
-        let reversed = gate.check(0, Some("z")).unwrap_err();
+        let reversed = gate.check(1, Some("z"), 30).unwrap_err();
         assert!(
-            reversed.contains("out of id order (id 0 after id 2)"),
+            reversed.contains("two different rows of id 1"),
             "{reversed}"
         );
-        page(&mut gate, Some(2));
-        let ignored_filter = gate.check(0, Some("z")).unwrap_err();
+        let reversed = gate.check(3, Some("z"), 30);
+        assert_eq!(reversed, Ok(true));
+        page(&mut gate, Some(3));
+        let ignored_filter = gate.check(2 + 100, Some("y"), 40);
+        assert_eq!(ignored_filter, Ok(true));
+        gate.page_last = Some(102);
+        let out_of_order = gate.check(50, Some("x"), 50).unwrap_err();
         assert!(
-            ignored_filter.contains("out of id order"),
-            "{ignored_filter}"
+            out_of_order.contains("out of id order (id 50 after id 102)"),
+            "{out_of_order}"
         );
-        let twice = gate.check(3, Some("a")).unwrap_err();
-        assert_eq!(twice, "the rows of ids 1 and 3 have the same uuid");
+        let twice = gate.check(103, Some("a"), 60).unwrap_err();
+        assert_eq!(twice, "the rows of ids 1 and 103 have the same uuid");
         assert!(!twice.contains("\"a\""), "never quotes the uuid");
-        assert_eq!(gate.check(4, None), Ok(true));
-        page(&mut gate, Some(4));
-        assert!(gate.check(5, Some("")).is_err());
+        assert_eq!(gate.check(104, None, 70), Ok(true));
+        page(&mut gate, Some(104));
+        assert!(gate.check(105, Some(""), 80).is_err());
+        let no_id = gate.check(0, None, 90).unwrap_err();
+        assert!(no_id.contains("without an id"), "{no_id}");
     }
 
     #[test]
     fn admit_counts_what_it_skips_and_keeps_why_it_refused() {
-        let mut gate = Gate::default();
-        assert!(gate.admit(7, None).unwrap());
-        assert!(!gate.admit(7, None).unwrap());
+        let mut gate = Gate {
+            rows: "image install rows",
+            ..Gate::default()
+        };
+        assert!(gate.admit(7, None, b"{\"id\":7}").unwrap());
+        assert!(!gate.admit(7, None, b"{\"id\":7}").unwrap());
         assert_eq!((gate.repeated, gate.last), (1, Some(7)));
-        assert!(gate.admit(3, None).is_err());
+        assert!(gate.admit(3, None, b"{\"id\":3}").is_err());
         assert!(matches!(
             gate.refused.take(),
-            Some(BalenaError::Inconsistent(why)) if why.contains("id 3 after id 7")
+            Some(BalenaError::Inconsistent(why))
+                if why.starts_with("the image install listing cannot be trusted: ") && why.contains("id 3 after id 7")
         ));
+    }
+
+    #[test]
+    fn a_bounded_listing_fails_past_its_bound_and_names_the_setting() {
+        let mut gate = Gate {
+            rows: "image install rows",
+            max_rows: Some((2, "api.background_max_bytes")),
+            ..Gate::default()
+        };
+        assert!(gate.admit(1, None, b"1").unwrap());
+        assert!(gate.admit(2, None, b"2").unwrap());
+        assert!(
+            !gate.admit(2, None, b"2").unwrap(),
+            "a repeat is no new row"
+        );
+        assert!(gate.admit(3, None, b"3").is_err());
+        let why = gate.refused.take().unwrap().to_string();
+        assert_eq!(
+            why,
+            "more than 2 image install rows (the bound set by api.background_max_bytes)"
+        );
     }
 }

@@ -234,11 +234,12 @@ pub async fn devices(
         select: &select,
         expand: Some(&expand),
         rows: "device rows",
+        max_rows: None,
     };
     keyset::list(s, &listing, |row, gate| {
         let device = model::decode_device(row)?;
         let uuid = module.devices.then_some(device.uuid.as_ref());
-        if gate.admit(device.id, uuid)? {
+        if gate.admit(device.id, uuid, row)? {
             on_device(device);
         }
         Ok(())
@@ -254,9 +255,11 @@ pub const INSTALL_FIELDS: &str = "id,device,installs__image,status,install_date"
 /// `getCurrentServiceDetailsPineExpand` filters them), by keyset, each handed to `on_install`
 /// as it arrives. The installs are filtered by the device's fleet (`device/any(...)`), not by
 /// the service's: a device moved from another fleet keeps its installs until it updates.
+/// At most `max_rows` rows are taken ([`keyset::Listing::max_rows`]).
 pub async fn installs(
     s: &Session<'_>,
     scope: &DeviceScope,
+    max_rows: (usize, &'static str),
     mut on_install: impl FnMut(model::InstallRow<'_>),
 ) -> Result<usize, BalenaError> {
     let listing = keyset::Listing {
@@ -266,10 +269,11 @@ pub async fn installs(
         select: INSTALL_FIELDS,
         expand: None,
         rows: "image install rows",
+        max_rows: Some(max_rows),
     };
     keyset::list(s, &listing, |row, gate| {
         let install = model::decode_install(row)?;
-        if gate.admit(install.id, None)? {
+        if gate.admit(install.id, None, row)? {
             on_install(install);
         }
         Ok(())

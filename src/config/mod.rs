@@ -34,6 +34,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub const DEFAULT_API_URL: &str = "https://api.balena-cloud.com";
 /// Name of the module used when neither the target nor the request names one.
 pub const DEFAULT_MODULE: &str = "default";
+/// Default `api.background_max_bytes`.
+pub const DEFAULT_BACKGROUND_MAX_BYTES: usize = 128 * 1024 * 1024;
 /// Prefix of the environment overrides (`BALENA_EXPORTER_API__TIMEOUT=5s`).
 pub const ENV_PREFIX: &str = "BALENA_EXPORTER_";
 
@@ -86,6 +88,13 @@ pub struct ApiConfig {
     /// Bound of the probe results held for `cache_ttl` (oldest dropped first; 0 keeps none).
     #[serde(deserialize_with = "de_bytes")]
     pub cache_max_bytes: usize,
+    /// Bound of what background reads hold: a quarter for each running read (its listing fails
+    /// past it), half for the snapshots kept (least recently used dropped first).
+    #[serde(deserialize_with = "de_bytes")]
+    pub background_max_bytes: usize,
+    /// The longest hold a `Retry-After` (on 429 or 503) puts on an auth's requests.
+    #[serde(with = "duration")]
+    pub max_retry_after: Duration,
     /// An HTTP proxy for every request to the API (CONNECT tunnels), as Prometheus'
     /// `proxy_url`; user and password, if any, are sent as `Proxy-Authorization`.
     #[serde(
@@ -148,6 +157,8 @@ impl Default for ApiConfig {
             page_size: 10_000,
             max_response_bytes: 256 * 1024 * 1024,
             cache_max_bytes: 64 * 1024 * 1024,
+            background_max_bytes: DEFAULT_BACKGROUND_MAX_BYTES,
+            max_retry_after: Duration::from_secs(1800),
             proxy_url: None,
             no_proxy: String::new(),
             proxy_from_environment: false,
@@ -236,6 +247,11 @@ pub struct ModuleConfig {
 }
 
 impl ModuleConfig {
+    /// Whether the module lists devices (every module but `counts_only`).
+    pub fn devices_listed(&self) -> bool {
+        !self.counts_only
+    }
+
     /// The label of each `device_tags` key, as (`tag_<sanitised key>`, key), in config order.
     /// Two keys with one label are refused at load ([`load`]): an answer with a label twice
     /// is refused whole by Prometheus.
@@ -463,6 +479,8 @@ impl std::fmt::Debug for ApiConfig {
             .field("page_size", &self.page_size)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("cache_max_bytes", &self.cache_max_bytes)
+            .field("background_max_bytes", &self.background_max_bytes)
+            .field("max_retry_after", &self.max_retry_after)
             .field("proxy_url", &self.proxy_url.as_ref().map(shown_url))
             .field("no_proxy", &self.no_proxy)
             .field("proxy_from_environment", &self.proxy_from_environment)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::balena::model::Device;
 use crate::exposition::{family_header, write_sample};
 
-use super::series::{DeviceSeries, Extra, DEVICE_FAMILIES, N_FAMILIES};
+use super::device::{DeviceSeries, Extra, DEVICE_FAMILIES, N_FAMILIES};
 
 /// The devices of one fetch.
 #[derive(Debug, Default)]
@@ -246,7 +246,7 @@ impl Iterator for Render {
 mod tests {
     use super::*;
     use crate::exposition::Exposition;
-    use crate::probe::series::write_device;
+    use crate::probe::device::write_device;
 
     fn devices() -> Vec<serde_json::Value> {
         (0..300)

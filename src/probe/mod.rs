@@ -2,18 +2,18 @@
 //! the `/probe` handler (which owns the request and the HTTP answer) and the balena API: it
 //! runs [`fetch`] through the caches; [`answer`] turns the result into every answer form.
 //!
-//! Devices are turned into series page by page as they arrive; fleet aggregates are written
-//! once every device of the target has been counted, joined with the target's services
-//! snapshot ([`snapshots`]) by device id.
+//! Devices are turned into series page by page as they arrive ([`device`]); fleet aggregates
+//! ([`fleet`]) are written once every device of the target has been counted, joined with the
+//! target's background snapshots ([`reads`]) by device id.
 
 pub mod answer;
-pub mod application;
 pub mod cache;
 pub mod compact;
+pub mod device;
+pub mod fleet;
+pub mod labels;
 pub mod prober;
-pub mod series;
-pub mod services;
-pub mod snapshots;
+pub mod reads;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,11 +24,10 @@ use crate::balena::{self, BalenaError, DeviceScope, FleetSet, Session};
 use crate::config::{ModuleConfig, Scope};
 use crate::exposition::body::CompressedSeries;
 use crate::exposition::Exposition;
-use application::write_device_services;
 use compact::CompactDevices;
-use series::{write_device, write_fleet, FleetStats};
-use services::Snapshot;
-use snapshots::ServicesAt;
+use device::{write_device, write_device_services};
+use fleet::{write_fleet, FleetStats};
+use reads::{services, ReadsAt, Snapshots};
 
 /// Pending text of one family that is compressed as one piece: large enough to compress well
 /// (the deflate window is 32 KiB), small enough that ~13 per-device families of a probe hold
@@ -62,14 +61,14 @@ impl ProbeData {
     }
 }
 
-/// Fetches a target's data through `session` and builds its series; for modules that read
-/// services, the snapshot is got from `services` beside the device listing.
+/// Fetches a target's data through `session` and builds its series; the background snapshots
+/// the module reads are got from `reads` beside the device listing.
 pub async fn fetch(
     session: &Session<'_>,
     scope: &Scope,
     module: &ModuleConfig,
     rows: &FleetRowsAt<'_>,
-    services: &ServicesAt,
+    reads: &ReadsAt,
 ) -> Result<ProbeData, BalenaError> {
     let (fleets, devices) = match scope {
         Scope::Fleet(slug) => {
@@ -87,24 +86,17 @@ pub async fn fetch(
         ),
     };
     let mut builder = SeriesBuilder::new(fleets, module);
-    if module.counts_only {
+    if !module.devices_listed() {
         builder.use_online_counts();
-        return Ok(builder.finish(None));
+        return Ok(builder.finish(&Snapshots::default()));
     }
     if builder.is_empty() {
-        return Ok(builder.finish(None));
+        return Ok(builder.finish(&Snapshots::default()));
     }
     let listing = balena::devices(session, &devices, module, |d| builder.add(&d));
-    let snapshot = async {
-        if !module.services {
-            return Ok(None);
-        }
-        Ok(services
-            .get(session, &devices, module.services_interval)
-            .await)
-    };
-    let (_, snapshot) = tokio::try_join!(listing, snapshot)?;
-    Ok(builder.finish(snapshot.as_deref()))
+    let snapshots = async { Ok(reads.get(session, &devices, module).await) };
+    let (_, snapshots) = tokio::try_join!(listing, snapshots)?;
+    Ok(builder.finish(&snapshots))
 }
 
 /// The fleet-row cache as one probe sees it: which auth and config generation, for how long.
@@ -203,8 +195,9 @@ impl<'m> SeriesBuilder<'m> {
 
     /// Counts one device and writes its series (if the module wants them).
     pub fn add(&mut self, d: &Device<'_>) {
-        // A row seen twice (the API paged under a concurrent change, or a proxy repeated
-        // itself) would write duplicate series, which Prometheus rejects: count it once.
+        // The listing hands each row once (exact repeats skipped, differing ones refused:
+        // balena::keyset); a builder driven by hand (benchmarks, tests) may not: a row seen
+        // twice would write duplicate series, which Prometheus rejects.
         if self.seen.contains_key(&d.id) {
             return;
         }
@@ -232,7 +225,7 @@ impl<'m> SeriesBuilder<'m> {
 
     /// Counts each device's current services from `snapshot` (and writes them per device when
     /// the module asks).
-    fn join_services(&mut self, snapshot: &Snapshot) {
+    fn join_services(&mut self, snapshot: &services::Snapshot) {
         for (&device, &i) in &self.seen {
             let stats = &mut self.stats[i as usize];
             for (service, status) in snapshot.of_device(device) {
@@ -249,18 +242,18 @@ impl<'m> SeriesBuilder<'m> {
         }
     }
 
-    /// The probe's data: the compressed series (fleet aggregates first, with the services of
-    /// `services` when the module reads them), the per-device values when the module keeps
+    /// The probe's data: the compressed series (fleet aggregates first, joined with the
+    /// background `snapshots` the probe got), the per-device values when the module keeps
     /// them compact, and the counts.
-    pub fn finish(mut self, services: Option<&Snapshot>) -> ProbeData {
-        if let Some(snapshot) = services.filter(|_| self.module.services) {
+    pub fn finish(mut self, snapshots: &Snapshots) -> ProbeData {
+        if let Some(snapshot) = snapshots.get::<services::Snapshot>() {
             self.join_services(snapshot);
         }
         let mut fleets = Exposition::new();
         for s in &self.stats {
             write_fleet(&mut fleets, s, self.module);
         }
-        let attention = application::attention(&self.stats, self.module);
+        let attention = fleet::attention(&self.stats, self.module);
         ProbeData {
             series: CompressedSeries::from_expositions([fleets, self.devices]),
             compact: self.compact.map(|mut c| {

@@ -1,14 +1,14 @@
 //! The prober, as blackbox_exporter's: the `/probe` handler hands it a resolved target and gets
 //! a result; discovery asks it for the fleets of an org or `all` target. It owns what probes
-//! share — the probe cache (single-flight and TTL), the fleet-row cache, the services
-//! snapshots, the per-auth upstream cap — and builds each probe's session, cache key and
+//! share — the probe cache (single-flight and TTL), the fleet-row cache, the background
+//! reads, the per-auth upstream cap — and builds each probe's session, cache key and
 //! deadline, so `routes/` keeps only HTTP. Built once by `Application::build`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::cache::{CacheKey, FleetRows, ProbeCache, Source};
-use super::snapshots::{ServiceSnapshots, ServicesAt};
+use super::reads::{ReadsAt, Scheduler};
 use super::{fetch, FleetRowsAt, ProbeData};
 use crate::balena::model::Fleet;
 use crate::balena::{self, AuthLimits, BalenaClient, BalenaError, CallRecord, FleetSet, Session};
@@ -63,22 +63,29 @@ pub struct Outcome {
 pub struct Prober {
     cache: ProbeCache,
     fleet_rows: FleetRows,
-    services: Arc<ServiceSnapshots>,
+    reads: Arc<Scheduler>,
     limits: Arc<AuthLimits>,
     metrics: Arc<ExporterMetrics>,
 }
 
-/// How long before its deadline a probe stops waiting for a services read: the most it
+/// How long before its deadline a probe stops waiting for a background read: the most it
 /// keeps back is this, or a fifth of its timeout if less.
-const SERVICES_MARGIN: Duration = Duration::from_secs(1);
+const READ_MARGIN: Duration = Duration::from_secs(1);
 
 impl Prober {
     /// A prober recording into `metrics`.
     pub fn new(metrics: Arc<ExporterMetrics>) -> Self {
+        for read in super::reads::READS {
+            let name = read.name();
+            metrics
+                .background_reads
+                .with_label_values(&[name, "success"]);
+            metrics.background_bytes.with_label_values(&[name]);
+        }
         Self {
             cache: ProbeCache::default(),
             fleet_rows: FleetRows::default(),
-            services: Arc::default(),
+            reads: Arc::default(),
             limits: Arc::new(AuthLimits::default()),
             metrics,
         }
@@ -119,16 +126,16 @@ impl Prober {
         };
         let scope = req.target.scope();
         let timeout = req.timeout;
-        let services = ServicesAt {
-            snapshots: self.services.clone(),
+        let reads = ReadsAt {
+            scheduler: self.reads.clone(),
             client: client.clone(),
             config: config.clone(),
             auth: auth.to_string(),
             token: req.token.token.clone(),
             metrics: self.metrics.clone(),
-            wait_until: deadline - SERVICES_MARGIN.min(timeout / 5),
+            wait_until: deadline - READ_MARGIN.min(timeout / 5),
         };
-        let work = fetch(&session, &scope, req.module(), &rows, &services);
+        let work = fetch(&session, &scope, req.module(), &rows, &reads);
         self.cache.set_max_bytes(config.api.cache_max_bytes);
         let (result, age, source) = self
             .cache
@@ -171,17 +178,24 @@ impl Prober {
         balena::fleets(&session, set, &module).await
     }
 
-    /// Drops expired results, fleet rows and idle services snapshots; true if a result was
+    /// Drops expired results, fleet rows and idle background snapshots; true if a result was
     /// dropped.
     pub fn sweep(&self, api: &ApiConfig) -> bool {
         self.fleet_rows.sweep(api.fleet_cache_ttl);
-        self.services.sweep();
+        self.reads.sweep();
         self.cache.sweep(api.cache_ttl)
     }
 
-    /// Bytes held by services snapshots (`balena_exporter_services_snapshot_bytes`).
-    pub fn services_bytes(&self) -> usize {
-        self.services.bytes()
+    /// Bytes held by the snapshots of each background read
+    /// (`balena_exporter_background_bytes{read}`).
+    pub fn background_bytes(&self) -> Vec<(&'static str, usize)> {
+        self.reads.bytes()
+    }
+
+    /// The auths whose requests a `Retry-After` holds, and for how long yet
+    /// (`balena_exporter_api_hold_seconds{auth}`).
+    pub fn holds(&self) -> Vec<(String, Duration)> {
+        self.limits.holds()
     }
 
     /// Results held and their bytes (`balena_exporter_cache_entries`, `_bytes`).

@@ -534,7 +534,8 @@ async fn services_are_read_again_in_the_background_once_services_interval_old() 
     actix_rt::time::sleep(std::time::Duration::from_millis(2100)).await;
     let stale = app.get("/probe?target=steady&debug=true").await.body;
     assert!(
-        stale.contains("services: reading the image installs of fleet"),
+        stale.contains("services: reading fleet ")
+            && stale.contains(" in the background (interval 2s)"),
         "{stale}"
     );
     let mut newer = None;
@@ -568,17 +569,34 @@ async fn services_are_read_again_in_the_background_once_services_interval_old() 
 }
 
 /// A services read that fails never fails the probe: the device series are all there, services
-/// are absent (no snapshot yet), the debug page says why, and `/metrics` counts the failure.
+/// are absent (no snapshot yet), the debug page says why, the next probe's debug page carries
+/// the background session's own log, and `/metrics` counts the failure by reason.
 #[actix_rt::test]
 async fn a_failed_services_read_leaves_the_probe_whole() {
     use balena_simulator::{Fault, FaultRule};
-    let app = spawn_app(&[("screens", 7)]).await;
+    let app = spawn_with(world(&[("screens", 7)]), |url| {
+        default_config(url, &["screens"])
+            .replace("  timeout: 5s\n", "  timeout: 5s\n  cache_ttl: 0s\n")
+    })
+    .await;
     app.sim
         .inject(FaultRule::always("/v7/image_install", Fault::Status(500)));
     let debug = app.get("/probe?target=screens&debug=true").await.body;
     assert!(
-        debug.contains("services: the read failed: unexpected HTTP status 500; tried again in 30s; answering with no services"),
+        debug.contains("services: the read failed: unexpected HTTP status 500; tried again in 30s; answering with none"),
         "{debug}"
+    );
+    let next = app.get("/probe?target=screens&debug=true").await.body;
+    assert!(
+        next.contains("services: the last read of fleet ")
+            && next.contains("failed: unexpected HTTP status 500"),
+        "{next}"
+    );
+    assert!(
+        next.contains("services (background, +0.0")
+            && next.contains("s): GET /v7/image_install?")
+            && next.contains("-> 500 in"),
+        "the background session's notes: {next}"
     );
     let m = parse(&app.get("/probe?target=screens").await.body);
     assert_eq!(m.value("probe_success", &[]), 1.0);
@@ -591,11 +609,18 @@ async fn a_failed_services_read_leaves_the_probe_whole() {
     let own = parse(&app.get("/metrics").await.body);
     assert_eq!(
         own.value(
-            "balena_exporter_services_reads_total",
-            &[("result", "failure")]
+            "balena_exporter_background_reads_total",
+            &[("read", "services"), ("result", "api_error")]
         ),
         1.0,
-        "one read: the second probe does not retry within 30 s"
+        "one read: the later probes do not retry within 30 s"
+    );
+    assert_eq!(
+        own.value(
+            "balena_exporter_background_reads_total",
+            &[("read", "services"), ("result", "success")]
+        ),
+        0.0
     );
     app.stop().await;
 }

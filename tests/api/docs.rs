@@ -31,8 +31,9 @@ async fn docs_list_exactly_the_emitted_metrics() {
     let app = spawn_with(world(&[("screens", 200)]), |url| {
         format!(
             "{}modules:\n  default:\n    device_tags: [location]\n  summary:\n    devices: false\n  compat:\n    counts_only: true\n    legacy_devices_online: true\n  services:\n    services: true\n    device_services: true\n",
-            default_config(url, &["screens"])
+            default_config(url, &["screens", "held"])
                 .replace("  timeout: 5s\n", "  timeout: 5s\n  max_concurrency: 1\n")
+                .replace("acme/held", "acme/screens")
         )
     })
     .await;
@@ -70,6 +71,22 @@ async fn docs_list_exactly_the_emitted_metrics() {
     }
     app.get("/probe?target=screens").await; // a cache hit
     app.get("/probe?target=unknown").await; // a request error
+    {
+        // A Retry-After that holds the auth (balena_exporter_api_hold_seconds), last: it holds
+        // every later request of the auth.
+        use balena_simulator::{Fault, FaultRule};
+        app.sim.inject(FaultRule::always(
+            "/v7/",
+            Fault::RateLimit(Some("60".into())),
+        ));
+        let held = app
+            .get_with(
+                "/probe?target=held&module=summary",
+                &[("X-Prometheus-Scrape-Timeout-Seconds", "2")],
+            )
+            .await;
+        assert!(held.body.contains("probe_success 0"), "{}", held.body);
+    }
     let own = app.get("/metrics").await.body;
     emitted.extend(
         type_names(&own)
@@ -163,7 +180,7 @@ fn dashboard_queries_use_only_documented_metrics() {
 #[actix_rt::test]
 async fn the_device_family_table_is_documented_and_served() {
     use balena_exporter::balena::{DEVICE_FIELDS, SUMMARY_DEVICE_FIELDS};
-    use balena_exporter::probe::series::DEVICE_FAMILIES;
+    use balena_exporter::probe::device::DEVICE_FAMILIES;
     let documented = documented();
     for f in DEVICE_FAMILIES {
         assert!(

@@ -19,6 +19,9 @@ enum Make {
     Fault(fn() -> Fault, &'static str),
     /// Probing this target (of [`config`]) must fail with `reason`.
     Target(&'static str, &'static str),
+    /// As `Fault`, probed through the sick fleet's target of an auth of its own (`limited`):
+    /// the fault holds that auth's requests (Retry-After), which must not touch the others.
+    HoldingFault(fn() -> Fault, &'static str),
     /// Data the exporter must survive, checked on one probe of the sick fleet after the
     /// simulator's rows were changed (see [`data_cases`]).
     Data,
@@ -69,8 +72,8 @@ const CASES: &[Case] = &[
     case(
         "status_429_retry_after_beyond_deadline",
         "429 with Retry-After: 3600",
-        "probe_success 0 at once, reason rate_limited",
-        Make::Fault(|| Fault::RateLimit(Some("3600".into())), "rate_limited"),
+        "probe_success 0 at once, reason rate_limited; that auth held for api.max_retry_after (30m), other auths untouched",
+        Make::HoldingFault(|| Fault::RateLimit(Some("3600".into())), "rate_limited"),
     ),
     case(
         "status_429_without_retry_after",
@@ -195,6 +198,8 @@ auths:
     token: {TOKEN}
   guest:
     token: unknown-token
+  limited:
+    token: {TOKEN}
 modules:
   default:
     device_tags: [location]
@@ -204,6 +209,7 @@ targets:
   big: {{fleet: acme/big, auth: good}}
   guest: {{fleet: acme/sick, auth: guest}}
   gone: {{fleet: acme/gone, auth: good}}
+  limited: {{fleet: acme/sick, auth: limited}}
 "#
     )
 }
@@ -248,6 +254,13 @@ async fn the_fault_matrix() {
                     FaultRule::always("/v7/device", fault()).when_query_contains(&only_sick),
                 );
                 ("sick", "2", reason)
+            }
+            Make::HoldingFault(fault, reason) => {
+                app.sim.clear_faults();
+                app.sim.inject(
+                    FaultRule::always("/v7/device", fault()).when_query_contains(&only_sick),
+                );
+                ("limited", "2", reason)
             }
             Make::Target(target, reason) => {
                 app.sim.clear_faults();
@@ -348,8 +361,12 @@ async fn data_cases(app: &TestApp, only_sick: &str, f: &mut Failures) {
     let weird_tag = "back\\slash \"quoted\"\nnext %2F";
     app.sim
         .with_world_mut(|w| w.set_tag(ids[2], "location", weird_tag));
-    let (ok, _, m) = result_of(app, "sick", "5").await;
-    f.check(ok == 1.0, "data cases", format!("probe_success {ok}"));
+    let (ok, why, m) = result_of(app, "sick", "5").await;
+    f.check(
+        ok == 1.0,
+        "data cases",
+        format!("probe_success {ok}: {why}"),
+    );
 
     let case = "unknown_enum_values";
     let u0 = uuid(0);

@@ -132,3 +132,80 @@ async fn the_cache_stays_under_its_bound_and_empties_after_expiry() {
     assert_eq!(own.value("balena_exporter_cache_bytes", &[]), 0.0);
     app.stop().await;
 }
+
+/// A 503 (or 429) with `Retry-After` holds every request of that auth — probes, discovery and
+/// the background services read — until it passes, capped by `api.max_retry_after`: a probe
+/// meanwhile answers at once with `probe_success 0`, reason `rate_limited`, no request sent,
+/// and its debug page says until when; `/metrics` shows the hold. Another auth over the same
+/// fleets is untouched. The simulator counts the requests.
+#[actix_rt::test]
+async fn retry_after_holds_one_auth_until_it_passes() {
+    let app = spawn_with(world(&[("shop", 3), ("depot", 2)]), |url| {
+        format!(
+            "api:\n  url: {url}\n  timeout: 5s\n  cache_ttl: 0s\n  fleet_cache_ttl: 0s\n  max_retry_after: 3s\nauths:\n  held:\n    token: {TOKEN}\n  other:\n    token: {TOKEN}\ntargets:\n  shop: {{fleet: acme/shop, auth: held}}\n  org: {{org: acme, auth: held}}\n  shop-other: {{fleet: acme/shop, auth: other}}\n"
+        )
+    })
+    .await;
+    // Services read first (so a hold cannot be mistaken for a missing snapshot).
+    assert_eq!(
+        app.probe("target=shop").await.value("probe_success", &[]),
+        1.0
+    );
+    app.sim
+        .inject(FaultRule::always("/v7/device", Fault::Unavailable(Some("3600".into()))).times(1));
+    let first = app.get("/probe?target=shop&debug=true").await.body;
+    assert!(first.contains("probe_success 0"), "{first}");
+    assert!(
+        first.contains("HTTP 503 with Retry-After: every request of auth held held for 3s (asked 3600s; api.max_retry_after)"),
+        "{first}"
+    );
+    let sent = app.sim.requests("/v7");
+    let started = std::time::Instant::now();
+    for target in ["shop", "org"] {
+        let debug = app
+            .get(&format!("/probe?target={target}&debug=true"))
+            .await
+            .body;
+        assert!(debug.contains("Result: failure (rate_limited)"), "{debug}");
+        assert!(
+            debug.contains("its requests are held until 20") && debug.contains("so none was sent"),
+            "the debug page says until when: {debug}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered at once"
+    );
+    // Discovery of the org target under the held auth sends nothing either.
+    let sd = app.get("/sd").await;
+    assert_eq!(sd.status, 200);
+    assert_eq!(app.sim.requests("/v7"), sent, "no request of the held auth");
+    // The other auth reads the same fleet meanwhile.
+    let other = app.probe("target=shop-other").await;
+    assert_eq!(other.value("probe_success", &[]), 1.0);
+    assert!(app.sim.requests("/v7") > sent, "the other auth is not held");
+    let own = parse(&app.get("/metrics").await.body);
+    let left = own.value("balena_exporter_api_hold_seconds", &[("auth", "held")]);
+    assert!(left > 0.0 && left <= 3.0, "{left}");
+    assert!(own
+        .find("balena_exporter_api_hold_seconds", &[("auth", "other")])
+        .is_empty());
+    let not_sent: f64 = own
+        .find(
+            "balena_exporter_upstream_requests_not_sent_total",
+            &[("auth", "held")],
+        )
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert!(not_sent >= 2.0, "{not_sent}");
+    // Once it passes, the auth asks again.
+    actix_rt::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(
+        app.probe("target=shop").await.value("probe_success", &[]),
+        1.0
+    );
+    let own = parse(&app.get("/metrics").await.body);
+    assert!(!own.has("balena_exporter_api_hold_seconds"), "no hold left");
+    app.stop().await;
+}

@@ -1,225 +1,13 @@
-//! Turns balena rows into series: per-device samples as pages arrive, and per-fleet
-//! aggregates once a fleet's devices are all counted. Pure functions of the data; the probe
-//! decides what to fetch, this decides what to write.
+//! Device series: one table of per-device families ([`DEVICE_FAMILIES`]), each device's series
+//! computed once from its row ([`DeviceSeries`]) and written as it arrives ([`write_device`]),
+//! and the opt-in services of each device ([`write_device_services`]).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
-use super::application::{write_application, write_releases, Pairs};
-use crate::balena::model::{Device, Fleet};
-use crate::config::ModuleConfig;
+use super::labels::{flag, heartbeat_label, parse_timestamp, status_label, update_status_label};
+use crate::balena::model::Device;
 use crate::exposition::Exposition;
-use crate::metrics::{self as m, KNOWN_HEARTBEATS, KNOWN_STATUSES, KNOWN_UPDATE_STATUSES, MIB};
-
-/// Running counts of one fleet.
-#[derive(Debug, Clone)]
-pub struct FleetStats {
-    /// The fleet row.
-    pub fleet: Fleet,
-    /// Devices counted.
-    pub devices: u64,
-    /// `is_online` true.
-    pub online: u64,
-    /// Per `overall_status` (known values pre-filled with 0).
-    pub status: BTreeMap<String, u64>,
-    /// Per `api_heartbeat_state`.
-    pub heartbeat: BTreeMap<String, u64>,
-    /// Running the release they should run.
-    pub on_target: u64,
-    /// Online, with a target release, running another.
-    pub online_not_on_target: u64,
-    /// Undervolted.
-    pub undervolted: u64,
-    /// Current services per (service name, status), from the services snapshot.
-    pub services: Pairs,
-    /// When the services were read (Unix seconds); `None` when there are none to show.
-    pub services_read_at: Option<f64>,
-    /// Per `update_status` (known values and `none` pre-filled with 0).
-    pub update_status: BTreeMap<String, u64>,
-    /// Per running release commit (`none` when unknown).
-    pub releases: BTreeMap<String, u64>,
-    /// Pinned to a release.
-    pub pinned: u64,
-    /// Per (os_version, os_variant).
-    pub os: Pairs,
-    /// Per supervisor version.
-    pub supervisor: BTreeMap<String, u64>,
-    /// The earliest `last_update_status_event` of a device downloading or applying an update
-    /// (Unix seconds; per-device modules select the field).
-    pub updating_since: Option<f64>,
-}
-
-impl FleetStats {
-    /// Zero counts for a fleet.
-    pub fn new(fleet: Fleet) -> Self {
-        Self {
-            fleet,
-            devices: 0,
-            online: 0,
-            status: KNOWN_STATUSES.iter().map(|s| (s.to_string(), 0)).collect(),
-            heartbeat: KNOWN_HEARTBEATS
-                .iter()
-                .map(|s| (s.to_string(), 0))
-                .collect(),
-            on_target: 0,
-            online_not_on_target: 0,
-            undervolted: 0,
-            services: Pairs::default(),
-            services_read_at: None,
-            update_status: KNOWN_UPDATE_STATUSES
-                .iter()
-                .map(|s| (s.to_string(), 0))
-                .collect(),
-            releases: BTreeMap::new(),
-            pinned: 0,
-            os: Pairs::default(),
-            supervisor: BTreeMap::new(),
-            updating_since: None,
-        }
-    }
-
-    /// Counts one device.
-    pub fn add(&mut self, d: &Device) {
-        self.devices += 1;
-        self.online += u64::from(d.is_online == Some(true));
-        bump(&mut self.status, status_label(d));
-        bump(&mut self.heartbeat, heartbeat_label(d));
-        let on_target = d.on_target_release();
-        self.on_target += u64::from(on_target == Some(true));
-        self.online_not_on_target +=
-            u64::from(on_target == Some(false) && d.is_online == Some(true));
-        self.undervolted += u64::from(d.is_undervolted == Some(true));
-        let update = update_status_label(d);
-        if matches!(update.as_ref(), "downloading" | "applying changes") {
-            if let Some(t) = d
-                .last_update_status_event
-                .as_deref()
-                .and_then(parse_timestamp)
-            {
-                self.updating_since = Some(self.updating_since.map_or(t, |s| s.min(t)));
-            }
-        }
-        bump(&mut self.update_status, update);
-        let release = d.release();
-        bump(
-            &mut self.releases,
-            Cow::Borrowed(if release.is_empty() { "none" } else { release }),
-        );
-        self.pinned += u64::from(d.is_pinned_on__release.is_some());
-        self.os
-            .bump(Device::str_of(&d.os_version), Device::str_of(&d.os_variant));
-        bump(
-            &mut self.supervisor,
-            Cow::Borrowed(Device::str_of(&d.supervisor_version)),
-        );
-    }
-}
-
-/// Adds one to a counter map without allocating for keys already present.
-fn bump(map: &mut BTreeMap<String, u64>, key: Cow<'_, str>) {
-    match map.get_mut(key.as_ref()) {
-        Some(n) => *n += 1,
-        None => {
-            map.insert(key.into_owned(), 1);
-        }
-    }
-}
-
-/// The device's `overall_status` as a label value (unknown values kept, sanitised).
-fn status_label<'a>(d: &'a Device) -> Cow<'a, str> {
-    enum_label(d.overall_status.as_deref(), KNOWN_STATUSES)
-}
-
-/// The device's `update_status` as a label value (`none` for null).
-pub(super) fn update_status_label<'a>(d: &'a Device) -> Cow<'a, str> {
-    match d.update_status.as_deref() {
-        None => Cow::Borrowed("none"),
-        v => enum_label(v, KNOWN_UPDATE_STATUSES),
-    }
-}
-
-fn heartbeat_label<'a>(d: &'a Device) -> Cow<'a, str> {
-    enum_label(d.api_heartbeat_state.as_deref(), KNOWN_HEARTBEATS)
-}
-
-pub(super) fn enum_label<'a>(value: Option<&'a str>, known: &[&str]) -> Cow<'a, str> {
-    match value {
-        Some(v) if known.contains(&v) => Cow::Borrowed(v),
-        Some(v) => Cow::Owned(m::sanitize_enum(v)),
-        None => Cow::Borrowed("unknown"),
-    }
-}
-
-fn flag(b: bool) -> f64 {
-    if b {
-        1.0
-    } else {
-        0.0
-    }
-}
-
-/// Writes the fleet-level series of one fleet.
-pub fn write_fleet(out: &mut Exposition, s: &FleetStats, module: &ModuleConfig) {
-    let f = &s.fleet;
-    let slug = f.slug.as_str();
-    let id = f.id.to_string();
-    out.gauge(
-        m::FLEET_INFO,
-        &[
-            ("fleet", slug),
-            ("fleet_id", &id),
-            ("organization", f.organization_handle()),
-            ("device_type", f.device_type()),
-            ("target_release", f.target_release()),
-        ],
-        1.0,
-    );
-    if !module.counts_only {
-        out.gauge(m::FLEET_DEVICES, &[("fleet", slug)], s.devices as f64);
-    }
-    out.gauge(m::FLEET_DEVICES_ONLINE, &[("fleet", slug)], s.online as f64);
-    if module.legacy_devices_online {
-        out.gauge(
-            m::LEGACY_DEVICES_ONLINE,
-            &[("fleet_name", &f.app_name)],
-            s.online as f64,
-        );
-    }
-    write_releases(out, f);
-    if module.counts_only {
-        return;
-    }
-    write_application(out, s, module);
-    for (status, n) in &s.status {
-        out.gauge(
-            m::FLEET_DEVICES_STATUS,
-            &[("fleet", slug), ("status", status)],
-            *n as f64,
-        );
-    }
-    for (state, n) in &s.heartbeat {
-        out.gauge(
-            m::FLEET_DEVICES_HEARTBEAT,
-            &[("fleet", slug), ("state", state)],
-            *n as f64,
-        );
-    }
-    out.gauge(
-        m::FLEET_DEVICES_ON_TARGET,
-        &[("fleet", slug)],
-        s.on_target as f64,
-    );
-    out.gauge(
-        m::FLEET_DEVICES_ONLINE_NOT_ON_TARGET,
-        &[("fleet", slug)],
-        s.online_not_on_target as f64,
-    );
-    out.gauge(
-        m::FLEET_DEVICES_UNDERVOLTED,
-        &[("fleet", slug)],
-        s.undervolted as f64,
-    );
-}
+use crate::metrics::{self as m, MIB};
 
 /// The label a device family carries besides `fleet`, `device_uuid` and `device_name`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,12 +209,28 @@ pub fn write_device(out: &mut Exposition, fleet: &str, d: &Device, tags: &[(Stri
     }
 }
 
-/// ISO-8601 → Unix seconds (fractional).
-pub fn parse_timestamp(text: &str) -> Option<f64> {
-    let t = humantime::parse_rfc3339_weak(text).ok()?;
-    t.duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_secs_f64())
+/// Writes the opt-in `balena_device_service_status` of one device: one series per current
+/// service (as (name, status label)), its status as a label.
+pub fn write_device_services<'s>(
+    out: &mut Exposition,
+    fleet: &str,
+    uuid: &str,
+    name: &str,
+    services: impl Iterator<Item = (&'s str, &'s str)>,
+) {
+    for (service, status) in services {
+        out.gauge(
+            m::DEVICE_SERVICE_STATUS,
+            &[
+                ("fleet", fleet),
+                ("device_uuid", uuid),
+                ("device_name", name),
+                ("service", service),
+                ("status", status),
+            ],
+            1.0,
+        );
+    }
 }
 
 #[cfg(test)]
@@ -456,23 +260,5 @@ mod tests {
         assert!(!names.contains(&"balena_device_memory_total_bytes"));
         assert!(!names.contains(&"balena_device_cpu_temperature_celsius"));
         assert!(!names.contains(&"balena_device_update_progress_ratio"));
-    }
-
-    #[test]
-    fn unknown_enum_values_are_kept_and_counted() {
-        let fleet: Fleet =
-            serde_json::from_value(serde_json::json!({"id": 1, "slug": "o/f"})).unwrap();
-        let mut s = FleetStats::new(fleet);
-        s.add(&device(
-            serde_json::json!({"overall_status": "Frozen Solid", "api_heartbeat_state": "online"}),
-        ));
-        s.add(&device(
-            serde_json::json!({"overall_status": "operational"}),
-        ));
-        assert_eq!(s.status["frozen solid"], 1);
-        assert_eq!(s.status["operational"], 1);
-        assert_eq!(s.status["updating"], 0);
-        assert_eq!(s.heartbeat["unknown"], 1);
-        assert_eq!(s.devices, 2);
     }
 }

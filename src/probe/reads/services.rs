@@ -1,8 +1,8 @@
-//! A target's services: the container status of each device's current services, from a
-//! listing of the target's image installs ([`balena::installs`]) and the service name of each
-//! image they point to ([`balena::service_names`]), kept as a compact [`Snapshot`] that probes
-//! join to their device listing by device id. When it is read again is [`super::snapshots`]'
-//! business.
+//! A target's services, the first background read ([`Services`]): the container status of
+//! each device's current services, from a listing of the target's image installs
+//! ([`balena::installs`]) and the service name of each image they point to
+//! ([`balena::service_names`]), kept as a compact [`Snapshot`] that probes join to their device
+//! listing by device id. When it is read again is the [`super::Scheduler`]'s business.
 //!
 //! A device's *current* service is, per service name, its newest install that is not `deleted`
 //! (latest `install_date`, then highest id), as balena's dashboard shows first and balena-sdk's
@@ -10,12 +10,43 @@
 //! install (`Downloading`, `Downloaded`, `Installing`…) while the old one still runs.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use super::application::install_status_label;
-use super::series::parse_timestamp;
+use futures_util::future::LocalBoxFuture;
+
+use super::{Bounds, Read};
+use crate::balena::keyset::Gate;
 use crate::balena::model::InstallRow;
 use crate::balena::{self, BalenaError, DeviceScope, Session};
+use crate::config::ModuleConfig;
+use crate::probe::labels::{install_status_label, parse_timestamp};
+
+/// The services read: modules with `services: true`, every `services_interval`.
+#[derive(Debug)]
+pub struct Services;
+
+impl Read for Services {
+    fn name(&self) -> &'static str {
+        "services"
+    }
+
+    fn interval(&self, module: &ModuleConfig) -> Option<Duration> {
+        (module.services && module.devices_listed()).then_some(module.services_interval)
+    }
+
+    fn read<'a>(
+        &'a self,
+        session: &'a Session<'a>,
+        scope: &'a DeviceScope,
+        bounds: Bounds,
+    ) -> LocalBoxFuture<'a, Result<Arc<dyn super::Snapshot>, BalenaError>> {
+        Box::pin(async move {
+            let snapshot: Arc<dyn super::Snapshot> = Arc::new(read(session, scope, bounds).await?);
+            Ok(snapshot)
+        })
+    }
+}
 
 /// One current service of one device: indexes into the snapshot's names and statuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -35,6 +66,24 @@ pub struct Snapshot {
     pub read_at: SystemTime,
     /// Image installs listed (not deleted).
     pub installs: usize,
+}
+
+impl super::Snapshot for Snapshot {
+    fn bytes(&self) -> usize {
+        Snapshot::bytes(self)
+    }
+
+    fn read_at(&self) -> SystemTime {
+        self.read_at
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} image installs ({} current services)",
+            self.installs,
+            self.entries.len()
+        )
+    }
 }
 
 impl Snapshot {
@@ -100,6 +149,10 @@ impl Interner {
         i
     }
 }
+
+/// What one listed install costs while the read runs: the row kept until the listing ends, and
+/// the listing's own record of it.
+pub const BYTES_PER_INSTALL: usize = std::mem::size_of::<Listed>() + Gate::BYTES_PER_ROW;
 
 /// An install as listed, before the newest of each device's service is chosen (40 bytes).
 #[derive(Debug, Clone, Copy)]
@@ -194,12 +247,17 @@ impl SnapshotBuilder {
     }
 }
 
-/// Reads the services of the devices in `scope`: the install listing, then the service names
-/// of the images it points to.
-pub async fn read(s: &Session<'_>, scope: &DeviceScope) -> Result<Snapshot, BalenaError> {
+/// Reads the services of the devices in `scope`: the install listing (at most as many rows as
+/// `bounds` allow), then the service names of the images it points to.
+pub async fn read(
+    s: &Session<'_>,
+    scope: &DeviceScope,
+    bounds: Bounds,
+) -> Result<Snapshot, BalenaError> {
     let read_at = SystemTime::now();
     let mut builder = SnapshotBuilder::default();
-    balena::installs(s, scope, |row| builder.add(&row)).await?;
+    let max_rows = bounds.max_rows(BYTES_PER_INSTALL);
+    balena::installs(s, scope, max_rows, |row| builder.add(&row)).await?;
     let names = balena::service_names(s, &builder.images()).await?;
     if builder.incomplete > 0 {
         s.note(format_args!(
