@@ -9,6 +9,9 @@ mod helpers;
 #[allow(dead_code)]
 #[path = "support/process.rs"]
 mod process;
+#[allow(dead_code)]
+#[path = "api/stub.rs"]
+mod stub;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -322,5 +325,118 @@ async fn the_documented_log_lines_and_the_demo_banner_are_what_the_binary_writes
             }
         }
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An image-install listing that never ends: every page brings 1,000 new rows after the id
+/// asked for. The fleet has one device.
+fn endless_installs(head: &str) -> String {
+    if !head.starts_with("GET /v7/image_install") {
+        return stub::one_device_fleet(head);
+    }
+    let after: u64 = head
+        .split("id%20gt%20")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let rows: Vec<String> = (after + 1..=after + 1000)
+        .map(|id| format!(r#"{{"id":{id},"device":{{"__id":5}},"installs__image":{{"__id":{}}},"status":"Running","install_date":"2026-01-01T00:00:00Z"}}"#, id % 50 + 1))
+        .collect();
+    format!(r#"{{"d":[{}]}}"#, rows.join(","))
+}
+
+/// `VmHWM` (peak resident size) or `VmRSS` of a process, in bytes.
+fn memory(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// The bound of a background read, as the binary holds it: an install listing that never ends
+/// fails `over_bound` once it passes a quarter of `api.background_max_bytes` (16 MiB here), the
+/// listing stops there (no request after), the probe succeeds all along, and the process's
+/// peak resident size grows by less than the whole budget (16 MiB) over its size before.
+#[actix_rt::test]
+async fn an_endless_install_listing_is_held_within_its_bound() {
+    let api = stub::StubApi::start(
+        endless_installs,
+        Duration::ZERO,
+        stub::Connections::KeepAlive,
+    );
+    let dir = std::env::temp_dir().join(format!("balena-exporter-endless-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "api:\n  url: {}\n  page_size: 1000\n  background_max_bytes: 16MiB\n  cache_ttl: 0s\nauths:\n  a:\n    token: tok-endless-1\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n",
+            api.url
+        ),
+    )
+    .unwrap();
+    let exp = start(&[format!("--config.file={}", file.display())]).await;
+    let pid = exp.child.id();
+    let client = awc::Client::new();
+    let get = |path: &str| {
+        let url = format!("{}{path}", exp.base);
+        let client = client.clone();
+        async move {
+            let mut r = client.get(url).send().await.unwrap();
+            String::from_utf8(r.body().limit(1 << 22).await.unwrap().to_vec()).unwrap()
+        }
+    };
+    get("/metrics").await;
+    let before = memory(pid, "VmRSS:");
+    let probe = get("/probe?target=t").await;
+    assert!(probe.contains("probe_success 1"), "{probe}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let own = parse(&get("/metrics").await);
+        let failed = own.find(
+            "balena_exporter_background_reads_total",
+            &[("read", "services"), ("result", "over_bound")],
+        );
+        if failed.first().is_some_and(|s| s.value == 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the read never failed over_bound"
+        );
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pages = api.answered();
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api.answered(), pages, "the listing stopped at its bound");
+    let peak = memory(pid, "VmHWM:");
+    let grown = peak.saturating_sub(before);
+    eprintln!(
+        "endless listing: {pages} pages, RSS before {} KiB, peak {} KiB",
+        before >> 10,
+        peak >> 10
+    );
+    assert!(
+        grown < 16 * 1024 * 1024,
+        "peak RSS grew by {} MiB (from {} MiB)",
+        grown >> 20,
+        before >> 20
+    );
+    let debug = get("/probe?target=t&debug=true").await;
+    assert!(debug.contains("probe_success 1"), "{debug}");
+    assert!(
+        debug.contains("the read failed: more than ") || debug.contains("failed: more than "),
+        "{debug}"
+    );
+    assert!(
+        debug.contains("image install rows (the bound set by api.background_max_bytes)"),
+        "{debug}"
+    );
+    drop(exp);
+    api.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,6 +2,7 @@
 
 mod abuse;
 mod application;
+mod background;
 mod docs;
 mod egress;
 mod faults;

@@ -163,3 +163,85 @@ async fn a_close_delimited_answer_fails_and_says_why() {
         "{debug}"
     );
 }
+
+/// Five devices with distinct uuids and one id: which row is the device? The listing fails,
+/// it never counts one device.
+fn one_id_five_rows(head: &str) -> String {
+    answer(head, || {
+        let uuids: Vec<String> = (0..5).map(|i| format!("{i:032x}")).collect();
+        let rows: Vec<(u64, &str)> = uuids.iter().map(|u| (5, u.as_str())).collect();
+        device_rows(&rows)
+    })
+}
+
+fn a_row_without_id(head: &str) -> String {
+    answer(head, || {
+        device_rows(&[(5, UUID_A), (9, UUID_B)]).replace("\"id\":9,", "")
+    })
+}
+
+#[actix_rt::test]
+async fn one_id_on_differing_rows_or_a_row_without_id_fails_the_probe() {
+    let (ok, devices, debug) = probe_stub(one_id_five_rows).await;
+    assert_eq!(ok, 0.0, "{debug}");
+    assert_eq!(devices, -1.0, "never one device out of five: {debug}");
+    assert!(debug.contains("failure (inconsistent)"), "{debug}");
+    assert!(
+        debug.contains("the device listing cannot be trusted: two different rows of id 5"),
+        "{debug}"
+    );
+    let (ok, devices, debug) = probe_stub(a_row_without_id).await;
+    assert_eq!((ok, devices), (0.0, -1.0), "{debug}");
+    assert!(
+        debug.contains("the device listing cannot be trusted: a row without an id"),
+        "{debug}"
+    );
+}
+
+/// Image installs without an id: the services read fails `inconsistent` (services are never
+/// undercounted as a success), the probe itself succeeds without services, and the next probe's
+/// debug page and `/metrics` say why.
+fn installs_without_id(head: &str) -> String {
+    if head.starts_with("GET /v7/image_install") && !head.contains("%20gt%20") {
+        r#"{"d":[{"device":{"__id":5},"installs__image":{"__id":7},"status":"Running","install_date":"2026-01-01T00:00:00Z"},{"device":{"__id":5},"installs__image":{"__id":8},"status":"Running","install_date":"2026-01-01T00:00:00Z"}]}"#.into()
+    } else if head.starts_with("GET /v7/image?") {
+        r#"{"d":[{"id":7,"is_a_build_of__service":[{"service_name":"main"}]},{"id":8,"is_a_build_of__service":[{"service_name":"db"}]}]}"#.into()
+    } else {
+        crate::stub::one_device_fleet(head)
+    }
+}
+
+#[actix_rt::test]
+async fn install_rows_without_id_fail_the_services_read_visibly() {
+    let stub = StubApi::start(installs_without_id, Duration::ZERO, Connections::KeepAlive);
+    let url = stub.url.clone();
+    let app = spawn_with(world(&[]), |_| {
+        format!("api:\n  url: {url}\n  cache_ttl: 0s\nauths:\n  a:\n    token: secret-tok-9c1e\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n")
+    })
+    .await;
+    let first = app.probe("target=t").await;
+    assert_eq!(first.value("probe_success", &[]), 1.0);
+    assert_eq!(first.value("balena_fleet_devices", &[]), 1.0);
+    assert!(
+        !first.has("balena_fleet_services"),
+        "no services from untrusted rows"
+    );
+    let debug = app.get("/probe?target=t&debug=true").await.body;
+    assert!(
+        debug.contains("services: the last read of fleet 1")
+            && debug.contains(
+                "failed: the image install listing cannot be trusted: a row without an id"
+            ),
+        "{debug}"
+    );
+    let own = parse(&app.get("/metrics").await.body);
+    assert_eq!(
+        own.value(
+            "balena_exporter_background_reads_total",
+            &[("read", "services"), ("result", "inconsistent")]
+        ),
+        1.0
+    );
+    app.stop().await;
+    stub.stop();
+}
