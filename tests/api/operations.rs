@@ -212,6 +212,28 @@ async fn basic_auth_guards_every_path() {
     app.stop().await;
 }
 
+/// Twenty concurrent first requests with the right password from one source, right after
+/// start: all answered 200 (they wait for the one bcrypt instead of being turned away).
+#[actix_rt::test]
+async fn concurrent_first_requests_with_the_right_password_all_get_in() {
+    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
+    let cfg = config::from_yaml_str(&default_config(&sim.url(), &["screens"]), "t.yml").unwrap();
+    let web = WebConfig {
+        basic_auth_users: BTreeMap::from([("prom".to_string(), bcrypt::hash("pw", 6).unwrap())]),
+        ..Default::default()
+    };
+    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
+    settings.web = Some((web, None));
+    let app = spawn_settings(sim, settings).await;
+    let good = format!("Basic {}", base64_encode("prom:pw"));
+    let header = [("Authorization", good.as_str())];
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| app.get_with("/metrics", &header))).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, vec![200; 20]);
+    app.stop().await;
+}
+
 /// `--web.health-without-auth`: the two health paths answer without credentials (for kubelet
 /// probes), every other path still needs them.
 #[actix_rt::test]
