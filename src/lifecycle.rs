@@ -49,6 +49,10 @@ impl Lifecycle {
     /// alike.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let result = reload_off_thread(self.config.clone(), self.wait_stopping()).await;
+        // A load parses the files into several trees (YAML values, figment's, the config): the
+        // allocator keeps their freed pages unless asked (a 4 MiB file's reload would leave
+        // hundreds of MiB resident for good).
+        crate::telemetry::return_freed_memory();
         match &result {
             Ok(Reloaded::Swapped) => {
                 self.metrics.observe_reload(true);

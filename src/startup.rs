@@ -139,7 +139,11 @@ fn load_config(cli: &Cli) -> anyhow::Result<(config::Config, Option<LoadOptions>
         files,
         expand_env: cli.expand_env,
     };
-    Ok((config::load(&opts)?, Some(opts)))
+    let config = config::load(&opts)?;
+    // The parse trees of a large file are garbage now: hand their pages back (lifecycle.rs
+    // does the same after each reload).
+    crate::telemetry::return_freed_memory();
+    Ok((config, Some(opts)))
 }
 
 /// The demo: the simulator on a free loopback port and the embedded config pointing at it.

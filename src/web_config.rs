@@ -163,7 +163,20 @@ pub fn load(path: &Path) -> Result<(WebConfig, Option<rustls::ServerConfig>), We
         // would otherwise keep only its last hash, silently).
         // The parser's messages quote the value they refused (`invalid type: string "…"`),
         // which can be a password written where a hash belongs: quoted text is left out.
-        let refused = |e: serde_yaml::Error| err(path, without_quoted_text(&e.to_string()));
+        let refused = |e: serde_yaml::Error| {
+            let one_line: String = without_quoted_text(&e.to_string())
+                .chars()
+                .flat_map(|c| {
+                    let escaped: Vec<char> = if c.is_control() {
+                        c.escape_default().collect()
+                    } else {
+                        vec![c]
+                    };
+                    escaped
+                })
+                .collect();
+            err(path, one_line)
+        };
         serde_yaml::from_str::<serde_yaml::Value>(&text).map_err(refused)?;
         serde_yaml::from_str(&text).map_err(refused)?
     };

@@ -58,6 +58,9 @@ impl BalenaClient {
                 concat!("balena-exporter/", env!("CARGO_PKG_VERSION")),
             ))
             .disable_timeout()
+            // A redirect is never followed: the token would go with it, perhaps to another
+            // host. The 3xx is the answer, and the error names where it pointed.
+            .disable_redirects()
             .finish();
         *slot = Some((transport.fingerprint(), client.clone()));
         client
@@ -448,9 +451,13 @@ impl<'a> Session<'a> {
                     Event::Head {
                         status: s,
                         retry_after,
+                        location,
                     } => {
                         status = Some(s);
                         self.hold_if_asked(s, retry_after.as_ref());
+                        if (300..400).contains(&s) {
+                            return Err(redirect_error(s, url, location.as_ref()));
+                        }
                         if !(200..300).contains(&s) {
                             return Err(status_error(s, retry_after.as_ref()));
                         }
@@ -505,6 +512,37 @@ impl Failure {
             body_started: false,
         }
     }
+}
+
+/// A redirect, which is never followed: where it pointed (scheme, host and port only; a path
+/// or query could carry anything), and whether that is another origin than `api.url`'s.
+fn redirect_error(status: u16, from: &str, location: Option<&HeaderValue>) -> BalenaError {
+    let from = url::Url::parse(from).ok();
+    let to = location
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| match &from {
+            Some(base) => base.join(l).ok(),
+            None => url::Url::parse(l).ok(),
+        });
+    let origin = |u: &url::Url| {
+        format!(
+            "{}://{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        )
+    };
+    let why = match (&from, &to) {
+        (_, None) => "a redirect without a usable Location".to_string(),
+        (Some(f), Some(t)) if origin(f) == origin(t) => {
+            format!("a redirect within {} (not followed)", origin(t))
+        }
+        (_, Some(t)) => format!(
+            "a redirect to another host, {} (not followed: the token would go with it; check api.url)",
+            origin(t)
+        ),
+    };
+    BalenaError::Transport(format!("HTTP {status}: {why}"))
 }
 
 /// Maps a non-2xx status to a typed error.

@@ -29,6 +29,8 @@ pub enum Event {
         status: u16,
         /// The `Retry-After` header, if any.
         retry_after: Option<HeaderValue>,
+        /// `Location` of a redirect (never followed: the token would go with it).
+        location: Option<HeaderValue>,
     },
     /// A piece of a 2xx body (only 2xx bodies are read).
     Chunk(Bytes),
@@ -90,6 +92,7 @@ async fn run(
     let head = Event::Head {
         status,
         retry_after: resp.headers().get("retry-after").cloned(),
+        location: resp.headers().get("location").cloned(),
     };
     if tx.send(head).await.is_err() || !resp.status().is_success() {
         // Nobody reads on, or an error status whose body is not needed: the API is done.

@@ -95,7 +95,8 @@ impl Transport {
     /// The transport `api` describes, its files read now. The error names the key.
     pub fn from_config(api: &ApiConfig) -> Result<Self, (String, String)> {
         let (proxy_url, no_proxy) = if api.proxy_from_environment {
-            proxy_from_environment(api.url.scheme())
+            proxy_from_environment(api.url.scheme(), |n| std::env::var(n).ok())
+                .map_err(|why| ("api.proxy_from_environment".to_string(), why))?
         } else {
             (api.proxy_url.clone(), api.no_proxy.clone())
         };
@@ -178,26 +179,42 @@ fn proxy_of(url: &url::Url) -> Result<Proxy, (String, String)> {
 }
 
 /// `HTTPS_PROXY` or `HTTP_PROXY` (by the API URL's scheme; lowercase names too) and
-/// `NO_PROXY`, as Go's `ProxyFromEnvironment` reads them. A value that is not a URL is read
-/// as `http://VALUE`.
-fn proxy_from_environment(scheme: &str) -> (Option<url::Url>, String) {
-    let var = |names: &[&str]| {
+/// `NO_PROXY`, as Go's `ProxyFromEnvironment` reads them. A value without a scheme
+/// (`proxy:3128`) is read as `http://VALUE`; one that has a scheme but is no URL
+/// (`http://[bad`) is an error naming the variable (never its value: it may hold a password).
+fn proxy_from_environment(
+    scheme: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Option<url::Url>, String), String> {
+    let var = |names: &[&'static str]| {
         names
             .iter()
-            .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+            .find_map(|n| env(n).filter(|v| !v.is_empty()).map(|v| (*n, v)))
     };
     let proxy = if scheme == "https" {
         var(&["HTTPS_PROXY", "https_proxy"])
     } else {
         var(&["HTTP_PROXY", "http_proxy"])
     };
-    let proxy = proxy.and_then(|p| {
-        url::Url::parse(&p)
-            .ok()
-            .filter(|u| u.has_host())
-            .or_else(|| url::Url::parse(&format!("http://{p}")).ok())
-    });
-    (proxy, var(&["NO_PROXY", "no_proxy"]).unwrap_or_default())
+    let proxy = match proxy {
+        None => None,
+        Some((name, p)) => {
+            let text = if p.contains("://") {
+                p
+            } else {
+                format!("http://{p}")
+            };
+            let url = url::Url::parse(&text)
+                .ok()
+                .filter(|u| u.has_host())
+                .ok_or_else(|| {
+                    format!("the environment variable {name} is not a proxy URL (expected http://host:port)")
+                })?;
+            Some(url)
+        }
+    };
+    let no_proxy = var(&["NO_PROXY", "no_proxy"]).map(|(_, v)| v);
+    Ok((proxy, no_proxy.unwrap_or_default()))
 }
 
 /// The rustls client config of `api.tls_config`, and the bytes of its files (for the
@@ -495,9 +512,20 @@ async fn tunnel(proxy: &Proxy, host: &str, port: u16) -> Result<TcpStream, Conne
             .read(&mut byte)
             .await
             .map_err(|e| failed(format!("proxy {}:{}: {e}", proxy.host, proxy.port)))?;
-        if n == 0 || answer.len() > MAX_PROXY_HEAD {
+        if n == 0 {
+            let how = if answer.is_empty() {
+                "without an answer".to_string()
+            } else {
+                format!("after {} bytes of an unfinished answer head", answer.len())
+            };
             return Err(failed(format!(
-                "the proxy {}:{} closed the CONNECT to {target} without an answer",
+                "the proxy {}:{} closed the CONNECT to {target} {how}",
+                proxy.host, proxy.port
+            )));
+        }
+        if answer.len() >= MAX_PROXY_HEAD {
+            return Err(failed(format!(
+                "the proxy {}:{} answered the CONNECT to {target} with a head longer than {MAX_PROXY_HEAD} bytes; given up",
                 proxy.host, proxy.port
             )));
         }
@@ -528,6 +556,37 @@ async fn tunnel(proxy: &Proxy, host: &str, port: u16) -> Result<TcpStream, Conne
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn proxy_variables_are_read_as_go_reads_them_and_a_bad_one_is_named_not_quoted() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |n: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == n)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let (url, no) = proxy_from_environment(
+            "https",
+            env(&[("https_proxy", "proxy:3128"), ("NO_PROXY", "x")]),
+        )
+        .unwrap();
+        assert_eq!(url.unwrap().as_str(), "http://proxy:3128/");
+        assert_eq!(no, "x");
+        let (url, _) =
+            proxy_from_environment("http", env(&[("HTTPS_PROXY", "http://other:1")])).unwrap();
+        assert!(url.is_none(), "http:// APIs read HTTP_PROXY only");
+        for bad in ["http://[bad", "http://user:hunter2@[bad"] {
+            let pairs: &'static [(&'static str, &'static str)] =
+                Box::leak(vec![("HTTPS_PROXY", bad)].into_boxed_slice());
+            let why = proxy_from_environment("https", env(pairs)).unwrap_err();
+            assert_eq!(
+                why,
+                "the environment variable HTTPS_PROXY is not a proxy URL (expected http://host:port)"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -560,20 +619,24 @@ mod tests {
     }
 
     /// Go's reading of the environment: by the API URL's scheme, a bare `host:port` taken as
-    /// `http://host:port`, `NO_PROXY` alongside. (Only this test sets these variables.)
+    /// `http://host:port`, `NO_PROXY` alongside.
     #[test]
     fn proxies_from_the_environment() {
-        std::env::set_var("HTTPS_PROXY", "proxy.corp:3128");
-        std::env::set_var("http_proxy", "http://other:8080");
-        std::env::set_var("NO_PROXY", "localhost,.corp");
-        let (https, no) = proxy_from_environment("https");
+        let vars = [
+            ("HTTPS_PROXY", "proxy.corp:3128"),
+            ("http_proxy", "http://other:8080"),
+            ("NO_PROXY", "localhost,.corp"),
+        ];
+        let env = |n: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, v)| v.to_string())
+        };
+        let (https, no) = proxy_from_environment("https", env).unwrap();
         assert_eq!(https.unwrap().as_str(), "http://proxy.corp:3128/");
         assert_eq!(no, "localhost,.corp");
-        let (http, _) = proxy_from_environment("http");
+        let (http, _) = proxy_from_environment("http", env).unwrap();
         assert_eq!(http.unwrap().as_str(), "http://other:8080/");
-        for v in ["HTTPS_PROXY", "http_proxy", "NO_PROXY"] {
-            std::env::remove_var(v);
-        }
     }
 
     #[test]

@@ -483,22 +483,8 @@ fn resolve_tokens(config: &mut Config, file: &str, expand_env: bool) -> Result<(
             }
         }
         let token = auth.secret().map(|t| t.expose_secret()).unwrap_or_default();
-        if token.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(invalid(
-                file,
-                key,
-                "the token contains spaces or control characters",
-            ));
-        }
-        // balena API keys and session tokens are printable ASCII; anything else (a
-        // zero-width space or a non-breaking space pasted with the key) is never accepted by
-        // the API and would only show as `unauthorized` on every probe.
-        if !token.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(invalid(
-                file,
-                key,
-                "the token contains characters other than printable ASCII (an invisible character pasted with it?)",
-            ));
+        if let Some(why) = super::token_file::token_problem(token) {
+            return Err(invalid(file, key, why));
         }
     }
     Ok(())
@@ -596,6 +582,13 @@ fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
                 "expected an http(s) URL, got {:?}",
                 super::shown_url(&api.url)
             ),
+        ));
+    }
+    if !api.url.username().is_empty() || api.url.password().is_some() {
+        return Err(invalid(
+            file,
+            "api.url",
+            "a user or password in the URL is never sent to the API (requests carry the auth's token as a Bearer header): remove it, and put the token under auths",
         ));
     }
     if api.timeout.is_zero() {
@@ -777,6 +770,10 @@ mod tests {
             (
                 "api:\n  url: ftp://x\n".to_string(),
                 "api.url: expected an http(s) URL",
+            ),
+            (
+                "api:\n  url: https://ops:hunter2@api.example.com\n".to_string(),
+                "api.url: a user or password in the URL is never sent to the API",
             ),
             (
                 "api:\n  max_concurrency: 0\n".to_string(),

@@ -56,13 +56,26 @@ fn read(path: &Path) -> Result<(SecretString, Stamp), String> {
     if token.is_empty() {
         return Err(format!("{} is empty", path.display()));
     }
-    if token.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(format!(
-            "the token in {} contains spaces or control characters",
-            path.display()
-        ));
+    if let Some(why) = token_problem(token) {
+        return Err(format!("{} in {}", why, path.display()));
     }
     Ok((SecretString::from(token.to_string()), before))
+}
+
+/// Why a token (already trimmed) can never be a balena API token, in words that quote none of
+/// it: the one rule for a token at load, in a file at load and in a file read again after it
+/// changed.
+pub fn token_problem(token: &str) -> Option<&'static str> {
+    if token.chars().any(|c| c.is_control() || c == ' ') {
+        return Some("the token contains spaces or control characters");
+    }
+    // balena API keys and session tokens are printable ASCII; anything else (a zero-width
+    // space or a non-breaking space pasted with the key) is never accepted by the API and would
+    // only show as `unauthorized` on every probe.
+    if !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Some("the token contains characters other than printable ASCII (an invisible character pasted with it?)");
+    }
+    None
 }
 
 /// The token of one `token_file`, re-read when the file changes.
@@ -241,15 +254,22 @@ mod tests {
             why.contains("is empty; keeping the previous token"),
             "{why}"
         );
-        // A file that cannot be used is described, never quoted.
-        for bad in ["cnry-secret with a space\n", "cnry-secret\u{7}\n"] {
+        // A file that cannot be used is described, never quoted; a rotated file is held to the
+        // rule a file is held to at load (a zero-width space, a non-breaking space).
+        for (bad, said) in [
+            ("cnry-secret with a space\n", "spaces or control characters"),
+            ("cnry-secret\u{7}\n", "spaces or control characters"),
+            ("cnry-secret\u{200b}\n", "other than printable ASCII"),
+            ("cnry\u{a0}secret\n", "other than printable ASCII"),
+        ] {
             swap(&dir, "..v3b", bad);
             let now = file.current();
             assert_eq!(now.token.expose_secret(), "second-token");
             let why = now.kept_because.unwrap();
+            assert!(why.contains(said) && !why.contains("cnry"), "{why}");
             assert!(
-                why.contains("spaces or control characters") && !why.contains("cnry"),
-                "{why}"
+                TokenFile::open("a", &dir.join("token"), None).is_err(),
+                "refused at load alike"
             );
             std::fs::remove_dir_all(dir.join("..v3b")).unwrap();
         }

@@ -386,3 +386,87 @@ fn bad_transport_settings_are_refused_by_key() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A proxy whose CONNECT answer head never ends (20 KiB of header lines) is reported as that,
+/// not as a proxy that closed without an answer.
+#[actix_rt::test]
+async fn a_connect_answer_head_past_its_cap_is_named_as_such() {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let mut head = b"HTTP/1.1 200 Connection established\r\n".to_vec();
+            for i in 0..1000 {
+                head.extend_from_slice(format!("X-Filler-{i}: 0123456789\r\n").as_bytes());
+            }
+            let _ = conn.write_all(&head);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
+    let dir = temp_dir("long-connect-head");
+    let url = sim.url().replace("127.0.0.1", "localhost");
+    let app = spawn_file(
+        sim,
+        &dir,
+        &config_with(&url, &format!("  proxy_url: {proxy}\n")),
+    )
+    .await;
+    let r = result(&app).await;
+    assert!(r.starts_with("Result: failure (transport)"), "{r}");
+    assert!(
+        r.contains("answered the CONNECT to localhost:")
+            && r.contains("with a head longer than 16384 bytes"),
+        "{r}"
+    );
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A redirect is never followed (the token would go with it): a 302 to another host fails the
+/// probe with the other origin named, and nothing is sent there.
+#[actix_rt::test]
+async fn a_cross_origin_redirect_is_not_followed_and_named() {
+    use std::io::{Read as _, Write as _};
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = elsewhere.local_addr().unwrap().port();
+    elsewhere.set_nonblocking(true).unwrap();
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", api.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in api.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 302 Found\r\nLocation: http://localhost:{other}/v7/application?steal=1\r\nContent-Length: 0\r\n\r\n"
+            );
+        }
+    });
+    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
+    let dir = temp_dir("redirect");
+    let app = spawn_file(sim, &dir, &config_with(&url, "")).await;
+    let r = result(&app).await;
+    assert!(r.starts_with("Result: failure (transport)"), "{r}");
+    assert!(
+        r.contains(&format!(
+            "HTTP 302: a redirect to another host, http://localhost:{other} (not followed"
+        )),
+        "{r}"
+    );
+    assert!(
+        !r.contains("steal"),
+        "no path or query of the Location: {r}"
+    );
+    assert!(
+        elsewhere.accept().is_err(),
+        "nothing was sent to the other host"
+    );
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
