@@ -15,15 +15,15 @@ use super::error::{BalenaError, GaveUp};
 use super::exchange::{self, Event};
 use super::limit::{AuthLimits, Priority, Slot};
 use super::transport::Transport;
-use crate::config::ApiConfig;
+use crate::config::{ApiConfig, Connection};
 use crate::metrics::ExporterMetrics;
 
 /// The per-worker client. Cheap to build; not `Send` (awc). Its awc client follows the
-/// config's transport (proxy, TLS): rebuilt when a reload changed it, kept (with its pooled
-/// connections) otherwise.
+/// config's connection (proxy, TLS): rebuilt when a reload changed it (the [`Connection`]
+/// is no longer equal), kept (with its pooled connections) otherwise.
 #[derive(Clone)]
 pub struct BalenaClient {
-    http: std::rc::Rc<RefCell<Option<(u64, awc::Client)>>>,
+    http: std::rc::Rc<RefCell<Option<(Connection, awc::Client)>>>,
     metrics: Arc<ExporterMetrics>,
     limits: Arc<AuthLimits>,
 }
@@ -38,15 +38,17 @@ impl BalenaClient {
         }
     }
 
-    /// The awc client for `transport`, over rustls with no default timeout (each call gets
-    /// its own).
-    fn http(&self, transport: &Transport) -> awc::Client {
+    /// The awc client for `connection`, over rustls with no default timeout (each call gets
+    /// its own); an error only for TLS material the load refused already.
+    fn http(&self, connection: &Connection) -> Result<awc::Client, BalenaError> {
         let mut slot = self.http.borrow_mut();
-        if let Some((fingerprint, client)) = slot.as_ref() {
-            if *fingerprint == transport.fingerprint() {
-                return client.clone();
+        if let Some((built_from, client)) = slot.as_ref() {
+            if built_from == connection {
+                return Ok(client.clone());
             }
         }
+        let transport = Transport::new(connection)
+            .map_err(|e| BalenaError::Transport(format!("api.tls_config: {e}")))?;
         let client = awc::Client::builder()
             .connector(transport.connector())
             .add_default_header((
@@ -62,8 +64,8 @@ impl BalenaClient {
             // host. The 3xx is the answer, and the error names where it pointed.
             .disable_redirects()
             .finish();
-        *slot = Some((transport.fingerprint(), client.clone()));
-        client
+        *slot = Some((connection.clone(), client.clone()));
+        Ok(client)
     }
 }
 
@@ -438,7 +440,8 @@ impl<'a> Session<'a> {
         auth.set_sensitive(true);
         let request = self
             .client
-            .http(&self.api.transport)
+            .http(&self.api.connection)
+            .map_err(Failure::not_sent)?
             .get(url)
             .insert_header((AUTHORIZATION, auth));
         let mut answer =

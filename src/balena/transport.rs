@@ -1,30 +1,21 @@
-//! How requests reach the API: directly, or through an HTTP proxy (`api.proxy_url`, or the
-//! environment's `HTTPS_PROXY`/`HTTP_PROXY` with `api.proxy_from_environment`) as CONNECT
-//! tunnels, except for the hosts of `no_proxy`; and over TLS as `api.tls_config` says (a private
-//! CA instead of the public roots, a client certificate, the name to verify, or no check at
-//! all). Named and read as Prometheus' `http_config` reads them.
-//!
-//! A [`Transport`] is built when the config is loaded (its files read then, so a reload re-reads
-//! them and a bad file is a config error); each worker's awc client is rebuilt only when the
-//! transport's settings or files changed ([`Transport::fingerprint`]).
+//! The connections to the API, built from the [`Connection`] the config resolved at load:
+//! directly, or through an HTTP proxy as CONNECT tunnels, except for the hosts of `no_proxy`;
+//! and over TLS with the material and name the connection carries. Each worker builds its awc
+//! client with [`Transport::new`] and keeps it while the config's connection is equal to the one
+//! it was built from (`balena::client`).
 
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use actix_rt::net::TcpStream;
-use actix_tls::connect::{ConnectError, ConnectInfo, Connection};
+use actix_tls::connect::{ConnectError, ConnectInfo, Connection as TlsConnection};
 use awc::http::Uri;
 use base64::Engine as _;
 use futures_util::future::LocalBoxFuture;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::config::files::{pem_certs, pem_key};
-use crate::config::{ApiConfig, TlsClientConfig};
+use crate::config::Connection;
 
 /// A proxy: where to connect, and the `Proxy-Authorization` to send (from its URL's
 /// user and password).
@@ -54,7 +45,6 @@ pub struct Transport {
     no_proxy: Vec<NoProxy>,
     server_name: Option<String>,
     tls: Arc<rustls::ClientConfig>,
-    fingerprint: u64,
 }
 
 impl std::fmt::Debug for Transport {
@@ -63,20 +53,6 @@ impl std::fmt::Debug for Transport {
             .field("proxied", &self.proxy.is_some())
             .field("server_name", &self.server_name)
             .finish()
-    }
-}
-
-impl Default for Transport {
-    fn default() -> Self {
-        Self {
-            proxy: None,
-            no_proxy: Vec::new(),
-            server_name: None,
-            tls: Arc::new(
-                tls_config(public_roots(), None, false).expect("the default TLS config builds"),
-            ),
-            fingerprint: 0,
-        }
     }
 }
 
@@ -92,37 +68,15 @@ enum NoProxy {
 }
 
 impl Transport {
-    /// The transport `api` describes, its files read now. The error names the key.
-    pub fn from_config(api: &ApiConfig) -> Result<Self, (String, String)> {
-        let (proxy_url, no_proxy) = if api.proxy_from_environment {
-            proxy_from_environment(api.url.scheme(), |n| std::env::var(n).ok())
-                .map_err(|why| ("api.proxy_from_environment".to_string(), why))?
-        } else {
-            (api.proxy_url.clone(), api.no_proxy.clone())
-        };
-        let proxy = proxy_url.as_ref().map(proxy_of).transpose()?;
-        let t = &api.tls_config;
-        let (tls, files) = tls_of(t)?;
-        let mut hash = std::collections::hash_map::DefaultHasher::new();
-        (
-            proxy_url.as_ref().map(url::Url::as_str),
-            &no_proxy,
-            t,
-            files,
-        )
-            .hash(&mut hash);
+    /// The transport of `connection` (checked at load: an error here is a TLS key rustls
+    /// cannot use, which the load refused already).
+    pub fn new(connection: &Connection) -> Result<Self, rustls::Error> {
         Ok(Self {
-            proxy,
-            no_proxy: parse_no_proxy(&no_proxy),
-            server_name: t.server_name.clone(),
-            tls: Arc::new(tls),
-            fingerprint: hash.finish(),
+            proxy: connection.proxy.as_ref().map(proxy_of),
+            no_proxy: parse_no_proxy(&connection.no_proxy),
+            server_name: connection.server_name.clone(),
+            tls: Arc::new(connection.tls()?),
         })
-    }
-
-    /// Changes whenever the settings or the contents of their files change.
-    pub fn fingerprint(&self) -> u64 {
-        self.fingerprint
     }
 
     /// An awc connector that routes and secures connections as this transport says.
@@ -131,7 +85,7 @@ impl Transport {
     ) -> awc::Connector<
         impl actix_service::Service<
                 ConnectInfo<Uri>,
-                Response = Connection<Uri, TcpStream>,
+                Response = TlsConnection<Uri, TcpStream>,
                 Error = ConnectError,
             > + Clone,
     > {
@@ -146,18 +100,11 @@ impl Transport {
     }
 }
 
-/// `proxy_url` as a [`Proxy`]: http only (the tunnel to the API is TLS when the API is).
-fn proxy_of(url: &url::Url) -> Result<Proxy, (String, String)> {
-    let shown = crate::config::shown_url(url);
-    let bad = |why: String| ("api.proxy_url".to_string(), why);
-    if url.scheme() != "http" {
-        return Err(bad(format!(
-            "{shown}: only http:// proxies are supported (requests are tunnelled with CONNECT)"
-        )));
-    }
+/// A proxy URL (checked at load: `http://` with a host) as a [`Proxy`].
+fn proxy_of(url: &url::Url) -> Proxy {
     let host = url
         .host_str()
-        .ok_or_else(|| bad(format!("{shown}: no host")))?
+        .unwrap_or_default()
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
@@ -171,191 +118,10 @@ fn proxy_of(url: &url::Url) -> Result<Proxy, (String, String)> {
             base64::engine::general_purpose::STANDARD.encode(pair)
         )
     });
-    Ok(Proxy {
+    Proxy {
         host,
         port: url.port_or_known_default().unwrap_or(80),
         authorization,
-    })
-}
-
-/// `HTTPS_PROXY` or `HTTP_PROXY` (by the API URL's scheme; lowercase names too) and
-/// `NO_PROXY`, as Go's `ProxyFromEnvironment` reads them. A value without a scheme
-/// (`proxy:3128`) is read as `http://VALUE`; one that has a scheme but is no URL
-/// (`http://[bad`) is an error naming the variable (never its value: it may hold a password).
-fn proxy_from_environment(
-    scheme: &str,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<(Option<url::Url>, String), String> {
-    let var = |names: &[&'static str]| {
-        names
-            .iter()
-            .find_map(|n| env(n).filter(|v| !v.is_empty()).map(|v| (*n, v)))
-    };
-    let proxy = if scheme == "https" {
-        var(&["HTTPS_PROXY", "https_proxy"])
-    } else {
-        var(&["HTTP_PROXY", "http_proxy"])
-    };
-    let proxy = match proxy {
-        None => None,
-        Some((name, p)) => {
-            let text = if p.contains("://") {
-                p
-            } else {
-                format!("http://{p}")
-            };
-            let url = url::Url::parse(&text)
-                .ok()
-                .filter(|u| u.has_host())
-                .ok_or_else(|| {
-                    format!("the environment variable {name} is not a proxy URL (expected http://host:port)")
-                })?;
-            Some(url)
-        }
-    };
-    let no_proxy = var(&["NO_PROXY", "no_proxy"]).map(|(_, v)| v);
-    Ok((proxy, no_proxy.unwrap_or_default()))
-}
-
-/// The rustls client config of `api.tls_config`, and the bytes of its files (for the
-/// fingerprint).
-fn tls_of(t: &TlsClientConfig) -> Result<(rustls::ClientConfig, Vec<u8>), (String, String)> {
-    let key = |k: &str| format!("api.tls_config.{k}");
-    let mut files = Vec::new();
-    let roots = match &t.ca_file {
-        Some(path) => {
-            let certs = pem_certs(path).map_err(|e| (key("ca_file"), e))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for c in &certs {
-                files.extend_from_slice(c);
-                roots
-                    .add(c.clone())
-                    .map_err(|e| (key("ca_file"), format!("{}: {e}", path.display())))?;
-            }
-            roots
-        }
-        None => public_roots(),
-    };
-    let client = match (&t.cert_file, &t.key_file) {
-        (None, None) => None,
-        (Some(cert), Some(k)) => Some(client_identity(cert, k, &mut files, &key)?),
-        (Some(_), None) => return Err((key("key_file"), "cert_file needs key_file".to_string())),
-        (None, Some(_)) => return Err((key("cert_file"), "key_file needs cert_file".to_string())),
-    };
-    if let Some(name) = &t.server_name {
-        ServerName::try_from(name.as_str()).map_err(|_| {
-            (
-                key("server_name"),
-                format!("{name:?} is not a DNS name or IP"),
-            )
-        })?;
-    }
-    let config = tls_config(roots, client, t.insecure_skip_verify).map_err(|e| {
-        (
-            key("key_file"),
-            format!("does not match cert_file or cannot be used: {e}"),
-        )
-    })?;
-    Ok((config, files))
-}
-
-type Identity = (
-    Vec<CertificateDer<'static>>,
-    rustls::pki_types::PrivateKeyDer<'static>,
-);
-
-fn client_identity(
-    cert: &Path,
-    key_file: &Path,
-    files: &mut Vec<u8>,
-    key: &dyn Fn(&str) -> String,
-) -> Result<Identity, (String, String)> {
-    let certs = pem_certs(cert).map_err(|e| (key("cert_file"), e))?;
-    let private = pem_key(key_file).map_err(|e| (key("key_file"), e))?;
-    for c in &certs {
-        files.extend_from_slice(c);
-    }
-    files.extend_from_slice(private.secret_der());
-    Ok((certs, private))
-}
-
-/// The public roots awc uses by default (Mozilla's, bundled).
-fn public_roots() -> rustls::RootCertStore {
-    actix_tls::connect::rustls_0_23::webpki_roots_cert_store()
-}
-
-/// A client config with the ring provider (as the rest of the exporter), HTTP/2 and 1.1; an
-/// error only for a client key rustls cannot use.
-fn tls_config(
-    roots: rustls::RootCertStore,
-    client: Option<Identity>,
-    insecure: bool,
-) -> Result<rustls::ClientConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports the default protocol versions");
-    let builder = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-    } else {
-        builder.with_root_certificates(roots)
-    };
-    let mut config = match client {
-        Some((certs, key)) => builder.with_client_auth_cert(certs, key)?,
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
-/// `insecure_skip_verify: true`: every certificate is accepted (signatures are still checked).
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -434,7 +200,7 @@ struct Connect {
 }
 
 impl actix_service::Service<ConnectInfo<Uri>> for Connect {
-    type Response = Connection<Uri, TcpStream>;
+    type Response = TlsConnection<Uri, TcpStream>;
     type Error = ConnectError;
     type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -454,7 +220,7 @@ impl actix_service::Service<ConnectInfo<Uri>> for Connect {
                 }
             };
             let _ = stream.set_nodelay(true);
-            Ok(Connection::new(
+            Ok(TlsConnection::new(
                 tls_name(uri, route.server_name.as_deref()),
                 stream,
             ))
@@ -556,37 +322,6 @@ async fn tunnel(proxy: &Proxy, host: &str, port: u16) -> Result<TcpStream, Conne
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn proxy_variables_are_read_as_go_reads_them_and_a_bad_one_is_named_not_quoted() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |n: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| *k == n)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
-        let (url, no) = proxy_from_environment(
-            "https",
-            env(&[("https_proxy", "proxy:3128"), ("NO_PROXY", "x")]),
-        )
-        .unwrap();
-        assert_eq!(url.unwrap().as_str(), "http://proxy:3128/");
-        assert_eq!(no, "x");
-        let (url, _) =
-            proxy_from_environment("http", env(&[("HTTPS_PROXY", "http://other:1")])).unwrap();
-        assert!(url.is_none(), "http:// APIs read HTTP_PROXY only");
-        for bad in ["http://[bad", "http://user:hunter2@[bad"] {
-            let pairs: &'static [(&'static str, &'static str)] =
-                Box::leak(vec![("HTTPS_PROXY", bad)].into_boxed_slice());
-            let why = proxy_from_environment("https", env(pairs)).unwrap_err();
-            assert_eq!(
-                why,
-                "the environment variable HTTPS_PROXY is not a proxy URL (expected http://host:port)"
-            );
-        }
-    }
-
     use super::*;
 
     #[test]
@@ -618,36 +353,13 @@ mod tests {
         assert!(route("").proxy_for("anything").is_some());
     }
 
-    /// Go's reading of the environment: by the API URL's scheme, a bare `host:port` taken as
-    /// `http://host:port`, `NO_PROXY` alongside.
-    #[test]
-    fn proxies_from_the_environment() {
-        let vars = [
-            ("HTTPS_PROXY", "proxy.corp:3128"),
-            ("http_proxy", "http://other:8080"),
-            ("NO_PROXY", "localhost,.corp"),
-        ];
-        let env = |n: &str| {
-            vars.iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| v.to_string())
-        };
-        let (https, no) = proxy_from_environment("https", env).unwrap();
-        assert_eq!(https.unwrap().as_str(), "http://proxy.corp:3128/");
-        assert_eq!(no, "localhost,.corp");
-        let (http, _) = proxy_from_environment("http", env).unwrap();
-        assert_eq!(http.unwrap().as_str(), "http://other:8080/");
-    }
-
     #[test]
     fn proxy_credentials_become_proxy_authorization() {
-        let p = proxy_of(&url::Url::parse("http://ops:s%3Acret@proxy.corp:3128").unwrap()).unwrap();
+        let p = proxy_of(&url::Url::parse("http://ops:s%3Acret@proxy.corp:3128").unwrap());
         assert_eq!((p.host.as_str(), p.port), ("proxy.corp", 3128));
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(p.authorization.unwrap().trim_start_matches("Basic "))
             .unwrap();
         assert_eq!(decoded, b"ops:s:cret");
-        let https = proxy_of(&url::Url::parse("https://proxy.corp").unwrap()).unwrap_err();
-        assert!(https.1.contains("only http:// proxies"), "{https:?}");
     }
 }

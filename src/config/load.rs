@@ -331,9 +331,8 @@ pub(super) fn finish(
         .or_default();
     resolve_tokens(&mut config, file, expand_env)?;
     validate(&config, file)?;
-    let transport = crate::balena::transport::Transport::from_config(&config.api)
-        .map_err(|(key, why)| invalid(file, key, why))?;
-    config.api.transport = std::sync::Arc::new(transport);
+    config.api.connection =
+        super::Connection::resolve(&config.api).map_err(|(key, why)| invalid(file, key, why))?;
     Ok(config)
 }
 

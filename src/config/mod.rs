@@ -8,6 +8,7 @@
 //! and at every reload, and again whenever the file changes ([`token_file`]): a rotated
 //! Kubernetes Secret is in use at the next probe, with no reload.
 
+mod connection;
 pub mod duration;
 mod env_only;
 pub mod files;
@@ -16,6 +17,7 @@ mod redact;
 mod shared;
 pub mod token_file;
 
+pub use connection::Connection;
 pub use env_only::{from_env, how_to_start, ENV_SOURCE};
 pub use load::{from_yaml_str, from_yaml_str_with_env, load, LoadOptions};
 pub use shared::{
@@ -113,9 +115,10 @@ pub struct ApiConfig {
     /// TLS to the API: a private CA, a client certificate, the name to verify.
     #[serde(skip_serializing_if = "TlsClientConfig::is_default")]
     pub tls_config: TlsClientConfig,
-    /// How requests reach the API, built from the keys above at load (files read then).
+    /// How requests reach the API, resolved from the keys above at load (the environment and
+    /// the files read then).
     #[serde(skip)]
-    pub transport: std::sync::Arc<crate::balena::transport::Transport>,
+    pub connection: Connection,
 }
 
 /// `api.tls_config`, named as Prometheus' `tls_config`.
@@ -163,7 +166,7 @@ impl Default for ApiConfig {
             no_proxy: String::new(),
             proxy_from_environment: false,
             tls_config: TlsClientConfig::default(),
-            transport: Default::default(),
+            connection: Connection::default(),
         }
     }
 }
@@ -283,6 +286,34 @@ pub fn label_name(key: &str) -> String {
         "_".into()
     } else {
         out
+    }
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+
+    /// The hand-written `Debug` of `api:` (it hides URL credentials) shows every key the
+    /// config has: a key added to the struct and not to `Debug` fails here.
+    #[test]
+    fn the_debug_of_the_api_settings_shows_every_key_and_no_secret() {
+        let mut api = ApiConfig {
+            proxy_url: Some(url::Url::parse("http://ops:cnry-proxy-pass@proxy:3128").unwrap()),
+            no_proxy: "x".into(),
+            ..ApiConfig::default()
+        };
+        api.tls_config.server_name = Some("api.example".into());
+        api.connection = Connection::resolve(&api).unwrap();
+        let shown = format!("{api:?}");
+        let keys = serde_yaml::to_value(&api).unwrap();
+        let keys = keys.as_mapping().unwrap();
+        assert!(keys.len() >= 14, "{keys:?}");
+        for key in keys.keys() {
+            let key = key.as_str().unwrap();
+            assert!(shown.contains(&format!("{key}: ")), "{key} not in {shown}");
+        }
+        assert!(shown.contains("connection: Connection"), "{shown}");
+        assert!(!shown.contains("cnry-proxy-pass"), "{shown}");
     }
 }
 
@@ -485,6 +516,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("no_proxy", &self.no_proxy)
             .field("proxy_from_environment", &self.proxy_from_environment)
             .field("tls_config", &self.tls_config)
+            .field("connection", &self.connection)
             .finish()
     }
 }
