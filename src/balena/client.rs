@@ -74,9 +74,6 @@ impl BalenaClient {
 /// hostile answer can make the exporter hold.
 pub const MAX_HELD_BODY_BYTES: usize = 16 * 1024 * 1024;
 
-/// Why an empty 2xx body cannot be decoded, and the likely cause.
-pub const EMPTY_BODY: &str = "the answer's body is empty (a body with neither Content-Length nor chunked encoding, ended by closing the connection, is read as empty: a proxy speaking HTTP/1.0?)";
-
 /// A request answered 429 this many times in a row (each waited for as asked) is given up.
 const MAX_RATE_LIMITED: usize = 10;
 
@@ -177,9 +174,9 @@ impl<'a> Session<'a> {
     ) -> Result<T, BalenaError> {
         let body = self.get_body(endpoint, path, query).await?;
         if body.is_empty() {
-            return Err(BalenaError::Decode(EMPTY_BODY.into()));
+            return Err(BalenaError::Decode(super::error::EMPTY_BODY.into()));
         }
-        serde_json::from_slice(&body).map_err(|e| BalenaError::Decode(super::model::unquoted(&e)))
+        serde_json::from_slice(&body).map_err(|e| BalenaError::Decode(super::error::unquoted(&e)))
     }
 
     /// GETs `path?query` and returns the raw body of a 2xx answer, held whole: at most

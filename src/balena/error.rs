@@ -1,4 +1,6 @@
-//! Typed errors of the balena client, each with a bounded `reason` for metrics and logs.
+//! Typed errors of the balena client, each with a bounded `reason` for metrics and logs, and
+//! the error-text helpers every part of the client shares ([`unquoted`], [`EMPTY_BODY`]): the
+//! leaf of `balena/`, importing none of it.
 
 use std::time::Duration;
 
@@ -142,5 +144,23 @@ impl BalenaError {
             Self::Inconsistent(_) => "inconsistent",
             Self::OverBound(_) => "over_bound",
         }
+    }
+}
+
+/// Why an empty 2xx body cannot be decoded, and the likely cause.
+pub const EMPTY_BODY: &str = "the answer's body is empty (a body with neither Content-Length nor chunked encoding, ended by closing the connection, is read as empty: a proxy speaking HTTP/1.0?)";
+
+/// A decode error without the answer's text: serde quotes the value it could not take
+/// (`invalid type: string "…", expected u64`), and an API or proxy that echoes a request
+/// header would put the token there. What stood between the first and the last quote is
+/// left out; the kind of error and where it is stay.
+pub fn unquoted(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match (text.find('"'), text.rfind('"')) {
+        (Some(first), Some(last)) if first < last => {
+            format!("{}\"…\"{}", &text[..first], &text[last + 1..])
+        }
+        (Some(first), _) => format!("{}…", &text[..first]),
+        _ => text,
     }
 }

@@ -267,7 +267,7 @@ pub struct InstallRow<'a> {
 
 /// Decodes one image-install row.
 pub fn decode_install(row: &[u8]) -> Result<InstallRow<'_>, StreamError> {
-    serde_json::from_slice(row).map_err(|e| StreamError::Invalid(unquoted(&e)))
+    serde_json::from_slice(row).map_err(|e| StreamError::Invalid(super::error::unquoted(&e)))
 }
 
 /// An image with its service's name:
@@ -439,22 +439,7 @@ impl Device<'_> {
 
 /// Decodes one device row (strings borrowed from `row` where they need no unescaping).
 pub fn decode_device(row: &[u8]) -> Result<Device<'_>, StreamError> {
-    serde_json::from_slice(row).map_err(|e| StreamError::Invalid(unquoted(&e)))
-}
-
-/// A decode error without the answer's text: serde quotes the value it could not take
-/// (`invalid type: string "…", expected u64`), and an API or proxy that echoes a request
-/// header would put the token there. What stood between the first and the last quote is
-/// left out; the kind of error and where it is stay.
-pub fn unquoted(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    match (text.find('"'), text.rfind('"')) {
-        (Some(first), Some(last)) if first < last => {
-            format!("{}\"…\"{}", &text[..first], &text[last + 1..])
-        }
-        (Some(first), _) => format!("{}…", &text[..first]),
-        _ => text,
-    }
+    serde_json::from_slice(row).map_err(|e| StreamError::Invalid(super::error::unquoted(&e)))
 }
 
 /// Decodes a whole `{"d": [...]}` body one device at a time, handing each to `on_row` without

@@ -250,7 +250,7 @@ impl RowStream {
                             StreamError::Invalid(format!(
                                 "member {:?}: {}",
                                 String::from_utf8_lossy(&self.key),
-                                super::model::unquoted(&e)
+                                super::error::unquoted(&e)
                             ))
                         })?;
                         self.state = State::AfterValue;
@@ -337,7 +337,7 @@ impl RowStream {
             State::Done if self.seen_d => Ok(self.rows),
             State::Done => Err(StreamError::Invalid("missing field `d`".into())),
             State::Start if self.offset == 0 => {
-                Err(StreamError::Invalid(super::client::EMPTY_BODY.into()))
+                Err(StreamError::Invalid(super::error::EMPTY_BODY.into()))
             }
             _ => Err(StreamError::Invalid(format!(
                 "EOF while parsing: the answer ends after {} bytes",
