@@ -406,17 +406,8 @@ fn odata(state: &SimState, rest: &str, query: &str, caller: &Caller) -> HttpResp
     let Ok(world) = state.world.read() else {
         return error_response(500, None);
     };
-    let table: &'static str = match request.resource.as_str() {
-        "device" => "device",
-        "application" => "application",
-        "organization" => "organization",
-        "release" => "release",
-        "device_type" => "device_type",
-        "device_tag" => "device_tag",
-        "service" => "service",
-        "image" => "image",
-        "image_install" => "image_install",
-        _ => return error_response(401, None),
+    let Some(table) = super::world::table(&request.resource) else {
+        return error_response(401, None);
     };
     let key_ids = match &request.key {
         None => None,

@@ -274,19 +274,28 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
+    /// A request of priority `p` that waits for a slot, writes `name` to `order` once it has
+    /// one, and gives it back.
+    fn waiter(
+        limit: &Arc<Limit>,
+        order: &Arc<Mutex<Vec<&'static str>>>,
+        p: Priority,
+        name: &'static str,
+    ) -> actix_rt::task::JoinHandle<()> {
+        let (limit, order) = (limit.clone(), order.clone());
+        actix_rt::spawn(async move {
+            let slot = limit.acquire(p).await;
+            order.lock().unwrap().push(name);
+            slot.finished(false);
+        })
+    }
+
     #[actix_rt::test]
     async fn continuing_probes_take_a_freed_slot_before_new_ones() {
         let limit = Arc::new(Limit::new(1));
         let held = limit.acquire(Priority::Starting).await;
         let order = Arc::new(Mutex::new(Vec::new()));
-        let wait = |p: Priority, name: &'static str| {
-            let (limit, order) = (limit.clone(), order.clone());
-            actix_rt::spawn(async move {
-                let slot = limit.acquire(p).await;
-                order.lock().unwrap().push(name);
-                slot.finished(false);
-            })
-        };
+        let wait = |p: Priority, name: &'static str| waiter(&limit, &order, p, name);
         let a = wait(Priority::Starting, "new probe");
         actix_rt::task::yield_now().await;
         let b = wait(Priority::Continuing, "probe under way");
@@ -314,14 +323,7 @@ mod tests {
         // All four held; a background and a probe request wait: the probe gets the next slot,
         // even the one the background read frees.
         let order = Arc::new(Mutex::new(Vec::new()));
-        let wait = |p: Priority, name: &'static str| {
-            let (limit, order) = (limit.clone(), order.clone());
-            actix_rt::spawn(async move {
-                let slot = limit.acquire(p).await;
-                order.lock().unwrap().push(name);
-                slot.finished(false);
-            })
-        };
+        let wait = |p: Priority, name: &'static str| waiter(&limit, &order, p, name);
         let b = wait(Priority::Background, "background");
         actix_rt::task::yield_now().await;
         let p = wait(Priority::Starting, "probe");

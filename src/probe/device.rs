@@ -237,10 +237,7 @@ pub fn write_device_services<'s>(
 mod tests {
     use super::*;
 
-    fn device(json: serde_json::Value) -> Device<'static> {
-        let text: &'static str = Box::leak(json.to_string().into_boxed_str());
-        serde_json::from_str(text).unwrap()
-    }
+    use crate::probe::labels::test_device as device;
 
     #[test]
     fn units_are_converted_and_nulls_write_no_series() {

@@ -328,10 +328,7 @@ fn ago(secs: f64) -> String {
 mod tests {
     use super::*;
 
-    fn device(json: serde_json::Value) -> Device<'static> {
-        let text: &'static str = Box::leak(json.to_string().into_boxed_str());
-        serde_json::from_str(text).unwrap()
-    }
+    use crate::probe::labels::test_device as device;
 
     #[test]
     fn unknown_enum_values_are_kept_and_counted() {

@@ -99,3 +99,10 @@ pub fn parse_timestamp(text: &str) -> Option<f64> {
         .ok()
         .map(|d| d.as_secs_f64())
 }
+
+/// A device row from JSON, for the tests of the series modules.
+#[cfg(test)]
+pub(crate) fn test_device(json: serde_json::Value) -> Device<'static> {
+    let text: &'static str = Box::leak(json.to_string().into_boxed_str());
+    serde_json::from_str(text).unwrap()
+}

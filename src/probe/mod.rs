@@ -3,17 +3,17 @@
 //! runs [`fetch`] through the caches; [`answer`] turns the result into every answer form.
 //!
 //! Devices are turned into series page by page as they arrive ([`device`]); fleet aggregates
-//! ([`fleet`]) are written once every device of the target has been counted, joined with the
-//! target's background snapshots ([`reads`]) by device id.
+//! (`fleet`) are written once every device of the target has been counted, joined with the
+//! target's background snapshots (`reads`) by device id.
 
 pub mod answer;
 pub mod cache;
 pub mod compact;
 pub mod device;
-pub mod fleet;
-pub mod labels;
+pub(crate) mod fleet;
+pub(crate) mod labels;
 pub mod prober;
-pub mod reads;
+pub(crate) mod reads;
 
 use std::collections::HashMap;
 use std::sync::Arc;

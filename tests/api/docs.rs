@@ -258,3 +258,27 @@ fn the_charts_schema_takes_every_module_and_api_key() {
     let ours = keys(&serde_json::to_value(ApiConfig::default()).unwrap());
     assert!(ours.is_subset(&api), "api: {:?}", ours.difference(&api));
 }
+
+/// docs/configuration.md has a row for every key of `api:` and of a module.
+#[test]
+fn the_configuration_doc_has_a_row_for_every_api_and_module_key() {
+    use balena_exporter::config::{ApiConfig, ModuleConfig};
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
+    let keys = |v: serde_json::Value| -> BTreeSet<String> {
+        v.as_object().expect("an object").keys().cloned().collect()
+    };
+    let all = keys(serde_json::to_value(ApiConfig::default()).unwrap())
+        .into_iter()
+        .chain(keys(serde_json::to_value(ModuleConfig::default()).unwrap()));
+    let missing: Vec<String> = all
+        .filter(|k| !doc.contains(&format!("| `{k}` |")) && !doc.contains(&format!("| `{k}`, ")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no row in docs/configuration.md: {missing:?}"
+    );
+}

@@ -152,6 +152,25 @@ fn computed(resource: &str) -> &'static [&'static str] {
     }
 }
 
+/// Every table the simulator stores, by its resource name: the one list the server's routes
+/// and the dump loader read.
+pub const TABLES: &[&str] = &[
+    "organization",
+    "application",
+    "device",
+    "release",
+    "device_type",
+    "device_tag",
+    "service",
+    "image",
+    "image_install",
+];
+
+/// The table of a resource name (`'static`, as rows are keyed), if the simulator stores it.
+pub fn table(name: &str) -> Option<&'static str> {
+    TABLES.iter().copied().find(|t| *t == name)
+}
+
 /// Stored fields of a resource, or None for an unknown resource.
 fn stored(resource: &str) -> Option<&'static [&'static str]> {
     Some(match resource {
@@ -262,18 +281,7 @@ impl World {
         let mut w = World::default();
         let tables = dump["tables"].as_object().ok_or("no \"tables\" object")?;
         for (name, rows) in tables {
-            let table: &'static str = match name.as_str() {
-                "organization" => "organization",
-                "application" => "application",
-                "device" => "device",
-                "release" => "release",
-                "device_type" => "device_type",
-                "device_tag" => "device_tag",
-                "service" => "service",
-                "image" => "image",
-                "image_install" => "image_install",
-                other => return Err(format!("unknown table {other:?}")),
-            };
+            let table = table(name).ok_or_else(|| format!("unknown table {name:?}"))?;
             for row in rows.as_array().ok_or(format!("{name}: not an array"))? {
                 if row["id"].as_u64().is_none() {
                     return Err(format!("{name}: a row without a numeric id"));

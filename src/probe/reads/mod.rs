@@ -16,9 +16,7 @@
 mod scheduler;
 pub mod services;
 
-pub use scheduler::{
-    Key, Plan, ReadResult, ReadsAt, Scheduler, IDLE, MAX_RUNNING, READ_TIMEOUT, RETRY_AFTER_FAILURE,
-};
+pub use scheduler::{ReadsAt, Scheduler};
 
 use std::any::Any;
 use std::sync::Arc;

@@ -108,16 +108,6 @@ impl Snapshot {
             .map_or(0.0, |d| d.as_secs_f64())
     }
 
-    /// Current services held (device × service).
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when no device has a current service.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// Bytes held, roughly (`balena_exporter_services_snapshot_bytes`).
     pub fn bytes(&self) -> usize {
         std::mem::size_of::<Self>()
@@ -311,7 +301,7 @@ mod tests {
         assert_eq!(of(7), vec![("db", "Running"), ("main", "Downloading")]);
         assert_eq!(of(8), vec![("main", "weird state_")], "sanitised");
         assert_eq!(of(9), Vec::<(&str, &str)>::new());
-        assert_eq!((s.len(), s.installs), (3, 7));
+        assert_eq!((s.entries.len(), s.installs), (3, 7));
         assert!(s.bytes() > 3 * 16);
     }
 }
