@@ -12,8 +12,12 @@
 # configures itself from BALENA_TOKEN / BALENA_TOKEN_FILE / BALENA_API_URL.
 
 FROM rust:1.95-slim-bookworm AS build
+# The git revision for balena_exporter_build_info (the build context has no .git): the release
+# workflow passes it; without it the revision reads "unknown".
+ARG REVISION=""
+ENV BALENA_EXPORTER_REVISION=${REVISION}
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY config ./config
 COPY examples ./examples

@@ -259,6 +259,7 @@ impl Application {
                 .app_data(basic_auth.clone())
                 .app_data(web::Data::new(client))
                 .wrap(middleware::Compress::default())
+                .wrap(middleware::from_fn(no_identity_encoding))
                 .wrap(middleware::from_fn(require_basic_auth))
                 .wrap(headers)
                 .configure(|cfg| routes(cfg, &prefix))
@@ -341,23 +342,44 @@ fn routes(cfg: &mut web::ServiceConfig, prefix: &str) {
     }
     cfg.service(
         web::scope(prefix)
-            .route("/", web::get().to(routes::landing))
-            .route("/probe", web::get().to(routes::probe))
+            .route("/", get().to(routes::landing))
+            .route("/probe", get().to(routes::probe))
             .route("/probe", web::route().to(get_only))
-            .route("/metrics", web::get().to(routes::metrics))
-            .route("/config", web::get().to(routes::config))
-            .route("/logs", web::get().to(routes::logs))
-            .route("/sd", web::get().to(routes::sd))
-            .route("/-/healthy", web::get().to(routes::healthy))
-            .route("/-/ready", web::get().to(routes::ready))
+            .route("/metrics", get().to(routes::metrics))
+            .route("/config", get().to(routes::config))
+            .route("/logs", get().to(routes::logs))
+            .route("/sd", get().to(routes::sd))
+            .route("/-/healthy", get().to(routes::healthy))
+            .route("/-/ready", get().to(routes::ready))
             .route("/-/reload", web::post().to(routes::reload))
             .route("/-/reload", web::route().to(method_not_allowed)),
     );
 }
 
+/// A route for GET and HEAD (HEAD answers GET's head without the body, as HTTP says).
+fn get() -> actix_web::Route {
+    use actix_web::guard;
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
+/// `Content-Encoding: identity` tells the compression middleware to leave an answer alone; it
+/// is not sent (no encoding is said by no header).
+async fn no_identity_encoding(
+    req: actix_web::dev::ServiceRequest,
+    next: middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let mut res = next.call(req).await?;
+    let headers = res.headers_mut();
+    let identity = actix_web::http::header::CONTENT_ENCODING;
+    if headers.get(&identity).is_some_and(|v| v == "identity") {
+        headers.remove(&identity);
+    }
+    Ok(res)
+}
+
 async fn get_only() -> actix_web::HttpResponse {
     actix_web::HttpResponse::MethodNotAllowed()
-        .insert_header(("Allow", "GET"))
+        .insert_header(("Allow", "GET, HEAD"))
         .body("Only GET requests allowed\n")
 }
 

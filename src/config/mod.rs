@@ -255,6 +255,22 @@ impl ModuleConfig {
         !self.counts_only
     }
 
+    /// The module as it takes effect: `counts_only` lists no device, so it writes no
+    /// per-device series, tags or services whatever the other keys say.
+    pub fn effective(&self) -> Self {
+        if self.devices_listed() {
+            return self.clone();
+        }
+        Self {
+            devices: false,
+            device_tags: Vec::new(),
+            compact_cache: false,
+            services: false,
+            device_services: false,
+            ..self.clone()
+        }
+    }
+
     /// The label of each `device_tags` key, as (`tag_<sanitised key>`, key), in config order.
     /// Two keys with one label are refused at load ([`load`]): an answer with a label twice
     /// is refused whole by Prometheus.

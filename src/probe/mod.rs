@@ -45,8 +45,10 @@ pub struct ProbeData {
     pub compact: Option<Arc<CompactDevices>>,
     /// Fleets covered.
     pub fleets: usize,
-    /// Devices counted.
+    /// Devices counted (online devices only when `online_only`).
     pub devices: usize,
+    /// A `counts_only` module: `devices` are the fleets' online counts, no device was listed.
+    pub online_only: bool,
     /// What needs a person's attention, in words (crashed services, updates under way or
     /// failed, a failed build): the landing and debug pages show it.
     pub attention: Vec<String>,
@@ -261,7 +263,12 @@ impl<'m> SeriesBuilder<'m> {
                 Arc::new(c)
             }),
             fleets: self.stats.len(),
-            devices: self.device_total,
+            devices: if self.module.devices_listed() {
+                self.device_total
+            } else {
+                self.stats.iter().map(|s| s.online as usize).sum()
+            },
+            online_only: !self.module.devices_listed(),
             attention,
         }
     }

@@ -67,6 +67,11 @@ pub fn result_words<T: std::ops::Deref<Target = crate::probe::ProbeData>>(
     result: &Result<T, BalenaError>,
 ) -> String {
     match result {
+        Ok(d) if d.online_only => format!(
+            "success: {}, {} online",
+            count(d.fleets, "fleet"),
+            count(d.devices, "device")
+        ),
         Ok(d) => format!(
             "success: {}, {}",
             count(d.fleets, "fleet"),
@@ -98,28 +103,38 @@ pub fn data_words(source: Source, age: Duration) -> String {
     }
 }
 
-/// One log line per probe: target, result, duration, upstream calls; the failure reason,
-/// endpoint and status when it failed.
+/// One log line per probe, its keys named as the metrics say them: target, `result` (`success`
+/// or the failure's reason, as `balena_exporter_probes_total`), duration, `api_requests` (as
+/// `balena_probe_api_requests`); the endpoint and status when it failed. Seconds to the
+/// millisecond.
 fn log_outcome(probe: &ProbeRequest, f: &Outcome, duration: Duration) {
     let (target, module) = (&probe.target_name, probe.module_name.as_str());
     let calls = &f.calls;
+    let ms = |d: Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
     match &f.result {
+        Ok(data) if data.online_only => tracing::info!(
+            target: "balena_exporter::probe",
+            target_name = %target, module, result = "success",
+            duration_seconds = ms(duration), api_requests = calls.len(),
+            data_from = f.source.as_str(), data_age_seconds = ms(f.age),
+            fleets = data.fleets, devices_online = data.devices, "probe succeeded"
+        ),
         Ok(data) => tracing::info!(
             target: "balena_exporter::probe",
             target_name = %target, module, result = "success",
-            duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
-            data_from = f.source.as_str(), data_age_seconds = f.age.as_secs_f64(),
+            duration_seconds = ms(duration), api_requests = calls.len(),
+            data_from = f.source.as_str(), data_age_seconds = ms(f.age),
             fleets = data.fleets, devices = data.devices, "probe succeeded"
         ),
         Err(e) => {
             let last = calls.last();
             tracing::error!(
                 target: "balena_exporter::probe",
-                target_name = %target, module, auth = probe.auth_name.as_str(), result = "failure",
-                reason = e.reason(), error = %e,
+                target_name = %target, module, auth = probe.auth_name.as_str(),
+                result = e.reason(), error = %e,
                 endpoint = last.map(|c| c.endpoint).unwrap_or("-"),
                 status = last.and_then(|c| c.status).unwrap_or(0),
-                duration_seconds = duration.as_secs_f64(), upstream_calls = calls.len(),
+                duration_seconds = ms(duration), api_requests = calls.len(),
                 "probe failed"
             )
         }
@@ -160,8 +175,8 @@ fn probe_log(probe: &ProbeRequest, f: &Outcome) -> String {
     }
     let _ = writeln!(
         out,
-        "\nModule configuration:\n{}",
-        serde_yaml::to_string(probe.module()).unwrap_or_default()
+        "\nModule configuration (as it takes effect):\n{}",
+        serde_yaml::to_string(&probe.module().effective()).unwrap_or_default()
     );
     out
 }

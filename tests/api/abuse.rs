@@ -33,7 +33,42 @@ async fn odd_requests_get_clear_answers() {
         .await
         .unwrap();
     assert_eq!(post.status().as_u16(), 405);
-    assert_eq!(post.headers().get("allow").unwrap(), "GET");
+    assert_eq!(post.headers().get("allow").unwrap(), "GET, HEAD");
+    // HEAD is answered wherever GET is, with GET's head and no body.
+    for path in [
+        "/",
+        "/probe?target=screens",
+        "/metrics",
+        "/config",
+        "/sd",
+        "/-/healthy",
+        "/-/ready",
+    ] {
+        let mut head = client
+            .head(format!("{}{path}", app.address))
+            .no_decompress()
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status().as_u16(), 200, "HEAD {path}");
+        assert!(
+            head.body().await.unwrap().is_empty(),
+            "HEAD {path}: no body"
+        );
+    }
+    // An uncompressed answer says nothing of its encoding (no `Content-Encoding: identity`).
+    let plain = client
+        .get(format!("{}/probe?target=screens", app.address))
+        .insert_header(("Accept-Encoding", "identity"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status().as_u16(), 200);
+    assert!(
+        plain.headers().get("content-encoding").is_none(),
+        "{:?}",
+        plain.headers()
+    );
     let del = client
         .delete(format!("{}/-/reload", app.address))
         .send()

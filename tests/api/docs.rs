@@ -282,3 +282,126 @@ fn the_configuration_doc_has_a_row_for_every_api_and_module_key() {
         "no row in docs/configuration.md: {missing:?}"
     );
 }
+
+/// docs/operations.md's table of `/sd` labels is what `/sd` serves: every `__meta_balena_*`
+/// label of a fleet target and of a fleet found under an org target, no more, no fewer.
+#[actix_rt::test]
+async fn the_sd_labels_are_documented() {
+    use balena_exporter::config::{from_yaml_str, SharedConfig};
+    let sim = balena_simulator::Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
+    let yaml = format!(
+        "api:\n  url: {}\nauths:\n  acme:\n    token: {TOKEN}\ntargets:\n  screens: {{fleet: acme/screens, auth: acme}}\n  everything: {{org: acme, auth: acme}}\n",
+        sim.url()
+    );
+    let mut settings = balena_exporter::startup::Settings::new(
+        SharedConfig::new(from_yaml_str(&yaml, "sd.yml").unwrap(), None),
+        "127.0.0.1:0",
+    );
+    settings.discovery_interval = Some(std::time::Duration::from_millis(200));
+    let app = spawn_settings(sim, settings).await;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let served = loop {
+        let body = app.get("/sd").await.body;
+        if body.contains("everything/acme/screens") {
+            break body;
+        }
+        assert!(std::time::Instant::now() < until, "no discovery: {body}");
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let groups: serde_json::Value = serde_json::from_str(&served).unwrap();
+    let served: BTreeSet<String> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["labels"].as_object().unwrap().keys().cloned())
+        .filter(|k| k.starts_with("__meta_balena_"))
+        .collect();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let documented: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `__meta_balena_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|n| format!("__meta_balena_{n}"))
+        .collect();
+    assert_eq!(served, documented);
+    app.stop().await;
+}
+
+/// Every Markdown table of the README and docs/ is whole: a block of `|` lines starts with a
+/// header and its separator, and every row has the header's number of cells (a blank line in
+/// a table leaves the rows after it as raw text on GitHub).
+#[test]
+fn every_markdown_table_is_whole() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut files = vec![
+        format!("{root}/README.md"),
+        format!("{root}/deploy/README.md"),
+        format!("{root}/tests/README.md"),
+        format!("{root}/tests/conformance/README.md"),
+    ];
+    for e in std::fs::read_dir(format!("{root}/docs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "md") {
+            files.push(p.display().to_string());
+        }
+    }
+    /// Cells of a row: `|` outside code spans and not escaped.
+    fn cells(row: &str) -> usize {
+        let (mut n, mut code, mut prev) = (0, false, ' ');
+        for c in row
+            .trim()
+            .trim_start_matches('|')
+            .trim_end_matches('|')
+            .chars()
+        {
+            match c {
+                '`' => code = !code,
+                '|' if !code && prev != '\\' => n += 1,
+                _ => {}
+            }
+            prev = c;
+        }
+        n + 1
+    }
+    let mut broken = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut fenced = false;
+        let mut block: Vec<(usize, &str)> = Vec::new();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate().chain([(lines.len(), &"")]) {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+            }
+            if !fenced && line.trim_start().starts_with('|') {
+                block.push((i + 1, line));
+                continue;
+            }
+            if let Some((first, header)) = block.first() {
+                let separator = block.get(1).map(|(_, l)| *l).unwrap_or("");
+                let is_sep = separator.trim().trim_matches('|').split('|').all(|c| {
+                    let c = c.trim();
+                    !c.is_empty() && c.chars().all(|x| x == '-' || x == ':')
+                });
+                if !is_sep {
+                    broken.push(format!(
+                        "{file}:{first}: a table row with no header above it"
+                    ));
+                } else {
+                    let width = cells(header);
+                    for (n, row) in &block {
+                        if cells(row) != width {
+                            broken.push(format!(
+                                "{file}:{n}: {} cells, the header has {width}",
+                                cells(row)
+                            ));
+                        }
+                    }
+                }
+            }
+            block.clear();
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}

@@ -64,6 +64,23 @@ async fn metrics_count_upstream_requests_and_cache_hits() {
         ),
         1.0
     );
+    // Filled from the build: this checkout's revision (as git says it) and the compiler.
+    let build = &m.find("balena_exporter_build_info", &[])[0].labels;
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(rev) = git {
+        assert!(build["revision"].starts_with(&rev), "{build:?} vs {rev}");
+    }
+    let rustc = &build["rustc"];
+    assert!(
+        rustc.split('.').count() == 3 && rustc.chars().next().is_some_and(|c| c.is_ascii_digit()),
+        "{build:?}"
+    );
     assert!(
         !m.has("balena_fleet_devices"),
         "target metrics never appear on /metrics"

@@ -288,6 +288,37 @@ async fn counts_only_module_makes_one_request_and_feeds_the_compat_gauge() {
             );
         }
         assert!(!m.has("balena_device_info"));
+        // The debug page counts the online devices it read, and shows the module as it takes
+        // effect (counts_only lists no device: no per-device series, no services).
+        let online: usize = FLEETS
+            .iter()
+            .filter(|slug| target == "everything" || slug.starts_with("acme/"))
+            .map(|slug| {
+                app.sim.with_world(|w| {
+                    w.devices_of(slug)
+                        .iter()
+                        .filter(|r| r["is_online"] == true)
+                        .count()
+                })
+            })
+            .sum();
+        let debug = app
+            .get(&format!("/probe?target={target}&module=compat&debug=true"))
+            .await
+            .body;
+        assert!(
+            debug.contains(&format!(" {online} devices online\n"))
+                || debug.contains(&format!(" {online} device online\n")),
+            "{online} online: {debug}"
+        );
+        let module = debug
+            .split("Module configuration (as it takes effect):\n")
+            .nth(1)
+            .unwrap();
+        assert!(
+            module.contains("devices: false") && module.contains("services: false"),
+            "{module}"
+        );
     }
     app.stop().await;
 }
