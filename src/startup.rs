@@ -67,6 +67,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         discovery_interval: Some(cli.discovery_interval),
     })?;
     announce(&app, &cli.route_prefix(), cli.demo);
+    if cli.demo && cli.web_config_file.is_none() {
+        warm_up(&app, &cli.route_prefix());
+    }
     app.serve(signals).await?;
     #[cfg(feature = "demo")]
     if let Some(sim) = demo {
@@ -75,6 +78,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     #[cfg(not(feature = "demo"))]
     let _ = demo;
     Ok(())
+}
+
+/// `--demo` probes every target once as the server starts, through `/probe` as Prometheus
+/// would, so that the landing page tells each fleet's story from the first page load (the
+/// history, the log and the self-metrics record them as any probe).
+fn warm_up(app: &Application, prefix: &str) {
+    let Some(addr) = app.addrs().first().copied() else {
+        return;
+    };
+    let ip = match addr.ip() {
+        ip if !ip.is_unspecified() => ip,
+        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    let base = format!("http://{}{prefix}", SocketAddr::new(ip, addr.port()));
+    let targets: Vec<String> = app
+        .state()
+        .config
+        .snapshot()
+        .targets
+        .keys()
+        .cloned()
+        .collect();
+    actix_rt::spawn(async move {
+        let client = awc::Client::default();
+        for target in targets {
+            let url = format!("{base}/probe?target={target}");
+            let sent = client
+                .get(url)
+                .insert_header(("X-Prometheus-Scrape-Timeout-Seconds", "10"))
+                .send()
+                .await;
+            if let Ok(mut answer) = sent {
+                let _ = answer.body().limit(64 << 20).await;
+            }
+        }
+    });
 }
 
 /// The listening lines, then what to open: under `--demo` a short block (the landing page, a

@@ -249,14 +249,28 @@ fn write_releases(out: &mut Exposition, f: &Fleet) {
     }
 }
 
-/// The most lines [`attention`] gives (the first fleets' first findings).
+/// The most lines [`attention`] gives; what it leaves out is counted in a last line.
 const MAX_ATTENTION: usize = 6;
 
-/// What needs a person's attention in these fleets, in words, worst first within a fleet:
-/// services exited, dead or restarting; a newest build that failed; updates aborted or
-/// rejected; updates under way. Empty when all is well (or the module reads none of it).
+/// How bad a finding is: the lower, the earlier it is listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Severity {
+    /// Containers exited, dead or restarting: the application is down on those devices.
+    Crashed,
+    /// The newest build failed: no new release can roll out.
+    BuildFailed,
+    /// Updates aborted or rejected.
+    UpdateFailed,
+    /// Updates under way (the longest first).
+    Updating,
+}
+
+/// What needs a person's attention in these fleets, in words, worst first (crashed services,
+/// a failed newest build, updates aborted or rejected, updates under way), at most
+/// [`MAX_ATTENTION`] lines and then one that says how many more there are. Empty when all is
+/// well (or the module reads none of it).
 pub fn attention(stats: &[FleetStats], module: &ModuleConfig) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut found: Vec<(Severity, f64, String)> = Vec::new();
     let devices = |n: u64| {
         if n == 1 {
             "1 device".to_string()
@@ -264,22 +278,24 @@ pub fn attention(stats: &[FleetStats], module: &ModuleConfig) -> Vec<String> {
             format!("{n} devices")
         }
     };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     for s in stats {
         let fleet = &s.fleet.slug;
         if s.services_read_at.is_some() {
             for (service, status, n) in s.services.sorted() {
                 if *n > 0 && matches!(status.as_str(), "exited" | "Dead" | "restarting") {
-                    out.push(format!(
-                        "{fleet}: service {service} {status} on {}",
-                        devices(*n)
-                    ));
+                    let line = format!("{fleet}: service {service} {status} on {}", devices(*n));
+                    found.push((Severity::Crashed, -(*n as f64), line));
                 }
             }
         }
         if let Some(r) = s.fleet.latest_release() {
             if matches!(r.status.as_deref(), Some("failed" | "error")) {
                 let semver = r.semver.as_deref().unwrap_or("");
-                out.push(format!("{fleet}: the newest build {semver} failed"));
+                let line = format!("{fleet}: the newest build {semver} failed");
+                found.push((Severity::BuildFailed, 0.0, line));
             }
         }
         if !module.devices_listed() {
@@ -288,29 +304,43 @@ pub fn attention(stats: &[FleetStats], module: &ModuleConfig) -> Vec<String> {
         let count = |k: &str| s.update_status.get(k).copied().unwrap_or(0);
         let failed = count("aborted") + count("rejected");
         if failed > 0 {
-            out.push(format!(
+            let line = format!(
                 "{fleet}: the last update of {} was aborted or rejected",
                 devices(failed)
-            ));
+            );
+            found.push((Severity::UpdateFailed, -(failed as f64), line));
         }
         let updating = count("downloading") + count("applying changes") + count("downloaded");
         if updating > 0 {
-            let longest = s.updating_since.map(|t| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64());
-                format!(" (the longest for {})", ago(now - t))
-            });
-            out.push(format!(
+            let longest = s.updating_since.map(|t| now - t);
+            let line = format!(
                 "{fleet}: {} updating{}, {} of {} on the target release",
                 devices(updating),
-                longest.unwrap_or_default(),
+                longest
+                    .map(|secs| format!(" (the longest for {})", ago(secs)))
+                    .unwrap_or_default(),
                 s.on_target,
                 s.devices
-            ));
+            );
+            found.push((Severity::Updating, -longest.unwrap_or(0.0), line));
         }
     }
-    out.truncate(MAX_ATTENTION);
+    found.sort_by(|a, b| {
+        (a.0, a.1)
+            .partial_cmp(&(b.0, b.1))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let hidden = found.len().saturating_sub(MAX_ATTENTION);
+    let mut out: Vec<String> = found
+        .into_iter()
+        .take(MAX_ATTENTION)
+        .map(|(_, _, line)| line)
+        .collect();
+    if hidden > 0 {
+        out.push(format!(
+            "… and {hidden} more (the metrics and the dashboard have them all)"
+        ));
+    }
     out
 }
 
@@ -347,6 +377,45 @@ mod tests {
         assert_eq!(s.heartbeat["unknown"], 1);
         assert_eq!(s.devices, 2);
     }
+    #[test]
+    fn attention_lists_the_worst_first_and_says_what_it_hides() {
+        let fleet = |slug: &str| -> Fleet {
+            serde_json::from_value(serde_json::json!({"id": 1, "slug": slug})).unwrap()
+        };
+        let mut stats = Vec::new();
+        for i in 0..4 {
+            let mut s = FleetStats::new(fleet(&format!("o/f{i}")));
+            s.services_read_at = Some(0.0);
+            s.devices = 10;
+            *s.update_status.get_mut("downloading").unwrap() = 2;
+            *s.update_status.get_mut("aborted").unwrap() = 1;
+            s.services.bump("proxy", "Running");
+            if i == 3 {
+                for _ in 0..4 {
+                    s.services.bump("proxy", "exited");
+                }
+            }
+            stats.push(s);
+        }
+        let lines = attention(&stats, &ModuleConfig::default());
+        assert_eq!(lines.len(), 7, "{lines:#?}");
+        assert_eq!(
+            lines[0], "o/f3: service proxy exited on 4 devices",
+            "the worst first"
+        );
+        assert!(
+            lines[1..5]
+                .iter()
+                .all(|l| l.contains("aborted or rejected")),
+            "{lines:#?}"
+        );
+        assert!(lines[5].contains("updating"), "{lines:#?}");
+        assert_eq!(
+            lines[6],
+            "… and 3 more (the metrics and the dashboard have them all)"
+        );
+    }
+
     #[test]
     fn spans_read_in_the_largest_unit_that_fits() {
         assert_eq!(ago(30.0), "1 min");

@@ -77,15 +77,15 @@ pub async fn landing(state: web::Data<AppState>) -> HttpResponse {
 
 const STYLE: &str = "body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}\
 td,th{border:1px solid #bbb;padding:4px 8px;text-align:left;vertical-align:top}td:first-child{white-space:nowrap}\
-.ok{background:#e8f6e8}.failed{background:#fbe4e4}.none{color:#777}.advice{font-size:90%;color:#555}\
+.ok{background:#e8f6e8}.warning{background:#fdf3d8}.failed{background:#fbe4e4}.none{color:#777}.advice{font-size:90%;color:#555}\
 .attention{font-size:90%;color:#8a4b00}";
 
-/// `ok` or `failed`: the row's colour.
+/// `ok`, `warning` (a success whose data needs attention) or `failed`: the row's colour.
 fn class(r: &ProbeRecord) -> &'static str {
-    if r.success() {
-        "ok"
-    } else {
-        "failed"
+    match (r.success(), r.attention.is_empty()) {
+        (true, true) => "ok",
+        (true, false) => "warning",
+        (false, _) => "failed",
     }
 }
 

@@ -367,7 +367,9 @@ async fn what_needs_attention_is_said_in_words() {
             .lines()
             .filter_map(|l| l.strip_prefix("Needs attention: "))
             .collect();
-        let mut want = Vec::new();
+        // Worst first: crashed services (the most devices first), a failed build, failed
+        // updates, updates under way.
+        let mut crashed: Vec<(f64, String)> = Vec::new();
         for ((service, status), n) in current_services(&installs) {
             if ["exited", "Dead", "restarting"].contains(&status.as_str()) {
                 let devices = if n == 1.0 {
@@ -375,9 +377,11 @@ async fn what_needs_attention_is_said_in_words() {
                 } else {
                     format!("{n} devices")
                 };
-                want.push(format!("{slug}: service {service} {status} on {devices}"));
+                crashed.push((-n, format!("{slug}: service {service} {status} on {devices}")));
             }
         }
+        crashed.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        let mut want: Vec<String> = crashed.into_iter().map(|(_, line)| line).collect();
         if name == "failed" {
             want.push(format!("{slug}: the newest build 1.3.0 failed"));
         }

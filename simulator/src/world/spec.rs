@@ -459,6 +459,15 @@ fn application_state(
         }
         _ => {}
     }
+    // A story fleet tells its story alone: the steady mix's noise (an update under way or
+    // aborted now and then, a crashed container) is the steady fleets'.
+    let noisy = scenario == Scenario::Steady;
+    if !noisy && updating.is_none() && d["update_status"] == "downloading" {
+        d["update_status"] = "done".into();
+        d["status"] = "Idle".into();
+        d["download_progress"] = Value::Null;
+        d["is_running__release"] = json!({"__id": target});
+    }
     let running = d["is_running__release"]["__id"].as_u64().unwrap_or(running);
     if d["update_status"] == "downloading" && updating.is_none() {
         updating = Some(("downloading", rng.u64(60..900), "Downloading"));
@@ -466,6 +475,7 @@ fn application_state(
     if updating.is_none() && !d["update_status"].is_null() {
         // The steady mix: now and then an update aborted, rejected or just downloaded.
         let status = match rng.u32(0..400) {
+            _ if !noisy => "done",
             0..=1 => "aborted",
             2 => "rejected",
             3..=6 => "downloaded",
@@ -485,8 +495,8 @@ fn application_state(
                 }
             }
             // The steady mix: a crashed container now and then (about one device in 150).
-            (_, 0) if rng.u32(0..3) == 0 => "exited",
-            (_, 1) if k == 2 && rng.u32(0..3) == 0 => "Dead",
+            (_, 0) if rng.u32(0..3) == 0 && noisy => "exited",
+            (_, 1) if k == 2 && rng.u32(0..3) == 0 && noisy => "Dead",
             _ => "Running",
         };
         installs.push((running, *service, status, None, 86_400 * 12));
