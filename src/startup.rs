@@ -66,9 +66,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         health_without_auth: cli.health_without_auth,
         discovery_interval: Some(cli.discovery_interval),
     })?;
-    announce(&app, &cli.route_prefix(), cli.demo);
+    for addr in app.addrs() {
+        tracing::info!(address = %addr, "listening");
+    }
+    let banner = banner(&app, &cli.route_prefix(), cli.demo);
     if cli.demo && cli.web_config_file.is_none() {
-        warm_up(&app, &cli.route_prefix());
+        // The banner comes after the demo's first probes, as the last thing said at start.
+        warm_up(&app, &cli.route_prefix(), banner);
+    } else {
+        eprintln!("{banner}");
     }
     app.serve(signals).await?;
     #[cfg(feature = "demo")]
@@ -83,7 +89,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `--demo` probes every target once as the server starts, through `/probe` as Prometheus
 /// would, so that the landing page tells each fleet's story from the first page load (the
 /// history, the log and the self-metrics record them as any probe).
-fn warm_up(app: &Application, prefix: &str) {
+fn warm_up(app: &Application, prefix: &str, then_say: String) {
     let Some(addr) = app.addrs().first().copied() else {
         return;
     };
@@ -114,24 +120,21 @@ fn warm_up(app: &Application, prefix: &str) {
                 let _ = answer.body().limit(64 << 20).await;
             }
         }
+        eprintln!("{then_say}");
     });
 }
 
-/// The listening lines, then what to open: under `--demo` a short block (the landing page, a
-/// fleet, a failing probe explained), else the landing page and the target count.
-fn announce(app: &Application, prefix: &str, demo: bool) {
-    for addr in app.addrs() {
-        tracing::info!(address = %addr, "listening");
-    }
+/// What to open, said last at start: under `--demo` a short block (the landing page, a fleet,
+/// a failing probe explained), else the landing page and the target count.
+fn banner(app: &Application, prefix: &str, demo: bool) -> String {
     let base = format!("http://localhost:{}{prefix}", app.port());
     let config = app.state().config.snapshot();
     let version = env!("CARGO_PKG_VERSION");
     if !demo {
-        eprintln!(
+        return format!(
             "balena-exporter {version} listening: open {base}/ ({})",
             routes::count(config.targets.len(), "target")
         );
-        return;
     }
     let pick = |wanted: &str| {
         config
@@ -150,7 +153,7 @@ fn announce(app: &Application, prefix: &str, demo: bool) {
         format!("        {base}/probe?target={failing}&debug=true    a failing probe, explained"),
         "  stop  Ctrl-C".to_string(),
     ];
-    eprintln!("\n{}\n", lines.join("\n"));
+    format!("\n{}\n", lines.join("\n"))
 }
 
 /// The config files given, else the first default file that exists, else the environment.

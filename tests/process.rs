@@ -273,7 +273,20 @@ async fn the_documented_log_lines_and_the_demo_banner_are_what_the_binary_writes
     let dir = std::env::temp_dir().join(format!("balena-exporter-doclog-{}", std::process::id()));
     let (mut child, base, log) = demo_with_log(&dir);
     wait_ready(&base).await;
-    let banner = std::fs::read_to_string(&log).unwrap();
+    // The banner comes once the demo's first probes are in.
+    let until = Instant::now() + Duration::from_secs(30);
+    let banner = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("stop  Ctrl-C") {
+            break text;
+        }
+        assert!(Instant::now() < until, "no banner: {text}");
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        banner.contains("target_name=kiosks") && banner.contains("target_name=broken-token"),
+        "the demo's first probes are logged before the banner: {banner}"
+    );
     // The banner's URLs, with localhost as printed, answer as they say.
     let urls: Vec<String> = banner
         .split_whitespace()

@@ -377,7 +377,10 @@ async fn what_needs_attention_is_said_in_words() {
                 } else {
                     format!("{n} devices")
                 };
-                crashed.push((-n, format!("{slug}: service {service} {status} on {devices}")));
+                crashed.push((
+                    -n,
+                    format!("{slug}: service {service} {status} on {devices}"),
+                ));
             }
         }
         crashed.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
