@@ -405,3 +405,25 @@ fn every_markdown_table_is_whole() {
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
+
+/// docs/migration.md's drop-in scrape config is deploy/prometheus/prometheus-migration.yml's,
+/// which CI checks with promtool and runs the shipped rules on (rules/migration.test.yml).
+#[test]
+fn the_migration_doc_shows_the_tested_setup() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/migration.md")).unwrap();
+    let file =
+        std::fs::read_to_string(format!("{root}/deploy/prometheus/prometheus-migration.yml"))
+            .unwrap();
+    let section = doc.split("## Drop-in scrape").nth(1).unwrap();
+    let block = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .unwrap();
+    assert!(block.contains("job_name: balena-exporter"), "{block}");
+    assert!(
+        file.contains(block),
+        "docs/migration.md's block is not in prometheus-migration.yml:\n{block}"
+    );
+}
