@@ -136,8 +136,10 @@ def selects(selector, labels):
 def validate_crd(obj):
     """A Prometheus Operator object against the operator's schema (pydantic models generated
     from its CRDs); unknown keys, which the API server would prune silently, are refused too."""
+    from cloudcoil.models.prometheus_operator import v1alpha1 as promop_alpha
     model = {"Probe": promop.Probe, "ServiceMonitor": promop.ServiceMonitor,
-             "PrometheusRule": promop.PrometheusRule}[obj["kind"]]
+             "PrometheusRule": promop.PrometheusRule,
+             "ScrapeConfig": promop_alpha.ScrapeConfig}[obj["kind"]]
     parsed = model.model_validate(obj)
     back = parsed.model_dump(by_alias=True, exclude_unset=True, mode="json")
 
@@ -500,6 +502,54 @@ class ChartTest(unittest.TestCase):
         with self.assertRaises(helm.HelmError) as e:
             render(dict(SHARDED, replicaCount=0))
         self.assertIn("sharding.enabled needs replicaCount >= 1", str(e.exception))
+
+    def test_scrape_config_reads_sd_and_probes_each_fleet_once(self):
+        # The ScrapeConfig (Prometheus Operator): /sd of this release's Service, the relabelling
+        # of deploy/prometheus/prometheus-sd.yml, valid against the operator's schema; instead
+        # of the Probe, never beside it; the rules select its job.
+        values = dict(FULL, probe={"enabled": False},
+                      scrapeConfig={"enabled": True, "jobName": "fleets"},
+                      prometheusSelectorLabels={"release": "kube-prometheus-stack"})
+        objs = render_all(values)
+        sc = next(o for o in objs if o["kind"] == "ScrapeConfig")
+        validate_crd(sc)
+        self.assertEqual(sc["metadata"]["labels"]["release"], "kube-prometheus-stack")
+        spec = sc["spec"]
+        self.assertEqual(spec["metricsPath"], "/probe")
+        self.assertEqual(spec["httpSDConfigs"][0]["url"],
+                         "http://rel-balena-exporter.monitoring.svc:9759/sd")
+        with open(os.path.join(ROOT, "deploy", "prometheus", "prometheus-sd.yml")) as f:
+            doc = yaml.safe_load(f)
+        job = next(j for j in doc["scrape_configs"] if j.get("http_sd_configs"))
+        for target in ("shop", "everything/acme/shop-screens"):
+            ours = relabel({"__address__": target}, spec["relabelings"])
+            theirs = relabel({"__address__": target}, job["relabel_configs"])
+            self.assertEqual(ours["__param_target"], theirs["__param_target"])
+            self.assertEqual(ours["instance"], target)
+            self.assertEqual(ours["__address__"], "rel-balena-exporter.monitoring.svc:9759")
+        rule = next(o for o in objs if o["kind"] == "PrometheusRule")
+        exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+        self.assertTrue(any('job="fleets"' in e for e in exprs))
+        self.assertFalse(any('job="balena"' in e for e in exprs), "no rule selects the Probe's job")
+        # Sharded: a fleet goes to the replica the Probe's rule names.
+        sharded = dict(SHARDED, probe={"enabled": False}, scrapeConfig={"enabled": True})
+        sc = next(o for o in render_all(sharded) if o["kind"] == "ScrapeConfig")
+        validate_crd(sc)
+        for target in ("fleet-01", "all/acme/app-7"):
+            address = relabel({"__address__": target}, sc["spec"]["relabelings"])["__address__"]
+            self.assertEqual(address, f"rel-balena-exporter-{hashmod(target, 3)}.rel-balena-exporter-headless.monitoring.svc:9759")
+        with self.assertRaises(helm.HelmError) as e:
+            render(dict(FULL, scrapeConfig={"enabled": True}))
+        self.assertIn("scrapeConfig.enabled and probe.enabled both probe", str(e.exception))
+
+    def test_default_resources_and_notes_name_a_real_target(self):
+        objs, raw = render(FULL)
+        container = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+        self.assertEqual(container["resources"]["requests"]["memory"], "64Mi")
+        self.assertEqual(container["resources"]["limits"]["memory"], "320Mi")
+        notes = next(t for p, t in raw.items() if p.endswith("NOTES.txt"))
+        self.assertIn("/probe?target=everything&debug=true", notes)
+        self.assertNotIn("<name>", notes)
 
     def test_defaults_render_and_lint(self):
         objs, _ = render({})
