@@ -291,6 +291,13 @@ impl Application {
             ]);
         }
         let basic_auth = web::Data::new(basic_auth);
+        let rate_limit = web::Data::new(
+            web_config
+                .rate_limit
+                .as_ref()
+                .filter(|r| !r.interval.is_zero())
+                .map(|r| crate::web_config::rate_limit::RateLimit::new(r.interval, r.burst)),
+        );
         let prefix = settings.route_prefix.clone();
         let shared = state.clone();
         let mut server = HttpServer::new(move || {
@@ -300,10 +307,14 @@ impl Application {
             App::new()
                 .app_data(shared.clone())
                 .app_data(basic_auth.clone())
+                .app_data(rate_limit.clone())
                 .app_data(web::Data::new(client))
                 .wrap(middleware::Compress::default())
                 .wrap(middleware::from_fn(no_identity_encoding))
                 .wrap(middleware::from_fn(require_basic_auth))
+                .wrap(middleware::from_fn(
+                    crate::web_config::rate_limit::limit_rate,
+                ))
                 .wrap(headers)
                 .configure(|cfg| routes(cfg, &prefix))
         })

@@ -437,3 +437,120 @@ async fn a_rotated_token_file_is_used_at_the_next_probe_without_a_reload() {
     app.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The certificate a new TLS connection to `addr` is served (a blocking handshake, trusting
+/// `trusted`).
+fn served_certificate(addr: &str, trusted: &[Vec<u8>]) -> Vec<u8> {
+    use std::io::{Read as _, Write as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for der in trusted {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    tls.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// A certificate renewed on disk (files swapped, as cert-manager and a Kubernetes Secret mount
+/// do) is served to the next connection, without a restart; a half-written pair (the new
+/// certificate with the old key) keeps the old certificate until the key follows.
+#[actix_rt::test]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let dir = temp_dir("tls-rotate");
+    let (cert, key, first) = self_signed(&dir);
+    let web_file = dir.join("web.yml");
+    std::fs::write(
+        &web_file,
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let web = web_config::load(&web_file).unwrap();
+    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
+    let cfg = config::from_yaml_str(&default_config(&sim.url(), &["screens"]), "t.yml").unwrap();
+    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
+    settings.web = Some(web);
+    let app = spawn_settings(sim, settings).await;
+    let addr = app.address.trim_start_matches("http://").to_string();
+    let new_dir = dir.join("renewed");
+    std::fs::create_dir_all(&new_dir).unwrap();
+    let (new_cert, new_key, second) = self_signed(&new_dir);
+    let trusted = vec![first.clone(), second.clone()];
+    let served = |addr: String, trusted: Vec<Vec<u8>>| {
+        actix_rt::task::spawn_blocking(move || served_certificate(&addr, &trusted))
+    };
+    assert_eq!(served(addr.clone(), trusted.clone()).await.unwrap(), first);
+    // The certificate first, its key a moment later: meanwhile the old pair is kept.
+    std::fs::rename(&new_cert, &cert).unwrap();
+    actix_rt::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        served(addr.clone(), trusted.clone()).await.unwrap(),
+        first,
+        "a certificate without its key is not used"
+    );
+    std::fs::rename(&new_key, &key).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let now = served(addr.clone(), trusted.clone()).await.unwrap();
+        if now == second {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the renewed certificate was never served"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `rate_limit` of the web config: a burst, then 429 with `Retry-After` until a token returns.
+#[actix_rt::test]
+async fn the_web_config_rate_limit_answers_429_past_its_burst() {
+    let dir = temp_dir("rate-limit");
+    let web_file = dir.join("web.yml");
+    std::fs::write(&web_file, "rate_limit:\n  interval: 1s\n  burst: 2\n").unwrap();
+    let web = web_config::load(&web_file).unwrap();
+    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
+    let cfg = config::from_yaml_str(&default_config(&sim.url(), &["screens"]), "t.yml").unwrap();
+    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
+    settings.web = Some(web);
+    let app = spawn_settings(sim, settings).await;
+    assert_eq!(app.get("/-/healthy").await.status, 200);
+    assert_eq!(app.get("/metrics").await.status, 200);
+    let client = awc::Client::new();
+    let limited = client
+        .get(format!("{}/probe?target=screens", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status().as_u16(), 429);
+    assert_eq!(limited.headers().get("retry-after").unwrap(), "1");
+    actix_rt::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(app.get("/-/healthy").await.status, 200, "a token came back");
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

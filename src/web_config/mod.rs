@@ -1,5 +1,8 @@
-//! `--web.config.file`: the Prometheus exporter-toolkit web configuration — TLS (rustls) and
-//! HTTP basic auth (bcrypt hashes) for every path, plus extra response headers.
+//! `--web.config.file`: the Prometheus exporter-toolkit web configuration, every key of it —
+//! TLS (rustls, [`tls`]: certificates read again when their files change), HTTP basic auth
+//! (bcrypt hashes) for every path, extra response headers, a rate limit ([`rate_limit`]). A
+//! web config written for node_exporter loads; the few values rustls cannot honour are
+//! refused at load with a reason naming the key (docs/operations.md lists them).
 //!
 //! ```yaml
 //! tls_server_config:
@@ -14,13 +17,16 @@
 //!   headers: { X-Frame-Options: deny }
 //! ```
 //!
-//! The file is read once at start; an invalid file stops the exporter with exit 1.
+//! The file is read at start (an invalid file stops the exporter with exit 1); the certificate,
+//! key and client CA files it names are read again whenever they change.
+
+pub mod rate_limit;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use crate::config::files::{pem_certs, pem_key, read_text, MAX_PEM_BYTES};
+use crate::config::files::{read_text, MAX_PEM_BYTES};
 use serde::Deserialize;
 
 /// The whole web config file.
@@ -36,29 +42,70 @@ pub struct WebConfig {
     /// Extra headers.
     #[serde(default)]
     pub http_server_config: Option<HttpServerConfig>,
+    /// A token bucket over every request.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
-/// `tls_server_config`.
+/// `rate_limit`: one request every `interval`, `burst` at once (exporter-toolkit's token
+/// bucket over every request); an interval of 0 turns it off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Time between two requests, as a duration (`100ms`, `1s`); `0` turns the limit off.
+    #[serde(default, with = "crate::config::duration")]
+    pub interval: std::time::Duration,
+    /// Requests allowed at once.
+    #[serde(default)]
+    pub burst: u32,
+}
+
+/// `tls_server_config`, as exporter-toolkit documents it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// PEM certificate chain.
-    pub cert_file: PathBuf,
-    /// PEM private key.
-    pub key_file: PathBuf,
-    /// `NoClientCert` (default), `RequireAnyClientCert` is not supported,
-    /// `VerifyClientCertIfGiven`, `RequireAndVerifyClientCert`.
+    /// PEM certificate chain file.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key file.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The certificate chain inline (PEM), instead of `cert_file`.
+    #[serde(default)]
+    pub cert: Option<secrecy::SecretString>,
+    /// The private key inline (PEM), instead of `key_file`.
+    #[serde(default)]
+    pub key: Option<secrecy::SecretString>,
+    /// `NoClientCert` (default), `RequireAnyClientCert`, `VerifyClientCertIfGiven`,
+    /// `RequireAndVerifyClientCert`; `RequestClientCert` is refused (it ignores the
+    /// certificate it asks for).
     #[serde(default)]
     pub client_auth_type: Option<String>,
     /// CA for client certificates.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+    /// The client CA inline (PEM), instead of `client_ca_file`.
+    #[serde(default)]
+    pub client_ca: Option<secrecy::SecretString>,
+    /// Client certificate names (DNS names, IP addresses) of which one must be in the
+    /// certificate.
+    #[serde(default)]
+    pub client_allowed_sans: Vec<String>,
     /// `TLS12` (default) or `TLS13`.
     #[serde(default)]
     pub min_version: Option<String>,
     /// `TLS12` or `TLS13` (default).
     #[serde(default)]
     pub max_version: Option<String>,
+    /// TLS 1.2 cipher suites by Go name; TLS 1.3's are always on.
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    /// Whether the server's order of `cipher_suites` wins (default true).
+    #[serde(default)]
+    pub prefer_server_cipher_suites: Option<bool>,
+    /// Key-exchange groups by Go name, in preference order.
+    #[serde(default)]
+    pub curve_preferences: Vec<String>,
 }
 
 impl WebConfig {
@@ -206,99 +253,30 @@ pub fn load(path: &Path) -> Result<(WebConfig, Option<rustls::ServerConfig>), We
         }
     }
     let tls = match &config.tls_server_config {
-        Some(t) => Some(server_config(path, t)?),
+        Some(t) => {
+            for (file, inline, key) in [
+                (t.cert_file.is_some(), t.cert.is_some(), "cert"),
+                (t.key_file.is_some(), t.key.is_some(), "key"),
+                (
+                    t.client_ca_file.is_some(),
+                    t.client_ca.is_some(),
+                    "client_ca",
+                ),
+            ] {
+                if file && inline {
+                    return Err(err(
+                        path,
+                        format!("tls_server_config.{key}: set {key}_file or {key}, not both"),
+                    ));
+                }
+            }
+            let config = tls::server_config(t)
+                .map_err(|(key, why)| err(path, format!("tls_server_config.{key}: {why}")))?;
+            Some(config)
+        }
         None => None,
     };
     Ok((config, tls))
-}
-
-fn version(
-    path: &Path,
-    key: &str,
-    v: Option<&str>,
-    default: &'static rustls::SupportedProtocolVersion,
-) -> Result<&'static rustls::SupportedProtocolVersion, WebConfigError> {
-    match v {
-        None => Ok(default),
-        Some("TLS12") => Ok(&rustls::version::TLS12),
-        Some("TLS13") => Ok(&rustls::version::TLS13),
-        Some(other) => Err(err(
-            path,
-            format!("tls_server_config.{key}: {other:?} not supported; expected TLS12 or TLS13"),
-        )),
-    }
-}
-
-/// Long on purpose: the TLS options in the order the exporter-toolkit format lists them, each
-/// with its own error naming its key; split, the checks would lose that order.
-fn server_config(path: &Path, t: &TlsConfig) -> Result<rustls::ServerConfig, WebConfigError> {
-    // Each file is read whole first (a regular file of bounded size): `cert_file: /dev/zero`
-    // must be an error, not a process growing until it is killed.
-    let file_err =
-        |key: &'static str| move |e: String| err(path, format!("tls_server_config.{key}: {e}"));
-    let certs = pem_certs(&t.cert_file).map_err(file_err("cert_file"))?;
-    let key = pem_key(&t.key_file).map_err(file_err("key_file"))?;
-    let min = version(
-        path,
-        "min_version",
-        t.min_version.as_deref(),
-        &rustls::version::TLS12,
-    )?;
-    let max = version(
-        path,
-        "max_version",
-        t.max_version.as_deref(),
-        &rustls::version::TLS13,
-    )?;
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
-        [&rustls::version::TLS12, &rustls::version::TLS13]
-            .into_iter()
-            .filter(|v| {
-                (v.version != rustls::ProtocolVersion::TLSv1_2
-                    || min.version == rustls::ProtocolVersion::TLSv1_2)
-                    && (v.version != rustls::ProtocolVersion::TLSv1_3
-                        || max.version == rustls::ProtocolVersion::TLSv1_3)
-            })
-            .collect();
-    if versions.is_empty() {
-        return Err(err(
-            path,
-            "tls_server_config: min_version is above max_version",
-        ));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
-        .map_err(|e| err(path, format!("tls_server_config: {e}")))?;
-    let auth = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
-    let builder = match auth {
-        "NoClientCert" => builder.with_no_client_auth(),
-        "VerifyClientCertIfGiven" | "RequireAndVerifyClientCert" => {
-            let ca = t.client_ca_file.as_ref().ok_or_else(|| err(path, format!("tls_server_config.client_auth_type {auth} needs client_ca_file")))?;
-            let mut roots = rustls::RootCertStore::empty();
-            for c in pem_certs(ca).map_err(file_err("client_ca_file"))? {
-                roots.add(c).map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))?;
-            }
-            let mut v = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            if auth == "VerifyClientCertIfGiven" {
-                v = v.allow_unauthenticated();
-            }
-            let verifier = v.build().map_err(|e| err(path, format!("tls_server_config.client_ca_file: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        other => {
-            return Err(err(
-                path,
-                format!("tls_server_config.client_auth_type: {other:?} not supported; expected NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"),
-            ))
-        }
-    };
-    builder.with_single_cert(certs, key).map_err(|e| {
-        err(
-            path,
-            format!("tls_server_config: certificate and key do not match: {e}"),
-        )
-    })
 }
 
 pub use crate::basic_auth::{require_basic_auth, BasicAuth};
@@ -358,12 +336,93 @@ mod tests {
                 "basic_auth_users: \"prom:hunter2-password\"\n",
                 "basic_auth_users: invalid type: string \"…\"",
             ),
+            (
+                "tls_server_config:\n  cert_file: /a\n  cert: x\n  key_file: /b\n",
+                "tls_server_config.cert: set cert_file or cert, not both",
+            ),
+            ("rate_limit:\n  interval: 10\n", "a duration needs a unit"),
         ];
         for (yaml, want) in cases {
             std::fs::write(&f, yaml).unwrap();
             let e = load(&f).unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
             assert!(!e.contains("hunter2") && !e.contains('\n'), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A certificate, its key and a CA on disk (rcgen), and the web config lines naming them.
+    fn pki(dir: &Path) -> String {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join("tls.crt"), ck.cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), ck.key_pair.serialize_pem()).unwrap();
+        std::fs::write(dir.join("ca.crt"), ck.cert.pem()).unwrap();
+        format!(
+            "  cert_file: {d}/tls.crt\n  key_file: {d}/tls.key\n  client_ca_file: {d}/ca.crt\n",
+            d = dir.display()
+        )
+    }
+
+    /// A web config written for node_exporter, every key of exporter-toolkit's, loads.
+    #[test]
+    fn every_exporter_toolkit_key_is_taken() {
+        let dir = std::env::temp_dir().join(format!("balena-webcfg-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = pki(&dir);
+        let f = dir.join("web.yml");
+        let full = format!(
+            "tls_server_config:\n{files}  client_auth_type: RequireAndVerifyClientCert\n  client_allowed_sans: [prometheus.monitoring.svc, 10.0.0.7]\n  min_version: TLS12\n  max_version: TLS13\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305]\n  prefer_server_cipher_suites: false\n  curve_preferences: [X25519, CurveP256, CurveP384]\nhttp_server_config:\n  http2: true\n  headers:\n    X-Frame-Options: deny\n    X-Content-Type-Options: nosniff\n    Strict-Transport-Security: max-age=31536000\nbasic_auth_users:\n  prometheus: $2y$10$abcdefghijklmnopqrstuu5fW9x8r1QF0Bx1V2y3z4A5b6C7d8E9f\nrate_limit:\n  interval: 100ms\n  burst: 20\n"
+        );
+        std::fs::write(&f, &full).unwrap();
+        let (web, tls) = load(&f).unwrap_or_else(|e| panic!("{e}"));
+        let tls = tls.expect("TLS");
+        assert!(
+            !tls.ignore_client_order,
+            "prefer_server_cipher_suites: false"
+        );
+        let rate = web.rate_limit.unwrap();
+        assert_eq!((rate.interval.as_millis(), rate.burst), (100, 20));
+        // Inline PEM instead of files, and RequireAnyClientCert.
+        let cert = std::fs::read_to_string(dir.join("tls.crt")).unwrap();
+        let key = std::fs::read_to_string(dir.join("tls.key")).unwrap();
+        let indent = |t: &str| t.lines().map(|l| format!("    {l}\n")).collect::<String>();
+        std::fs::write(
+            &f,
+            format!(
+                "tls_server_config:\n  cert: |\n{}  key: |\n{}  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: [prometheus]\n",
+                indent(&cert),
+                indent(&key)
+            ),
+        )
+        .unwrap();
+        let (web, tls) = load(&f).unwrap_or_else(|e| panic!("{e}"));
+        assert!(tls.is_some());
+        assert!(
+            !format!("{web:?}").contains("PRIVATE KEY"),
+            "the inline key is never shown"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What rustls cannot honour is refused at load, in one line naming the key.
+    #[test]
+    fn what_cannot_be_honoured_is_refused_by_key() {
+        let dir = std::env::temp_dir().join(format!("balena-webcfg-no-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = pki(&dir);
+        let f = dir.join("web.yml");
+        for (extra, want) in [
+            ("  min_version: TLS10\n", "tls_server_config.min_version: TLS10 is not supported"),
+            ("  client_auth_type: RequestClientCert\n", "tls_server_config.client_auth_type: RequestClientCert asks for a certificate and ignores it"),
+            ("  cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]\n", "tls_server_config.cipher_suites: \"TLS_RSA_WITH_AES_128_CBC_SHA\" is not offered"),
+            ("  curve_preferences: [CurveP521]\n", "tls_server_config.curve_preferences: \"CurveP521\" is not offered"),
+            ("  client_auth_type: RequireAndVerifyClientCert\n  client_allowed_sans: [\"ops@example.com\"]\n", "tls_server_config.client_allowed_sans: \"ops@example.com\": DNS names and IP addresses are matched"),
+            ("  client_allowed_sans: [prometheus]\n", "tls_server_config.client_allowed_sans: needs client_auth_type RequireAndVerifyClientCert or RequireAnyClientCert"),
+        ] {
+            std::fs::write(&f, format!("tls_server_config:\n{files}{extra}")).unwrap();
+            let e = load(&f).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
