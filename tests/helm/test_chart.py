@@ -368,9 +368,11 @@ class ChartTest(unittest.TestCase):
 
     def test_every_rule_selects_its_job_and_keeps_the_routing_labels(self):
         with open(os.path.join(ROOT, "deploy", "prometheus", "rules", "balena-alerts.yml")) as f:
-            rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+            rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"] if "alert" in r]
         for r in rules:
             names = set(re.findall(r"\b(balena_[a-z_]+|probe_success|up)\b(\{[^}]*\})?", r["expr"]))
+            if "balena:" in r["expr"]:
+                continue  # an SLO alert: it reads the recording rules, which select the job
             self.assertTrue(names, r["alert"])
             for name, selector in names:
                 self.assertRegex(selector, r'job="balena(-exporter)?"', f"{r['alert']}: {name} without a job")
@@ -382,7 +384,7 @@ class ChartTest(unittest.TestCase):
         # A description that says how long says exactly its rule's `for`, so that the chart's
         # rewrite of an overridden `for` reaches it.
         with open(os.path.join(ROOT, "deploy", "prometheus", "rules", "balena-alerts.yml")) as f:
-            rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+            rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"] if "alert" in r]
         for r in rules:
             text = r["annotations"]["description"]
             self.assertIn(f"for {r['for']}", text, r["alert"])
@@ -402,10 +404,13 @@ class ChartTest(unittest.TestCase):
         self.assertEqual(objs["Probe"]["spec"]["jobName"], "balena-fleets")
         ep = objs["ServiceMonitor"]["spec"]["endpoints"][0]
         self.assertEqual(relabel({"job": "serviceMonitor/monitoring/rel/0"}, ep["relabelings"])["job"], "balena-exp")
-        rules = {r["alert"]: r for g in objs["PrometheusRule"]["spec"]["groups"] for r in g["rules"]}
-        for r in rules.values():
+        rules = {r["alert"]: r for g in objs["PrometheusRule"]["spec"]["groups"] for r in g["rules"] if "alert" in r}
+        records = [r for g in objs["PrometheusRule"]["spec"]["groups"] for r in g["rules"] if "record" in r]
+        for r in list(rules.values()) + records:
             jobs = set(re.findall(r'job="([^"]*)"', r["expr"]))
-            self.assertTrue(jobs and jobs <= {"balena-fleets", "balena-exp"}, (r["alert"], jobs))
+            reads_records = "balena:" in r["expr"] or r["expr"].startswith("vector(")
+            self.assertTrue((jobs or reads_records) and jobs <= {"balena-fleets", "balena-exp"},
+                            (r.get("alert") or r["record"], jobs))
         self.assertIn('up{job="balena-exp", namespace="monitoring"}', rules["BalenaExporterDown"]["expr"])
         self.assertIn('absent(up{job="balena-exp", namespace="monitoring"})', rules["BalenaExporterDown"]["expr"])
         under = rules["BalenaFleetDevicesUndervolted"]
@@ -442,7 +447,7 @@ class ChartTest(unittest.TestCase):
 
     def test_exporter_down_is_left_out_when_nothing_scrapes_the_exporter(self):
         objs, _ = render(dict(FULL, serviceMonitor={"enabled": False}))
-        names = {r["alert"] for g in objs["PrometheusRule"]["spec"]["groups"] for r in g["rules"]}
+        names = {r["alert"] for g in objs["PrometheusRule"]["spec"]["groups"] for r in g["rules"] if "alert" in r}
         self.assertNotIn("BalenaExporterDown", names)
         self.assertIn("BalenaProbeFailing", names)
 
@@ -541,6 +546,25 @@ class ChartTest(unittest.TestCase):
         with self.assertRaises(helm.HelmError) as e:
             render(dict(FULL, scrapeConfig={"enabled": True}))
         self.assertIn("scrapeConfig.enabled and probe.enabled both probe", str(e.exception))
+
+    def test_slo_objectives_come_from_the_values_and_records_keep_their_job(self):
+        # The mixin's recording rules ride along; an objective set in the values replaces the
+        # mixin's default; the rules' job selectors follow the chart's jobs, records included.
+        values = dict(FULL, probe={"enabled": True, "jobName": "fleets"},
+                      prometheusRule={"enabled": True, "slos": {"device_availability": 0.9}})
+        objs, _ = render(values)
+        rule = objs["PrometheusRule"]
+        validate_crd(rule)
+        records = {(r["record"], r.get("labels", {}).get("slo")): r["expr"]
+                   for g in rule["spec"]["groups"] for r in g["rules"] if "record" in r}
+        self.assertEqual(records[("balena:slo_objective", "device_availability")], "vector(0.9)")
+        self.assertEqual(records[("balena:slo_objective", "probe_availability")], "vector(0.99)")
+        self.assertIn('job="fleets"', records[("balena:fleet_devices_online:ratio", None)])
+        alerts = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+        self.assertIn("BalenaFleetDeviceAvailabilityBurnFast", alerts)
+        with self.assertRaises(helm.HelmError) as e:
+            render(dict(FULL, prometheusRule={"enabled": True, "slos": {"uptime": 0.9}}))
+        self.assertIn("'uptime' not allowed", str(e.exception))
 
     def test_default_resources_and_notes_name_a_real_target(self):
         objs, raw = render(FULL)
@@ -1012,7 +1036,7 @@ class RealClusterTest(unittest.TestCase):
                       "BalenaFleetDevicesOffline": {"for": "30m", "severity": "critical", "labels": {"page": "yes"}}}})
         objs, _ = render(values)
         validate_crd(objs["PrometheusRule"])
-        rules = {r["alert"]: r for g in objs["PrometheusRule"]["spec"]["groups"] for r in g["rules"]}
+        rules = {r["alert"]: r for g in objs["PrometheusRule"]["spec"]["groups"] for r in g["rules"] if "alert" in r}
         self.assertNotIn("BalenaFleetDevicesUndervolted", rules)
         offline = rules["BalenaFleetDevicesOffline"]
         self.assertEqual(offline["for"], "30m")
@@ -1024,7 +1048,7 @@ class RealClusterTest(unittest.TestCase):
 
     def test_every_alert_has_a_runbook_section_that_exists(self):
         with open(os.path.join(ROOT, "deploy", "prometheus", "rules", "balena-alerts.yml")) as f:
-            rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"]]
+            rules = [r for g in yaml.safe_load(f)["groups"] for r in g["rules"] if "alert" in r]
         with open(os.path.join(ROOT, "docs", "runbook.md")) as f:
             runbook = f.read()
         # GitHub's anchors: the heading lowercased, spaces to '-', punctuation dropped.
