@@ -80,8 +80,8 @@ echo "ok: balena_fleet_devices and _online equal the simulator's counts"
 got=$(query "${prom[static]}" 'probe_success{instance="broken-token"}' | json 'd[0]["value"][1]')
 [ "$got" = 0 ] || fail "probe_success for broken-token is $got"
 rules=$(curl -fsS "${prom[static]}/api/v1/rules" | json 'len([r for g in d["data"]["groups"] for r in g["rules"]])')
-shipped=$(grep -c '^      - alert: ' "$root/deploy/prometheus/rules/balena-alerts.yml")
-[ "$rules" = "$shipped" ] || fail "expected the $shipped shipped alert rules to be loaded, got $rules"
+shipped=$(grep -cE '^      - alert: |^        record: ' "$root/deploy/prometheus/rules/balena-alerts.yml")
+[ "$rules" = "$shipped" ] || fail "expected the $shipped shipped rules (alerts and recording rules) to be loaded, got $rules"
 alert_active() {
   curl -fsS "${prom[static]}/api/v1/alerts" | json '[a["state"] for a in d["data"]["alerts"] if a["labels"]["alertname"]=="BalenaProbeFailing" and a["labels"]["instance"]=="broken-token"][0]' | grep -Eq 'pending|firing'
 }
