@@ -91,6 +91,11 @@ pub struct Cli {
     /// Run against the built-in balena API simulator with demo fleets: no token needed.
     #[arg(long = "demo")]
     pub demo: bool,
+
+    /// Under `--demo`, probe every target once at start (so the landing page tells each
+    /// fleet's story from the first load); `false` leaves that to the first scrapes.
+    #[arg(long = "demo.first-probes", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub demo_first_probes: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

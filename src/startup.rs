@@ -70,7 +70,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!(address = %addr, "listening");
     }
     let banner = banner(&app, &cli.route_prefix(), cli.demo);
-    if cli.demo && cli.web_config_file.is_none() {
+    if cli.demo && cli.demo_first_probes && cli.web_config_file.is_none() {
         // The banner comes after the demo's first probes, as the last thing said at start.
         warm_up(&app, &cli.route_prefix(), banner);
     } else {

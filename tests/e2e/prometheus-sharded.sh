@@ -23,12 +23,13 @@ require prometheus curl python3
 port=$(free_port 127.0.1.10 127.0.1.11)
 replica=(127.0.1.10:"$port" 127.0.1.11:"$port")
 export BALENA_EXPORTER_API__CACHE_TTL=5m
-"$bin" --demo --web.listen-address="${replica[0]}" >"$tmp/exporter-0.log" 2>&1 &
+# The replicas answer only Prometheus' probes: no first probes of the demo's own.
+"$bin" --demo --demo.first-probes=false --web.listen-address="${replica[0]}" >"$tmp/exporter-0.log" 2>&1 &
 pids+=($!)
 wait_ready "${replica[0]}" "replica 0"
 sim=$(sed -n 's/.*simulator=\(http:\/\/127\.0\.0\.1:[0-9]*\).*/\1/p' "$tmp/exporter-0.log" | head -n1)
 [ -n "$sim" ] || fail "simulator URL not in the exporter log"
-BALENA_EXPORTER_API__URL=$sim "$bin" --demo --web.listen-address="${replica[1]}" >"$tmp/exporter-1.log" 2>&1 &
+BALENA_EXPORTER_API__URL=$sim "$bin" --demo --demo.first-probes=false --web.listen-address="${replica[1]}" >"$tmp/exporter-1.log" 2>&1 &
 pids+=($!)
 wait_ready "${replica[1]}" "replica 1"
 
