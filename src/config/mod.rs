@@ -17,6 +17,7 @@ mod redact;
 mod shared;
 pub mod token_file;
 
+pub(crate) use connection::signature_checks;
 pub use connection::Connection;
 pub use env_only::{from_env, how_to_start, ENV_SOURCE};
 pub use load::{from_yaml_str, from_yaml_str_with_env, load, LoadOptions};

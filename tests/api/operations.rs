@@ -267,6 +267,28 @@ fn base64_encode(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// The exporter (one fleet `screens` of 2 devices) serving with the web config `yaml`, written
+/// to `dir/web.yml` and loaded as `--web.config.file` loads it.
+async fn spawn_with_web_config(dir: &std::path::Path, yaml: &str) -> TestApp {
+    let web_file = dir.join("web.yml");
+    std::fs::write(&web_file, yaml).unwrap();
+    let web = web_config::load(&web_file).unwrap_or_else(|e| panic!("{e}"));
+    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
+    let cfg = config::from_yaml_str(&default_config(&sim.url(), &["screens"]), "t.yml").unwrap();
+    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
+    settings.web = Some(web);
+    spawn_settings(sim, settings).await
+}
+
+/// A web config serving TLS from `cert` and `key`.
+fn tls_files(cert: &std::path::Path, key: &std::path::Path) -> String {
+    format!(
+        "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+        cert.display(),
+        key.display()
+    )
+}
+
 fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
     let ck =
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
@@ -282,22 +304,7 @@ fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
 async fn tls_from_the_web_config_serves_https() {
     let dir = temp_dir("tls");
     let (cert, key, der) = self_signed(&dir);
-    let web_file = dir.join("web.yml");
-    std::fs::write(
-        &web_file,
-        format!(
-            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    let web = web_config::load(&web_file).unwrap();
-    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
-    let cfg = config::from_yaml_str(&default_config(&sim.url(), &["screens"]), "t.yml").unwrap();
-    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
-    settings.web = Some(web);
-    let app = spawn_settings(sim, settings).await;
+    let app = spawn_with_web_config(&dir, &tls_files(&cert, &key)).await;
 
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -477,22 +484,7 @@ fn served_certificate(addr: &str, trusted: &[Vec<u8>]) -> Vec<u8> {
 async fn a_renewed_certificate_is_served_without_a_restart() {
     let dir = temp_dir("tls-rotate");
     let (cert, key, first) = self_signed(&dir);
-    let web_file = dir.join("web.yml");
-    std::fs::write(
-        &web_file,
-        format!(
-            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    let web = web_config::load(&web_file).unwrap();
-    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
-    let cfg = config::from_yaml_str(&default_config(&sim.url(), &["screens"]), "t.yml").unwrap();
-    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
-    settings.web = Some(web);
-    let app = spawn_settings(sim, settings).await;
+    let app = spawn_with_web_config(&dir, &tls_files(&cert, &key)).await;
     let addr = app.address.trim_start_matches("http://").to_string();
     let new_dir = dir.join("renewed");
     std::fs::create_dir_all(&new_dir).unwrap();
@@ -531,14 +523,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
 #[actix_rt::test]
 async fn the_web_config_rate_limit_answers_429_past_its_burst() {
     let dir = temp_dir("rate-limit");
-    let web_file = dir.join("web.yml");
-    std::fs::write(&web_file, "rate_limit:\n  interval: 1s\n  burst: 2\n").unwrap();
-    let web = web_config::load(&web_file).unwrap();
-    let sim = Simulator::start(&world(&[("screens", 2)]), "127.0.0.1:0").unwrap();
-    let cfg = config::from_yaml_str(&default_config(&sim.url(), &["screens"]), "t.yml").unwrap();
-    let mut settings = Settings::new(SharedConfig::new(cfg, None), "127.0.0.1:0");
-    settings.web = Some(web);
-    let app = spawn_settings(sim, settings).await;
+    let app = spawn_with_web_config(&dir, "rate_limit:\n  interval: 1s\n  burst: 2\n").await;
     assert_eq!(app.get("/-/healthy").await.status, 200);
     assert_eq!(app.get("/metrics").await.status, 200);
     let client = awc::Client::new();
