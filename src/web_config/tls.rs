@@ -22,8 +22,9 @@ use secrecy::ExposeSecret as _;
 use super::TlsConfig;
 use crate::config::files::{pem_certs, pem_key};
 
-/// What changes when a file does: its modification time and length.
-type Stamp = (SystemTime, u64);
+/// What changes when a file does: its inode (a file renamed over it, a Kubernetes Secret's
+/// symlink swap), its change and modification times and its length (a rewrite in place).
+type Stamp = (u64, i64, SystemTime, u64);
 
 /// How often a handshake may look at the files.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -44,13 +45,14 @@ impl Pem {
         }
     }
 
-    /// What changes when the file does: its modification time and length (a symlink swap
-    /// changes both, as Kubernetes Secret mounts do).
-    fn stamp(&self) -> Option<(SystemTime, u64)> {
+    /// What changes when the file does ([`Stamp`]).
+    fn stamp(&self) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt as _;
         match self {
             Self::File(path) => {
                 let m = std::fs::metadata(path).ok()?;
-                Some((m.modified().ok()?, m.len()))
+                let changed = m.ctime() * 1_000_000_000 + m.ctime_nsec();
+                Some((m.ino(), changed, m.modified().ok()?, m.len()))
             }
             Self::Inline(_) => None,
         }
@@ -173,7 +175,7 @@ pub struct ClientAuth {
     allowed_sans: Vec<ServerName<'static>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     inner: ArcSwap<Arc<dyn ClientCertVerifier>>,
-    state: Mutex<(Instant, Option<(SystemTime, u64)>)>,
+    state: Mutex<(Instant, Option<Stamp>)>,
 }
 
 impl std::fmt::Debug for ClientAuth {

@@ -240,7 +240,9 @@ impl World {
                 w.fleet_devices.insert(fid, Vec::new());
                 for n in 0..fleet.devices {
                     let did = id("device");
-                    let mut row = generate_device(&mut rng, now, did, fid, dt, &releases, n);
+                    let quiet = fleet.scenario != Scenario::Steady;
+                    let mut row =
+                        generate_device(&mut rng, now, did, fid, dt, &releases, n, quiet);
                     let installs =
                         application_state(&mut app_rng, now, &mut row, fleet.scenario, &releases);
                     w.insert("device", row);
@@ -299,6 +301,7 @@ fn generate_tags(rng: &mut fastrand::Rng, n: usize) -> Vec<(&'static str, String
 }
 
 /// Long on purpose: a device row as data, then the scenario mix that varies it.
+#[allow(clippy::too_many_arguments)] // the row's facts, one argument each
 fn generate_device(
     rng: &mut fastrand::Rng,
     now: SystemTime,
@@ -307,10 +310,15 @@ fn generate_device(
     dt: u64,
     releases: &[(u64, String)],
     n: usize,
+    quiet: bool,
 ) -> Value {
     let ago = |secs: u64| Value::from(iso(now - Duration::from_secs(secs)));
     // (vpn, heartbeat, last_connectivity?, provisioning_state, provisioning_progress, download, status, active)
+    // A quiet device (of a story fleet: it tells its story alone) is online, powered well and
+    // on its fleet's release; the random draws are made all the same, so that the steady
+    // fleets' devices stay as they were.
     let roll = rng.u32(0..100);
+    let roll = if quiet { 0 } else { roll };
     let os_version = ["balenaOS 6.5.3", "balenaOS 5.3.24", "balenaOS 6.0.13"][rng.usize(0..3)];
     let supervisor = ["17.0.3", "16.7.9", "17.1.0"][rng.usize(0..3)];
     let mut d = json!({
@@ -335,6 +343,9 @@ fn generate_device(
         "latitude": null, "longitude": null, "location": null,
     });
     let set = |d: &mut Value, k: &str, v: Value| d[k] = v;
+    if quiet {
+        set(&mut d, "is_undervolted", false.into());
+    }
     match roll {
         0..=69 => {}
         70..=81 => {
@@ -389,7 +400,8 @@ fn generate_device(
         }
     }
     // A few devices lag behind (old release) or are pinned to it.
-    match rng.u32(0..100) {
+    let lag = rng.u32(0..100);
+    match if quiet { 100 } else { lag } {
         0..=4 if !d["is_running__release"].is_null() => set(
             &mut d,
             "is_running__release",
