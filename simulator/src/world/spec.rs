@@ -241,8 +241,7 @@ impl World {
                 for n in 0..fleet.devices {
                     let did = id("device");
                     let quiet = fleet.scenario != Scenario::Steady;
-                    let mut row =
-                        generate_device(&mut rng, now, did, fid, dt, &releases, n, quiet);
+                    let mut row = generate_device(&mut rng, now, did, fid, dt, &releases, n, quiet);
                     let installs =
                         application_state(&mut app_rng, now, &mut row, fleet.scenario, &releases);
                     w.insert("device", row);
