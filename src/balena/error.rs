@@ -1,6 +1,7 @@
 //! Typed errors of the balena client, each with a bounded `reason` for metrics and logs, and
 //! the error-text helpers every part of the client shares ([`unquoted`], [`EMPTY_BODY`]): the
-//! leaf of `balena/`, importing none of it.
+//! leaf of `balena/`, importing none of it (the quoting rule itself is the config's,
+//! [`crate::config::unquoted_text`]).
 
 use std::time::Duration;
 
@@ -155,12 +156,5 @@ pub const EMPTY_BODY: &str = "the answer's body is empty (a body with neither Co
 /// header would put the token there. What stood between the first and the last quote is
 /// left out; the kind of error and where it is stay.
 pub fn unquoted(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    match (text.find('"'), text.rfind('"')) {
-        (Some(first), Some(last)) if first < last => {
-            format!("{}\"…\"{}", &text[..first], &text[last + 1..])
-        }
-        (Some(first), _) => format!("{}…", &text[..first]),
-        _ => text,
-    }
+    crate::config::unquoted_text(&e.to_string())
 }

@@ -21,6 +21,7 @@ pub(crate) use connection::signature_checks;
 pub use connection::Connection;
 pub use env_only::{from_env, how_to_start, ENV_SOURCE};
 pub use load::{from_yaml_str, from_yaml_str_with_env, load, LoadOptions};
+pub use redact::unquoted_text;
 pub use shared::{
     reload_off_thread, reload_within, Fixed, ReloadError, Reloaded, SharedConfig, RELOAD_TIME_LIMIT,
 };

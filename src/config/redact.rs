@@ -13,6 +13,21 @@ use std::path::Path;
 
 use super::{files, ConfigError};
 
+/// `text` (a parser's error message) without what it quotes: what stood between its first and
+/// its last `"` becomes `"…"` (a value written where a key, a number or a hash belongs can be a
+/// token or a password; first to last, so that an escaped quote inside the value hides
+/// nothing). The kind of error and where it is stay. Shared by the config loaders' and the
+/// balena client's decode errors.
+pub fn unquoted_text(text: &str) -> String {
+    match (text.find('"'), text.rfind('"')) {
+        (Some(first), Some(last)) if first < last => {
+            format!("{}\"…\"{}", &text[..first], &text[last + 1..])
+        }
+        (Some(first), _) => format!("{}…", &text[..first]),
+        _ => text.to_string(),
+    }
+}
+
 /// A token shorter than this is only recognised as a whole quoted value in an error (`"x"`),
 /// never inside other text (a token `abc` must not mangle the word `abcde`). Real balena API
 /// keys are 32 characters.
@@ -177,6 +192,16 @@ mod tests {
         s.add_yaml(unparsable, None);
         let e = s.redact(invalid("(top level)", "near cnry-broken-3 at line 4"));
         assert!(!e.to_string().contains("cnry-broken-3"), "{e}");
+    }
+
+    #[test]
+    fn quoted_text_is_left_out_even_with_an_escaped_quote_inside() {
+        assert_eq!(
+            unquoted_text(r#"invalid type: string "pa\"ss", expected a map at line 1"#),
+            "invalid type: string \"…\", expected a map at line 1"
+        );
+        assert_eq!(unquoted_text("unterminated \"secret"), "unterminated …");
+        assert_eq!(unquoted_text("no quote"), "no quote");
     }
 
     #[test]

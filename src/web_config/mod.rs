@@ -181,25 +181,6 @@ fn check_header(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `text` with every double-quoted part replaced by `"…"` (an error of the YAML parser quotes
-/// the value it refused).
-pub fn without_quoted_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(open) = rest.find('"') {
-        out.push_str(&rest[..=open]);
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('"') else {
-            out.push('…');
-            return out;
-        };
-        out.push_str("…\"");
-        rest = &after[close + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Reads and validates a web config file (certificates loaded, hashes checked).
 pub fn load(path: &Path) -> Result<(WebConfig, Option<rustls::ServerConfig>), WebConfigError> {
     let text = read_text(path, MAX_PEM_BYTES).map_err(|e| err(path, e))?;
@@ -211,7 +192,7 @@ pub fn load(path: &Path) -> Result<(WebConfig, Option<rustls::ServerConfig>), We
         // The parser's messages quote the value they refused (`invalid type: string "…"`),
         // which can be a password written where a hash belongs: quoted text is left out.
         let refused = |e: serde_yaml::Error| {
-            let one_line: String = without_quoted_text(&e.to_string())
+            let one_line: String = crate::config::unquoted_text(&e.to_string())
                 .chars()
                 .flat_map(|c| {
                     let escaped: Vec<char> = if c.is_control() {

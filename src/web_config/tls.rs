@@ -84,13 +84,47 @@ impl Pem {
     }
 }
 
+/// When to read files again: at most once every [`CHECK_EVERY`], and only when one of them
+/// changed since the version in use.
+struct Watched {
+    files: Vec<Pem>,
+    state: Mutex<(Instant, Vec<Option<Stamp>>)>,
+}
+
+impl Watched {
+    fn new(files: Vec<Pem>) -> Self {
+        let stamps = files.iter().map(Pem::stamp).collect();
+        Self {
+            files,
+            state: Mutex::new((Instant::now(), stamps)),
+        }
+    }
+
+    /// The files' stamps now, if it is time to look and they differ from the version in use.
+    fn changed(&self) -> Option<Vec<Option<Stamp>>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0.elapsed() < CHECK_EVERY {
+            return None;
+        }
+        state.0 = Instant::now();
+        let now: Vec<Option<Stamp>> = self.files.iter().map(Pem::stamp).collect();
+        (now != state.1).then_some(now)
+    }
+
+    /// The files as of `stamps` are in use (a version that could not be used is not: it is
+    /// tried again at the next look).
+    fn in_use(&self, stamps: Vec<Option<Stamp>>) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = stamps;
+    }
+}
+
 /// The certificate and key, read again when their files change.
 pub struct ReloadingCert {
     cert: Pem,
     key: Pem,
     provider: Arc<rustls::crypto::CryptoProvider>,
     current: ArcSwap<CertifiedKey>,
-    state: Mutex<(Instant, Option<Stamp>, Option<Stamp>)>,
+    watched: Watched,
 }
 
 impl std::fmt::Debug for ReloadingCert {
@@ -119,31 +153,24 @@ impl ReloadingCert {
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<Self, (&'static str, String)> {
         let first = Self::load(&cert, &key, &provider)?;
-        let stamps = (cert.stamp(), key.stamp());
         Ok(Self {
+            watched: Watched::new(vec![cert.clone(), key.clone()]),
             cert,
             key,
             provider,
             current: ArcSwap::from_pointee(first),
-            state: Mutex::new((Instant::now(), stamps.0, stamps.1)),
         })
     }
 
     /// Reads the files again if they changed since the last look (at most once a second).
     fn refresh(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.0.elapsed() < CHECK_EVERY {
+        let Some(stamps) = self.watched.changed() else {
             return;
-        }
-        state.0 = Instant::now();
-        let stamps = (self.cert.stamp(), self.key.stamp());
-        if (stamps.0, stamps.1) == (state.1, state.2) {
-            return;
-        }
+        };
         match Self::load(&self.cert, &self.key, &self.provider) {
             Ok(certified) => {
                 self.current.store(Arc::new(certified));
-                (state.1, state.2) = stamps;
+                self.watched.in_use(stamps);
                 tracing::info!(
                     "web config: the TLS certificate changed on disk; new connections use it"
                 );
@@ -175,7 +202,7 @@ pub struct ClientAuth {
     allowed_sans: Vec<ServerName<'static>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     inner: ArcSwap<Arc<dyn ClientCertVerifier>>,
-    state: Mutex<(Instant, Option<Stamp>)>,
+    watched: Watched,
 }
 
 impl std::fmt::Debug for ClientAuth {
@@ -222,19 +249,13 @@ impl ClientAuth {
 
     fn refresh(&self) {
         let Some(ca) = &self.ca else { return };
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.0.elapsed() < CHECK_EVERY {
+        let Some(stamps) = self.watched.changed() else {
             return;
-        }
-        state.0 = Instant::now();
-        let stamp = ca.stamp();
-        if stamp == state.1 {
-            return;
-        }
+        };
         match Self::verifier(Some(ca), self.policy, &self.provider) {
             Ok(v) => {
                 self.inner.store(Arc::new(v));
-                state.1 = stamp;
+                self.watched.in_use(stamps);
                 tracing::info!("web config: the client CA changed on disk; new connections use it");
             }
             Err(why) => tracing::warn!(
@@ -504,14 +525,13 @@ pub fn server_config(t: &TlsConfig) -> Result<rustls::ServerConfig, (&'static st
                 };
                 (key, format!("{auth}: {e}"))
             })?;
-            let stamp = ca.as_ref().and_then(Pem::stamp);
             builder.with_client_cert_verifier(Arc::new(ClientAuth {
+                watched: Watched::new(ca.iter().cloned().collect()),
                 ca,
                 policy,
                 allowed_sans,
                 provider: provider.clone(),
                 inner: ArcSwap::from_pointee(inner),
-                state: Mutex::new((Instant::now(), stamp)),
             }))
         }
     };
@@ -538,7 +558,7 @@ mod tests {
                 ClientAuth::verifier(None, Policy::RequireAny, &provider).unwrap(),
             ),
             provider,
-            state: Mutex::new((Instant::now(), None)),
+            watched: Watched::new(Vec::new()),
         }
     }
 

@@ -110,14 +110,4 @@ impl Snapshots {
     pub fn push(&mut self, s: Arc<dyn Snapshot>) {
         self.0.push(s);
     }
-
-    /// How many there are.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// True when there is none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
 }

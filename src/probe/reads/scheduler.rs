@@ -103,9 +103,8 @@ struct Slot {
     pending: Option<watch::Receiver<ReadResult>>,
     used: Instant,
     interval: Duration,
+    /// How the last read ended, until a probe is told (then taken).
     last: Option<Last>,
-    /// The last outcome was already shown to a probe.
-    last_shown: bool,
 }
 
 impl Slot {
@@ -178,7 +177,6 @@ impl Scheduler {
             used: now,
             interval,
             last: None,
-            last_shown: true,
         });
         slot.used = now;
         slot.interval = interval;
@@ -189,13 +187,7 @@ impl Scheduler {
                 .map(|(s, at)| (s.clone(), now.duration_since(*at))),
             ..Plan::default()
         };
-        if !slot.last_shown {
-            slot.last_shown = true;
-            plan.last = slot
-                .last
-                .as_ref()
-                .map(|l| (l.finished, l.failure.clone(), l.notes.clone()));
-        }
+        plan.last = slot.last.take().map(|l| (l.finished, l.failure, l.notes));
         if matches!(&plan.now, Some((_, age)) if *age < interval) {
             return plan;
         }
@@ -245,7 +237,6 @@ impl Scheduler {
                     failure: shared.as_ref().err().cloned(),
                     notes: notes.into_iter().skip(keep).collect(),
                 });
-                slot.last_shown = false;
             }
             let budget = self.max_bytes.load(Ordering::Relaxed) / 2;
             evict(&mut slots, key, budget);
@@ -286,28 +277,25 @@ impl Scheduler {
 /// Drops the current snapshot of the least recently used slots other than `keep` while the
 /// snapshots held are over `budget`.
 fn evict(slots: &mut HashMap<Key, Slot>, keep: &Key, budget: usize) {
-    let held = |slots: &HashMap<Key, Slot>| -> usize {
-        slots
-            .values()
-            .filter_map(|s| s.current.as_ref())
-            .map(|(s, _)| s.bytes())
-            .sum()
-    };
-    while held(slots) > budget {
+    let mut held: usize = slots
+        .values()
+        .filter_map(|s| s.current.as_ref())
+        .map(|(s, _)| s.bytes())
+        .sum();
+    while held > budget {
         let victim = slots
-            .iter()
+            .iter_mut()
             .filter(|(k, s)| *k != keep && s.current.is_some())
-            .min_by_key(|(_, s)| s.used)
-            .map(|(k, _)| k.clone());
-        let Some(victim) = victim else { return };
-        if let Some(s) = slots.get_mut(&victim) {
-            s.current = None;
-            tracing::info!(
-                read = victim.read,
-                scope = %victim.scope,
-                "background snapshot dropped: over half of api.background_max_bytes; read again when asked for"
-            );
+            .min_by_key(|(_, s)| s.used);
+        let Some((key, slot)) = victim else { return };
+        if let Some((dropped, _)) = slot.current.take() {
+            held -= dropped.bytes();
         }
+        tracing::info!(
+            read = key.read,
+            scope = %key.scope,
+            "background snapshot dropped: over half of api.background_max_bytes; read again when asked for"
+        );
     }
 }
 
