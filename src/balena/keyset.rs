@@ -10,7 +10,10 @@
 //! text (a device's uuid) on two rows (duplicate series, which Prometheus refuses for the whole
 //! scrape).
 //!
-//! A listing may be bounded ([`Listing::max_rows`]): past it the listing fails
+//! All pages of one listing together are bounded by `api.max_response_bytes`, as one answer is
+//! (a server that pages forever fails the listing `too_large` instead of filling the probe's
+//! time with rows). A listing may be bounded in rows too ([`Listing::max_rows`]): past it the
+//! listing fails
 //! ([`BalenaError::OverBound`]) instead of holding more. Pages need no bound of their own: a page
 //! that brings no new row ends the listing, so there are never more pages than rows + 1.
 //!
@@ -53,6 +56,10 @@ pub async fn list(
     mut on_row: impl FnMut(&[u8], &mut Gate) -> Result<(), StreamError>,
 ) -> Result<usize, BalenaError> {
     let page = s.api().page_size as usize;
+    // All pages of one listing together are bounded as one answer is: a server that pages
+    // forever within a probe's deadline fills no more than this.
+    let max_bytes = s.api().max_response_bytes;
+    let mut listed_bytes = 0usize;
     let mut gate = Gate {
         rows: listing.rows,
         max_rows: listing.max_rows,
@@ -74,6 +81,13 @@ pub async fn list(
         let mut rows = stream::RowStream::new();
         gate.begin_page();
         s.get_streamed(listing.endpoint, listing.path, &q.to_wire(), &mut |chunk| {
+            listed_bytes += chunk.len();
+            if listed_bytes > max_bytes {
+                return Err(BalenaError::Oversized(format!(
+                    "the {} of one listing pass {max_bytes} bytes in all (api.max_response_bytes bounds one answer, and all pages of one listing together)",
+                    listing.rows
+                )));
+            }
             rows.feed(chunk, &mut |row| on_row(row, &mut gate))
                 .map_err(|e| gate.refused.take().unwrap_or_else(|| stream_error(e)))
         })

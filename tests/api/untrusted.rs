@@ -245,3 +245,48 @@ async fn install_rows_without_id_fail_the_services_read_visibly() {
     app.stop().await;
     stub.stop();
 }
+
+/// A device listing that never ends (every page 50 new rows after the id asked for): all pages
+/// of one listing together are bounded by `api.max_response_bytes`, so the probe fails
+/// `too_large` at once instead of filling its time (and memory) with rows.
+fn endless_devices(head: &str) -> String {
+    if head.starts_with("GET /v7/application") {
+        return FLEET.into();
+    }
+    let after: u64 = head
+        .split("id%20gt%20")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let uuids: Vec<String> = (after + 1..=after + 50)
+        .map(|i| format!("{i:032x}"))
+        .collect();
+    let rows: Vec<(u64, &str)> = (after + 1..=after + 50)
+        .zip(uuids.iter().map(String::as_str))
+        .collect();
+    device_rows(&rows)
+}
+
+#[actix_rt::test]
+async fn an_endless_device_listing_is_bounded_by_max_response_bytes() {
+    let stub = StubApi::start(endless_devices, Duration::ZERO, Connections::KeepAlive);
+    let url = stub.url.clone();
+    let app = spawn_with(world(&[]), |_| {
+        format!("api:\n  url: {url}\n  cache_ttl: 0s\n  max_response_bytes: 256KiB\nauths:\n  a:\n    token: secret-tok-9c1e\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n")
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let debug = app.get("/probe?target=t&debug=true").await.body;
+    assert!(debug.contains("Result: failure (too_large)"), "{debug}");
+    assert!(
+        debug.contains("the device rows of one listing pass 262144 bytes in all"),
+        "{debug}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed at once"
+    );
+    app.stop().await;
+    stub.stop();
+}
