@@ -347,12 +347,7 @@ fn endless_installs(head: &str) -> String {
     if !head.starts_with("GET /v7/image_install") {
         return stub::one_device_fleet(head);
     }
-    let after: u64 = head
-        .split("id%20gt%20")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let after = stub::after_id(head);
     let rows: Vec<String> = (after + 1..=after + 1000)
         .map(|id| format!(r#"{{"id":{id},"device":{{"__id":5}},"installs__image":{{"__id":{}}},"status":"Running","install_date":"2026-01-01T00:00:00Z"}}"#, id % 50 + 1))
         .collect();

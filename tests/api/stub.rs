@@ -173,3 +173,13 @@ pub fn device_rows(rows: &[(u64, &str)]) -> String {
         .collect();
     format!(r#"{{"d":[{}]}}"#, rows.join(","))
 }
+
+/// The id a keyset page asks for rows after (`… id gt N …` in the request head), 0 for the
+/// first page.
+pub fn after_id(head: &str) -> u64 {
+    head.split("id%20gt%20")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -253,12 +253,7 @@ fn endless_devices(head: &str) -> String {
     if head.starts_with("GET /v7/application") {
         return FLEET.into();
     }
-    let after: u64 = head
-        .split("id%20gt%20")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let after = crate::stub::after_id(head);
     let uuids: Vec<String> = (after + 1..=after + 50)
         .map(|i| format!("{i:032x}"))
         .collect();
