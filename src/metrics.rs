@@ -54,7 +54,7 @@ catalogue! {
     /// Undervolted devices.
     FLEET_DEVICES_UNDERVOLTED = "balena_fleet_devices_undervolted", "Devices in the fleet reporting under-voltage (is_undervolted).";
     /// Current services per name and status.
-    FLEET_SERVICES = "balena_fleet_services", "Current services of the fleet's devices per service name and container status (image_install.status of each device's newest install of the service, not deleted).";
+    FLEET_SERVICES = "balena_fleet_services", "Current services of the fleet's devices per service name and container status: every install that is not deleted (image_install.status), so a device mid-update counts its old container and its new one, as balena-sdk's current_services lists them.";
     /// When the services were read.
     FLEET_SERVICES_TIMESTAMP = "balena_fleet_services_timestamp_seconds", "When the image installs behind balena_fleet_services were read from the API, Unix seconds: they are re-read in the background once services_interval old, so services lag device states by up to that much.";
     /// Devices per update_status.
@@ -73,6 +73,16 @@ catalogue! {
     FLEET_LATEST_RELEASE_CREATED = "balena_fleet_latest_release_created_timestamp_seconds", "When the fleet's newest release was created (created_at), Unix seconds.";
     /// When the target release was created.
     FLEET_TARGET_RELEASE_CREATED = "balena_fleet_target_release_created_timestamp_seconds", "When the fleet's target release was created (created_at), Unix seconds.";
+    /// Devices per host OS update state.
+    FLEET_DEVICES_OS_UPDATE = "balena_fleet_devices_os_update", "Devices in the fleet per host OS update state: none (no target OS, or it runs it), pending (a target OS it does not run, no update under way), in_progress (the OS updater reports progress), failed (the updater reported OS update failed).";
+    /// Devices per OS lifecycle phase.
+    FLEET_DEVICES_OS_PHASE = "balena_fleet_devices_os_phase", "Devices in the fleet per lifecycle phase of the host OS release they run (next, current, sunset, end-of-life; unknown when no release of their host app matches their os_version).";
+    /// Devices whose supervisor is behind its target.
+    FLEET_DEVICES_SUPERVISOR_UPDATE_PENDING = "balena_fleet_devices_supervisor_update_pending", "Devices in the fleet whose supervisor_version is not the version of their target supervisor release (should_be_managed_by__release).";
+    /// Devices per supervisor setting in the state that matters.
+    FLEET_DEVICES_SUPERVISOR_SETTING = "balena_fleet_devices_supervisor_setting", "Devices in the fleet whose effective supervisor setting (device configuration variable over the fleet's) is in the state that matters: hardware_metrics_disabled, local_mode, lock_override.";
+    /// Releases in use by version.
+    FLEET_RELEASE_INFO = "balena_fleet_release_info", "Each release the fleet's devices run, its target release and its newest release, as labels: commit, semver, build status; always 1.";
     /// Compatibility gauge of the older Python exporter.
     LEGACY_DEVICES_ONLINE = "balena_devices_online", "Online devices per fleet, labelled by fleet display name as the older balena Python exporter wrote it.";
     /// Device facts.
@@ -113,8 +123,16 @@ catalogue! {
     DEVICE_PINNED = "balena_device_pinned", "Whether the device is pinned to a release (is_pinned_on__release set).";
     /// changed_api_heartbeat_state_on__date.
     DEVICE_HEARTBEAT_CHANGED = "balena_device_heartbeat_changed_timestamp_seconds", "When the device's api_heartbeat_state last changed (changed_api_heartbeat_state_on__date), Unix seconds: offline since, for an offline device.";
+    /// The host OS update state.
+    DEVICE_OS_UPDATE = "balena_device_os_update", "The device's host OS update state as a label (none, pending, in_progress, failed; see balena_fleet_devices_os_update); always 1.";
+    /// provisioning_progress while an OS update reports it.
+    DEVICE_OS_UPDATE_PROGRESS = "balena_device_os_update_progress_ratio", "Progress the host OS updater reports (provisioning_progress / 100); absent when no OS update reports progress.";
+    /// Latitude.
+    DEVICE_LATITUDE = "balena_device_latitude_degrees", "The device's latitude in degrees: its custom location if set, else the one balenaCloud found from its IP (modules with locations).";
+    /// Longitude.
+    DEVICE_LONGITUDE = "balena_device_longitude_degrees", "The device's longitude in degrees: its custom location if set, else the one balenaCloud found from its IP (modules with locations).";
     /// A service's status on a device (opt-in).
-    DEVICE_SERVICE_STATUS = "balena_device_service_status", "The container status of each current service of the device as labels (modules with device_services); always 1.";
+    DEVICE_SERVICE_STATUS = "balena_device_service_status", "Current installs of each service of the device per container status (modules with device_services): 1, or 2 when an update's new install is in the same status as the old one.";
 }
 
 /// Every `update_status` value of API v7, and `none` for null; emitted with zeros.

@@ -118,6 +118,20 @@ impl Simulator {
         self.state.count_requests(prefix)
     }
 
+    /// Requests a probe makes itself: every `/v7/` request but the background reads' (image
+    /// installs and images for services; releases and configuration variables for the host
+    /// layer).
+    pub fn probe_requests(&self) -> usize {
+        const BACKGROUND: [&str; 5] = [
+            "/v7/image",
+            "/v7/image_install",
+            "/v7/release",
+            "/v7/application_config_variable",
+            "/v7/device_config_variable",
+        ];
+        self.requests("/v7/") - BACKGROUND.iter().map(|p| self.requests(p)).sum::<usize>()
+    }
+
     /// Stops the server.
     pub async fn stop(&self) {
         self.handle.stop(false).await;

@@ -106,10 +106,18 @@ pub struct SimState {
 
 impl SimState {
     /// Requests whose path starts with `prefix`.
+    /// Requests whose path is under `prefix`: `/v7/` counts every resource, `/v7/device`
+    /// counts `/v7/device` and `/v7/device(…)` but not `/v7/device_tag`.
     pub fn count_requests(&self, prefix: &str) -> usize {
+        let under = |path: &str| {
+            path.strip_prefix(prefix).is_some_and(|rest| {
+                prefix.ends_with('/')
+                    || !rest.starts_with(|c: char| c == '_' || c.is_alphanumeric())
+            })
+        };
         self.log
             .lock()
-            .map(|l| l.iter().filter(|r| r.path.starts_with(prefix)).count())
+            .map(|l| l.iter().filter(|r| under(&r.path)).count())
             .unwrap_or(0)
     }
 
@@ -435,8 +443,8 @@ fn odata(state: &SimState, rest: &str, query: &str, caller: &Caller) -> HttpResp
     match result {
         Ok(body) => json_ok(&body),
         Err(ReadError::Unauthorized) => error_response(401, None),
-        Err(ReadError::BadField(f)) => {
-            HttpResponse::BadRequest().json(format!("Unknown field or navigation: {f}"))
-        }
+        // open-balena-api answers a field or navigation it does not know with 500 and an
+        // empty body (a `$select` of `latitude` on openBalena): so does the simulator.
+        Err(ReadError::BadField(_)) => error_response(500, None),
     }
 }

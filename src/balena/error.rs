@@ -60,6 +60,9 @@ pub enum BalenaError {
     /// failed rather than held.
     #[error("{0}")]
     OverBound(String),
+    /// The API does not have what the module asks for (device locations on openBalena).
+    #[error("{0}")]
+    Unsupported(String),
     /// The body exceeded `api.max_response_bytes`.
     #[error("response larger than the {limit}-byte cap (api.max_response_bytes)")]
     TooLarge {
@@ -144,6 +147,7 @@ impl BalenaError {
             Self::TooLarge { .. } | Self::Oversized(_) => "too_large",
             Self::Inconsistent(_) => "inconsistent",
             Self::OverBound(_) => "over_bound",
+            Self::Unsupported(_) => "unsupported",
         }
     }
 }

@@ -11,6 +11,7 @@
 mod client;
 mod error;
 mod exchange;
+pub mod host;
 pub mod keyset;
 pub mod limit;
 pub mod model;
@@ -51,6 +52,18 @@ impl DeviceScope {
                 "belongs_to__application/any(a:a/is_directly_accessible_by__user/any(dau:1 eq 1))"
                     .into()
             }
+        }
+    }
+
+    /// The same scope as a filter of fleets (`application` rows).
+    fn fleet_filter(&self) -> String {
+        match self {
+            Self::Fleet(id) => format!("id eq {id}"),
+            Self::Org(handle) => format!(
+                "organization/any(o:o/handle eq {})",
+                quote_literal(&handle.to_lowercase())
+            ),
+            Self::Accessible => "is_directly_accessible_by__user/any(dau:1 eq 1)".into(),
         }
     }
 }
@@ -194,11 +207,14 @@ pub async fn fleets(
 
 /// The `$select`/`$expand` a module needs for device rows.
 pub fn device_query(module: &ModuleConfig) -> (String, String) {
-    let fields = if module.devices {
-        DEVICE_FIELDS
+    let mut fields = if module.devices {
+        DEVICE_FIELDS.to_vec()
     } else {
-        SUMMARY_DEVICE_FIELDS
+        SUMMARY_DEVICE_FIELDS.to_vec()
     };
+    if module.locations && module.devices {
+        fields.extend(model::LOCATION_FIELDS);
+    }
     let mut expand = vec!["is_running__release($select=id,commit)".to_string()];
     if module.devices {
         expand.push("is_of__device_type($select=slug)".into());
@@ -236,7 +252,7 @@ pub async fn devices(
         rows: "device rows",
         max_rows: None,
     };
-    keyset::list(s, &listing, |row, gate| {
+    let listed = keyset::list(s, &listing, |row, gate| {
         let device = model::decode_device(row)?;
         let uuid = module.devices.then_some(device.uuid.as_ref());
         if gate.admit(device.id, uuid, row)? {
@@ -244,12 +260,23 @@ pub async fn devices(
         }
         Ok(())
     })
-    .await
+    .await;
+    match listed {
+        // openBalena's model has no location fields: it answers a `$select` of them with 500
+        // (and a stricter server with 400). Say which setting asked for them.
+        Err(BalenaError::Status { status }) if module.locations && matches!(status, 400 | 500) => {
+            Err(BalenaError::Unsupported(format!(
+                "the API refused the device listing with the location fields (HTTP {status}): `locations: true` in this module needs balenaCloud (openBalena has no device locations); set locations: false"
+            )))
+        }
+        other => other,
+    }
 }
 
 /// The `$select` of the image-install listing: the device, the image (a build of one
-/// service), the container status and when the install was made.
-pub const INSTALL_FIELDS: &str = "id,device,installs__image,status,install_date";
+/// service) and the container status (every install not deleted is current: when each was
+/// made does not matter).
+pub const INSTALL_FIELDS: &str = "id,device,installs__image,status";
 
 /// Lists the image installs of the devices in `scope` that are not `deleted` (as balena-sdk's
 /// `getCurrentServiceDetailsPineExpand` filters them), by keyset, each handed to `on_install`

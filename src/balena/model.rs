@@ -226,6 +226,19 @@ pub const DEVICE_FIELDS: &[&str] = &[
     "last_update_status_event",
     "is_pinned_on__release",
     "changed_api_heartbeat_state_on__date",
+    "provisioning_state",
+    "provisioning_progress",
+    "should_be_operated_by__release",
+    "should_be_managed_by__release",
+];
+
+/// Device fields a module with `locations: true` selects too: balenaCloud has them, openBalena
+/// does not (it answers 500 to a `$select` of them).
+pub const LOCATION_FIELDS: &[&str] = &[
+    "latitude",
+    "longitude",
+    "custom_latitude",
+    "custom_longitude",
 ];
 
 /// Device fields a summary module (no per-device series) needs.
@@ -242,13 +255,17 @@ pub const SUMMARY_DEVICE_FIELDS: &[&str] = &[
     "os_version",
     "os_variant",
     "supervisor_version",
+    "provisioning_state",
+    "provisioning_progress",
+    "should_be_operated_by__release",
+    "should_be_managed_by__release",
 ];
 
 /// One row of the image-install listing (`image_install`, [`super::INSTALL_FIELDS`]).
 #[allow(non_snake_case)]
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct InstallRow<'a> {
-    /// Row id (paging order; breaks ties of `install_date`).
+    /// Row id (paging order).
     #[serde(default)]
     pub id: u64,
     /// The device it is installed on.
@@ -260,9 +277,6 @@ pub struct InstallRow<'a> {
     /// Container status as the supervisor reports it (`Running`, `exited`, `Downloading`, ...).
     #[serde(default, borrow, deserialize_with = "borrowed")]
     pub status: Text<'a>,
-    /// When the install was created, ISO-8601.
-    #[serde(default, borrow, deserialize_with = "borrowed")]
-    pub install_date: Text<'a>,
 }
 
 /// Decodes one image-install row.
@@ -388,6 +402,31 @@ pub struct Device<'a> {
     /// When `api_heartbeat_state` last changed, ISO-8601.
     #[serde(default, borrow, deserialize_with = "borrowed")]
     pub changed_api_heartbeat_state_on__date: Text<'a>,
+    /// What the device last said it is doing beyond its application: `Post-Provisioning`, or
+    /// the host OS updater's `Running OS update`, `OS update failed` (balenahup).
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub provisioning_state: Text<'a>,
+    /// Progress of that, in percent (null when nothing is reported).
+    #[serde(default)]
+    pub provisioning_progress: Option<f64>,
+    /// The host OS release the device should run (a release of its device type's host app).
+    #[serde(default)]
+    pub should_be_operated_by__release: Option<NavId>,
+    /// The supervisor release the device should run.
+    #[serde(default)]
+    pub should_be_managed_by__release: Option<NavId>,
+    /// balenaCloud's location from the device's IP, degrees (a string).
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub latitude: Text<'a>,
+    /// See `latitude`.
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub longitude: Text<'a>,
+    /// A location a user set, degrees (a string): wins over the IP's.
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub custom_latitude: Text<'a>,
+    /// See `custom_latitude`.
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    pub custom_longitude: Text<'a>,
 }
 
 fn text<'s>(t: &'s Text<'_>) -> &'s str {
@@ -434,6 +473,19 @@ impl Device<'_> {
         let target = self.should_be_running__release?;
         let running = first(&self.is_running__release).and_then(|r| r.id);
         Some(running == Some(target.id))
+    }
+
+    /// Where the device is, as (latitude, longitude) in degrees: the custom location when a
+    /// user set one, else the one balenaCloud found from the device's IP; `None` when neither
+    /// is a pair of numbers in range.
+    pub fn location(&self) -> Option<(f64, f64)> {
+        let pair = |lat: &Text<'_>, lon: &Text<'_>| {
+            let lat: f64 = lat.as_deref()?.trim().parse().ok()?;
+            let lon: f64 = lon.as_deref()?.trim().parse().ok()?;
+            ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)).then_some((lat, lon))
+        };
+        pair(&self.custom_latitude, &self.custom_longitude)
+            .or_else(|| pair(&self.latitude, &self.longitude))
     }
 }
 

@@ -646,6 +646,13 @@ fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
                 "device_services writes per-device service series, so it needs devices: true, services: true, no counts_only and no compact_cache",
             ));
         }
+        if module.locations && (!module.devices || module.counts_only) {
+            return Err(invalid(
+                file,
+                format!("modules.{name}.locations"),
+                "locations writes per-device series, so it needs devices: true and no counts_only",
+            ));
+        }
         if module.counts_only && !module.device_tags.is_empty() {
             return Err(invalid(
                 file,

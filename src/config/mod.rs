@@ -249,6 +249,17 @@ pub struct ModuleConfig {
     /// Also write each service's status on each device (`balena_device_service_status`):
     /// devices × services series, so opt-in. Needs `devices` and `services`.
     pub device_services: bool,
+    /// Read the layer under the application for the fleet series of host OS updates, OS
+    /// lifecycle phases, supervisor drift, supervisor settings and releases by version: a few
+    /// listings of the target's releases and configuration variables, kept as a snapshot
+    /// and re-read in the background every `services_interval`, as services are. Ignored when
+    /// `counts_only` is set.
+    pub host: bool,
+    /// Also write each device's location (`balena_device_latitude_degrees`,
+    /// `balena_device_longitude_degrees`): balenaCloud only (openBalena has no location
+    /// fields, and a probe of a module with `locations: true` fails saying so). Needs
+    /// `devices: true`.
+    pub locations: bool,
 }
 
 impl ModuleConfig {
@@ -269,6 +280,8 @@ impl ModuleConfig {
             compact_cache: false,
             services: false,
             device_services: false,
+            host: false,
+            locations: false,
             ..self.clone()
         }
     }
@@ -359,6 +372,8 @@ impl Default for ModuleConfig {
             services: true,
             services_interval: DEFAULT_SERVICES_INTERVAL,
             device_services: false,
+            host: true,
+            locations: false,
         }
     }
 }

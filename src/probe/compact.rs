@@ -44,6 +44,11 @@ struct Row {
     status: u32,
     heartbeat: u32,
     update: u32,
+    /// The device's host combination in its fleet (`FleetStats::hosts`).
+    host: u32,
+    /// `status` of `balena_device_os_update` once joined with the host snapshot (a string
+    /// number; [`NO_OS_UPDATE`]: no series).
+    os_update: u32,
     /// Values of the [`STORED`] families (NaN: absent).
     values: [f64; N_STORED],
 }
@@ -62,6 +67,9 @@ const N_STORED: usize = {
     }
     n
 };
+
+/// `Row::os_update` of a device with no `balena_device_os_update` series.
+const NO_OS_UPDATE: u32 = u32::MAX;
 
 const fn stored() -> [usize; N_STORED] {
     let mut out = [0; N_STORED];
@@ -114,8 +122,8 @@ impl CompactDevices {
         i
     }
 
-    /// Stores device `d` of fleet number `fleet`.
-    pub fn push(&mut self, fleet: usize, d: &Device<'_>) {
+    /// Stores device `d` of fleet number `fleet`, whose host combination there is `host`.
+    pub fn push(&mut self, fleet: usize, d: &Device<'_>, host: usize) {
         // The fleet label is stored as the fleet number; the series borrow only from `d`.
         let series = DeviceSeries::of("", d, &self.tags);
         let uuid = clip(series.uuid, u16::MAX as usize);
@@ -136,6 +144,8 @@ impl CompactDevices {
             status: self.intern(&series.status),
             heartbeat: self.intern(&series.heartbeat),
             update: self.intern(&series.update),
+            host: host as u32,
+            os_update: NO_OS_UPDATE,
             values,
         };
         for t in &series.tags {
@@ -143,6 +153,15 @@ impl CompactDevices {
             self.tag_values.push(i);
         }
         self.rows.push(row);
+    }
+
+    /// Sets each device's `balena_device_os_update` status from its (fleet, host combination).
+    pub fn set_os_updates<'s>(&mut self, status: impl Fn(usize, usize) -> &'s str) {
+        for i in 0..self.rows.len() {
+            let r = self.rows[i];
+            let label = status(r.fleet as usize, r.host as usize);
+            self.rows[i].os_update = self.intern(label);
+        }
     }
 
     /// Drops spare capacity before the store is cached.
@@ -178,6 +197,12 @@ impl CompactDevices {
             update: s(r.update).into(),
             values,
         }
+    }
+
+    /// Device `i`'s `balena_device_os_update` status, once set.
+    fn os_update(&self, i: usize) -> Option<&str> {
+        let n = self.rows[i].os_update;
+        (n != NO_OS_UPDATE).then(|| &*self.strings[n as usize])
     }
 
     /// The per-device text, family by family, in chunks of about `chunk` bytes.
@@ -220,7 +245,9 @@ impl Iterator for Render {
     fn next(&mut self) -> Option<String> {
         let store = &self.store;
         let mut out = String::with_capacity(self.chunk + 4096);
-        while self.family < DEVICE_FAMILIES.len() && out.len() < self.chunk {
+        // The table's families, then `balena_device_os_update` (joined with the host
+        // snapshot, as the text path writes it once the fetch is done).
+        while self.family <= DEVICE_FAMILIES.len() && out.len() < self.chunk {
             if self.row >= store.rows.len() {
                 self.family += 1;
                 self.row = 0;
@@ -229,13 +256,24 @@ impl Iterator for Render {
             }
             let series = store.series(self.row);
             let started = &mut self.started;
-            series.sample(self.family, &store.tags, |def, labels, value| {
+            let mut write = |def: crate::metrics::MetricDef, labels: &[(&str, &str)], value| {
                 if !*started {
                     out.push_str(&family_header(&def));
                     *started = true;
                 }
                 write_sample(&mut out, def.name, labels, value);
-            });
+            };
+            if self.family < DEVICE_FAMILIES.len() {
+                series.sample(self.family, &store.tags, write);
+            } else if let Some(status) = store.os_update(self.row) {
+                let labels = [
+                    ("fleet", series.fleet),
+                    ("device_uuid", series.uuid),
+                    ("device_name", series.name),
+                    ("status", status),
+                ];
+                write(crate::metrics::DEVICE_OS_UPDATE, &labels, 1.0);
+            }
             self.row += 1;
         }
         (!out.is_empty()).then_some(out)
@@ -287,7 +325,7 @@ mod tests {
         for (i, row) in rows.iter().enumerate() {
             let d: Device = serde_json::from_str(row).unwrap();
             write_device(&mut direct, &fleets[i % 2], &d, &tags);
-            store.push(i % 2, &d);
+            store.push(i % 2, &d, 0);
         }
         store.shrink();
         let store = Arc::new(store);

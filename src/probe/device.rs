@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use super::host::os_update_progress;
 use super::labels::{flag, heartbeat_label, parse_timestamp, status_label, update_status_label};
 use crate::balena::model::Device;
 use crate::exposition::Exposition;
@@ -92,6 +93,9 @@ pub const DEVICE_FAMILIES: &[DeviceFamily] = &[
             .as_deref()
             .and_then(parse_timestamp)
     }),
+    family(m::DEVICE_OS_UPDATE_PROGRESS, os_update_progress),
+    family(m::DEVICE_LATITUDE, |d| d.location().map(|l| l.0)),
+    family(m::DEVICE_LONGITUDE, |d| d.location().map(|l| l.1)),
 ];
 
 /// How many device families there are.
@@ -210,15 +214,15 @@ pub fn write_device(out: &mut Exposition, fleet: &str, d: &Device, tags: &[(Stri
 }
 
 /// Writes the opt-in `balena_device_service_status` of one device: one series per current
-/// service (as (name, status label)), its status as a label.
+/// service and status (as (name, status label, installs)), its status as a label.
 pub fn write_device_services<'s>(
     out: &mut Exposition,
     fleet: &str,
     uuid: &str,
     name: &str,
-    services: impl Iterator<Item = (&'s str, &'s str)>,
+    services: impl Iterator<Item = (&'s str, &'s str, u32)>,
 ) {
-    for (service, status) in services {
+    for (service, status, installs) in services {
         out.gauge(
             m::DEVICE_SERVICE_STATUS,
             &[
@@ -228,7 +232,7 @@ pub fn write_device_services<'s>(
                 ("service", service),
                 ("status", status),
             ],
-            1.0,
+            f64::from(installs),
         );
     }
 }

@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use super::host::{self, HostCombos, HostCounts};
 use super::labels::{
     bump, heartbeat_label, parse_timestamp, status_label, update_status_label, Pairs,
 };
@@ -50,6 +51,10 @@ pub struct FleetStats {
     /// The earliest `last_update_status_event` of a device downloading or applying an update
     /// (Unix seconds; per-device modules select the field).
     pub updating_since: Option<f64>,
+    /// The distinct combinations of what the devices run and should run under the application.
+    pub hosts: HostCombos,
+    /// The host series, once joined with the host snapshot (`None` without one).
+    pub host: Option<HostCounts>,
 }
 
 impl FleetStats {
@@ -78,11 +83,13 @@ impl FleetStats {
             os: Pairs::default(),
             supervisor: BTreeMap::new(),
             updating_since: None,
+            hosts: HostCombos::default(),
+            host: None,
         }
     }
 
-    /// Counts one device.
-    pub fn add(&mut self, d: &Device) {
+    /// Counts one device; returns the number of its host combination ([`HostCombos`]).
+    pub fn add(&mut self, d: &Device) -> usize {
         self.devices += 1;
         self.online += u64::from(d.is_online == Some(true));
         bump(&mut self.status, status_label(d));
@@ -115,6 +122,7 @@ impl FleetStats {
             &mut self.supervisor,
             Cow::Borrowed(Device::str_of(&d.supervisor_version)),
         );
+        self.hosts.add(d)
     }
 }
 
@@ -195,6 +203,9 @@ pub fn write_fleet(out: &mut Exposition, s: &FleetStats, module: &ModuleConfig) 
         s.online_not_on_target,
     );
     one(out, m::FLEET_DEVICES_UNDERVOLTED, s.undervolted);
+    if let Some(h) = &s.host {
+        host::write(out, slug, h);
+    }
 }
 
 /// One series of `def` per counted label value (`label`), zeros included.
@@ -261,12 +272,17 @@ enum Severity {
     BuildFailed,
     /// Updates aborted or rejected.
     UpdateFailed,
+    /// Host OS updates failed.
+    OsUpdateFailed,
     /// Updates under way (the longest first).
     Updating,
+    /// Devices on an end-of-life host OS.
+    EndOfLife,
 }
 
 /// What needs a person's attention in these fleets, in words, worst first (crashed services,
-/// a failed newest build, updates aborted or rejected, updates under way), at most
+/// a failed newest build, updates aborted or rejected, host OS updates failed, updates under
+/// way, devices on an end-of-life host OS), at most
 /// [`MAX_ATTENTION`] lines and then one that says how many more there are. Empty when all is
 /// well (or the module reads none of it).
 pub fn attention(stats: &[FleetStats], module: &ModuleConfig) -> Vec<String> {
@@ -309,6 +325,18 @@ pub fn attention(stats: &[FleetStats], module: &ModuleConfig) -> Vec<String> {
                 devices(failed)
             );
             found.push((Severity::UpdateFailed, -(failed as f64), line));
+        }
+        if let Some(h) = &s.host {
+            let failed = h.os_update.get("failed").copied().unwrap_or(0);
+            if failed > 0 {
+                let line = format!("{fleet}: the host OS update of {} failed", devices(failed));
+                found.push((Severity::OsUpdateFailed, -(failed as f64), line));
+            }
+            let eol = h.os_phase.get("end-of-life").copied().unwrap_or(0);
+            if eol > 0 {
+                let line = format!("{fleet}: {} on an end-of-life host OS", devices(eol));
+                found.push((Severity::EndOfLife, -(eol as f64), line));
+            }
         }
         let updating = count("downloading") + count("applying changes") + count("downloaded");
         if updating > 0 {

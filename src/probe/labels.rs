@@ -18,9 +18,14 @@ pub struct Pairs(pub Vec<(String, String, u64)>);
 impl Pairs {
     /// Adds one to the pair's count.
     pub fn bump(&mut self, a: &str, b: &str) {
+        self.add(a, b, 1);
+    }
+
+    /// Adds `n` to the pair's count.
+    pub fn add(&mut self, a: &str, b: &str, n: u64) {
         match self.0.iter_mut().find(|(x, y, _)| x == a && y == b) {
-            Some((_, _, n)) => *n += 1,
-            None => self.0.push((a.to_string(), b.to_string(), 1)),
+            Some((_, _, c)) => *c += n,
+            None => self.0.push((a.to_string(), b.to_string(), n)),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod compact;
 pub mod device;
 pub(crate) mod fleet;
+pub(crate) mod host;
 pub(crate) mod labels;
 pub mod prober;
 pub(crate) mod reads;
@@ -28,6 +29,18 @@ use compact::CompactDevices;
 use device::{write_device, write_device_services};
 use fleet::{write_fleet, FleetStats};
 use reads::{services, ReadsAt, Snapshots};
+
+/// A device whose series are written as text, kept for the series written once the background
+/// snapshots are joined (its services, its OS update state).
+#[derive(Debug)]
+struct Named {
+    id: u64,
+    fleet: u32,
+    uuid: String,
+    name: String,
+    /// Its host combination in its fleet's [`fleet::FleetStats::hosts`].
+    host: u32,
+}
 
 /// Pending text of one family that is compressed as one piece: large enough to compress well
 /// (the deflate window is 32 KiB), small enough that ~13 per-device families of a probe hold
@@ -148,10 +161,10 @@ pub struct SeriesBuilder<'m> {
     devices: Exposition,
     compact: Option<CompactDevices>,
     device_total: usize,
-    /// Each device counted, and its fleet (the services join).
+    /// Each device counted, and its fleet (the background snapshots' joins).
     seen: HashMap<u64, u32>,
-    /// Each device's id, fleet, uuid and name, for `balena_device_service_status`.
-    named: Vec<(u64, u32, String, String)>,
+    /// Each device whose series are text, for the per-device series of the joins.
+    named: Vec<Named>,
 }
 
 impl<'m> SeriesBuilder<'m> {
@@ -213,14 +226,19 @@ impl<'m> SeriesBuilder<'m> {
         };
         self.seen.insert(d.id, i as u32);
         self.device_total += 1;
-        self.stats[i].add(d);
+        let host = self.stats[i].add(d);
         if let Some(compact) = &mut self.compact {
-            compact.push(i, d);
+            compact.push(i, d, host);
         } else if self.module.devices {
             write_device(&mut self.devices, &self.stats[i].fleet.slug, d, &self.tags);
-            if self.module.device_services {
-                let (uuid, name) = (d.uuid.to_string(), d.name().to_string());
-                self.named.push((d.id, i as u32, uuid, name));
+            if self.module.device_services || self.module.host {
+                self.named.push(Named {
+                    id: d.id,
+                    fleet: i as u32,
+                    uuid: d.uuid.to_string(),
+                    name: d.name().to_string(),
+                    host: host as u32,
+                });
             }
         }
     }
@@ -230,17 +248,60 @@ impl<'m> SeriesBuilder<'m> {
     fn join_services(&mut self, snapshot: &services::Snapshot) {
         for (&device, &i) in &self.seen {
             let stats = &mut self.stats[i as usize];
-            for (service, status) in snapshot.of_device(device) {
-                stats.services.bump(service, status);
+            for (service, status, installs) in snapshot.of_device(device) {
+                stats.services.add(service, status, u64::from(installs));
             }
         }
         for s in &mut self.stats {
             s.services_read_at = Some(snapshot.read_at_unix());
         }
-        for (device, i, uuid, name) in &self.named {
-            let fleet = &self.stats[*i as usize].fleet.slug;
-            let services = snapshot.of_device(*device);
-            write_device_services(&mut self.devices, fleet, uuid, name, services);
+        if !self.module.device_services {
+            return;
+        }
+        for d in &self.named {
+            let fleet = &self.stats[d.fleet as usize].fleet.slug;
+            let services = snapshot.of_device(d.id);
+            write_device_services(&mut self.devices, fleet, &d.uuid, &d.name, services);
+        }
+    }
+
+    /// Resolves each fleet's host series against `snapshot`, and writes each device's OS
+    /// update state (when the module writes per-device series as text).
+    fn join_host(&mut self, snapshot: &reads::host::Snapshot) {
+        let mut counts: Vec<Option<host::HostCounts>> = self
+            .stats
+            .iter()
+            .map(|s| {
+                Some(host::HostCounts::resolve(
+                    &s.fleet,
+                    s.devices,
+                    &s.hosts,
+                    &s.releases,
+                    snapshot,
+                ))
+            })
+            .collect();
+        let fleets: Vec<u64> = self.stats.iter().map(|s| s.fleet.id).collect();
+        host::join_device_settings(&mut counts, &fleets, &self.seen, snapshot);
+        for (s, c) in self.stats.iter_mut().zip(counts) {
+            s.host = c;
+        }
+        if !self.module.host {
+            return;
+        }
+        if let Some(compact) = &mut self.compact {
+            let stats = &self.stats;
+            compact.set_os_updates(|fleet, host| stats[fleet].hosts.key(host).os_update(snapshot));
+        }
+        for d in &self.named {
+            let stats = &self.stats[d.fleet as usize];
+            let status = stats.hosts.key(d.host as usize).os_update(snapshot);
+            let labels = [
+                ("fleet", stats.fleet.slug.as_str()),
+                ("device_uuid", d.uuid.as_str()),
+                ("device_name", d.name.as_str()),
+            ];
+            host::write_device(&mut self.devices, labels, status);
         }
     }
 
@@ -250,6 +311,9 @@ impl<'m> SeriesBuilder<'m> {
     pub fn finish(mut self, snapshots: &Snapshots) -> ProbeData {
         if let Some(snapshot) = snapshots.get::<services::Snapshot>() {
             self.join_services(snapshot);
+        }
+        if let Some(snapshot) = snapshots.get::<reads::host::Snapshot>() {
+            self.join_host(snapshot);
         }
         let mut fleets = Exposition::new();
         for s in &self.stats {

@@ -40,25 +40,14 @@ fn s(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
-/// (service, status) → devices, by the rule docs/metrics.md states: per device and service
-/// the newest install that is not deleted.
+/// (service, status) → installs, by the rule docs/metrics.md states: every install of each
+/// device that is not deleted (balena-sdk's current_services), old and new during an update.
 fn current_services(installs: &[Vec<Row>]) -> BTreeMap<(String, String), f64> {
     let mut out = BTreeMap::new();
     for device in installs {
-        let mut newest: BTreeMap<String, (String, u64, String)> = BTreeMap::new();
         for i in device.iter().filter(|i| i["status"] != "deleted") {
-            let key = (
-                s(&i["install_date"]),
-                i["id"].as_u64().unwrap(),
-                s(&i["status"]),
-            );
-            let slot = newest.entry(s(&i["service_name"])).or_insert(key.clone());
-            if key > *slot {
-                *slot = key;
-            }
-        }
-        for (service, (_, _, status)) in newest {
-            *out.entry((service, status)).or_insert(0.0) += 1.0;
+            *out.entry((s(&i["service_name"]), s(&i["status"])))
+                .or_insert(0.0) += 1.0;
         }
     }
     out

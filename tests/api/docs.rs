@@ -30,7 +30,7 @@ fn type_names(text: &str) -> BTreeSet<String> {
 async fn docs_list_exactly_the_emitted_metrics() {
     let app = spawn_with(world(&[("screens", 200)]), |url| {
         format!(
-            "{}modules:\n  default:\n    device_tags: [location]\n  summary:\n    devices: false\n  compat:\n    counts_only: true\n    legacy_devices_online: true\n  services:\n    services: true\n    device_services: true\n",
+            "{}modules:\n  default:\n    device_tags: [location]\n    locations: true\n  summary:\n    devices: false\n  compat:\n    counts_only: true\n    legacy_devices_online: true\n  services:\n    services: true\n    device_services: true\n",
             default_config(url, &["screens", "held"])
                 .replace("  timeout: 5s\n", "  timeout: 5s\n  max_concurrency: 1\n")
                 .replace("acme/held", "acme/screens")
@@ -189,7 +189,17 @@ async fn the_device_family_table_is_documented_and_served() {
             f.def.name
         );
     }
-    let app = spawn_app(&[("screens", 20)]).await;
+    let app = spawn_with(world(&[("screens", 20)]), |url| {
+        default_config(url, &["screens"]) + "modules:\n  default:\n    locations: true\n"
+    })
+    .await;
+    // One device's host OS update reports progress (the one family the mix may not have).
+    app.sim.with_world_mut(|w| {
+        let id = w.device_ids("acme/screens")[0];
+        let d = w.row_mut("device", id).expect("device");
+        d.insert("provisioning_state".into(), "Running OS update".into());
+        d.insert("provisioning_progress".into(), 50.into());
+    });
     let text = app.get("/probe?target=screens").await.body;
     let written = type_names(&text);
     for f in DEVICE_FAMILIES {

@@ -478,7 +478,7 @@ async fn a_connection_closed_by_the_api_is_retried_once() {
     let url = stub.url.clone();
     let app = spawn_with(world(&[]), |_| {
         format!(
-            "api:\n  url: {url}\n  cache_ttl: 0s\n  fleet_cache_ttl: 0s\nauths:\n  a:\n    token: tok\nmodules:\n  summary:\n    devices: false\n    services: false\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n    module: summary\n"
+            "api:\n  url: {url}\n  cache_ttl: 0s\n  fleet_cache_ttl: 0s\nauths:\n  a:\n    token: tok\nmodules:\n  summary:\n    devices: false\n    services: false\n    host: false\ntargets:\n  t:\n    fleet: org/app\n    auth: a\n    module: summary\n"
         )
     })
     .await;

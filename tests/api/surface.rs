@@ -180,9 +180,9 @@ async fn upstream_concurrency_is_capped_per_auth() {
         assert_eq!(m.value("probe_success", &[]), 1.0);
     }
     assert_eq!(
-        app.sim.requests("/v7/") - app.sim.requests("/v7/image"),
+        app.sim.probe_requests(),
         18,
-        "fleet row, page and end page per target, besides the services reads"
+        "fleet row, page and end page per target, besides the background reads"
     );
     assert_eq!(
         app.sim.state.max_in_flight.load(Ordering::SeqCst),

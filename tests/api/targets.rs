@@ -120,9 +120,9 @@ async fn org_target_covers_every_fleet_in_three_requests() {
         );
     }
     assert_eq!(
-        app.sim.requests("/v7/") - app.sim.requests("/v7/image"),
+        app.sim.probe_requests(),
         3,
-        "fleets of the org + devices of those fleets (a page and the end), besides the services read"
+        "fleets of the org + devices of those fleets (a page and the end), besides the background reads"
     );
     assert_eq!(m.value("balena_probe_api_requests", &[]), 3.0);
     app.stop().await;

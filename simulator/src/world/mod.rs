@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 /// A JSON row.
 pub type Row = Map<String, Value>;
 
+mod host;
 mod query;
 mod spec;
 
@@ -86,6 +87,19 @@ const DEVICE_FIELDS: &[&str] = &[
     "modified_at",
     "latitude",
     "longitude",
+    "custom_latitude",
+    "custom_longitude",
+    "location",
+    "should_be_operated_by__release",
+    "should_be_managed_by__release",
+];
+/// Device fields only balenaCloud has: openBalena's model lacks them, and the real API answers
+/// a query that names one with 500 and an empty body.
+pub const CLOUD_ONLY_DEVICE_FIELDS: &[&str] = &[
+    "latitude",
+    "longitude",
+    "custom_latitude",
+    "custom_longitude",
     "location",
 ];
 const APPLICATION_FIELDS: &[&str] = &[
@@ -119,7 +133,21 @@ const RELEASE_FIELDS: &[&str] = &[
     "status",
     "belongs_to__application",
     "created_at",
+    "semver_major",
+    "semver_minor",
+    "semver_patch",
+    "semver_prerelease",
+    "semver_build",
+    "revision",
+    "variant",
+    "phase",
+    "known_issue_list",
+    "is_final",
+    "is_invalidated",
 ];
+const RELEASE_TAG_FIELDS: &[&str] = &["id", "release", "tag_key", "value"];
+const APPLICATION_CONFIG_VARIABLE_FIELDS: &[&str] = &["id", "application", "name", "value"];
+const DEVICE_CONFIG_VARIABLE_FIELDS: &[&str] = &["id", "device", "name", "value"];
 const SERVICE_FIELDS: &[&str] = &["id", "application", "service_name", "created_at"];
 const IMAGE_FIELDS: &[&str] = &[
     "id",
@@ -164,6 +192,9 @@ pub const TABLES: &[&str] = &[
     "service",
     "image",
     "image_install",
+    "release_tag",
+    "application_config_variable",
+    "device_config_variable",
 ];
 
 /// The table of a resource name (`'static`, as rows are keyed), if the simulator stores it.
@@ -183,6 +214,9 @@ fn stored(resource: &str) -> Option<&'static [&'static str]> {
         "service" => SERVICE_FIELDS,
         "image" => IMAGE_FIELDS,
         "image_install" => IMAGE_INSTALL_FIELDS,
+        "release_tag" => RELEASE_TAG_FIELDS,
+        "application_config_variable" => APPLICATION_CONFIG_VARIABLE_FIELDS,
+        "device_config_variable" => DEVICE_CONFIG_VARIABLE_FIELDS,
         _ => return None,
     })
 }
@@ -194,8 +228,15 @@ fn forward(resource: &str, nav: &str) -> Option<&'static str> {
         ("device", "is_of__device_type") => "device_type",
         (
             "device",
-            "is_running__release" | "is_pinned_on__release" | "should_be_running__release",
+            "is_running__release"
+            | "is_pinned_on__release"
+            | "should_be_running__release"
+            | "should_be_operated_by__release"
+            | "should_be_managed_by__release",
         ) => "release",
+        ("release_tag", "release") => "release",
+        ("application_config_variable", "application") => "application",
+        ("device_config_variable", "device") => "device",
         ("application", "organization") => "organization",
         ("application", "is_for__device_type") => "device_type",
         ("application", "should_be_running__release") => "release",
@@ -219,6 +260,14 @@ fn reverse(resource: &str, nav: &str) -> Option<(&'static str, &'static str)> {
         ("device", "device_tag") => ("device_tag", "device"),
         ("device", "image_install") => ("image_install", "device"),
         ("application", "service") => ("service", "application"),
+        ("release", "release_tag") => ("release_tag", "release"),
+        ("release", "should_operate__device") => ("device", "should_be_operated_by__release"),
+        ("release", "should_manage__device") => ("device", "should_be_managed_by__release"),
+        ("release", "is_running_on__device") => ("device", "is_running__release"),
+        ("application", "application_config_variable") => {
+            ("application_config_variable", "application")
+        }
+        ("device", "device_config_variable") => ("device_config_variable", "device"),
         _ => return None,
     })
 }
@@ -237,6 +286,9 @@ pub struct World {
     device_tags: HashMap<u64, Vec<u64>>,
     /// device id → image install ids
     device_installs: HashMap<u64, Vec<u64>>,
+    /// The model of openBalena, not balenaCloud: no device locations (a query naming one is
+    /// refused as the real API refuses it). Worlds loaded from a real open-balena-api are.
+    pub openbalena: bool,
 }
 
 impl World {
@@ -278,7 +330,10 @@ impl World {
     ///  "users": [{"username": "...", "token": "...", "orgs": ["handle", ...]}]}`;
     /// navigation fields as `{"__id": N}`, as the API writes them.
     pub fn from_dump(dump: &Value) -> Result<Self, String> {
-        let mut w = World::default();
+        let mut w = World {
+            openbalena: true,
+            ..World::default()
+        };
         let tables = dump["tables"].as_object().ok_or("no \"tables\" object")?;
         for (name, rows) in tables {
             let table = table(name).ok_or_else(|| format!("unknown table {name:?}"))?;
@@ -401,6 +456,13 @@ impl World {
             .get("application")
             .map(|t| {
                 t.values()
+                    .filter(|r| r.get("is_host") != Some(&Value::Bool(true)))
+                    .filter(|r| {
+                        matches!(
+                            r.get("is_of__class").and_then(Value::as_str),
+                            None | Some("fleet")
+                        )
+                    })
                     .filter_map(|r| r["slug"].as_str().map(String::from))
                     .collect()
             })
@@ -516,9 +578,15 @@ impl World {
         caller: &Caller,
     ) -> Result<(), ReadError> {
         match (table, caller) {
-            ("device" | "device_tag" | "image_install" | "organization", Caller::Guest) => {
-                Err(ReadError::Unauthorized)
-            }
+            (
+                "device"
+                | "device_tag"
+                | "image_install"
+                | "organization"
+                | "device_config_variable"
+                | "application_config_variable",
+                Caller::Guest,
+            ) => Err(ReadError::Unauthorized),
             ("application", Caller::Guest) if reaches_guarded(opts) => Err(ReadError::Unauthorized),
             _ if stored(table).is_none() => Err(ReadError::Unauthorized),
             _ => Ok(()),
@@ -530,19 +598,21 @@ impl World {
             Caller::User { orgs, .. } => oid.is_some_and(|o| orgs.contains(&o)),
             Caller::Guest => false,
         };
+        // A public fleet (balena's host and supervisor apps) is everyone's to read.
         let fleet_visible = |fid: Option<u64>| {
             fid.and_then(|f| self.row("application", f))
-                .is_some_and(|f| {
-                    member(nav_id(f, "organization"))
-                        || (matches!(caller, Caller::Guest) && f["is_public"] == true)
-                })
+                .is_some_and(|f| member(nav_id(f, "organization")) || f["is_public"] == true)
         };
         match table {
             "organization" => member(row["id"].as_u64()),
-            "application" => {
-                member(nav_id(row, "organization"))
-                    || (matches!(caller, Caller::Guest) && row["is_public"] == true)
-            }
+            "application" => member(nav_id(row, "organization")) || row["is_public"] == true,
+            "application_config_variable" => fleet_visible(nav_id(row, "application")),
+            "device_config_variable" => nav_id(row, "device")
+                .and_then(|d| self.row("device", d))
+                .is_some_and(|d| fleet_visible(nav_id(d, "belongs_to__application"))),
+            "release_tag" => nav_id(row, "release")
+                .and_then(|r| self.row("release", r))
+                .is_some_and(|r| fleet_visible(nav_id(r, "belongs_to__application"))),
             "device" => fleet_visible(nav_id(row, "belongs_to__application")),
             "device_tag" | "image_install" => nav_id(row, "device")
                 .and_then(|d| self.row("device", d))

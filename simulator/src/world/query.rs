@@ -115,9 +115,17 @@ impl World {
         stored(table).is_some_and(|f| f.contains(&name)) || computed(table).contains(&name)
     }
 
+    /// Whether this world's model has the field (openBalena lacks the cloud-only ones).
+    fn has_field(&self, table: &str, name: &str) -> bool {
+        Self::known_field(table, name)
+            && !(self.openbalena
+                && table == "device"
+                && super::CLOUD_ONLY_DEVICE_FIELDS.contains(&name))
+    }
+
     pub(super) fn check_fields(&self, table: &str, opts: &Options) -> Result<(), ReadError> {
         for f in opts.select.iter().flatten() {
-            if !Self::known_field(table, f) {
+            if !self.has_field(table, f) {
                 return Err(ReadError::BadField(format!("{table}.{f}")));
             }
             if opts.expand.iter().any(|e| &e.nav == f) {
@@ -127,7 +135,7 @@ impl World {
             }
         }
         for (f, _) in &opts.orderby {
-            if !Self::known_field(table, f) {
+            if !self.has_field(table, f) {
                 return Err(ReadError::BadField(format!("{table}.{f}")));
             }
         }
@@ -215,10 +223,12 @@ impl World {
                 ("device", "image_install") => {
                     self.device_installs.get(&id).cloned().unwrap_or_default()
                 }
+                // A table with no rows yet has no row pointing back (not an unknown nav).
                 _ => self
                     .tables
-                    .get(target)?
-                    .values()
+                    .get(target)
+                    .into_iter()
+                    .flat_map(|t| t.values())
                     .filter(|r| nav_id(r, back) == Some(id))
                     .filter_map(|r| r["id"].as_u64())
                     .collect(),

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Value};
 
+use super::host::{self, HostLayer};
 use super::World;
 
 /// The shape of a generated world.
@@ -58,6 +59,10 @@ pub enum Scenario {
     StuckUpdate,
     /// The newest build failed (the target stays the last good one).
     FailedBuild,
+    /// A host OS rollout: a third of the devices still on an end-of-life balenaOS, updating
+    /// to the current one: most pending, three under way, two failed; their supervisors are
+    /// behind, and a few devices have hardware metrics switched off.
+    HostOsUpdate,
 }
 
 /// The services every generated fleet's releases have.
@@ -120,6 +125,11 @@ impl WorldSpec {
                             ..FleetSpec::new("cameras", 150)
                         },
                         FleetSpec::new("gateways", 0),
+                        FleetSpec {
+                            device_type: "raspberrypi3".into(),
+                            scenario: Scenario::HostOsUpdate,
+                            ..FleetSpec::new("routers", 30)
+                        },
                     ],
                 },
             ],
@@ -155,6 +165,9 @@ impl World {
         // Application state (services, installs, update states) draws from its own sequence,
         // so that adding it changed none of the device rows generated before it.
         let mut app_rng = fastrand::Rng::with_seed(spec.seed ^ 0x05e4_1ce5);
+        // The host layer (OS and supervisor targets, settings, locations) too.
+        let mut host_rng = fastrand::Rng::with_seed(spec.seed ^ 0x4057_0500);
+        let mut host = HostLayer::default();
         let now = SystemTime::now();
         let mut w = World::default();
         let mut next_id = HashMap::<&'static str, u64>::new();
@@ -238,12 +251,24 @@ impl World {
                     }
                 }
                 w.fleet_devices.insert(fid, Vec::new());
+                host::fleet(&mut host, &mut w, fid, fleet.scenario);
                 for n in 0..fleet.devices {
                     let did = id("device");
                     let quiet = fleet.scenario != Scenario::Steady;
                     let mut row = generate_device(&mut rng, now, did, fid, dt, &releases, n, quiet);
                     let installs =
                         application_state(&mut app_rng, now, &mut row, fleet.scenario, &releases);
+                    let dt = (dt, fleet.device_type.as_str());
+                    host::device(
+                        &mut host,
+                        &mut w,
+                        &mut host_rng,
+                        now,
+                        &mut row,
+                        dt,
+                        n,
+                        fleet.scenario,
+                    );
                     w.insert("device", row);
                     for (release, service, status, progress, age) in installs {
                         let iid = id("image_install");

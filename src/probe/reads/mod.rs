@@ -13,6 +13,7 @@
 //! Adding a read: one file here implementing [`Read`] and [`Snapshot`], one line in [`READS`];
 //! docs/development.md lists the rest (its series, its docs, its tests).
 
+pub mod host;
 mod scheduler;
 pub mod services;
 
@@ -92,7 +93,7 @@ pub trait Read: Sync + 'static {
 }
 
 /// Every background read, in the order a probe gets them.
-pub static READS: &[&dyn Read] = &[&services::Services];
+pub static READS: &[&dyn Read] = &[&services::Services, &host::Host];
 
 /// The snapshots one probe got (those its module reads and that exist in time).
 #[derive(Debug, Default, Clone)]

@@ -4,10 +4,11 @@
 //! ([`balena::service_names`]), kept as a compact [`Snapshot`] that probes join to their device
 //! listing by device id. When it is read again is the [`super::Scheduler`]'s business.
 //!
-//! A device's *current* service is, per service name, its newest install that is not `deleted`
-//! (latest `install_date`, then highest id), as balena's dashboard shows first and balena-sdk's
-//! `generateCurrentServiceDetails` orders them: during an update that is the new release's
-//! install (`Downloading`, `Downloaded`, `Installing`…) while the old one still runs.
+//! A device's *current* services are, per service name, every install that is not `deleted`,
+//! as balena-sdk's `current_services` lists them (newest first): during an update the old
+//! release's container (`Running`) and the new release's install (`Downloading`, `Installing`…)
+//! are both current, so the old container still counts while it runs, and one that dies while
+//! the new one downloads is seen. Installs of one service in one status are counted together.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::balena::keyset::Gate;
 use crate::balena::model::InstallRow;
 use crate::balena::{self, BalenaError, DeviceScope, Session};
 use crate::config::ModuleConfig;
-use crate::probe::labels::{install_status_label, parse_timestamp};
+use crate::probe::labels::install_status_label;
 
 /// The services read: modules with `services: true`, every `services_interval`.
 #[derive(Debug)]
@@ -48,15 +49,17 @@ impl Read for Services {
     }
 }
 
-/// One current service of one device: indexes into the snapshot's names and statuses.
+/// The current installs of one service of one device in one status: indexes into the
+/// snapshot's names and statuses, and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Entry {
     device: u64,
     service: u32,
     status: u32,
+    count: u32,
 }
 
-/// The current services of every device of a target, sorted by device id (16 bytes each).
+/// The current services of every device of a target, sorted by device id (24 bytes each).
 #[derive(Debug)]
 pub struct Snapshot {
     entries: Vec<Entry>,
@@ -87,8 +90,9 @@ impl super::Snapshot for Snapshot {
 }
 
 impl Snapshot {
-    /// The current services of `device`, as (service name, status label), by service name.
-    pub fn of_device(&self, device: u64) -> impl Iterator<Item = (&str, &str)> + '_ {
+    /// The current installs of `device`, as (service name, status label, how many), by
+    /// service name then status.
+    pub fn of_device(&self, device: u64) -> impl Iterator<Item = (&str, &str, u32)> + '_ {
         let start = self.entries.partition_point(|e| e.device < device);
         self.entries[start..]
             .iter()
@@ -97,6 +101,7 @@ impl Snapshot {
                 (
                     self.names[e.service as usize].as_str(),
                     self.statuses[e.status as usize].as_str(),
+                    e.count,
                 )
             })
     }
@@ -144,13 +149,11 @@ impl Interner {
 /// the listing's own record of it.
 pub const BYTES_PER_INSTALL: usize = std::mem::size_of::<Listed>() + Gate::BYTES_PER_ROW;
 
-/// An install as listed, before the newest of each device's service is chosen (40 bytes).
+/// An install as listed, before the installs of each device are counted (24 bytes).
 #[derive(Debug, Clone, Copy)]
 struct Listed {
     device: u64,
     image: u64,
-    installed_ms: i64,
-    id: u64,
     status: u32,
 }
 
@@ -170,12 +173,9 @@ impl SnapshotBuilder {
             self.incomplete += 1;
             return;
         };
-        let installed = row.install_date.as_deref().and_then(parse_timestamp);
         self.listed.push(Listed {
             device: device.id,
             image: image.id,
-            installed_ms: installed.map_or(i64::MIN, |t| (t * 1000.0) as i64),
-            id: row.id,
             status: self
                 .statuses
                 .intern(&install_status_label(row.status.as_deref().unwrap_or(""))),
@@ -190,8 +190,8 @@ impl SnapshotBuilder {
         images
     }
 
-    /// The snapshot, given each image's service name (`names`): per device and service, the
-    /// newest install. Installs of an image without a service name are left out.
+    /// The snapshot, given each image's service name (`names`): per device, service and
+    /// status, the installs. Installs of an image without a service name are left out.
     pub fn finish(self, names: &HashMap<u64, String>, read_at: SystemTime) -> Snapshot {
         let installs = self.listed.len() + self.incomplete;
         let mut services: Vec<&str> = names.values().map(String::as_str).collect();
@@ -204,33 +204,43 @@ impl SnapshotBuilder {
                 (*image, at as u32)
             })
             .collect();
-        let mut keyed: Vec<(u64, u32, i64, u64, u32)> = self
+        let statuses = self.statuses.all;
+        let mut keyed: Vec<(u64, u32, &str, u32)> = self
             .listed
             .iter()
             .filter_map(|l| {
                 let service = *service_of.get(&l.image)?;
-                Some((l.device, service, l.installed_ms, l.id, l.status))
+                Some((
+                    l.device,
+                    service,
+                    statuses[l.status as usize].as_str(),
+                    l.status,
+                ))
             })
             .collect();
+        // By device, service name, then status label: the order the series are written in.
         keyed.sort_unstable();
         let mut entries: Vec<Entry> = Vec::new();
-        for (device, service, _, _, status) in keyed {
-            let entry = Entry {
-                device,
-                service,
-                status,
-            };
+        for (device, service, _, status) in keyed {
             match entries.last_mut() {
-                // Sorted oldest first: a later install of the same service replaces it.
-                Some(last) if (last.device, last.service) == (device, service) => *last = entry,
-                _ => entries.push(entry),
+                Some(last)
+                    if (last.device, last.service, last.status) == (device, service, status) =>
+                {
+                    last.count += 1
+                }
+                _ => entries.push(Entry {
+                    device,
+                    service,
+                    status,
+                    count: 1,
+                }),
             }
         }
         entries.shrink_to_fit();
         Snapshot {
             entries,
             names: services.into_iter().map(str::to_string).collect(),
-            statuses: self.statuses.all,
+            statuses,
             read_at,
             installs,
         }
@@ -263,18 +273,17 @@ mod tests {
     use super::*;
     use crate::balena::model::NavId;
 
-    fn install(id: u64, device: u64, image: u64, status: &str, date: &str) -> InstallRow<'static> {
+    fn install(id: u64, device: u64, image: u64, status: &str, _date: &str) -> InstallRow<'static> {
         InstallRow {
             id,
             device: Some(NavId { id: device }),
             installs__image: Some(NavId { id: image }),
             status: Some(status.to_string().into()),
-            install_date: Some(date.to_string().into()),
         }
     }
 
     #[test]
-    fn current_services_are_the_newest_install_of_each_service() {
+    fn every_install_not_deleted_is_current_as_the_sdk_counts_them() {
         let names = HashMap::from([
             (10, "main".to_string()),
             (11, "db".to_string()),
@@ -283,14 +292,16 @@ mod tests {
         let mut b = SnapshotBuilder::default();
         for row in [
             install(1, 7, 10, "Running", "2026-01-01T00:00:00Z"),
-            // The update's install of main: newer, so current while the old one still runs.
+            // The update's install of main: both current, the old container still runs.
             install(2, 7, 20, "Downloading", "2026-01-02T00:00:00Z"),
             install(3, 7, 11, "exited", "2026-01-01T00:00:00Z"),
-            // Same date: the higher id.
             install(4, 7, 11, "Running", "2026-01-01T00:00:00Z"),
             install(5, 8, 10, "weird state!", "2026-01-01T00:00:00Z"),
             // An image of no known service.
             install(6, 8, 99, "Running", "2026-01-01T00:00:00Z"),
+            // Old and new both running (a handover): one status, counted twice.
+            install(7, 9, 10, "Running", "2026-01-01T00:00:00Z"),
+            install(8, 9, 20, "Running", "2026-01-02T00:00:00Z"),
         ] {
             b.add(&row);
         }
@@ -298,10 +309,19 @@ mod tests {
         assert_eq!(b.images(), vec![10, 11, 20, 99]);
         let s = b.finish(&names, SystemTime::UNIX_EPOCH);
         let of = |d| s.of_device(d).collect::<Vec<_>>();
-        assert_eq!(of(7), vec![("db", "Running"), ("main", "Downloading")]);
-        assert_eq!(of(8), vec![("main", "weird state_")], "sanitised");
-        assert_eq!(of(9), Vec::<(&str, &str)>::new());
-        assert_eq!((s.entries.len(), s.installs), (3, 7));
-        assert!(s.bytes() > 3 * 16);
+        assert_eq!(
+            of(7),
+            vec![
+                ("db", "Running", 1),
+                ("db", "exited", 1),
+                ("main", "Downloading", 1),
+                ("main", "Running", 1)
+            ]
+        );
+        assert_eq!(of(8), vec![("main", "weird state_", 1)], "sanitised");
+        assert_eq!(of(9), vec![("main", "Running", 2)]);
+        assert_eq!(of(10), Vec::<(&str, &str, u32)>::new());
+        assert_eq!((s.entries.len(), s.installs), (6, 9));
+        assert!(s.bytes() > 6 * 24);
     }
 }

@@ -1,0 +1,609 @@
+//! The layer under a target's application, the second background read ([`Host`]): the
+//! releases its devices run or should run and the supervisor settings set as configuration
+//! variables ([`balena::host`]), kept as a [`Snapshot`] that answers, for a device's row, the
+//! questions the fleet series ask: does it run its target OS ([`Snapshot::os_update_pending`]),
+//! which lifecycle phase is the OS it runs in ([`Snapshot::os_phase`]), is its supervisor behind
+//! its target ([`Snapshot::supervisor_pending`]), what are its effective supervisor settings
+//! ([`Snapshot::setting`]), and what is a commit's semver ([`Snapshot::app_release`]).
+//!
+//! A device's OS is matched to a release as the API does when the device reports it
+//! (open-balena-api `target-hostapp.ts`): among the successful releases of the host app its
+//! target OS release belongs to, the one whose `major.minor.patch`, prerelease and build are the
+//! `os_version`'s (as balena-semver reads `balenaOS 2.80.3+rev1`), whose revision is the
+//! version's (or null), and whose variant is the device's `os_variant` (or `""`); OS releases
+//! from before balenaOS versions were semver (`semver` `0.0.0`) by their `version` tag.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::LocalBoxFuture;
+
+use super::{Bounds, Read};
+use crate::balena::host::{self as api, ConfigVarRow, ReleaseRow, VarLevel};
+use crate::balena::{BalenaError, DeviceScope, Session};
+use crate::config::ModuleConfig;
+
+/// The host read: modules that list devices, with `host: true`, every `services_interval`.
+#[derive(Debug)]
+pub struct Host;
+
+impl Read for Host {
+    fn name(&self) -> &'static str {
+        "host"
+    }
+
+    fn interval(&self, module: &ModuleConfig) -> Option<Duration> {
+        (module.host && module.devices_listed()).then_some(module.services_interval)
+    }
+
+    fn read<'a>(
+        &'a self,
+        session: &'a Session<'a>,
+        scope: &'a DeviceScope,
+        bounds: Bounds,
+    ) -> LocalBoxFuture<'a, Result<Arc<dyn super::Snapshot>, BalenaError>> {
+        Box::pin(async move {
+            let snapshot: Arc<dyn super::Snapshot> = Arc::new(read(session, scope, bounds).await?);
+            Ok(snapshot)
+        })
+    }
+}
+
+/// A supervisor setting whose state matters to an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    /// `SUPERVISOR_HARDWARE_METRICS` false: the device reports no CPU, memory or temperature.
+    HardwareMetricsDisabled,
+    /// `SUPERVISOR_LOCAL_MODE` true: the device ignores its fleet's releases.
+    LocalMode,
+    /// `SUPERVISOR_OVERRIDE_LOCK` (or the older `OVERRIDE_LOCK`) true: updates kill services
+    /// that hold an update lock.
+    LockOverride,
+}
+
+impl Setting {
+    /// Every setting, in label order.
+    pub const ALL: [Setting; 3] = [
+        Setting::HardwareMetricsDisabled,
+        Setting::LocalMode,
+        Setting::LockOverride,
+    ];
+
+    /// The `setting` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Setting::HardwareMetricsDisabled => "hardware_metrics_disabled",
+            Setting::LocalMode => "local_mode",
+            Setting::LockOverride => "lock_override",
+        }
+    }
+
+    /// Whether the setting is in the state that matters when its variable says `on`.
+    fn matters_when(self, on: bool) -> bool {
+        match self {
+            Setting::HardwareMetricsDisabled => !on,
+            Setting::LocalMode | Setting::LockOverride => on,
+        }
+    }
+
+    /// The setting a variable name sets, with its rank among that setting's names (lower
+    /// wins when one level has several: the `BALENA_` name over the older `RESIN_` one, and
+    /// `SUPERVISOR_OVERRIDE_LOCK` over the older `OVERRIDE_LOCK`).
+    fn of_name(name: &str) -> Option<(Setting, u8)> {
+        let (legacy_prefix, rest) = if let Some(rest) = name.strip_prefix("BALENA_") {
+            (0, rest)
+        } else if let Some(rest) = name.strip_prefix("RESIN_") {
+            (1, rest)
+        } else {
+            return None;
+        };
+        let (setting, rank) = match rest {
+            "SUPERVISOR_HARDWARE_METRICS" => (Setting::HardwareMetricsDisabled, 0),
+            "SUPERVISOR_LOCAL_MODE" => (Setting::LocalMode, 0),
+            "SUPERVISOR_OVERRIDE_LOCK" => (Setting::LockOverride, 0),
+            "OVERRIDE_LOCK" => (Setting::LockOverride, 2),
+            _ => return None,
+        };
+        Some((setting, rank + legacy_prefix))
+    }
+}
+
+/// A variable's value as the supervisor reads a boolean (`true`/`1`/`on`, `false`/`0`/`off`,
+/// any case); `None` for anything else, which the supervisor ignores for its default.
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "on" => Some(true),
+        "false" | "0" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// The settings one fleet or one device sets: per [`Setting`], the value of its
+/// highest-ranked name, if any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settings([Option<(u8, bool)>; 3]);
+
+impl Settings {
+    fn set(&mut self, name: &str, value: Option<&str>) {
+        let Some((setting, rank)) = Setting::of_name(name) else {
+            return;
+        };
+        let Some(on) = value.and_then(parse_bool) else {
+            return;
+        };
+        let slot = &mut self.0[setting as usize];
+        if slot.is_none_or(|(r, _)| rank < r) {
+            *slot = Some((rank, on));
+        }
+    }
+
+    /// The value this level sets for `setting`, if it sets one.
+    pub fn get(&self, setting: Setting) -> Option<bool> {
+        self.0[setting as usize].map(|(_, on)| on)
+    }
+}
+
+/// A balenaOS version as balena-semver reads it: `balenaOS 2.80.3+rev1` → 2.80.3, build
+/// `rev1`, revision 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsVersion {
+    /// major, minor, patch.
+    pub core: (u64, u64, u64),
+    /// Prerelease, `""` when none.
+    pub prerelease: String,
+    /// Build metadata, `""` when none.
+    pub build: String,
+    /// The `revN` of the build metadata.
+    pub revision: Option<u64>,
+}
+
+impl OsVersion {
+    /// The text as balena-semver trims it: no `balenaOS `/`Resin OS ` prefix, no trailing
+    /// ` (prod)`, no leading `v`.
+    pub fn trimmed(text: &str) -> String {
+        let mut t = text.trim().to_string();
+        let lower = t.to_ascii_lowercase();
+        for prefix in ["balenaos", "balena os", "resinos", "resin os"] {
+            if lower.starts_with(prefix) {
+                t = t[prefix.len()..].trim_start().to_string();
+                break;
+            }
+        }
+        if let Some(open) = t.rfind(" (") {
+            if t.ends_with(')') {
+                t.truncate(open);
+            }
+        }
+        t.strip_prefix('v').map(str::to_string).unwrap_or(t)
+    }
+
+    /// Parses an `os_version`; `None` when it is not a version balena-semver can read.
+    pub fn parse(text: &str) -> Option<Self> {
+        let t = Self::trimmed(text);
+        let (main, build) = match t.split_once('+') {
+            Some((m, b)) => (m.to_string(), b.to_string()),
+            None => (t.clone(), String::new()),
+        };
+        let (core, prerelease) = match main.split_once('-') {
+            Some((c, p)) => (c, p.to_string()),
+            None => (main.as_str(), String::new()),
+        };
+        let mut parts = core.split('.');
+        let mut num = || parts.next()?.parse::<u64>().ok();
+        let core = (num()?, num()?, num()?);
+        // `2.80.3.rev1` and `2.80.3.prod` are read as build metadata, as balena-semver does.
+        let build = match (parts.next(), build.is_empty()) {
+            (Some(extra), true) => extra.to_string(),
+            (None, _) => build,
+            (Some(_), false) => return None,
+        };
+        let revision = build
+            .split('.')
+            .find_map(|p| p.strip_prefix("rev")?.parse().ok());
+        Some(Self {
+            core,
+            prerelease,
+            build,
+            revision,
+        })
+    }
+}
+
+/// A release as the snapshot keeps it.
+#[derive(Debug, Clone)]
+struct Release {
+    app: u64,
+    commit: String,
+    semver: String,
+    status: String,
+    core: Option<(u64, u64, u64)>,
+    prerelease: String,
+    build: String,
+    revision: Option<u64>,
+    variant: String,
+    phase: String,
+    /// The `version` tag of a release whose semver is `0.0.0`.
+    legacy_version: Option<String>,
+}
+
+impl Release {
+    fn of(r: &ReleaseRow<'_>) -> Self {
+        let text = |t: &crate::balena::model::Text<'_>| t.as_deref().unwrap_or("").to_string();
+        let core = match (r.semver_major, r.semver_minor, r.semver_patch) {
+            (Some(a), Some(b), Some(c)) => Some((a, b, c)),
+            _ => None,
+        };
+        Self {
+            app: r.belongs_to__application.map_or(0, |a| a.id),
+            commit: text(&r.commit),
+            semver: text(&r.semver),
+            status: text(&r.status),
+            core,
+            prerelease: text(&r.semver_prerelease),
+            build: text(&r.semver_build),
+            revision: r.revision,
+            variant: text(&r.variant),
+            phase: text(&r.phase),
+            legacy_version: (core == Some((0, 0, 0)))
+                .then(|| r.tag("version").map(str::to_string))
+                .flatten(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + [
+                &self.commit,
+                &self.semver,
+                &self.status,
+                &self.prerelease,
+                &self.build,
+                &self.variant,
+                &self.phase,
+            ]
+            .iter()
+            .map(|s| s.capacity())
+            .sum::<usize>()
+            + self.legacy_version.as_ref().map_or(0, String::capacity)
+    }
+
+    /// Whether this OS release is the one a device reporting `os` and `variant` runs (the
+    /// API's match, `getOSReleaseResource`). `exact`: the revision is the version's, not null.
+    fn runs(&self, os: &OsVersion, raw: &str, variant: &str) -> Option<bool> {
+        if self.status != "success" || !(self.variant.is_empty() || self.variant == variant) {
+            return None;
+        }
+        if let Some(legacy) = &self.legacy_version {
+            return (*legacy == OsVersion::trimmed(raw)).then_some(true);
+        }
+        let same = self.core == Some(os.core)
+            && self.prerelease == os.prerelease
+            && self.build == os.build;
+        match (same, self.revision) {
+            (false, _) => None,
+            (true, None) => Some(false),
+            (true, Some(r)) => (r == os.revision.unwrap_or(0)).then_some(true),
+        }
+    }
+}
+
+/// What a device's row says of its host OS, the supervisor and its fleet's releases.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceHost<'a> {
+    /// `should_be_operated_by__release`.
+    pub os_target: Option<u64>,
+    /// `os_version`.
+    pub os_version: &'a str,
+    /// `os_variant`.
+    pub os_variant: &'a str,
+    /// `should_be_managed_by__release`.
+    pub supervisor_target: Option<u64>,
+    /// `supervisor_version`.
+    pub supervisor_version: &'a str,
+}
+
+/// The releases and supervisor settings of a target.
+#[derive(Debug)]
+pub struct Snapshot {
+    releases: HashMap<u64, Release>,
+    /// Host app id → its releases' ids (OS matching).
+    by_app: HashMap<u64, Vec<u64>>,
+    /// Application release commit → release id.
+    by_commit: HashMap<String, u64>,
+    fleet_settings: HashMap<u64, Settings>,
+    device_settings: HashMap<u64, Settings>,
+    /// When the read started.
+    pub read_at: SystemTime,
+}
+
+impl super::Snapshot for Snapshot {
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .releases
+                .values()
+                .map(|r| r.bytes() + 16)
+                .sum::<usize>()
+            + self
+                .by_app
+                .values()
+                .map(|v| v.capacity() * 8 + 32)
+                .sum::<usize>()
+            + self
+                .by_commit
+                .keys()
+                .map(|k| k.capacity() + 40)
+                .sum::<usize>()
+            + (self.fleet_settings.len() + self.device_settings.len())
+                * (std::mem::size_of::<Settings>() + 16)
+    }
+
+    fn read_at(&self) -> SystemTime {
+        self.read_at
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} releases, settings of {} fleets and {} devices",
+            self.releases.len(),
+            self.fleet_settings.len(),
+            self.device_settings.len()
+        )
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            releases: HashMap::new(),
+            by_app: HashMap::new(),
+            by_commit: HashMap::new(),
+            fleet_settings: HashMap::new(),
+            device_settings: HashMap::new(),
+            read_at: SystemTime::UNIX_EPOCH,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Takes one listed release.
+    pub fn add_release(&mut self, row: &ReleaseRow<'_>) {
+        let r = Release::of(row);
+        if r.app != 0 {
+            self.by_app.entry(r.app).or_default().push(row.id);
+        }
+        if !r.commit.is_empty() {
+            self.by_commit.insert(r.commit.clone(), row.id);
+        }
+        self.releases.insert(row.id, r);
+    }
+
+    /// Takes one listed configuration variable.
+    pub fn add_variable(&mut self, level: VarLevel, row: &ConfigVarRow<'_>) {
+        let (map, owner) = match level {
+            VarLevel::Fleet => (&mut self.fleet_settings, row.application),
+            VarLevel::Device => (&mut self.device_settings, row.device),
+        };
+        if let Some(owner) = owner {
+            map.entry(owner.id)
+                .or_default()
+                .set(&row.name, row.value.as_deref());
+        }
+    }
+
+    /// The OS release a device runs: of its target's host app, the one its `os_version` and
+    /// `os_variant` match (a release whose revision is the version's before one whose revision
+    /// is null). `None` when it has no target or nothing matches.
+    fn running_os(&self, d: &DeviceHost<'_>) -> Option<(u64, &Release)> {
+        let target = self.releases.get(&d.os_target?)?;
+        let os = OsVersion::parse(d.os_version);
+        let mut found = None;
+        for id in self.by_app.get(&target.app)? {
+            let r = &self.releases[id];
+            let matched = match &os {
+                Some(os) => r.runs(os, d.os_version, d.os_variant),
+                None => r
+                    .legacy_version
+                    .as_ref()
+                    .filter(|v| **v == OsVersion::trimmed(d.os_version))
+                    .map(|_| true),
+            };
+            match matched {
+                Some(true) => return Some((*id, r)),
+                Some(false) => found = found.or(Some((*id, r))),
+                None => {}
+            }
+        }
+        found
+    }
+
+    /// Whether the device has a target OS it does not run yet: a target release the snapshot
+    /// knows, and an `os_version` that is not that release. A device without a target, or
+    /// that has not reported an `os_version`, is not pending.
+    pub fn os_update_pending(&self, d: &DeviceHost<'_>) -> bool {
+        let Some(target) = d.os_target else {
+            return false;
+        };
+        if d.os_version.is_empty() || !self.releases.contains_key(&target) {
+            return false;
+        }
+        self.running_os(d).map(|(id, _)| id) != Some(target)
+    }
+
+    /// The lifecycle phase of the OS release the device runs: `next`, `current`, `sunset`,
+    /// `end-of-life` as the release says, `unknown` when no release matches or it has no
+    /// phase.
+    pub fn os_phase(&self, d: &DeviceHost<'_>) -> &str {
+        match self.running_os(d) {
+            Some((_, r)) if !r.phase.is_empty() => r.phase.as_str(),
+            _ => "unknown",
+        }
+    }
+
+    /// Whether the device's supervisor is not the version of its target supervisor release
+    /// (`major.minor.patch`; a leading `v` ignored). `false` without a target or a reported
+    /// version, or when the snapshot does not know the target.
+    pub fn supervisor_pending(&self, d: &DeviceHost<'_>) -> bool {
+        let (Some(target), false) = (d.supervisor_target, d.supervisor_version.is_empty()) else {
+            return false;
+        };
+        let Some(target) = self.releases.get(&target) else {
+            return false;
+        };
+        let running = OsVersion::parse(d.supervisor_version).map(|v| v.core);
+        target.core.is_some() && running != target.core
+    }
+
+    /// The semver and build status of the application release with `commit`, if the snapshot
+    /// has it.
+    pub fn app_release(&self, commit: &str) -> Option<(&str, &str)> {
+        let r = &self.releases[self.by_commit.get(commit)?];
+        Some((r.semver.as_str(), r.status.as_str()))
+    }
+
+    /// The settings set on fleet `fleet` (`None` when none).
+    pub fn fleet_settings(&self, fleet: u64) -> Settings {
+        self.fleet_settings.get(&fleet).copied().unwrap_or_default()
+    }
+
+    /// Devices with a setting variable of their own, and what they set.
+    pub fn device_settings(&self) -> impl Iterator<Item = (u64, &Settings)> {
+        self.device_settings.iter().map(|(id, s)| (*id, s))
+    }
+
+    /// Whether `setting` is in the state that matters for a device whose own variables are
+    /// `device` and whose fleet's are `fleet` (the device's override the fleet's; unset means
+    /// the supervisor's default: hardware metrics on, local mode off, no lock override).
+    pub fn matters(setting: Setting, device: Settings, fleet: Settings) -> bool {
+        device
+            .get(setting)
+            .or(fleet.get(setting))
+            .is_some_and(|on| setting.matters_when(on))
+    }
+}
+
+/// Reads the releases and settings of the devices in `scope`: one release listing and two
+/// variable listings, together at most as many rows as `bounds` allow.
+pub async fn read(
+    s: &Session<'_>,
+    scope: &DeviceScope,
+    bounds: Bounds,
+) -> Result<Snapshot, BalenaError> {
+    let mut snapshot = Snapshot {
+        read_at: SystemTime::now(),
+        ..Snapshot::default()
+    };
+    let (max, key) = bounds.max_rows(api::BYTES_PER_ROW);
+    let taken = api::releases(s, scope, (max, key), |r| snapshot.add_release(&r)).await?;
+    let left = max.saturating_sub(taken);
+    let taken = api::setting_variables(s, scope, VarLevel::Fleet, (left, key), |v| {
+        snapshot.add_variable(VarLevel::Fleet, &v)
+    })
+    .await?;
+    let left = left.saturating_sub(taken);
+    api::setting_variables(s, scope, VarLevel::Device, (left, key), |v| {
+        snapshot.add_variable(VarLevel::Device, &v)
+    })
+    .await?;
+    Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_versions_read_as_balena_semver_reads_them() {
+        let v = OsVersion::parse("balenaOS 2.80.3+rev1").unwrap();
+        assert_eq!(v.core, (2, 80, 3));
+        assert_eq!((v.build.as_str(), v.revision), ("rev1", Some(1)));
+        let v = OsVersion::parse("Resin OS 2.12.7.rev2 (prod)").unwrap();
+        assert_eq!((v.core, v.revision), ((2, 12, 7), Some(2)));
+        let v = OsVersion::parse("balenaOS 6.0.0-beta.1").unwrap();
+        assert_eq!(v.prerelease, "beta.1");
+        assert_eq!(OsVersion::parse("v17.0.3").unwrap().core, (17, 0, 3));
+        assert!(OsVersion::parse("balenaOS 2020.07").is_none());
+        assert_eq!(OsVersion::trimmed("balenaOS 2020.07.0"), "2020.07.0");
+    }
+
+    #[test]
+    fn the_devices_variables_override_the_fleets_and_balena_names_the_older_ones() {
+        let mut fleet = Settings::default();
+        fleet.set("RESIN_SUPERVISOR_HARDWARE_METRICS", Some("false"));
+        fleet.set("BALENA_SUPERVISOR_LOCAL_MODE", Some("1"));
+        fleet.set("RESIN_SUPERVISOR_LOCAL_MODE", Some("0"));
+        let mut device = Settings::default();
+        device.set("BALENA_SUPERVISOR_HARDWARE_METRICS", Some("true"));
+        device.set("RESIN_OVERRIDE_LOCK", Some("1"));
+        device.set("BALENA_SUPERVISOR_OVERRIDE_LOCK", Some("false"));
+        device.set("BALENA_SUPERVISOR_POLL_INTERVAL", Some("1"));
+        let m = |s| Snapshot::matters(s, device, fleet);
+        assert!(!m(Setting::HardwareMetricsDisabled), "device says true");
+        assert!(Snapshot::matters(
+            Setting::HardwareMetricsDisabled,
+            Settings::default(),
+            fleet
+        ));
+        assert!(m(Setting::LocalMode), "BALENA_ over RESIN_");
+        assert!(
+            !m(Setting::LockOverride),
+            "SUPERVISOR_OVERRIDE_LOCK over OVERRIDE_LOCK"
+        );
+        let mut junk = Settings::default();
+        junk.set("BALENA_SUPERVISOR_LOCAL_MODE", Some("maybe"));
+        assert_eq!(junk.get(Setting::LocalMode), None);
+    }
+
+    fn release(
+        id: u64,
+        app: u64,
+        version: (u64, u64, u64),
+        rev: Option<u64>,
+        phase: &str,
+    ) -> ReleaseRow<'static> {
+        ReleaseRow {
+            id,
+            belongs_to__application: Some(crate::balena::model::NavId { id: app }),
+            status: Some("success".into()),
+            semver_major: Some(version.0),
+            semver_minor: Some(version.1),
+            semver_patch: Some(version.2),
+            semver_prerelease: Some("".into()),
+            semver_build: Some(rev.map(|r| format!("rev{r}")).unwrap_or_default().into()),
+            revision: rev,
+            variant: Some("".into()),
+            phase: Some(phase.to_string().into()),
+            ..ReleaseRow::default()
+        }
+    }
+
+    #[test]
+    fn a_device_runs_the_release_its_version_matches_and_is_pending_below_its_target() {
+        let mut s = Snapshot::default();
+        s.add_release(&release(1, 9, (2, 80, 3), Some(1), "end-of-life"));
+        s.add_release(&release(2, 9, (6, 5, 3), None, "current"));
+        s.add_release(&release(3, 8, (6, 5, 3), None, "sunset"));
+        let d = |target, os: &'static str| DeviceHost {
+            os_target: target,
+            os_version: os,
+            os_variant: "prod",
+            supervisor_target: None,
+            supervisor_version: "",
+        };
+        let old = d(Some(2), "balenaOS 2.80.3+rev1");
+        assert!(s.os_update_pending(&old));
+        assert_eq!(s.os_phase(&old), "end-of-life");
+        let new = d(Some(2), "balenaOS 6.5.3");
+        assert!(!s.os_update_pending(&new));
+        assert_eq!(
+            s.os_phase(&new),
+            "current",
+            "the target's host app, not app 8"
+        );
+        assert_eq!(s.os_phase(&d(None, "balenaOS 6.5.3")), "unknown");
+        assert_eq!(s.os_phase(&d(Some(2), "balenaOS 2.80.3+rev2")), "unknown");
+        assert!(!s.os_update_pending(&d(None, "balenaOS 2.80.3+rev1")));
+        assert!(!s.os_update_pending(&d(Some(2), "")));
+    }
+}
