@@ -128,6 +128,51 @@
         ],
       },
       {
+        name: "balena-hosts",
+        rules: [
+          rule({
+            alert: "BalenaFleetOsUpdateFailed",
+            expr: "max by (namespace, cluster, job, fleet) (balena_fleet_devices_os_update{job=\"balena\", status=\"failed\"}) > 0\n",
+            labels: {"severity": "warning"},
+            annotations: {
+              summary: "A host OS update failed on devices of {{ $labels.fleet }}",
+              description: "The host OS update of {{ $value }} devices of {{ $labels.fleet }} failed (the updater reported OS update failed), for FOR_DURATION: they still run their old balenaOS.",
+              runbook_url: "https://github.com/balena-exporter/balena-exporter/blob/main/docs/runbook.md#balenafleetosupdatefailed",
+            },
+          }),
+          rule({
+            alert: "BalenaDevicesOnEndOfLifeOs",
+            expr: "max by (namespace, cluster, job, fleet) (balena_fleet_devices_os_phase{job=\"balena\", phase=\"end-of-life\"}) > 0\n",
+            labels: {"severity": "warning"},
+            annotations: {
+              summary: "Devices of {{ $labels.fleet }} run an end-of-life balenaOS",
+              description: "{{ $value }} devices of {{ $labels.fleet }} run a balenaOS release whose phase is end-of-life, for FOR_DURATION: no more fixes reach them; update their host OS.",
+              runbook_url: "https://github.com/balena-exporter/balena-exporter/blob/main/docs/runbook.md#balenadevicesonendoflifeos",
+            },
+          }),
+          rule({
+            alert: "BalenaSupervisorUpdatePendingTooLong",
+            expr: "max by (namespace, cluster, job, fleet) (balena_fleet_devices_supervisor_update_pending{job=\"balena\"}) > 0\n",
+            labels: {"severity": "warning"},
+            annotations: {
+              summary: "Supervisor updates of {{ $labels.fleet }} have been pending far too long",
+              description: "{{ $value }} devices of {{ $labels.fleet }} have not run their target supervisor for FOR_DURATION.",
+              runbook_url: "https://github.com/balena-exporter/balena-exporter/blob/main/docs/runbook.md#balenasupervisorupdatependingtoolong",
+            },
+          }),
+          rule({
+            alert: "BalenaFleetHardwareMetricsDisabled",
+            expr: "max by (namespace, cluster, job, fleet) (balena_fleet_devices_supervisor_setting{job=\"balena\", setting=\"hardware_metrics_disabled\"}) > 0\n",
+            labels: {"severity": "info"},
+            annotations: {
+              summary: "Devices of {{ $labels.fleet }} report no hardware metrics",
+              description: "{{ $value }} devices of {{ $labels.fleet }} run with SUPERVISOR_HARDWARE_METRICS false, for FOR_DURATION: their CPU, memory and temperature series are absent by choice, not by fault.",
+              runbook_url: "https://github.com/balena-exporter/balena-exporter/blob/main/docs/runbook.md#balenafleethardwaremetricsdisabled",
+            },
+          }),
+        ],
+      },
+      {
         name: "balena-exporter",
         rules: [
           rule({

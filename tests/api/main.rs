@@ -7,6 +7,7 @@ mod docs;
 mod egress;
 mod faults;
 mod helpers;
+mod host;
 mod limits;
 mod operations;
 mod probe;

@@ -18,7 +18,10 @@ require prometheus prometheus-alertmanager jsonnet curl python3
 # What the demo's stories must raise, each once: alertname and the label that names where.
 expected="BalenaDevicesNotOnTargetRelease fleet=acme/shop-screens
 BalenaDevicesNotOnTargetRelease fleet=partner_org/cameras
+BalenaDevicesOnEndOfLifeOs fleet=partner_org/routers
+BalenaFleetHardwareMetricsDisabled fleet=partner_org/routers
 BalenaFleetLatestBuildFailed fleet=acme/warehouse-sensors
+BalenaFleetOsUpdateFailed fleet=partner_org/routers
 BalenaFleetServiceNotRunning fleet=acme/kiosks
 BalenaFleetUpdatesFailed fleet=partner_org/cameras
 BalenaFleetUpdatesStuck fleet=partner_org/cameras
@@ -27,7 +30,8 @@ BalenaProbeAvailabilityBurnFast instance=no-such-fleet
 BalenaProbeAvailabilityBurnSlow instance=broken-token
 BalenaProbeAvailabilityBurnSlow instance=no-such-fleet
 BalenaProbeFailing instance=broken-token
-BalenaProbeFailing instance=no-such-fleet"
+BalenaProbeFailing instance=no-such-fleet
+BalenaSupervisorUpdatePendingTooLong fleet=partner_org/routers"
 
 # 1. The exporter on its demo.
 exporter_port=$(free_port 127.0.0.1)

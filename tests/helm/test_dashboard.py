@@ -53,6 +53,22 @@ APPS = {
                           latest=("abc", "success", "1.1.0")),
 }
 
+# The layer under the application: OS update states, OS phases, supervisors behind, settings,
+# and the semver of each release in use (balena_fleet_release_info).
+HOSTS = {
+    "acme/screens": dict(os_update={"none": 6, "pending": 2, "in_progress": 1, "failed": 1},
+                         phase={"current": 7, "end-of-life": 3}, supervisor_pending=2,
+                         settings={"hardware_metrics_disabled": 1, "local_mode": 0, "lock_override": 0},
+                         semver={"abc": "1.1.0", "old": "1.0.0"}),
+    "acme/tiny": dict(os_update={"none": 2}, phase={"current": 1, "sunset": 1}, supervisor_pending=0,
+                      settings={"hardware_metrics_disabled": 0, "local_mode": 2, "lock_override": 0},
+                      semver={"abc": "1.1.0", "new": "1.2.0"}),
+    "partner/kiosk": dict(os_update={"none": 4}, phase={"current": 4}, supervisor_pending=1,
+                          settings={"hardware_metrics_disabled": 0, "local_mode": 0, "lock_override": 1},
+                          semver={"abc": "1.1.0"}),
+}
+LOCATIONS = {"a1": (52.52, 13.405), "b2": (-23.55, -46.633)}
+
 DEVICES = {  # uuid -> fleet, name, values
     "a1": dict(fleet="acme/screens", name="lobby", cpu=0.5, temp=51.0, mem=(1 << 30, 4 << 30),
                disk=(8 << 30, 32 << 30), online=1, on_target=1, undervolted=1, progress=0.25, seen=1000),
@@ -90,6 +106,16 @@ def series():
                 add("balena_fleet_devices_supervisor", dict(base, supervisor_version=version), n)
             commit, status, semver = a["latest"]
             add("balena_fleet_latest_release_info", dict(base, release=commit, status=status, semver=semver), 1)
+            h = HOSTS[fleet]
+            for state in ("failed", "in_progress", "none", "pending"):
+                add("balena_fleet_devices_os_update", dict(base, status=state), h["os_update"].get(state, 0))
+            for phase in ("current", "end-of-life", "next", "sunset", "unknown"):
+                add("balena_fleet_devices_os_phase", dict(base, phase=phase), h["phase"].get(phase, 0))
+            add("balena_fleet_devices_supervisor_update_pending", base, h["supervisor_pending"])
+            for setting, n in h["settings"].items():
+                add("balena_fleet_devices_supervisor_setting", dict(base, setting=setting), n)
+            for release, version in h["semver"].items():
+                add("balena_fleet_release_info", dict(base, release=release, semver=version, status="success"), 1)
     for uuid, d in DEVICES.items():
         for t in FLEETS[d["fleet"]]["targets"]:
             base = {"job": "balena", "instance": t, "fleet": d["fleet"], "device_uuid": uuid, "device_name": d["name"]}
@@ -107,6 +133,9 @@ def series():
             add("balena_device_last_connectivity_timestamp_seconds", base, d["seen"])
             if d["progress"] is not None:
                 add("balena_device_update_progress_ratio", base, d["progress"])
+            lat, lon = LOCATIONS[uuid]
+            add("balena_device_latitude_degrees", base, lat)
+            add("balena_device_longitude_degrees", base, lon)
     return out
 
 
@@ -133,6 +162,30 @@ def apps_summed(field, labels):
 def summed(key, values):
     return {f'{{{key}="{v}"}}': sum(f[{"status": "status", "state": "heartbeat"}[key]].get(v, 0) for f in FLEETS.values())
             for v in values}
+
+
+def summed_hosts(field, label):
+    """Sum over fleets of HOSTS[fleet][field] per label value, zeros written as the exporter does."""
+    out = {}
+    for h in HOSTS.values():
+        for k, n in h[field].items():
+            out[f'{{{label}="{k}"}}'] = out.get(f'{{{label}="{k}"}}', 0) + n
+    if field == "os_update":
+        for k in ("failed", "in_progress", "none", "pending"):
+            out.setdefault(f'{{{label}="{k}"}}', 0)
+    if field == "phase":
+        for k in ("current", "end-of-life", "next", "sunset", "unknown"):
+            out.setdefault(f'{{{label}="{k}"}}', 0)
+    return out
+
+
+def rollout_by_semver():
+    out = {}
+    for name, a in APPS.items():
+        for release, n in a["releases"].items():
+            key = f'{{fleet="{name}", semver="{HOSTS[name]["semver"][release]}"}}'
+            out[key] = out.get(key, 0) + n
+    return out
 
 
 # What each fleet and device panel must show, from the ground truth (panel title -> one
@@ -163,6 +216,15 @@ EXPECTED = {
     "Update status": [apps_summed("update", ["status"])],
     "OS versions in use": [apps_summed("os", ["os_version", "os_variant"])],
     "Supervisor versions in use": [apps_summed("supervisor", ["supervisor_version"])],
+    "OS updates: devices per state": [summed_hosts("os_update", "status")],
+    "OS lifecycle: devices per phase": [summed_hosts("phase", "phase")],
+    "Supervisor drift: devices behind their target supervisor": [
+        {f'{{fleet="{n}"}}': h["supervisor_pending"] for n, h in HOSTS.items()}],
+    "Supervisor settings: devices per setting": [summed_hosts("settings", "setting")],
+    "Rollout by version: devices per release semver": [rollout_by_semver()],
+    "Device locations": [
+        {f'{{device_name="{d["name"]}", device_uuid="{u}", fleet="{d["fleet"]}"}}': LOCATIONS[u][i]
+         for u, d in DEVICES.items()} for i in (0, 1)],
     "Releases: newest build beside the target": [
         {f'{{fleet="{name}", release="{a["latest"][0]}", semver="{a["latest"][2]}", status="{a["latest"][1]}"}}': 1
          for name, a in APPS.items()}],
@@ -230,7 +292,8 @@ class DashboardTest(unittest.TestCase):
             for t in p["targets"]:
                 if "rate(" in t["expr"]:
                     self.assertIn("[$__rate_interval]", t["expr"], p["title"])
-                if "balena_device_" in t["expr"]:
+                if "balena_device_" in t["expr"] and p["type"] != "geomap":
+                    # A map draws a point per device: every device of the chosen fleets.
                     self.assertIn('device_uuid=~"$device"', t["expr"], p["title"])
                     self.assertNotIn("device_name=~", t["expr"], p["title"])
 

@@ -435,6 +435,14 @@ impl World {
             .and_then(|r| r["id"].as_u64())
     }
 
+    /// Every row of a table, in id order (ground truth for tests).
+    pub fn rows(&self, table: &str) -> Vec<&Row> {
+        self.tables
+            .get(table)
+            .map(|t| t.values().collect())
+            .unwrap_or_default()
+    }
+
     /// A row by id.
     pub fn row(&self, table: &str, id: u64) -> Option<&Row> {
         self.tables.get(table)?.get(&id)
