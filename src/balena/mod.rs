@@ -69,7 +69,7 @@ impl DeviceScope {
 }
 
 const FLEET_SELECT: &str = "id,app_name,slug";
-const FLEET_EXPAND: &str = "organization($select=handle),is_for__device_type($select=slug),should_be_running__release($select=commit,semver,created_at),owns__release($select=commit,status,semver,created_at;$orderby=created_at desc;$top=1)";
+const FLEET_EXPAND: &str = "organization($select=handle),is_for__device_type($select=slug),should_be_running__release($select=commit,status,semver,created_at),owns__release($select=commit,status,semver,created_at;$orderby=created_at desc;$top=1)";
 
 fn fleet_expand(module: &ModuleConfig) -> String {
     if module.counts_only {

@@ -87,7 +87,7 @@ pub struct Fleet {
     /// `$expand=is_for__device_type($select=slug)`.
     #[serde(default)]
     pub is_for__device_type: Option<Vec<SlugRow>>,
-    /// `$expand=should_be_running__release($select=commit,semver,created_at)`: the fleet's
+    /// `$expand=should_be_running__release($select=commit,status,semver,created_at)`: the fleet's
     /// target release.
     #[serde(default)]
     pub should_be_running__release: Option<Vec<FleetRelease>>,

@@ -405,3 +405,48 @@ async fn an_openbalena_api_fails_a_module_with_locations_saying_which_key() {
     );
     app.stop().await;
 }
+
+/// A host read that fails (its variables listing answers 500) leaves the probe whole: the
+/// device series are there, the host series are not, and the debug page says why.
+#[actix_rt::test]
+async fn a_failed_host_read_leaves_the_probe_whole() {
+    use balena_simulator::{Fault, FaultRule};
+    let app = spawn_with(world(&[("screens", 7)]), |url| {
+        default_config(url, &["screens"])
+            .replace("  timeout: 5s\n", "  timeout: 5s\n  cache_ttl: 0s\n")
+    })
+    .await;
+    app.sim.inject(FaultRule::always(
+        "/v7/device_config_variable",
+        Fault::Status(500),
+    ));
+    let debug = app.get("/probe?target=screens&debug=true").await.body;
+    assert!(
+        debug.contains("host: the read failed: unexpected HTTP status 500"),
+        "{debug}"
+    );
+    let m = parse(&app.get("/probe?target=screens").await.body);
+    assert_eq!(m.value("probe_success", &[]), 1.0);
+    assert_eq!(
+        m.value("balena_fleet_devices", &[("fleet", "acme/screens")]),
+        7.0
+    );
+    for family in [
+        "balena_fleet_devices_os_update",
+        "balena_fleet_devices_os_phase",
+        "balena_fleet_release_info",
+        "balena_device_os_update",
+    ] {
+        assert!(!m.has(family), "{family} without a host snapshot");
+    }
+    assert!(m.has("balena_fleet_services"), "the services read is apart");
+    let own = parse(&app.get("/metrics").await.body);
+    assert_eq!(
+        own.value(
+            "balena_exporter_background_reads_total",
+            &[("read", "host"), ("result", "api_error")]
+        ),
+        1.0
+    );
+    app.stop().await;
+}

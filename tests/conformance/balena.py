@@ -30,12 +30,12 @@ class Api:
         self.url = url.rstrip("/")
         self.token = token
 
-    def request(self, method, path, body=None, token=None, raw_query=""):
+    def request(self, method, path, body=None, token=None, raw_query="", content_type="application/json"):
         url = self.url + path + (("?" + raw_query) if raw_query else "")
-        data = None if body is None else json.dumps(body).encode()
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, method=method)
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", content_type)
         tok = self.token if token is None else token
         if tok:
             req.add_header("Authorization", f"Bearer {tok}")
@@ -106,8 +106,24 @@ DEVICE_SELECT = ",".join([
     "supervisor_version", "cpu_usage", "cpu_temp", "memory_usage", "memory_total", "storage_usage",
     "storage_total", "is_undervolted", "is_connected_to_vpn", "last_connectivity_event", "is_running__release",
     "should_be_running__release", "update_status", "last_update_status_event", "is_pinned_on__release",
-    "changed_api_heartbeat_state_on__date",
+    "changed_api_heartbeat_state_on__date", "provisioning_state", "provisioning_progress",
+    "should_be_operated_by__release", "should_be_managed_by__release",
 ])
+OS_UPDATE_STATES = ["failed", "in_progress", "none", "pending"]
+OS_PHASES = ["current", "end-of-life", "next", "sunset", "unknown"]
+# setting label -> (variable names, first wins; the value that matters), docs/metrics.md
+SETTINGS = {
+    "hardware_metrics_disabled": (["BALENA_SUPERVISOR_HARDWARE_METRICS", "RESIN_SUPERVISOR_HARDWARE_METRICS"], False),
+    "local_mode": (["BALENA_SUPERVISOR_LOCAL_MODE", "RESIN_SUPERVISOR_LOCAL_MODE"], True),
+    "lock_override": (["BALENA_SUPERVISOR_OVERRIDE_LOCK", "RESIN_SUPERVISOR_OVERRIDE_LOCK", "BALENA_OVERRIDE_LOCK",
+                       "RESIN_OVERRIDE_LOCK"], True),
+}
+
+
+def boolean(value):
+    """A configuration variable as the supervisor reads a boolean; None for anything else."""
+    v = (value or "").strip().lower()
+    return True if v in ("true", "1", "on") else False if v in ("false", "0", "off") else None
 UPDATE_STATUSES = ["aborted", "applying changes", "done", "downloaded", "downloading", "none", "rejected"]
 
 
@@ -130,14 +146,19 @@ class Truth:
         self.orgs = {o["id"]: o["handle"] for o in api.get("organization", "$select=id,handle")}
         self.types = {t["id"]: t["slug"] for t in api.get("device_type", "$select=id,slug")}
         self.release_rows = {r["id"]: r for r in keyset(
-            api, "release", "id,commit,status,semver,created_at,belongs_to__application")}
+            api, "release", "id,commit,status,semver,created_at,belongs_to__application,variant,phase")}
+        self.fleet_vars, self.device_vars = {}, {}
+        for v in keyset(api, "application_config_variable", "id,application,name,value"):
+            self.fleet_vars.setdefault(nav(v["application"]), {})[v["name"]] = v["value"]
+        for v in keyset(api, "device_config_variable", "id,device,name,value"):
+            self.device_vars.setdefault(nav(v["device"]), {})[v["name"]] = v["value"]
         self.releases = {i: r["commit"] for i, r in self.release_rows.items()}
         # Services per device from three plain listings: installs, images, services.
         service_names = {x["id"]: x["service_name"] for x in keyset(api, "service", "id,service_name")}
         image_service = {x["id"]: service_names.get(nav(x["is_a_build_of__service"]))
                          for x in keyset(api, "image", "id,is_a_build_of__service")}
         self.installs = {}
-        for i in keyset(api, "image_install", "id,device,installs__image,status,install_date"):
+        for i in keyset(api, "image_install", "id,device,installs__image,status"):
             i["service_name"] = image_service.get(nav(i["installs__image"]))
             self.installs.setdefault(nav(i["device"]), []).append(i)
         self.fleets = {f["slug"]: f for f in api.get(
@@ -202,14 +223,80 @@ class Truth:
             sup = (("fleet", slug), ("supervisor_version", d["supervisor_version"] or ""))
             out[("balena_fleet_devices_supervisor", sup)] = out.get(("balena_fleet_devices_supervisor", sup), 0.0) + 1
         out[("balena_fleet_devices_pinned", fl)] = float(sum(1 for d in devs if nav(d["is_pinned_on__release"])))
+        host = module.get("host", True)
+        if host:
+            out.update(self.host_series(f, slug, devs))
         if module.get("devices", True):
             for d in devs:
                 out.update(self.device_series(slug, d, module.get("device_tags", [])))
+                base = (("device_name", d["device_name"]), ("device_uuid", d["uuid"]), ("fleet", slug))
+                if host:
+                    out[("balena_device_os_update", tuple(sorted(base + (("status", self.os_update(d)),))))] = 1.0
                 if module.get("device_services"):
-                    base = (("device_name", d["device_name"]), ("device_uuid", d["uuid"]), ("fleet", slug))
-                    for service, status in self.current_services([d]):
+                    for (service, status), n in self.current_services([d]).items():
                         out[("balena_device_service_status",
-                             tuple(sorted(base + (("service", service), ("status", status)))))] = 1.0
+                             tuple(sorted(base + (("service", service), ("status", status)))))] = float(n)
+        return out
+
+    # ---- the layer under the application, by docs/metrics.md ("Host layer") ----
+
+    def os_update(self, d):
+        state = d["provisioning_state"] or ""
+        if state == "OS update failed":
+            return "failed"
+        if d["provisioning_progress"] is not None and state != "Post-Provisioning":
+            return "in_progress"
+        target = self.release_rows.get(nav(d["should_be_operated_by__release"]))
+        if target and d["os_version"] and "balenaOS " + target["semver"] != d["os_version"]:
+            return "pending"
+        return "none"
+
+    def os_phase(self, d):
+        target = self.release_rows.get(nav(d["should_be_operated_by__release"]))
+        if not target or not d["os_version"]:
+            return "unknown"
+        for r in self.release_rows.values():
+            if (nav(r["belongs_to__application"]) == nav(target["belongs_to__application"])
+                    and r["status"] == "success" and r["variant"] in ("", d["os_variant"])
+                    and "balenaOS " + r["semver"] == d["os_version"]):
+                return r["phase"] or "unknown"
+        return "unknown"
+
+    def host_series(self, f, slug, devs):
+        out, fl = {}, (("fleet", slug),)
+        updates = dict.fromkeys(OS_UPDATE_STATES, 0)
+        phases = dict.fromkeys(OS_PHASES, 0)
+        settings = dict.fromkeys(SETTINGS, 0)
+        behind = 0
+        for d in devs:
+            updates[self.os_update(d)] += 1
+            phases[self.os_phase(d)] += 1
+            supervisor = self.release_rows.get(nav(d["should_be_managed_by__release"]))
+            if supervisor and d["supervisor_version"] and supervisor["semver"] != d["supervisor_version"]:
+                behind += 1
+            own, fleet = self.device_vars.get(d["id"], {}), self.fleet_vars.get(f["id"], {})
+            for label, (names, matters) in SETTINGS.items():
+                def level(vars_):
+                    return next((boolean(vars_[n]) for n in names if n in vars_ and boolean(vars_[n]) is not None),
+                                None)
+                value = level(own)
+                if value is None:
+                    value = level(fleet)
+                settings[label] += value == matters
+        for k, n in updates.items():
+            out[("balena_fleet_devices_os_update", fl + (("status", k),))] = float(n)
+        for k, n in phases.items():
+            out[("balena_fleet_devices_os_phase", (("fleet", slug), ("phase", k)))] = float(n)
+        for k, n in settings.items():
+            out[("balena_fleet_devices_supervisor_setting", (("fleet", slug), ("setting", k)))] = float(n)
+        out[("balena_fleet_devices_supervisor_update_pending", fl)] = float(behind)
+        own = sorted((r for r in self.release_rows.values() if nav(r["belongs_to__application"]) == f["id"]),
+                     key=lambda r: r["created_at"])
+        in_use = [self.release_rows.get(nav(d["is_running__release"])) for d in devs]
+        in_use += [self.release_rows.get(nav(f["should_be_running__release"]))] + own[-1:]
+        for r in filter(None, in_use):
+            out[("balena_fleet_release_info", (("fleet", slug), ("release", r["commit"]), ("semver", r["semver"]),
+                                               ("status", r["status"])))] = 1.0
         return out
 
     def release_series(self, f, slug):
@@ -228,19 +315,14 @@ class Truth:
         return out
 
     def current_services(self, devs):
-        """(service, status) → devices: per device and service the newest install (install_date,
-        then id) that is not deleted, as docs/metrics.md says."""
+        """(service, status) → installs: every install of each device that is not deleted, as
+        balena-sdk's current_services lists them and docs/metrics.md says."""
         out = {}
         for d in devs:
-            newest = {}
             for i in self.installs.get(d["id"], []):
-                if i["status"] == "deleted":
-                    continue
-                k = (i["install_date"], i["id"])
-                if i["service_name"] not in newest or k > newest[i["service_name"]][0]:
-                    newest[i["service_name"]] = (k, i["status"])
-            for service, (_, status) in newest.items():
-                out[(service, status)] = out.get((service, status), 0) + 1
+                if i["status"] != "deleted":
+                    k = (i["service_name"], i["status"])
+                    out[k] = out.get(k, 0) + 1
         return out
 
     @staticmethod
@@ -285,6 +367,9 @@ class Truth:
         put("balena_device_heartbeat_changed_timestamp_seconds",
             None if d["changed_api_heartbeat_state_on__date"] is None
             else epoch(d["changed_api_heartbeat_state_on__date"]))
+        if (d["provisioning_state"] or "") not in ("OS update failed", "Post-Provisioning"):
+            put("balena_device_os_update_progress_ratio",
+                None if d["provisioning_progress"] is None else d["provisioning_progress"] / 100)
         return out
 
 

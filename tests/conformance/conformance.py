@@ -40,6 +40,9 @@ MODULES = {
     "compact": {"devices": True, "device_tags": TAG_KEYS, "compact_cache": True},
     "services": {"devices": True, "services": True, "device_services": True, "services_interval": "0s"},
 }
+# Modules in the config but not in the comparison loop: locations are balenaCloud's, and the
+# real (open) API must fail a probe of this module with one clear reason.
+EXTRA_MODULES = {"located": {"devices": True, "locations": True}}
 READ_TIMES = "balena_fleet_services_timestamp_seconds"  # when services were read: checked apart
 RUN_STARTED = time.time()
 INSTALL_STATUSES = ["Stopping", "Stopped", "Downloading", "Downloaded", "Installing", "Installed", "Starting",
@@ -104,7 +107,7 @@ def config(url, tokens, targets):
     lines = [f"api:\n  url: {url}\n  cache_ttl: 0s\n  fleet_cache_ttl: 0s\n  page_size: {PAGE_SIZE}\n  timeout: 30s\nauths:"]
     lines += [f"  {name}:\n    token: {json.dumps(tok)}" for name, tok in tokens.items()]
     lines.append("modules:")
-    lines += [f"  {name}: {json.dumps(m)}" for name, m in MODULES.items()]
+    lines += [f"  {name}: {json.dumps(m)}" for name, m in dict(MODULES, **EXTRA_MODULES).items()]
     lines.append("targets:")
     lines += [f"  {name}: {json.dumps(t)}" for name, t in targets.items()]
     return "\n".join(lines) + "\n"
@@ -119,8 +122,11 @@ TARGETS = {
     "apps": ({"fleet": "admin/apps", "auth": "good"}, ["admin/apps"]),
     "admin-org": ({"org": "admin", "auth": "good"}, ["admin/apps", "admin/big-fleet", "admin/empty-fleet", "admin/screens"]),
     "partner-org": ({"org": "partner", "auth": "good"}, ["partner/kiosks"]),
+    # The superuser is a member of balena_os here (add-org.sh), so its host and supervisor apps
+    # are fleets it can access (a balenaCloud user is no member: not so there).
     "everything": ({"all": True, "auth": "good"},
-                   ["admin/apps", "admin/big-fleet", "admin/empty-fleet", "admin/screens", "partner/kiosks"]),
+                   ["admin/apps", "admin/big-fleet", "admin/empty-fleet", "admin/screens",
+                    "balena_os/aarch64-supervisor", "balena_os/raspberrypi4-64", "partner/kiosks"]),
     "caps-fleet": ({"fleet": "ADMIN/Screens", "auth": "good"}, ["admin/screens"]),
     "caps-org": ({"org": "PARTNER", "auth": "good"}, ["partner/kiosks"]),
     "bad-key": ({"fleet": "admin/screens", "auth": "bad"}, "unauthorized"),
@@ -190,6 +196,30 @@ def check_no_token_in_logs(paths, tokens, r):
         r.check(not leaked, f"{os.path.basename(path)}: no token in the exporter's debug log", f"    leaked: {leaked}")
 
 
+def check_locations_refused(ex, r):
+    """A module with `locations: true` against openBalena: probe_success 0, the reason
+    `unsupported`, and the debug page names the key."""
+    status, text = ex.get("/probe?target=screens&module=located&debug=true")
+    r.check(status == 200 and "probe_success 0" in text and "`locations: true` in this module needs balenaCloud" in text,
+            "a module with locations: true fails against the real (open) API, saying which key",
+            "    " + "\n    ".join(text.splitlines()[:12]))
+    _, metrics = ex.get("/metrics")
+    n = parse_exposition(metrics).get(("balena_exporter_probes_total", (("module", "located"), ("result", "unsupported"),
+                                                                        ("target", "screens"))))
+    r.check(n == 1.0, "and it is counted with reason unsupported", f"    got {n}")
+
+
+def check_host_seed(truth, r):
+    """The seed covers every host state the series distinguish."""
+    devs = [d for rows in truth.devices.values() for d in rows]
+    updates = {truth.os_update(d) for d in devs}
+    phases = {truth.os_phase(d) for d in devs}
+    r.check(updates == {"failed", "in_progress", "none", "pending"}, f"the seed has every OS update state: {sorted(updates)}")
+    r.check(phases >= {"end-of-life", "sunset", "current", "unknown"}, f"and OS phases {sorted(phases)}")
+    targets = {d["should_be_operated_by__release"]["__id"] for d in devs if d["should_be_operated_by__release"]}
+    r.check(len(targets) >= 3, f"the API set {len(targets)} distinct target OS releases itself from reported versions")
+
+
 def check_heartbeat(ex, api, device_key, r):
     """A real device-key heartbeat: online, then (with the short timeouts run.sh starts the API
     with) timeout and offline; the exporter reports each state the API reports."""
@@ -216,7 +246,7 @@ def check_heartbeat(ex, api, device_key, r):
 def dump(api, token):
     tables = {}
     for t in ("organization", "application", "device", "release", "device_type", "device_tag", "service", "image",
-              "image_install"):
+              "image_install", "release_tag", "application_config_variable", "device_config_variable"):
         rows, after = [], 0
         while True:
             page = api.get(t, f"$filter=id%20gt%20{after}&$orderby=id%20asc&$top=1000")
@@ -350,8 +380,10 @@ def main():
             two = [d for d in truth.devices["admin/apps"]
                    if len({i["installs__image"]["__id"] for i in truth.installs.get(d["id"], [])}) > 4]
             r.check(two, "a device mid-update holds two releases' installs at once")
+            check_host_seed(truth, r)
             check_targets(real_ex, truth, r)
             check_failure_reasons(real_ex, r)
+            check_locations_refused(real_ex, r)
 
             path = os.path.join(work, "dump.json")
             with open(path, "w") as f:

@@ -14,6 +14,7 @@ the API like every other).
 
 import subprocess
 import time
+import urllib.parse
 from datetime import datetime, timedelta, timezone
 
 from balena import psql
@@ -40,6 +41,9 @@ def seed(api, env, add_org):
     orgs = {o["handle"]: o["id"] for o in api.get("organization", "$select=id,handle")}
     out = subprocess.run([add_org, env["DIR"], "partner", "Partner Org"], capture_output=True, text=True, check=True)
     orgs["partner"] = int(out.stdout.split()[-1])
+    # The host layer first, as on balenaCloud: devices reporting their versions then get their
+    # target OS and supervisor from the API itself.
+    host = seed_host(api, env, add_org, types["raspberrypi4-64"], now)
 
     def fleet(org, name, dtype):
         return api.post("application", {"app_name": name, "organization": orgs[org],
@@ -124,8 +128,77 @@ def seed(api, env, add_org):
     fleets["admin/apps"] = fleet("admin", "Apps", "raspberrypi4-64")
     release(fleets["partner/kiosks"], 4, status="failed")  # kiosks' newest build failed
     apps = seed_applications(api, fleets["admin/apps"], types["raspberrypi4-64"], now)
+    host_story(api, apps, host)
     return {"fleets": fleets, "devices": devices, "device_key": device_key, "orgs": orgs,
-            "releases": {"target": r_target, "other": r_other}, "apps": apps, "seeded_at": time.time()}
+            "releases": {"target": r_target, "other": r_other}, "apps": apps, "host": host,
+            "seeded_at": time.time()}
+
+
+# The host OS releases of the raspberrypi4-64 host app, and their lifecycle phases; the
+# supervisor releases of its CPU architecture.
+OS_RELEASES = [("5.3.24", "end-of-life"), ("6.0.13", "sunset"), ("6.5.3", "current"), ("6.6.0", "next")]
+SUPERVISOR_RELEASES = ["16.7.9", "17.0.3", "17.1.0"]
+
+
+def seed_host(api, env, add_org, dtype, now):
+    """balena's host app and supervisor app for one device type, as the platform makes them:
+    the organization balena_os (SQL: add-org.sh, the one step a user cannot do), a public host
+    app with its OS releases and a public supervisor app `balena_os/<arch>-supervisor`, each
+    release created `running` with its semver, then marked `success`, then given its phase, as
+    balena's OS team does."""
+    out = subprocess.run([add_org, env["DIR"], "balena_os", "balenaOS"], capture_output=True, text=True, check=True)
+    org = int(out.stdout.split()[-1])
+
+    def app(name, host):
+        return api.post("application", {"app_name": name, "organization": org, "is_for__device_type": dtype,
+                                        "is_host": host, "is_public": True})["id"]
+
+    def release(aid, n, version, phase=None):
+        rid = api.post("release", {"belongs_to__application": aid, "commit": commit(0xb000 + n), "composition": {},
+                                   "status": "running", "source": "cloud", "start_timestamp": iso(now),
+                                   "semver": version})["id"]
+        api.patch("release", rid, {"status": "success"})
+        if phase:
+            api.patch("release", rid, {"phase": phase})
+        return rid
+    host_app = app("raspberrypi4-64", True)
+    os_releases = {v: release(host_app, i, v, phase) for i, (v, phase) in enumerate(OS_RELEASES)}
+    supervisor_app = app("aarch64-supervisor", False)
+    supervisors = {v: release(supervisor_app, 100 + i, v) for i, v in enumerate(SUPERVISOR_RELEASES)}
+    return {"org": org, "host_app": host_app, "os": os_releases, "supervisor": supervisors}
+
+
+def host_story(api, apps, host):
+    """What happens under the application of the apps fleet, through the API the way balena and
+    devices do it: a user asks for OS updates and a supervisor update (PATCH of the targets);
+    the OS updater of one device reports progress, another's reports failure, each with its
+    own device key as balenahup does (a form-encoded PATCH of /v6/device); supervisor settings
+    are configuration variables of the fleet and of devices, both names."""
+    d, keys = apps["devices"], apps["keys"]
+    newer = host["os"]["6.5.3"]
+    for name in ("app-done", "app-crashed", "app-aborted"):
+        api.patch("device", d[name], {"should_be_operated_by__release": newer})
+    api.patch("device", d["app-rejected"], {"should_be_managed_by__release": host["supervisor"]["17.1.0"]})
+    for name, progress, state in (("app-crashed", 50, "Running OS update"), ("app-aborted", 100, "OS update failed")):
+        uuid_hex = apps["uuids"][name]
+        body = urllib.parse.urlencode({"provisioning_progress": progress, "provisioning_state": state,
+                                       "status": "configuring"}).encode()
+        query = "$filter=" + urllib.parse.quote(f"uuid eq '{uuid_hex}'", safe="$='")
+        status, text = api.request("PATCH", "/v6/device", raw_query=query, token=keys[name], body=body,
+                                   content_type="application/x-www-form-urlencoded")
+        assert status == 200, (name, status, text[:300])
+    fleet = apps["fleet"]
+    api.post("application_config_variable", {"application": fleet, "name": "RESIN_SUPERVISOR_HARDWARE_METRICS",
+                                             "value": "false"})
+    api.post("application_config_variable", {"application": fleet, "name": "BALENA_SUPERVISOR_OVERRIDE_LOCK",
+                                             "value": "1"})
+    for name, var, value in (("app-done", "BALENA_SUPERVISOR_HARDWARE_METRICS", "true"),
+                             ("app-pinned", "RESIN_SUPERVISOR_LOCAL_MODE", "1"),
+                             ("app-pinned", "BALENA_SUPERVISOR_LOCAL_MODE", "false"),
+                             ("app-mid-update", "BALENA_SUPERVISOR_LOCAL_MODE", "true"),
+                             ("app-applying", "BALENA_SUPERVISOR_OVERRIDE_LOCK", "0"),
+                             ("app-legacy", "RESIN_OVERRIDE_LOCK", "maybe")):
+        api.post("device_config_variable", {"device": d[name], "name": var, "value": value})
 
 
 SERVICES = ["main", "proxy", "metrics", "worker"]
@@ -174,11 +247,12 @@ def seed_applications(api, fid, dtype, now):
     time.sleep(0.01)
     api.post("release", {"belongs_to__application": fid, "commit": commit(0xaf), "composition": {}, "status": "failed",
                          "source": "cloud", "start_timestamp": iso(now), "semver": "1.2.0"})
-    devices = {}
+    devices, keys, uuids = {}, {}, {}
     for i, (name, running, pinned, reports) in enumerate(APP_DEVICES):
         did = api.post("device", {"belongs_to__application": fid, "is_of__device_type": dtype,
                                   "uuid": uuid(200 + i), "device_name": name})["id"]
         devices[name] = did
+        uuids[name] = uuid(200 + i)
         if pinned:
             api.patch("device", did, {"is_pinned_on__release": releases["old"][0]})
         if running is None:
@@ -186,8 +260,10 @@ def seed_applications(api, fid, dtype, now):
         status, key = api.request("POST", f"/api-key/device/{did}/device-key", {})
         assert status in (200, 201), (status, key)
         key = key.decode().strip().strip('"')
+        keys[name] = key
         body = {uuid(200 + i): {
-            "os_version": ["balenaOS 6.0.13", "balenaOS 5.3.24"][i % 2], "os_variant": ["prod", "dev"][i % 3 == 0],
+            "os_version": ["balenaOS 6.0.13", "balenaOS 5.3.24", "balenaOS 6.5.3"][i % 3],
+            "os_variant": ["prod", "dev"][i % 3 == 0],
             "supervisor_version": ["17.0.3", "16.7.9"][i % 2],
             "apps": {app_uuid: {"release_uuid": releases[running][1], "releases": {
                 releases[rel][1]: {"update_status": update, "services": {
@@ -197,7 +273,8 @@ def seed_applications(api, fid, dtype, now):
                 for rel, (update, statuses) in reports.items()}}}}}
         status, text = api.request("PATCH", "/device/v3/state", body, token=key)
         assert status == 200, (name, status, text[:300])
-    return {"fleet": fid, "devices": devices, "releases": {k: v[0] for k, v in releases.items()}}
+    return {"fleet": fid, "devices": devices, "keys": keys, "uuids": uuids,
+            "releases": {k: v[0] for k, v in releases.items()}}
 
 
 def heartbeat(api, uuid_hex, device_key):

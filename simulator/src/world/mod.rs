@@ -595,7 +595,9 @@ impl World {
                 | "application_config_variable",
                 Caller::Guest,
             ) => Err(ReadError::Unauthorized),
-            ("application", Caller::Guest) if reaches_guarded(opts) => Err(ReadError::Unauthorized),
+            ("application" | "release", Caller::Guest) if reaches_guarded(opts) => {
+                Err(ReadError::Unauthorized)
+            }
             _ if stored(table).is_none() => Err(ReadError::Unauthorized),
             _ => Ok(()),
         }
@@ -636,12 +638,16 @@ impl World {
     }
 }
 
-/// Navigations a guest may not follow from a fleet: the real API's guest role has no
-/// permission on them, so a query that touches one is refused as a whole (401).
+/// Navigations a guest may not follow from a fleet or a release: the real API's guest role has
+/// no permission on them (organizations, devices, users), so a query that touches one, at any
+/// depth of its lambdas, is refused as a whole (401).
 const GUARDED_NAVS: &[&str] = &[
     "organization",
     "owns__device",
     "is_directly_accessible_by__user",
+    "should_operate__device",
+    "should_manage__device",
+    "is_running_on__device",
 ];
 
 /// Whether a query's `$filter` or `$expand` touches a [`GUARDED_NAVS`] navigation.
@@ -650,13 +656,10 @@ fn reaches_guarded(opts: &Options) -> bool {
         match e {
             Expr::Or(a, b) | Expr::And(a, b) | Expr::Cmp(_, a, b) => in_expr(a) || in_expr(b),
             Expr::Not(a) | Expr::In(a, _) => in_expr(a),
-            Expr::Path(p) => p
-                .first()
-                .is_some_and(|n| GUARDED_NAVS.contains(&n.as_str())),
+            // Any segment: inside a lambda a path starts with its variable (`r/should_operate__device`).
+            Expr::Path(p) => p.iter().any(|n| GUARDED_NAVS.contains(&n.as_str())),
             Expr::Lambda { path, body, .. } => {
-                path.first()
-                    .is_some_and(|n| GUARDED_NAVS.contains(&n.as_str()))
-                    || in_expr(body)
+                path.iter().any(|n| GUARDED_NAVS.contains(&n.as_str())) || in_expr(body)
             }
             Expr::Lit(_) => false,
         }
