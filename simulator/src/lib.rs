@@ -119,8 +119,8 @@ impl Simulator {
     }
 
     /// Requests a probe makes itself: every `/v7/` request but the background reads' (image
-    /// installs and images for services; releases and configuration variables for the host
-    /// layer).
+    /// installs and images for services; releases, configuration variables and the devices'
+    /// targets for the host layer).
     pub fn probe_requests(&self) -> usize {
         const BACKGROUND: [&str; 5] = [
             "/v7/image",
@@ -129,7 +129,27 @@ impl Simulator {
             "/v7/application_config_variable",
             "/v7/device_config_variable",
         ];
-        self.requests("/v7/") - BACKGROUND.iter().map(|p| self.requests(p)).sum::<usize>()
+        self.requests("/v7/")
+            - BACKGROUND.iter().map(|p| self.requests(p)).sum::<usize>()
+            - self.target_listings()
+    }
+
+    /// Device listings a probe makes (`/v7/device`, not the host read's listing of targets).
+    pub fn device_listings(&self) -> usize {
+        self.requests("/v7/device") - self.target_listings()
+    }
+
+    /// The host read's listings of the devices' targets (`/v7/device` selecting only them).
+    fn target_listings(&self) -> usize {
+        self.state.log.lock().map_or(0, |log| {
+            log.iter()
+                .filter(|r| {
+                    r.path == "/v7/device"
+                        && r.query
+                            .contains("$select=id,should_be_operated_by__release")
+                })
+                .count()
+        })
     }
 
     /// Stops the server.

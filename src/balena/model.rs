@@ -228,8 +228,6 @@ pub const DEVICE_FIELDS: &[&str] = &[
     "changed_api_heartbeat_state_on__date",
     "provisioning_state",
     "provisioning_progress",
-    "should_be_operated_by__release",
-    "should_be_managed_by__release",
 ];
 
 /// Device fields a module with `locations: true` selects too: balenaCloud has them, openBalena
@@ -257,8 +255,6 @@ pub const SUMMARY_DEVICE_FIELDS: &[&str] = &[
     "supervisor_version",
     "provisioning_state",
     "provisioning_progress",
-    "should_be_operated_by__release",
-    "should_be_managed_by__release",
 ];
 
 /// One row of the image-install listing (`image_install`, [`super::INSTALL_FIELDS`]).
@@ -409,12 +405,6 @@ pub struct Device<'a> {
     /// Progress of that, in percent (null when nothing is reported).
     #[serde(default)]
     pub provisioning_progress: Option<f64>,
-    /// The host OS release the device should run (a release of its device type's host app).
-    #[serde(default)]
-    pub should_be_operated_by__release: Option<NavId>,
-    /// The supervisor release the device should run.
-    #[serde(default)]
-    pub should_be_managed_by__release: Option<NavId>,
     /// balenaCloud's location from the device's IP, degrees (a string).
     #[serde(default, borrow, deserialize_with = "borrowed")]
     pub latitude: Text<'a>,

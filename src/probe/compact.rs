@@ -155,11 +155,12 @@ impl CompactDevices {
         self.rows.push(row);
     }
 
-    /// Sets each device's `balena_device_os_update` status from its (fleet, host combination).
-    pub fn set_os_updates<'s>(&mut self, status: impl Fn(usize, usize) -> &'s str) {
+    /// Sets each device's `balena_device_os_update` status from its (row number, fleet, host
+    /// combination).
+    pub fn set_os_updates<'s>(&mut self, status: impl Fn(usize, usize, usize) -> &'s str) {
         for i in 0..self.rows.len() {
             let r = self.rows[i];
-            let label = status(r.fleet as usize, r.host as usize);
+            let label = status(i, r.fleet as usize, r.host as usize);
             self.rows[i].os_update = self.intern(label);
         }
     }

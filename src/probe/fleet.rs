@@ -445,6 +445,27 @@ mod tests {
     }
 
     #[test]
+    fn attention_names_failed_host_os_updates_and_end_of_life_devices() {
+        let fleet: Fleet =
+            serde_json::from_value(serde_json::json!({"id": 1, "slug": "o/routers"})).unwrap();
+        let mut s = FleetStats::new(fleet);
+        let mut h = HostCounts::default();
+        h.os_update.insert("failed", 2);
+        h.os_phase.insert("end-of-life".into(), 1);
+        s.host = Some(h);
+        let lines = attention(&[s.clone()], &ModuleConfig::default());
+        assert_eq!(
+            lines,
+            vec![
+                "o/routers: the host OS update of 2 devices failed",
+                "o/routers: 1 device on an end-of-life host OS"
+            ]
+        );
+        s.host = None;
+        assert!(attention(&[s], &ModuleConfig::default()).is_empty());
+    }
+
+    #[test]
     fn spans_read_in_the_largest_unit_that_fits() {
         assert_eq!(ago(30.0), "1 min");
         assert_eq!(ago(1_500.0), "25 min");

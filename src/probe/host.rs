@@ -1,9 +1,10 @@
 //! Host series: the layer under the application, per fleet and per device. A device's row says
-//! what it runs and should run (host OS and supervisor versions and targets) and whether the OS
-//! updater reports progress or failure; the host snapshot ([`reads::host`]) says which
-//! releases those are. Each fleet counts the distinct combinations of its devices
-//! ([`HostCombos`], a handful per fleet) as they arrive, and they are resolved once, against
-//! the snapshot, when the fleet's series are written ([`HostCounts::resolve`]).
+//! what it runs (host OS and supervisor versions) and whether the OS updater reports progress
+//! or failure; the host snapshot ([`reads::host`]) says what each device should run (its
+//! targets, by device id) and which releases those are. Each fleet counts the distinct
+//! combinations of its devices ([`HostCombos`], a handful per fleet) as they arrive; once the
+//! snapshot is there they are joined with each device's targets ([`Joined`]) and resolved
+//! ([`HostCounts::resolve`]).
 //!
 //! The OS update state of a device, decided in this order:
 //! - `failed`: `provisioning_state` is `OS update failed` (balenahup's `report_update_failed`);
@@ -65,55 +66,54 @@ pub fn os_update_progress(d: &Device<'_>) -> Option<f64> {
         .map(|p| p / 100.0)
 }
 
-/// One combination of what devices run and should run (owned: a fleet keeps a handful).
+/// One combination of what devices run and report (owned: a fleet keeps a handful). What they
+/// should run comes from the host snapshot, by device id ([`Targets`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HostKey {
-    os_target: Option<u64>,
     os_version: String,
     os_variant: String,
-    supervisor_target: Option<u64>,
     supervisor_version: String,
     reported: Reported,
 }
+
+/// A device's targets: (`should_be_operated_by__release`, `should_be_managed_by__release`).
+pub type Targets = (Option<u64>, Option<u64>);
 
 impl HostKey {
     /// The combination of device `d`.
     pub fn of(d: &Device<'_>) -> Self {
         Self {
-            os_target: d.should_be_operated_by__release.map(|r| r.id),
             os_version: Device::str_of(&d.os_version).to_string(),
             os_variant: Device::str_of(&d.os_variant).to_string(),
-            supervisor_target: d.should_be_managed_by__release.map(|r| r.id),
             supervisor_version: Device::str_of(&d.supervisor_version).to_string(),
             reported: Reported::of(d),
         }
     }
 
     fn is(&self, d: &Device<'_>) -> bool {
-        self.os_target == d.should_be_operated_by__release.map(|r| r.id)
-            && self.supervisor_target == d.should_be_managed_by__release.map(|r| r.id)
-            && self.os_version == Device::str_of(&d.os_version)
+        self.os_version == Device::str_of(&d.os_version)
             && self.os_variant == Device::str_of(&d.os_variant)
             && self.supervisor_version == Device::str_of(&d.supervisor_version)
             && self.reported == Reported::of(d)
     }
 
-    fn device(&self) -> DeviceHost<'_> {
+    fn device(&self, (os_target, supervisor_target): Targets) -> DeviceHost<'_> {
         DeviceHost {
-            os_target: self.os_target,
+            os_target,
             os_version: &self.os_version,
             os_variant: &self.os_variant,
-            supervisor_target: self.supervisor_target,
+            supervisor_target,
             supervisor_version: &self.supervisor_version,
         }
     }
 
-    /// The device's OS update state (a label of [`OS_UPDATE_STATES`]).
-    pub fn os_update(&self, snapshot: &Snapshot) -> &'static str {
+    /// The OS update state (a label of [`OS_UPDATE_STATES`]) of a device of this combination
+    /// with these targets.
+    pub fn os_update(&self, targets: Targets, snapshot: &Snapshot) -> &'static str {
         match self.reported {
             Reported::Failed => "failed",
             Reported::InProgress => "in_progress",
-            Reported::Quiet if snapshot.os_update_pending(&self.device()) => "pending",
+            Reported::Quiet if snapshot.os_update_pending(&self.device(targets)) => "pending",
             Reported::Quiet => "none",
         }
     }
@@ -145,6 +145,10 @@ impl HostCombos {
     }
 }
 
+/// A fleet's devices per (combination number, targets): what the host series count, once each
+/// device's targets are known.
+pub type Joined = HashMap<(u32, Targets), u64>;
+
 /// A fleet's host series, resolved against the snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct HostCounts {
@@ -161,14 +165,15 @@ pub struct HostCounts {
 }
 
 impl HostCounts {
-    /// The counts of a fleet whose devices are `combos` (`devices` of them), whose running
-    /// releases are `running` (commit → devices, `none` for unknown), joined with `snapshot`.
-    /// Settings count the fleet's variables for every device; [`HostCounts::override_device`]
-    /// then corrects them for each device with variables of its own.
+    /// The counts of a fleet of `devices` devices, whose combinations are `combos` and which
+    /// have them with the targets `joined` says, whose running releases are `running` (commit →
+    /// devices, `none` for unknown), joined with `snapshot`. Settings count the fleet's
+    /// variables for every device; [`HostCounts::override_device`] then corrects them for each
+    /// device with variables of its own.
     pub fn resolve(
         fleet: &Fleet,
         devices: u64,
-        combos: &HostCombos,
+        (combos, joined): (&HostCombos, &Joined),
         running: &BTreeMap<String, u64>,
         snapshot: &Snapshot,
     ) -> Self {
@@ -177,11 +182,14 @@ impl HostCounts {
             os_phase: OS_PHASES.iter().map(|s| (s.to_string(), 0)).collect(),
             ..Self::default()
         };
-        for (key, n) in &combos.0 {
-            *c.os_update.entry(key.os_update(snapshot)).or_default() += n;
-            let phase = snapshot.os_phase(&key.device());
+        for (&(combo, targets), n) in joined {
+            let key = combos.key(combo as usize);
+            *c.os_update
+                .entry(key.os_update(targets, snapshot))
+                .or_default() += n;
+            let phase = snapshot.os_phase(&key.device(targets));
             bump_by(&mut c.os_phase, phase, *n);
-            if snapshot.supervisor_pending(&key.device()) {
+            if snapshot.supervisor_pending(&key.device(targets)) {
                 c.supervisor_pending += n;
             }
         }
@@ -260,14 +268,15 @@ pub fn write(out: &mut Exposition, slug: &str, c: &HostCounts) {
 }
 
 /// The device-level join: each device's own setting variables correct its fleet's counts.
+/// `seen`: each device's fleet number and combination.
 pub fn join_device_settings(
     counts: &mut [Option<HostCounts>],
     fleets: &[u64],
-    seen: &HashMap<u64, u32>,
+    seen: &HashMap<u64, (u32, u32)>,
     snapshot: &Snapshot,
 ) {
     for (device, own) in snapshot.device_settings() {
-        let Some(&i) = seen.get(&device) else {
+        let Some(&(i, _)) = seen.get(&device) else {
             continue;
         };
         if let Some(c) = counts[i as usize].as_mut() {
@@ -314,14 +323,14 @@ mod tests {
         ));
         assert_eq!(p, Some(0.5));
         let mut combos = HostCombos::default();
-        let a = device(
-            serde_json::json!({"os_version": "balenaOS 6.5.3", "should_be_operated_by__release": {"__id": 4}}),
-        );
-        let b = device(
-            serde_json::json!({"os_version": "balenaOS 6.5.3", "should_be_operated_by__release": {"__id": 5}}),
-        );
+        let a = device(serde_json::json!({"os_version": "balenaOS 6.5.3"}));
+        let b = device(serde_json::json!({"os_version": "balenaOS 6.0.13"}));
         assert_eq!((combos.add(&a), combos.add(&b), combos.add(&a)), (0, 1, 0));
         assert_eq!(combos.0[0].1, 2);
-        assert_eq!(combos.key(1).os_update(&Snapshot::default()), "none");
+        let unknown_target = (Some(4), None);
+        let none = combos
+            .key(1)
+            .os_update(unknown_target, &Snapshot::default());
+        assert_eq!(none, "none", "a target the snapshot does not know");
     }
 }

@@ -161,8 +161,11 @@ pub struct SeriesBuilder<'m> {
     devices: Exposition,
     compact: Option<CompactDevices>,
     device_total: usize,
-    /// Each device counted, and its fleet (the background snapshots' joins).
-    seen: HashMap<u64, u32>,
+    /// Each device counted, its fleet and its host combination there (the background
+    /// snapshots' joins).
+    seen: HashMap<u64, (u32, u32)>,
+    /// The device ids of `compact`'s rows, in its order (joined with the host snapshot).
+    compact_ids: Vec<u64>,
     /// Each device whose series are text, for the per-device series of the joins.
     named: Vec<Named>,
 }
@@ -192,6 +195,7 @@ impl<'m> SeriesBuilder<'m> {
             devices: Exposition::packing(PACK_THRESHOLD),
             device_total: 0,
             seen: Default::default(),
+            compact_ids: Vec::new(),
             named: Vec::new(),
         }
     }
@@ -224,11 +228,12 @@ impl<'m> SeriesBuilder<'m> {
             None if self.stats.len() == 1 => 0,
             None => return,
         };
-        self.seen.insert(d.id, i as u32);
         self.device_total += 1;
         let host = self.stats[i].add(d);
+        self.seen.insert(d.id, (i as u32, host as u32));
         if let Some(compact) = &mut self.compact {
             compact.push(i, d, host);
+            self.compact_ids.push(d.id);
         } else if self.module.devices {
             write_device(&mut self.devices, &self.stats[i].fleet.slug, d, &self.tags);
             if self.module.device_services || self.module.host {
@@ -246,7 +251,7 @@ impl<'m> SeriesBuilder<'m> {
     /// Counts each device's current services from `snapshot` (and writes them per device when
     /// the module asks).
     fn join_services(&mut self, snapshot: &services::Snapshot) {
-        for (&device, &i) in &self.seen {
+        for (&device, &(i, _)) in &self.seen {
             let stats = &mut self.stats[i as usize];
             for (service, status, installs) in snapshot.of_device(device) {
                 stats.services.add(service, status, u64::from(installs));
@@ -265,19 +270,24 @@ impl<'m> SeriesBuilder<'m> {
         }
     }
 
-    /// Resolves each fleet's host series against `snapshot`, and writes each device's OS
-    /// update state (when the module writes per-device series as text).
+    /// Resolves each fleet's host series against `snapshot` (each device's combination joined
+    /// with its targets), and writes each device's OS update state (when the module writes
+    /// per-device series).
     fn join_host(&mut self, snapshot: &reads::host::Snapshot) {
+        let mut joined: Vec<host::Joined> = vec![host::Joined::new(); self.stats.len()];
+        for (&device, &(fleet, combo)) in &self.seen {
+            let key = (combo, snapshot.targets(device));
+            *joined[fleet as usize].entry(key).or_default() += 1;
+        }
         let mut counts: Vec<Option<host::HostCounts>> = self
             .stats
             .iter()
-            .map(|s| {
+            .zip(&joined)
+            .map(|(s, joined)| {
+                let combos = (&s.hosts, joined);
+                let running = &s.releases;
                 Some(host::HostCounts::resolve(
-                    &s.fleet,
-                    s.devices,
-                    &s.hosts,
-                    &s.releases,
-                    snapshot,
+                    &s.fleet, s.devices, combos, running, snapshot,
                 ))
             })
             .collect();
@@ -289,15 +299,21 @@ impl<'m> SeriesBuilder<'m> {
         if !self.module.host {
             return;
         }
+        let stats = &self.stats;
+        let state = |fleet: usize, combo: usize, device: u64| {
+            stats[fleet]
+                .hosts
+                .key(combo)
+                .os_update(snapshot.targets(device), snapshot)
+        };
         if let Some(compact) = &mut self.compact {
-            let stats = &self.stats;
-            compact.set_os_updates(|fleet, host| stats[fleet].hosts.key(host).os_update(snapshot));
+            let ids = &self.compact_ids;
+            compact.set_os_updates(|row, fleet, combo| state(fleet, combo, ids[row]));
         }
         for d in &self.named {
-            let stats = &self.stats[d.fleet as usize];
-            let status = stats.hosts.key(d.host as usize).os_update(snapshot);
+            let status = state(d.fleet as usize, d.host as usize, d.id);
             let labels = [
-                ("fleet", stats.fleet.slug.as_str()),
+                ("fleet", stats[d.fleet as usize].fleet.slug.as_str()),
                 ("device_uuid", d.uuid.as_str()),
                 ("device_name", d.name.as_str()),
             ];

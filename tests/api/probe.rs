@@ -183,7 +183,7 @@ async fn large_fleets_are_paged_and_counted_once() {
     let m = app.probe("target=big").await;
     assert_all_120(&m);
     assert_eq!(
-        app.sim.requests("/v7/device"),
+        app.sim.device_listings(),
         4,
         "pages of 50, 50 and 20, and the empty page that ends the listing"
     );
@@ -208,7 +208,7 @@ async fn a_server_cap_on_top_does_not_end_the_listing() {
     assert_eq!(m.value("probe_success", &[]), 1.0);
     assert_all_120(&m);
     assert_eq!(
-        app.sim.requests("/v7/device"),
+        app.sim.device_listings(),
         7,
         "six capped pages of 20 and the empty one"
     );
@@ -340,7 +340,7 @@ async fn a_rejected_token_fails_the_probe_after_a_whoami_check() {
     assert_eq!(m.value("probe_success", &[]), 0.0);
     assert!(!m.has("balena_fleet_devices"));
     assert_eq!(app.sim.requests("/v7/application"), 1);
-    assert_eq!(app.sim.requests("/v7/device"), 0);
+    assert_eq!(app.sim.device_listings(), 0);
     assert_eq!(app.sim.requests("/actor/v1/whoami"), 0);
     assert_eq!(app.probes_total("screens", "unauthorized").await, 1.0);
     app.stop().await;
@@ -416,7 +416,7 @@ async fn a_short_retry_after_is_honoured() {
     .await;
     let deadline = [("X-Prometheus-Scrape-Timeout-Seconds", "3.5")];
     app.get_with("/probe?target=screens", &deadline).await;
-    let before = app.sim.requests("/v7/device");
+    let before = app.sim.device_listings();
     app.sim
         .inject(FaultRule::always("/v7/device", Fault::RateLimit(Some("1".into()))).times(1));
     let m = parse(&app.get_with("/probe?target=screens", &deadline).await.body);
@@ -425,7 +425,7 @@ async fn a_short_retry_after_is_honoured() {
         1.0,
         "Retry-After: 1 fits in 3 s"
     );
-    assert_eq!(app.sim.requests("/v7/device") - before, 3);
+    assert_eq!(app.sim.device_listings() - before, 3);
     assert_eq!(
         m.value("balena_probe_api_requests", &[]),
         3.0,
@@ -699,7 +699,7 @@ async fn a_compact_cache_module_answers_the_same_series() {
         0.0
     );
     assert_eq!(
-        app.sim.requests("/v7/device"),
+        app.sim.device_listings(),
         4,
         "one fetch (a page and the empty end page) per module"
     );

@@ -6,7 +6,7 @@ that ratios compare.
     tests/conformance/real-balena-api/start.sh ~/.cache/real-balena-api
     python3 tests/conformance/bench_host.py ~/.cache/real-balena-api BEFORE_BIN AFTER_BIN [DEVICES]
 
-BEFORE_BIN is the exporter built before the host layer (it selects four device fields fewer
+BEFORE_BIN is the exporter built before the host layer (it selects two device fields fewer
 and has no host read), AFTER_BIN the exporter with it. Seeds one fleet of DEVICES (default
 10,000) devices with SQL rows (host app, OS and supervisor releases through the API, each
 device pointed at its target OS and supervisor, a tenth pending, a few variables), then, in one
@@ -66,8 +66,6 @@ def main():
                case when i % 50 = 0 then 'Running OS update' end, case when i % 50 = 0 then 50 end
         from x""")
     psql(env["PG_PORT"], "analyze device")
-    for i in range(0, n, max(1, n // 100)):  # a hundred device variables
-        pass
     api.post("application_config_variable", {"application": fid, "name": "BALENA_SUPERVISOR_HARDWARE_METRICS",
                                              "value": "false"})
     print(f"seeded {n} devices in {time.perf_counter() - t:.1f}s (fleet {slug})\n")
@@ -103,6 +101,9 @@ def main():
                     f"any(d:d/{devices})%20or%20is_running_on__device/any(d:d/{devices})&$orderby=id%20asc&$top=10000"),
         ("application_config_variable", f"$select=id,application,name,value&$filter=application%20eq%20{fid}"),
         ("device_config_variable", f"$select=id,device,name,value&$filter=device/any(d:d/{devices})"),
+        ("device (targets)", "$select=id,should_be_operated_by__release,should_be_managed_by__release&$filter="
+                             f"{devices}%20and%20(should_be_operated_by__release%20ne%20null%20or%20"
+                             "should_be_managed_by__release%20ne%20null)&$orderby=id%20asc&$top=10000"),
     ]
     print("\nthe host read's requests, raw (median of 5; a listing also asks once more to see its end):")
     print("| request | time |\n|---|---|")
@@ -110,7 +111,7 @@ def main():
         ts = []
         for _ in range(5):
             t = time.perf_counter()
-            status, _ = api.request("GET", f"/v7/{resource}", raw_query=q)
+            status, _ = api.request("GET", f"/v7/{resource.split()[0]}", raw_query=q)
             assert status == 200, (resource, status)
             ts.append(time.perf_counter() - t)
         print(f"| {resource} | {statistics.median(ts) * 1000:.0f} ms |")

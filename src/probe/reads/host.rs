@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::future::LocalBoxFuture;
 
 use super::{Bounds, Read};
-use crate::balena::host::{self as api, ConfigVarRow, ReleaseRow, VarLevel};
+use crate::balena::host::{self as api, ConfigVarRow, DeviceTargetsRow, ReleaseRow, VarLevel};
 use crate::balena::{BalenaError, DeviceScope, Session};
 use crate::config::ModuleConfig;
 
@@ -313,6 +313,8 @@ pub struct Snapshot {
     by_commit: HashMap<String, u64>,
     fleet_settings: HashMap<u64, Settings>,
     device_settings: HashMap<u64, Settings>,
+    /// Device id → (target OS release, target supervisor release), for devices with one.
+    targets: HashMap<u64, (Option<u64>, Option<u64>)>,
     /// When the read started.
     pub read_at: SystemTime,
 }
@@ -337,6 +339,7 @@ impl super::Snapshot for Snapshot {
                 .sum::<usize>()
             + (self.fleet_settings.len() + self.device_settings.len())
                 * (std::mem::size_of::<Settings>() + 16)
+            + self.targets.capacity() * 48
     }
 
     fn read_at(&self) -> SystemTime {
@@ -345,8 +348,9 @@ impl super::Snapshot for Snapshot {
 
     fn summary(&self) -> String {
         format!(
-            "{} releases, settings of {} fleets and {} devices",
+            "{} releases, targets of {} devices, settings of {} fleets and {} devices",
             self.releases.len(),
+            self.targets.len(),
             self.fleet_settings.len(),
             self.device_settings.len()
         )
@@ -361,6 +365,7 @@ impl Default for Snapshot {
             by_commit: HashMap::new(),
             fleet_settings: HashMap::new(),
             device_settings: HashMap::new(),
+            targets: HashMap::new(),
             read_at: SystemTime::UNIX_EPOCH,
         }
     }
@@ -377,6 +382,23 @@ impl Snapshot {
             self.by_commit.insert(r.commit.clone(), row.id);
         }
         self.releases.insert(row.id, r);
+    }
+
+    /// Takes one device's targets.
+    pub fn add_targets(&mut self, row: &DeviceTargetsRow) {
+        let id = |n: Option<crate::balena::model::NavId>| n.map(|n| n.id);
+        self.targets.insert(
+            row.id,
+            (
+                id(row.should_be_operated_by__release),
+                id(row.should_be_managed_by__release),
+            ),
+        );
+    }
+
+    /// The targets of `device` (target OS release, target supervisor release).
+    pub fn targets(&self, device: u64) -> (Option<u64>, Option<u64>) {
+        self.targets.get(&device).copied().unwrap_or_default()
     }
 
     /// Takes one listed configuration variable.
@@ -483,8 +505,9 @@ impl Snapshot {
     }
 }
 
-/// Reads the releases and settings of the devices in `scope`: one release listing and two
-/// variable listings, together at most as many rows as `bounds` allow.
+/// Reads the releases, settings and targets of the devices in `scope`: one release listing, two
+/// variable listings and one of the devices' targets, together at most as many rows as
+/// `bounds` allow.
 pub async fn read(
     s: &Session<'_>,
     scope: &DeviceScope,
@@ -502,10 +525,12 @@ pub async fn read(
     })
     .await?;
     let left = left.saturating_sub(taken);
-    api::setting_variables(s, scope, VarLevel::Device, (left, key), |v| {
+    let taken = api::setting_variables(s, scope, VarLevel::Device, (left, key), |v| {
         snapshot.add_variable(VarLevel::Device, &v)
     })
     .await?;
+    let left = left.saturating_sub(taken);
+    api::device_targets(s, scope, (left, key), |t| snapshot.add_targets(&t)).await?;
     Ok(snapshot)
 }
 
