@@ -1,9 +1,12 @@
-//! The probe pipeline without HTTP: decode a page of devices, build the series, compress.
-//! `cargo bench --bench pipeline` — results and how to read them: docs/performance.md.
+//! The probe pipeline without HTTP: decode a page of devices, build the series, compress —
+//! and, in the same run, the floor of each step on the same bytes (`floor/…`): a plain serde
+//! parse of the page into the same rows, writing the same text line by line, and deflate level 1
+//! of that text. `cargo bench --bench pipeline` — results and how to read them:
+//! docs/performance.md.
 
 use std::hint::black_box;
 
-use balena_exporter::balena::model::{for_each_device, Fleet};
+use balena_exporter::balena::model::{for_each_device, Device, Envelope, Fleet};
 use balena_exporter::balena::{device_query, odata::Query};
 use balena_exporter::config::ModuleConfig;
 use balena_exporter::probe::SeriesBuilder;
@@ -58,6 +61,70 @@ fn pipeline(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("decode", n), &body, |b, body| {
             b.iter(|| for_each_device(black_box(body), |d| drop(black_box(d))).unwrap())
+        });
+        group.bench_with_input(BenchmarkId::new("scan", n), &body, |b, body| {
+            b.iter(|| {
+                let mut rows = balena_exporter::balena::stream::RowStream::new();
+                rows.feed(black_box(body), &mut |row| {
+                    black_box(row.len());
+                    Ok(())
+                })
+                .unwrap();
+                rows.finish().unwrap()
+            })
+        });
+        // The floors, on the same bytes: a plain parse into the same rows (one UTF-8 check,
+        // then serde from a &str, every row kept), ...
+        group.bench_with_input(BenchmarkId::new("floor/parse", n), &body, |b, body| {
+            b.iter(|| {
+                let text = std::str::from_utf8(black_box(body)).unwrap();
+                let page: Envelope<Device> = serde_json::from_str(text).unwrap();
+                black_box(page.d.len())
+            })
+        });
+        // ... writing the answer's text line by line (labels copied, the value formatted) ...
+        let text = {
+            let mut builder = SeriesBuilder::new(vec![fleet.clone()], &full);
+            for_each_device(&body, |d| builder.add(&d)).unwrap();
+            String::from_utf8(builder.finish(&Default::default()).series.text()).unwrap()
+        };
+        eprintln!(
+            "pipeline/{n}: a page of {} bytes, an answer of {} bytes of text",
+            body.len(),
+            text.len()
+        );
+        let lines: Vec<(&str, f64)> = text
+            .lines()
+            .map(|l| match l.rsplit_once(' ') {
+                Some((series, v)) if !l.starts_with('#') => (series, v.parse().unwrap()),
+                _ => (l, f64::NAN),
+            })
+            .collect();
+        group.bench_with_input(BenchmarkId::new("floor/write", n), &lines, |b, lines| {
+            b.iter(|| {
+                use std::fmt::Write;
+                let mut out = String::with_capacity(text.len());
+                for (series, value) in lines {
+                    out.push_str(series);
+                    if !value.is_nan() {
+                        write!(out, " {value}").unwrap();
+                    }
+                    out.push('\n');
+                }
+                black_box(out.len())
+            })
+        });
+        // ... and deflate level 1 of that text, in one stream.
+        group.bench_with_input(BenchmarkId::new("floor/deflate1", n), &text, |b, text| {
+            b.iter(|| {
+                use std::io::Write;
+                let mut e = flate2::write::DeflateEncoder::new(
+                    Vec::with_capacity(text.len() / 4),
+                    flate2::Compression::fast(),
+                );
+                e.write_all(text.as_bytes()).unwrap();
+                black_box(e.finish().unwrap().len())
+            })
         });
         group.bench_with_input(
             BenchmarkId::new("decode+series+compress/default", n),

@@ -270,7 +270,8 @@ pub async fn setting_variables(
 }
 
 fn decode<'a, T: Deserialize<'a>>(row: &'a [u8]) -> Result<T, StreamError> {
-    serde_json::from_slice(row).map_err(|e| StreamError::Invalid(super::error::unquoted(&e)))
+    let text = super::model::utf8(row)?;
+    serde_json::from_str(text).map_err(|e| StreamError::Invalid(super::error::unquoted(&e)))
 }
 
 #[cfg(test)]
