@@ -22,11 +22,18 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from balena import Api, api_key, env_file, login, psql, timed_probes  # noqa: E402
 
-DEVICE_FIELDS = ("id,uuid,device_name,belongs_to__application,is_online,api_heartbeat_state,overall_status,"
-                 "overall_progress,os_version,os_variant,supervisor_version,cpu_usage,cpu_temp,memory_usage,"
-                 "memory_total,storage_usage,storage_total,is_undervolted,last_connectivity_event,"
-                 "should_be_running__release")
-SUMMARY_FIELDS = "id,belongs_to__application,is_online,api_heartbeat_state,overall_status,is_undervolted,should_be_running__release"
+def exporter_fields(const):
+    """A field list the exporter selects, read from its source (src/balena/model.rs), so that the
+    raw requests timed here are the probe's own, whatever fields it selects today."""
+    import re
+    src = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "balena",
+                            "model.rs")).read()
+    body = re.search(r"pub const " + const + r": &\[&str\] = &\[(.*?)\];", src, re.S).group(1)
+    return ",".join(re.findall(r'"([a-z_]+)"', body))
+
+
+DEVICE_FIELDS = exporter_fields("DEVICE_FIELDS")
+SUMMARY_FIELDS = exporter_fields("SUMMARY_DEVICE_FIELDS")
 MODULES = {  # the exporter's $select/$expand per module (src/balena/mod.rs, device_query)
     "default": (DEVICE_FIELDS, "is_running__release($select=id,commit),is_of__device_type($select=slug)"),
     "summary": (SUMMARY_FIELDS, "is_running__release($select=id,commit)"),
