@@ -200,7 +200,7 @@ impl HostCounts {
             }
         }
         for commit in running.keys().filter(|c| *c != "none") {
-            if let Some((semver, status)) = snapshot.app_release(commit) {
+            if let Some((semver, status)) = snapshot.app_release(fleet.id, commit) {
                 c.releases
                     .insert(commit.clone(), (semver.to_string(), status.to_string()));
             }

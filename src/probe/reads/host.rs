@@ -4,7 +4,7 @@
 //! questions the fleet series ask: does it run its target OS ([`Snapshot::os_update_pending`]),
 //! which lifecycle phase is the OS it runs in ([`Snapshot::os_phase`]), is its supervisor behind
 //! its target ([`Snapshot::supervisor_pending`]), what are its effective supervisor settings
-//! ([`Snapshot::setting`]), and what is a commit's semver ([`Snapshot::app_release`]).
+//! ([`Snapshot::matters`]), and what is a commit's semver ([`Snapshot::app_release`]).
 //!
 //! A device's OS is matched to a release as the API does when the device reports it
 //! (open-balena-api `target-hostapp.ts`): among the successful releases of the host app its
@@ -309,8 +309,9 @@ pub struct Snapshot {
     releases: HashMap<u64, Release>,
     /// Host app id → its releases' ids (OS matching).
     by_app: HashMap<u64, Vec<u64>>,
-    /// Application release commit → release id.
-    by_commit: HashMap<String, u64>,
+    /// Release commit → the ids of the releases with it (one, but for a commit shared by two
+    /// fleets' releases).
+    by_commit: HashMap<String, Vec<u64>>,
     fleet_settings: HashMap<u64, Settings>,
     device_settings: HashMap<u64, Settings>,
     /// Device id → (target OS release, target supervisor release), for devices with one.
@@ -334,8 +335,8 @@ impl super::Snapshot for Snapshot {
                 .sum::<usize>()
             + self
                 .by_commit
-                .keys()
-                .map(|k| k.capacity() + 40)
+                .iter()
+                .map(|(k, v)| k.capacity() + v.capacity() * 8 + 64)
                 .sum::<usize>()
             + (self.fleet_settings.len() + self.device_settings.len())
                 * (std::mem::size_of::<Settings>() + 16)
@@ -379,7 +380,10 @@ impl Snapshot {
             self.by_app.entry(r.app).or_default().push(row.id);
         }
         if !r.commit.is_empty() {
-            self.by_commit.insert(r.commit.clone(), row.id);
+            self.by_commit
+                .entry(r.commit.clone())
+                .or_default()
+                .push(row.id);
         }
         self.releases.insert(row.id, r);
     }
@@ -477,10 +481,17 @@ impl Snapshot {
         target.core.is_some() && running != target.core
     }
 
-    /// The semver and build status of the application release with `commit`, if the snapshot
-    /// has it.
-    pub fn app_release(&self, commit: &str) -> Option<(&str, &str)> {
-        let r = &self.releases[self.by_commit.get(commit)?];
+    /// The semver and build status of the application release with `commit` (fleet `fleet`'s
+    /// own first), if the snapshot has it.
+    pub fn app_release(&self, fleet: u64, commit: &str) -> Option<(&str, &str)> {
+        let ids = self.by_commit.get(commit)?;
+        // The fleet's own release with that commit, else another's (a device moved from a
+        // fleet runs its old fleet's release until it updates).
+        let id = ids
+            .iter()
+            .find(|id| self.releases[*id].app == fleet)
+            .or(ids.first())?;
+        let r = &self.releases[id];
         Some((r.semver.as_str(), r.status.as_str()))
     }
 
@@ -601,6 +612,29 @@ mod tests {
             phase: Some(phase.to_string().into()),
             ..ReleaseRow::default()
         }
+    }
+
+    #[test]
+    fn a_commit_names_the_fleets_own_release_first() {
+        let mut s = Snapshot::default();
+        for (id, app, semver) in [(1, 10, "1.0.0"), (2, 20, "2.0.0")] {
+            s.add_release(&ReleaseRow {
+                id,
+                belongs_to__application: Some(crate::balena::model::NavId { id: app }),
+                commit: Some("c0ffee".into()),
+                semver: Some(semver.into()),
+                status: Some("success".into()),
+                ..ReleaseRow::default()
+            });
+        }
+        assert_eq!(s.app_release(20, "c0ffee"), Some(("2.0.0", "success")));
+        assert_eq!(s.app_release(10, "c0ffee"), Some(("1.0.0", "success")));
+        assert_eq!(
+            s.app_release(30, "c0ffee").map(|r| r.0),
+            Some("1.0.0"),
+            "another's"
+        );
+        assert_eq!(s.app_release(10, "beef"), None);
     }
 
     #[test]
