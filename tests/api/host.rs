@@ -450,3 +450,63 @@ async fn a_failed_host_read_leaves_the_probe_whole() {
     );
     app.stop().await;
 }
+
+/// What the host read costs a token, as docs/scaling.md says: per listing, one request while it
+/// has no rows and two once it has (the page and the empty page that ends it) — releases, the
+/// fleet's and the devices' variables, the devices' targets: 4 to 8, about 6.
+#[actix_rt::test]
+async fn the_host_read_costs_a_request_or_two_per_listing() {
+    let app = spawn_app(&[("screens", 30)]).await;
+    let m = app.probe("target=screens").await;
+    assert_eq!(m.value("probe_success", &[]), 1.0);
+    let (fleet_vars, device_vars, targets) = app.sim.with_world(|w| {
+        let fid = w.fleet("acme/screens").unwrap()["id"].as_u64().unwrap();
+        let ids = w.device_ids("acme/screens");
+        let on = |table: &str, field: &str, owners: &[u64]| {
+            w.rows(table)
+                .iter()
+                .filter(|r| {
+                    r[field]["__id"]
+                        .as_u64()
+                        .is_some_and(|o| owners.contains(&o))
+                })
+                .count()
+        };
+        let targets = w
+            .devices_of("acme/screens")
+            .iter()
+            .filter(|d| {
+                !d.get("should_be_operated_by__release")
+                    .is_none_or(|v| v.is_null())
+                    || !d
+                        .get("should_be_managed_by__release")
+                        .is_none_or(|v| v.is_null())
+            })
+            .count();
+        (
+            on("application_config_variable", "application", &[fid]),
+            on("device_config_variable", "device", &ids),
+            targets,
+        )
+    });
+    let requests = |rows: usize| if rows == 0 { 1 } else { 2 };
+    assert_eq!(
+        app.sim.requests("/v7/release"),
+        2,
+        "releases in use, then the empty page"
+    );
+    assert_eq!(
+        app.sim.requests("/v7/application_config_variable"),
+        requests(fleet_vars)
+    );
+    assert_eq!(
+        app.sim.requests("/v7/device_config_variable"),
+        requests(device_vars)
+    );
+    assert_eq!(
+        app.sim.requests("/v7/device") - app.sim.device_listings(),
+        requests(targets)
+    );
+    assert!(targets > 0, "the fleet's devices have targets");
+    app.stop().await;
+}
