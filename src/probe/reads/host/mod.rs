@@ -19,6 +19,12 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::LocalBoxFuture;
 
+mod os_version;
+mod settings;
+
+pub use os_version::OsVersion;
+pub use settings::{Setting, Settings};
+
 use super::{Bounds, Read};
 use crate::balena::host::{self as api, ConfigVarRow, DeviceTargetsRow, ReleaseRow, VarLevel};
 use crate::balena::{BalenaError, DeviceScope, Session};
@@ -46,166 +52,6 @@ impl Read for Host {
         Box::pin(async move {
             let snapshot: Arc<dyn super::Snapshot> = Arc::new(read(session, scope, bounds).await?);
             Ok(snapshot)
-        })
-    }
-}
-
-/// A supervisor setting whose state matters to an operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Setting {
-    /// `SUPERVISOR_HARDWARE_METRICS` false: the device reports no CPU, memory or temperature.
-    HardwareMetricsDisabled,
-    /// `SUPERVISOR_LOCAL_MODE` true: the device ignores its fleet's releases.
-    LocalMode,
-    /// `SUPERVISOR_OVERRIDE_LOCK` (or the older `OVERRIDE_LOCK`) true: updates kill services
-    /// that hold an update lock.
-    LockOverride,
-}
-
-impl Setting {
-    /// Every setting, in label order.
-    pub const ALL: [Setting; 3] = [
-        Setting::HardwareMetricsDisabled,
-        Setting::LocalMode,
-        Setting::LockOverride,
-    ];
-
-    /// The `setting` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Setting::HardwareMetricsDisabled => "hardware_metrics_disabled",
-            Setting::LocalMode => "local_mode",
-            Setting::LockOverride => "lock_override",
-        }
-    }
-
-    /// Whether the setting is in the state that matters when its variable says `on`.
-    fn matters_when(self, on: bool) -> bool {
-        match self {
-            Setting::HardwareMetricsDisabled => !on,
-            Setting::LocalMode | Setting::LockOverride => on,
-        }
-    }
-
-    /// The setting a variable name sets, with its rank among that setting's names (lower
-    /// wins when one level has several: the `BALENA_` name over the older `RESIN_` one, and
-    /// `SUPERVISOR_OVERRIDE_LOCK` over the older `OVERRIDE_LOCK`).
-    fn of_name(name: &str) -> Option<(Setting, u8)> {
-        let (legacy_prefix, rest) = if let Some(rest) = name.strip_prefix("BALENA_") {
-            (0, rest)
-        } else if let Some(rest) = name.strip_prefix("RESIN_") {
-            (1, rest)
-        } else {
-            return None;
-        };
-        let (setting, rank) = match rest {
-            "SUPERVISOR_HARDWARE_METRICS" => (Setting::HardwareMetricsDisabled, 0),
-            "SUPERVISOR_LOCAL_MODE" => (Setting::LocalMode, 0),
-            "SUPERVISOR_OVERRIDE_LOCK" => (Setting::LockOverride, 0),
-            "OVERRIDE_LOCK" => (Setting::LockOverride, 2),
-            _ => return None,
-        };
-        Some((setting, rank + legacy_prefix))
-    }
-}
-
-/// A variable's value as the supervisor reads a boolean (`true`/`1`/`on`, `false`/`0`/`off`,
-/// any case); `None` for anything else, which the supervisor ignores for its default.
-fn parse_bool(value: &str) -> Option<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "on" => Some(true),
-        "false" | "0" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-/// The settings one fleet or one device sets: per [`Setting`], the value of its
-/// highest-ranked name, if any.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Settings([Option<(u8, bool)>; 3]);
-
-impl Settings {
-    fn set(&mut self, name: &str, value: Option<&str>) {
-        let Some((setting, rank)) = Setting::of_name(name) else {
-            return;
-        };
-        let Some(on) = value.and_then(parse_bool) else {
-            return;
-        };
-        let slot = &mut self.0[setting as usize];
-        if slot.is_none_or(|(r, _)| rank < r) {
-            *slot = Some((rank, on));
-        }
-    }
-
-    /// The value this level sets for `setting`, if it sets one.
-    pub fn get(&self, setting: Setting) -> Option<bool> {
-        self.0[setting as usize].map(|(_, on)| on)
-    }
-}
-
-/// A balenaOS version as balena-semver reads it: `balenaOS 2.80.3+rev1` → 2.80.3, build
-/// `rev1`, revision 1.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OsVersion {
-    /// major, minor, patch.
-    pub core: (u64, u64, u64),
-    /// Prerelease, `""` when none.
-    pub prerelease: String,
-    /// Build metadata, `""` when none.
-    pub build: String,
-    /// The `revN` of the build metadata.
-    pub revision: Option<u64>,
-}
-
-impl OsVersion {
-    /// The text as balena-semver trims it: no `balenaOS `/`Resin OS ` prefix, no trailing
-    /// ` (prod)`, no leading `v`.
-    pub fn trimmed(text: &str) -> String {
-        let mut t = text.trim().to_string();
-        let lower = t.to_ascii_lowercase();
-        for prefix in ["balenaos", "balena os", "resinos", "resin os"] {
-            if lower.starts_with(prefix) {
-                t = t[prefix.len()..].trim_start().to_string();
-                break;
-            }
-        }
-        if let Some(open) = t.rfind(" (") {
-            if t.ends_with(')') {
-                t.truncate(open);
-            }
-        }
-        t.strip_prefix('v').map(str::to_string).unwrap_or(t)
-    }
-
-    /// Parses an `os_version`; `None` when it is not a version balena-semver can read.
-    pub fn parse(text: &str) -> Option<Self> {
-        let t = Self::trimmed(text);
-        let (main, build) = match t.split_once('+') {
-            Some((m, b)) => (m.to_string(), b.to_string()),
-            None => (t.clone(), String::new()),
-        };
-        let (core, prerelease) = match main.split_once('-') {
-            Some((c, p)) => (c, p.to_string()),
-            None => (main.as_str(), String::new()),
-        };
-        let mut parts = core.split('.');
-        let mut num = || parts.next()?.parse::<u64>().ok();
-        let core = (num()?, num()?, num()?);
-        // `2.80.3.rev1` and `2.80.3.prod` are read as build metadata, as balena-semver does.
-        let build = match (parts.next(), build.is_empty()) {
-            (Some(extra), true) => extra.to_string(),
-            (None, _) => build,
-            (Some(_), false) => return None,
-        };
-        let revision = build
-            .split('.')
-            .find_map(|p| p.strip_prefix("rev")?.parse().ok());
-        Some(Self {
-            core,
-            prerelease,
-            build,
-            revision,
         })
     }
 }
@@ -548,48 +394,6 @@ pub async fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn os_versions_read_as_balena_semver_reads_them() {
-        let v = OsVersion::parse("balenaOS 2.80.3+rev1").unwrap();
-        assert_eq!(v.core, (2, 80, 3));
-        assert_eq!((v.build.as_str(), v.revision), ("rev1", Some(1)));
-        let v = OsVersion::parse("Resin OS 2.12.7.rev2 (prod)").unwrap();
-        assert_eq!((v.core, v.revision), ((2, 12, 7), Some(2)));
-        let v = OsVersion::parse("balenaOS 6.0.0-beta.1").unwrap();
-        assert_eq!(v.prerelease, "beta.1");
-        assert_eq!(OsVersion::parse("v17.0.3").unwrap().core, (17, 0, 3));
-        assert!(OsVersion::parse("balenaOS 2020.07").is_none());
-        assert_eq!(OsVersion::trimmed("balenaOS 2020.07.0"), "2020.07.0");
-    }
-
-    #[test]
-    fn the_devices_variables_override_the_fleets_and_balena_names_the_older_ones() {
-        let mut fleet = Settings::default();
-        fleet.set("RESIN_SUPERVISOR_HARDWARE_METRICS", Some("false"));
-        fleet.set("BALENA_SUPERVISOR_LOCAL_MODE", Some("1"));
-        fleet.set("RESIN_SUPERVISOR_LOCAL_MODE", Some("0"));
-        let mut device = Settings::default();
-        device.set("BALENA_SUPERVISOR_HARDWARE_METRICS", Some("true"));
-        device.set("RESIN_OVERRIDE_LOCK", Some("1"));
-        device.set("BALENA_SUPERVISOR_OVERRIDE_LOCK", Some("false"));
-        device.set("BALENA_SUPERVISOR_POLL_INTERVAL", Some("1"));
-        let m = |s| Snapshot::matters(s, device, fleet);
-        assert!(!m(Setting::HardwareMetricsDisabled), "device says true");
-        assert!(Snapshot::matters(
-            Setting::HardwareMetricsDisabled,
-            Settings::default(),
-            fleet
-        ));
-        assert!(m(Setting::LocalMode), "BALENA_ over RESIN_");
-        assert!(
-            !m(Setting::LockOverride),
-            "SUPERVISOR_OVERRIDE_LOCK over OVERRIDE_LOCK"
-        );
-        let mut junk = Settings::default();
-        junk.set("BALENA_SUPERVISOR_LOCAL_MODE", Some("maybe"));
-        assert_eq!(junk.get(Setting::LocalMode), None);
-    }
 
     fn release(
         id: u64,
