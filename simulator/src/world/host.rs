@@ -174,6 +174,25 @@ impl HostLayer {
     }
 }
 
+/// Where device `d` (its fleet's n-th) is: near its `location` tag's city by its IP, and one in
+/// ten with a custom location (the city itself), as balenaCloud has them: strings.
+fn locate(rng: &mut fastrand::Rng, d: &mut Value, n: usize) {
+    let place = PLACES[n % PLACES.len()];
+    let jitter = |rng: &mut fastrand::Rng| (rng.f64() - 0.5) / 10.0;
+    let (lat, lon) = (place.0 + jitter(rng), place.1 + jitter(rng));
+    d["latitude"] = format!("{lat:.4}").into();
+    d["longitude"] = format!("{lon:.4}").into();
+    d["location"] = Value::Null;
+    let custom = rng.u32(0..10) == 0;
+    for (field, value) in [("custom_latitude", place.0), ("custom_longitude", place.1)] {
+        d[field] = if custom {
+            format!("{value:.4}").into()
+        } else {
+            Value::Null
+        };
+    }
+}
+
 /// What a device's host layer is to be, drawn for its fleet's story.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Os {
@@ -203,42 +222,9 @@ pub fn device(
     let story = scenario == Scenario::HostOsUpdate;
     let noisy = scenario == Scenario::Steady;
     let roll = rng.u32(0..1000);
-    let place = PLACES[n % PLACES.len()];
-    let jitter = |rng: &mut fastrand::Rng| (rng.f64() - 0.5) / 10.0;
-    let (lat, lon) = (place.0 + jitter(rng), place.1 + jitter(rng));
-    d["latitude"] = format!("{lat:.4}").into();
-    d["longitude"] = format!("{lon:.4}").into();
-    d["location"] = Value::Null;
-    if rng.u32(0..10) == 0 {
-        d["custom_latitude"] = format!("{:.4}", place.0).into();
-        d["custom_longitude"] = format!("{:.4}", place.1).into();
-    } else {
-        d["custom_latitude"] = Value::Null;
-        d["custom_longitude"] = Value::Null;
-    }
+    locate(rng, d, n);
     if story {
-        // A host OS rollout: a third of the fleet still on the end-of-life 2.80.3, updating to
-        // 6.5.3: most pending, three under way, two failed; their supervisors are behind too.
-        let old = n % 3 == 0 && d["os_version"].is_string();
-        if old {
-            d["os_version"] = "balenaOS 2.80.3+rev1".into();
-            d["supervisor_version"] = "16.7.9".into();
-        } else if d["os_version"].is_string() {
-            d["os_version"] = "balenaOS 6.5.3".into();
-        }
-        if n % 10 == 4 {
-            // Hardware metrics off on this device (the older variable name).
-            let id = d["id"].as_u64().unwrap_or(0);
-            host.variable(
-                w,
-                ("device", id),
-                "RESIN_SUPERVISOR_HARDWARE_METRICS",
-                "false",
-            );
-            for k in ["cpu_usage", "cpu_temp", "memory_usage", "storage_usage"] {
-                d[k] = Value::Null;
-            }
-        }
+        rollout_story(host, w, d, n);
     }
     let Some(version) = d["os_version"]
         .as_str()
@@ -247,24 +233,7 @@ pub fn device(
     else {
         return; // never reported a version: no target yet
     };
-    let os = if story && version.starts_with("2.") {
-        match n / 3 {
-            1 | 4 => Os::Failed,
-            2 | 5 | 7 => Os::Updating([25, 50, 50][n / 3 % 3]),
-            _ => Os::Pending,
-        }
-    } else if noisy && version != OS_TARGET && version != "6.6.0" {
-        match roll {
-            0..=39 => Os::Pending,
-            40..=49 => Os::Updating([25, 50][roll as usize % 2]),
-            50..=54 => Os::Failed,
-            _ => Os::OnTarget,
-        }
-    } else {
-        Os::OnTarget
-    };
-    let busy = d["provisioning_state"] != "" && !d["provisioning_state"].is_null();
-    let os = if busy { Os::OnTarget } else { os };
+    let os = draw_os(scenario, &version, n, roll, d);
     let target = if os == Os::OnTarget {
         version.as_str()
     } else {
@@ -273,19 +242,7 @@ pub fn device(
     d["should_be_operated_by__release"] = host
         .os_release(w, now, dt, target)
         .map_or(Value::Null, |id| json!({"__id": id}));
-    match os {
-        Os::Updating(p) => {
-            d["provisioning_state"] =
-                ["Preparing OS update", "Running OS update"][usize::from(p >= 50)].into();
-            d["provisioning_progress"] = p.into();
-            d["status"] = "configuring".into();
-        }
-        Os::Failed => {
-            d["provisioning_state"] = "OS update failed".into();
-            d["provisioning_progress"] = 100.into();
-        }
-        Os::OnTarget | Os::Pending => {}
-    }
+    report(d, os);
     let supervisor = d["supervisor_version"].as_str().unwrap_or("").to_string();
     let behind = (story && supervisor == "16.7.9")
         || (noisy && supervisor != SUPERVISOR_TARGET && roll % 50 == 7);
@@ -306,6 +263,71 @@ pub fn device(
             "BALENA_SUPERVISOR_HARDWARE_METRICS",
             "false",
         );
+    }
+}
+
+/// The host OS rollout story: a third of the fleet still on the end-of-life 2.80.3 (their
+/// supervisors behind), the rest on 6.5.3; hardware metrics off on one device in ten (the
+/// older variable name).
+fn rollout_story(host: &mut HostLayer, w: &mut World, d: &mut Value, n: usize) {
+    if n % 3 == 0 && d["os_version"].is_string() {
+        d["os_version"] = "balenaOS 2.80.3+rev1".into();
+        d["supervisor_version"] = "16.7.9".into();
+    } else if d["os_version"].is_string() {
+        d["os_version"] = "balenaOS 6.5.3".into();
+    }
+    if n % 10 == 4 {
+        let id = d["id"].as_u64().unwrap_or(0);
+        host.variable(
+            w,
+            ("device", id),
+            "RESIN_SUPERVISOR_HARDWARE_METRICS",
+            "false",
+        );
+        for k in ["cpu_usage", "cpu_temp", "memory_usage", "storage_usage"] {
+            d[k] = Value::Null;
+        }
+    }
+}
+
+/// The OS update state of a device running `version`: in the rollout story, the old devices
+/// pending, three updating and two failed; in the steady mix, now and then one of each; a
+/// device being provisioned is never updating its OS.
+fn draw_os(scenario: Scenario, version: &str, n: usize, roll: u32, d: &Value) -> Os {
+    let busy = d["provisioning_state"] != "" && !d["provisioning_state"].is_null();
+    if busy {
+        return Os::OnTarget;
+    }
+    match scenario {
+        Scenario::HostOsUpdate if version.starts_with("2.") => match n / 3 {
+            1 | 4 => Os::Failed,
+            2 | 5 | 7 => Os::Updating([25, 50, 50][n / 3 % 3]),
+            _ => Os::Pending,
+        },
+        Scenario::Steady if version != OS_TARGET && version != "6.6.0" => match roll {
+            0..=39 => Os::Pending,
+            40..=49 => Os::Updating([25, 50][roll as usize % 2]),
+            50..=54 => Os::Failed,
+            _ => Os::OnTarget,
+        },
+        _ => Os::OnTarget,
+    }
+}
+
+/// What the OS updater reports for `os`, as balenahup writes it.
+fn report(d: &mut Value, os: Os) {
+    match os {
+        Os::Updating(p) => {
+            d["provisioning_state"] =
+                ["Preparing OS update", "Running OS update"][usize::from(p >= 50)].into();
+            d["provisioning_progress"] = p.into();
+            d["status"] = "configuring".into();
+        }
+        Os::Failed => {
+            d["provisioning_state"] = "OS update failed".into();
+            d["provisioning_progress"] = 100.into();
+        }
+        Os::OnTarget | Os::Pending => {}
     }
 }
 
