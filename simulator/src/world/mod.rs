@@ -5,6 +5,7 @@
 //! evaluation, `$select`/`$expand` projection and ordering.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
 
 use super::odata::{Expr, Options};
 use serde_json::{Map, Value};
@@ -289,6 +290,32 @@ pub struct World {
     /// The model of openBalena, not balenaCloud: no device locations (a query naming one is
     /// refused as the real API refuses it). Worlds loaded from a real open-balena-api are.
     pub openbalena: bool,
+    /// Reverse navigations without an index of their own, built on first use.
+    reverse: ReverseIndex,
+}
+
+/// `(table, field) → (id it points to → ids of the rows pointing)`, for the reverse
+/// navigations the fixed indexes above do not cover (`release/should_operate__device`,
+/// `application/owns__release`, …). Without it a nested lambda scans a whole table per row
+/// (the host read's release filter took over a second on the demo in a debug build, and the
+/// simulator's two workers queued every other request behind it). Built on first use under a
+/// read lock, dropped by every write ([`World::insert`], [`World::remove`], [`World::row_mut`]).
+#[derive(Debug, Default)]
+struct ReverseIndex(Mutex<HashMap<(&'static str, &'static str), Pointing>>);
+
+/// Id pointed at → ids of the rows pointing at it.
+type Pointing = HashMap<u64, Vec<u64>>;
+
+impl Clone for ReverseIndex {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl ReverseIndex {
+    fn clear(&mut self) {
+        self.0.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 impl World {
@@ -318,6 +345,7 @@ impl World {
             }
             _ => {}
         }
+        self.reverse.clear();
         self.tables.entry(table).or_default().insert(id, row);
     }
 
@@ -378,6 +406,7 @@ impl World {
 
     /// Removes a row (a device also from the fleet index). Returns whether it was there.
     pub fn remove(&mut self, table: &'static str, id: u64) -> bool {
+        self.reverse.clear();
         let Some(row) = self.tables.get_mut(table).and_then(|t| t.remove(&id)) else {
             return false;
         };
@@ -443,6 +472,21 @@ impl World {
             .unwrap_or_default()
     }
 
+    /// The ids of the rows of `target` whose `back` field points at `id`, in id order.
+    fn pointing(&self, target: &'static str, back: &'static str, id: u64) -> Vec<u64> {
+        let mut cache = self.reverse.0.lock().unwrap_or_else(|e| e.into_inner());
+        let index = cache.entry((target, back)).or_insert_with(|| {
+            let mut index = Pointing::new();
+            for (rid, r) in self.tables.get(target).into_iter().flatten() {
+                if let Some(to) = nav_id(r, back) {
+                    index.entry(to).or_default().push(*rid);
+                }
+            }
+            index
+        });
+        index.get(&id).cloned().unwrap_or_default()
+    }
+
     /// A row by id.
     pub fn row(&self, table: &str, id: u64) -> Option<&Row> {
         self.tables.get(table)?.get(&id)
@@ -450,6 +494,7 @@ impl World {
 
     /// A mutable row by id.
     pub fn row_mut(&mut self, table: &str, id: u64) -> Option<&mut Row> {
+        self.reverse.clear();
         self.tables.get_mut(table)?.get_mut(&id)
     }
 
@@ -870,5 +915,42 @@ mod tests {
         off.insert("api_heartbeat_state".into(), "unknown".into());
         off.insert("last_connectivity_event".into(), Value::Null);
         assert_eq!(overall_status(&off), "configuring");
+    }
+
+    #[test]
+    fn reverse_navigations_follow_every_write() {
+        let mut w = world();
+        let c = user(&w);
+        let fleet = w.find("application", "slug", "acme/kiosks").unwrap();
+        let device = w.devices_of("acme/kiosks")[0]["id"].as_u64().unwrap();
+        let releases: Vec<u64> = w
+            .rows("release")
+            .iter()
+            .filter(|r| nav_id(r, "belongs_to__application") == Some(fleet))
+            .filter_map(|r| r["id"].as_u64())
+            .take(2)
+            .collect();
+        let operating = |w: &World| -> Vec<u64> {
+            let q = format!("$select=id&$filter=should_operate__device/any(d:d/id eq {device})");
+            let req = parse_request("release", &q).unwrap();
+            let rows = w.read("release", None, &req.options, &c).unwrap();
+            rows.iter().filter_map(|r| r["id"].as_u64()).collect()
+        };
+        let point = |w: &mut World, release: u64| {
+            let row = w.row_mut("device", device).unwrap();
+            row.insert(
+                "should_be_operated_by__release".into(),
+                json!({ "__id": release }),
+            );
+        };
+        point(&mut w, releases[0]);
+        assert_eq!(operating(&w), [releases[0]]);
+        point(&mut w, releases[1]);
+        assert_eq!(operating(&w), [releases[1]], "row_mut drops the index");
+        let row = Value::Object(w.row("device", device).unwrap().clone());
+        assert!(w.remove("device", device));
+        assert_eq!(operating(&w), Vec::<u64>::new(), "remove drops the index");
+        w.insert("device", row);
+        assert_eq!(operating(&w), [releases[1]], "insert drops the index");
     }
 }

@@ -224,14 +224,7 @@ impl World {
                     self.device_installs.get(&id).cloned().unwrap_or_default()
                 }
                 // A table with no rows yet has no row pointing back (not an unknown nav).
-                _ => self
-                    .tables
-                    .get(target)
-                    .into_iter()
-                    .flat_map(|t| t.values())
-                    .filter(|r| nav_id(r, back) == Some(id))
-                    .filter_map(|r| r["id"].as_u64())
-                    .collect(),
+                _ => self.pointing(target, back, id),
             };
             return Some((target, ids));
         }
