@@ -62,17 +62,6 @@ fn pipeline(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("decode", n), &body, |b, body| {
             b.iter(|| for_each_device(black_box(body), |d| drop(black_box(d))).unwrap())
         });
-        group.bench_with_input(BenchmarkId::new("scan", n), &body, |b, body| {
-            b.iter(|| {
-                let mut rows = balena_exporter::balena::stream::RowStream::new();
-                rows.feed(black_box(body), &mut |row| {
-                    black_box(row.len());
-                    Ok(())
-                })
-                .unwrap();
-                rows.finish().unwrap()
-            })
-        });
         // The floors, on the same bytes: a plain parse into the same rows (one UTF-8 check,
         // then serde from a &str, every row kept), ...
         group.bench_with_input(BenchmarkId::new("floor/parse", n), &body, |b, body| {

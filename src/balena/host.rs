@@ -12,7 +12,6 @@ use serde::Deserialize;
 use super::keyset::{self, Listing};
 use super::model::{NavId, Text};
 use super::odata::quote_literal;
-use super::stream::StreamError;
 use super::{BalenaError, DeviceScope, Session};
 
 /// One release as the host read lists it: enough to match a device's `os_version` to its host
@@ -126,12 +125,8 @@ pub async fn device_targets(
         rows: "device target rows",
         max_rows: Some(max_rows),
     };
-    keyset::list(s, &listing, |row, gate| {
-        let targets: DeviceTargetsRow = decode(row)?;
-        if gate.admit(targets.id, None, row)? {
-            on_device(targets);
-        }
-        Ok(())
+    keyset::list(s, &listing, |text, gate| {
+        gate.take(text, false, &mut on_device)
     })
     .await
 }
@@ -190,12 +185,8 @@ pub async fn releases(
         rows: "release rows",
         max_rows: Some(max_rows),
     };
-    keyset::list(s, &listing, |row, gate| {
-        let release: ReleaseRow = decode(row)?;
-        if gate.admit(release.id, None, row)? {
-            on_release(release);
-        }
-        Ok(())
+    keyset::list(s, &listing, |text, gate| {
+        gate.take(text, false, &mut on_release)
     })
     .await
 }
@@ -259,19 +250,28 @@ pub async fn setting_variables(
         rows,
         max_rows: Some(max_rows),
     };
-    keyset::list(s, &listing, |row, gate| {
-        let var: ConfigVarRow = decode(row)?;
-        if gate.admit(var.id, None, row)? {
-            on_var(var);
-        }
-        Ok(())
+    keyset::list(s, &listing, |text, gate| {
+        gate.take(text, false, &mut on_var)
     })
     .await
 }
 
-fn decode<'a, T: Deserialize<'a>>(row: &'a [u8]) -> Result<T, StreamError> {
-    let text = super::model::utf8(row)?;
-    serde_json::from_str(text).map_err(|e| StreamError::Invalid(super::error::unquoted(&e)))
+impl keyset::Keyed for ReleaseRow<'_> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl keyset::Keyed for DeviceTargetsRow {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl keyset::Keyed for ConfigVarRow<'_> {
+    fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 #[cfg(test)]
@@ -281,7 +281,7 @@ mod tests {
     #[test]
     fn release_rows_decode_with_their_version_tag() {
         let row = br#"{"id": 7, "belongs_to__application": {"__id": 3}, "semver": "0.0.0", "semver_major": 0, "revision": null, "variant": "", "phase": "end-of-life", "release_tag": [{"tag_key": "version", "value": "2020.7.0"}]}"#;
-        let r: ReleaseRow = decode(row).unwrap();
+        let r: ReleaseRow = serde_json::from_slice(row).unwrap();
         assert_eq!(r.id, 7);
         assert_eq!(r.tag("version"), Some("2020.7.0"));
         assert_eq!(r.phase.as_deref(), Some("end-of-life"));

@@ -26,6 +26,8 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher as _;
 
+use serde::Deserialize;
+
 use super::odata::Query;
 use super::stream::{self, StreamError};
 use super::{BalenaError, Session};
@@ -48,12 +50,14 @@ pub struct Listing<'a> {
     pub max_rows: Option<(usize, &'static str)>,
 }
 
-/// Lists every row of `listing`, handing each row's text to `on_row`, which decodes it and asks
-/// the [`Gate`] whether to take it. Returns the rows taken.
+/// Lists every row of `listing`, handing each row's text to `on_row`, which decodes the row at
+/// the start of the text ([`stream::one_row`]), asks the [`Gate`] whether to take it, and
+/// returns its length (`None`: the text ends first; see [`stream::RowStream::feed`]). Returns
+/// the rows taken.
 pub async fn list(
     s: &Session<'_>,
     listing: &Listing<'_>,
-    mut on_row: impl FnMut(&[u8], &mut Gate) -> Result<(), StreamError>,
+    mut on_row: impl FnMut(&str, &mut Gate) -> Result<Option<usize>, StreamError>,
 ) -> Result<usize, BalenaError> {
     let page = s.api().page_size as usize;
     // All pages of one listing together are bounded as one answer is: a server that pages
@@ -88,7 +92,7 @@ pub async fn list(
                     listing.rows
                 )));
             }
-            rows.feed(chunk, &mut |row| on_row(row, &mut gate))
+            rows.feed(chunk, &mut |text| on_row(text, &mut gate))
                 .map_err(|e| gate.refused.take().unwrap_or_else(|| stream_error(e)))
         })
         .await?;
@@ -147,7 +151,36 @@ pub struct Gate {
     refused: Option<BalenaError>,
 }
 
+/// A row a listing pages by: its id, and a text no other row may share, if any.
+pub trait Keyed {
+    /// The row's id (keyset order).
+    fn id(&self) -> u64;
+    /// A text unique to the row (a device's uuid), checked when the listing asks.
+    fn unique(&self) -> Option<&str> {
+        None
+    }
+}
+
 impl Gate {
+    /// The usual `on_row` of [`list`]: decodes the row at the start of `text`, admits it
+    /// (checking [`Keyed::unique`] when `unique`) and hands it to `on` when taken; the row's
+    /// length, or `None` when `text` ends first.
+    pub fn take<'a, T: Deserialize<'a> + Keyed>(
+        &mut self,
+        text: &'a str,
+        unique: bool,
+        on: impl FnOnce(T),
+    ) -> Result<Option<usize>, StreamError> {
+        let Some((row, bytes)) = stream::one_row::<T>(text)? else {
+            return Ok(None);
+        };
+        let unique = if unique { row.unique() } else { None };
+        if self.admit(row.id(), unique, bytes)? {
+            on(row);
+        }
+        Ok(Some(bytes.len()))
+    }
+
     /// What the gate holds per row taken, roughly (hash map entries with their overhead).
     pub const BYTES_PER_ROW: usize = 48;
 

@@ -252,13 +252,8 @@ pub async fn devices(
         rows: "device rows",
         max_rows: None,
     };
-    let listed = keyset::list(s, &listing, |row, gate| {
-        let device = model::decode_device(row)?;
-        let uuid = module.devices.then_some(device.uuid.as_ref());
-        if gate.admit(device.id, uuid, row)? {
-            on_device(device);
-        }
-        Ok(())
+    let listed = keyset::list(s, &listing, |text, gate| {
+        gate.take(text, module.devices, &mut on_device)
     })
     .await;
     match listed {
@@ -298,12 +293,8 @@ pub async fn installs(
         rows: "image install rows",
         max_rows: Some(max_rows),
     };
-    keyset::list(s, &listing, |row, gate| {
-        let install = model::decode_install(row)?;
-        if gate.admit(install.id, None, row)? {
-            on_install(install);
-        }
-        Ok(())
+    keyset::list(s, &listing, |text, gate| {
+        gate.take(text, false, &mut on_install)
     })
     .await
 }

@@ -7,7 +7,8 @@
 
 use std::borrow::Cow;
 
-use super::stream::{RowStream, StreamError};
+use super::keyset::Keyed;
+use super::stream::{self, RowStream, StreamError};
 use serde::Deserialize;
 
 /// The `{"d": [...]}` envelope of every OData collection answer.
@@ -172,6 +173,40 @@ fn borrowed<'de: 'a, 'a, D: serde::Deserializer<'de>>(d: D) -> Result<Text<'a>, 
     Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
 }
 
+/// The first row of an expanded to-one navigation (`[row]`, or `[]` when it points nowhere),
+/// without collecting the array: a device row has two, and a `Vec` each was a fifth of the
+/// allocations of a page's decode (`benches/pipeline.rs`). Rows after the first (a to-one
+/// navigation has none) are decoded as strictly and dropped.
+fn first_row<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<NavRow<'a>>, D::Error> {
+    struct First<'a>(std::marker::PhantomData<NavRow<'a>>);
+    impl<'de: 'a, 'a> serde::de::Visitor<'de> for First<'a> {
+        type Value = Option<NavRow<'a>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of rows, or null")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_seq(self)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let first = seq.next_element::<NavRow<'a>>()?;
+            while seq.next_element::<NavRow<'a>>()?.is_some() {}
+            Ok(first)
+        }
+    }
+    d.deserialize_option(First(std::marker::PhantomData))
+}
+
 /// An expanded navigation row of a device: `is_of__device_type($select=slug)` or
 /// `is_running__release($select=id,commit)`.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -275,9 +310,10 @@ pub struct InstallRow<'a> {
     pub status: Text<'a>,
 }
 
-/// Decodes one image-install row.
-pub fn decode_install(row: &[u8]) -> Result<InstallRow<'_>, StreamError> {
-    serde_json::from_str(utf8(row)?).map_err(|e| StreamError::Invalid(super::error::unquoted(&e)))
+impl Keyed for InstallRow<'_> {
+    fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 /// An image with its service's name:
@@ -376,12 +412,12 @@ pub struct Device<'a> {
     /// Computed: the pin, else the fleet's target release.
     #[serde(default)]
     pub should_be_running__release: Option<NavId>,
-    /// `$expand=is_of__device_type($select=slug)`.
-    #[serde(default, borrow)]
-    pub is_of__device_type: Option<Vec<NavRow<'a>>>,
-    /// `$expand=is_running__release($select=id,commit)`.
-    #[serde(default, borrow)]
-    pub is_running__release: Option<Vec<NavRow<'a>>>,
+    /// `$expand=is_of__device_type($select=slug)`: its one row.
+    #[serde(default, borrow, deserialize_with = "first_row")]
+    pub is_of__device_type: Option<NavRow<'a>>,
+    /// `$expand=is_running__release($select=id,commit)`: its one row.
+    #[serde(default, borrow, deserialize_with = "first_row")]
+    pub is_running__release: Option<NavRow<'a>>,
     /// `$expand=device_tag($select=tag_key,value)`, only when the module asks for tags.
     #[serde(default, borrow)]
     pub device_tag: Option<Vec<DeviceTag<'a>>>,
@@ -426,14 +462,16 @@ fn text<'s>(t: &'s Text<'_>) -> &'s str {
 impl Device<'_> {
     /// Device type slug, or "".
     pub fn device_type(&self) -> &str {
-        first(&self.is_of__device_type)
+        self.is_of__device_type
+            .as_ref()
             .map(|o| text(&o.slug))
             .unwrap_or("")
     }
 
     /// Commit of the running release, or "".
     pub fn release(&self) -> &str {
-        first(&self.is_running__release)
+        self.is_running__release
+            .as_ref()
             .map(|r| text(&r.commit))
             .unwrap_or("")
     }
@@ -461,7 +499,7 @@ impl Device<'_> {
     /// Whether the running release is the one the device should run; `None` when unknown.
     pub fn on_target_release(&self) -> Option<bool> {
         let target = self.should_be_running__release?;
-        let running = first(&self.is_running__release).and_then(|r| r.id);
+        let running = self.is_running__release.as_ref().and_then(|r| r.id);
         Some(running == Some(target.id))
     }
 
@@ -479,21 +517,24 @@ impl Device<'_> {
     }
 }
 
-/// Decodes one device row (strings borrowed from `row` where they need no unescaping).
-pub fn decode_device(row: &[u8]) -> Result<Device<'_>, StreamError> {
-    serde_json::from_str(utf8(row)?).map_err(|e| StreamError::Invalid(super::error::unquoted(&e)))
+impl Keyed for Device<'_> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Per-device series are keyed by the uuid.
+    fn unique(&self) -> Option<&str> {
+        Some(&self.uuid)
+    }
 }
 
-/// A row as text: one UTF-8 check of the whole row, after which serde reads it as a `&str`
-/// and skips the check it would make string by string from bytes (`from_slice`): a fifth
-/// of the decode of a 10,000-device page (`benches/pipeline.rs`, docs/performance.md).
-pub fn utf8(row: &[u8]) -> Result<&str, StreamError> {
-    std::str::from_utf8(row).map_err(|e| {
-        StreamError::Invalid(format!(
-            "invalid UTF-8 at byte {} of the row",
-            e.valid_up_to()
-        ))
-    })
+/// Decodes one whole device row (strings borrowed from `row` where they need no unescaping).
+/// The text is checked to be UTF-8 once, after which serde reads it as a `&str` and skips the
+/// check it would make string by string from bytes (`from_slice`): a fifth of the decode of a
+/// 10,000-device page (`benches/pipeline.rs`, docs/performance.md).
+pub fn decode_device(row: &[u8]) -> Result<Device<'_>, StreamError> {
+    serde_json::from_str(stream::utf8(row)?)
+        .map_err(|e| StreamError::Invalid(super::error::unquoted(&e)))
 }
 
 /// Decodes a whole `{"d": [...]}` body one device at a time, handing each to `on_row` without
@@ -503,9 +544,12 @@ pub fn for_each_device(
     mut on_row: impl FnMut(Device<'_>),
 ) -> Result<usize, StreamError> {
     let mut rows = RowStream::new();
-    rows.feed(body, &mut |row| {
-        on_row(decode_device(row)?);
-        Ok(())
+    rows.feed(body, &mut |text| {
+        let Some((device, row)) = stream::one_row::<Device<'_>>(text)? else {
+            return Ok(None);
+        };
+        on_row(device);
+        Ok(Some(row.len()))
     })?;
     rows.finish()
 }
