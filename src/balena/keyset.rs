@@ -136,7 +136,10 @@ pub struct Gate {
     rows: &'static str,
     max_rows: Option<(usize, &'static str)>,
     unique: HashMap<u64, u64>,
-    hasher: std::collections::hash_map::RandomState,
+    /// Seeded per listing. foldhash, not SipHash: the row texts of a 10,000-device page
+    /// (9.7 MB) hash in 0.4 ms instead of 1.9 ms; the texts come from the API the token
+    /// trusts, and a collision could at worst take a changed row as a repeat.
+    hasher: foldhash::quality::RandomState,
     /// The page asks for ids after this one.
     after: Option<u64>,
     /// The last row taken on this page.
