@@ -4,7 +4,7 @@
 //! The series are compressed as they are written, in *pieces*: each family's text is deflated
 //! every 64 KiB from a reset compressor and sync-flushed, so pieces concatenate into one valid
 //! stream in whatever order the families need, and a probe never holds its whole text (18 MB
-//! for 10,000 devices). [`Packer`] does this on a helper thread while rows are still decoded.
+//! for 10,000 devices). [`Packer`] does this on two helper threads while rows are still decoded.
 //!
 //! For clients that accept gzip (Prometheus always does), the answer is one gzip member built
 //! without recompressing the series: the head is deflated and sync-flushed, the cached pieces
@@ -87,70 +87,99 @@ impl PieceDeflater {
     }
 }
 
-/// Packs families' pending text as pieces. The first piece starts a helper thread, which
-/// compresses every later piece while the probe goes on decoding rows and writing text (on two
-/// cores, a 10,000-device probe's ~70 ms of deflate then mostly overlaps its other work); the
-/// channel to it is bounded, so at most a few pieces wait. Without a thread (spawn refused),
-/// pieces are compressed inline.
+/// Packs families' pending text as pieces. The first piece starts the helper threads (two, or
+/// one on a single core), which compress the pieces in turn while the probe goes on decoding
+/// rows and writing text; the channels to them are bounded, so at most a few pieces wait.
+/// Pieces are independent (each from a reset compressor), so two helpers can share one
+/// family's; `finish` puts them back in order. Deflate is the longest step of a 10,000-device
+/// probe (~60 ms of ~90 ms of CPU): with one helper it alone set the pipeline's wall time,
+/// with two it is shared with the core the decoding leaves idle (`benches/pipeline.rs`,
+/// docs/performance.md). Without a thread (spawn refused), pieces are compressed inline.
 pub struct Packer {
     inline: PieceDeflater,
-    worker: Option<PackWorker>,
+    workers: Vec<PackWorker>,
+    /// Pieces handed to the helpers so far (a piece's number orders it within its family).
+    sent: usize,
     threaded: bool,
 }
 
+/// A piece compressed by a helper: its family, its number, and the piece.
+type Numbered = (usize, usize, Packed);
+
 struct PackWorker {
-    pieces: std::sync::mpsc::SyncSender<(usize, String)>,
-    done: std::thread::JoinHandle<Vec<Packed>>,
+    pieces: std::sync::mpsc::SyncSender<(usize, usize, String)>,
+    done: std::thread::JoinHandle<Vec<Numbered>>,
+}
+
+/// How many helper threads a packing probe starts: two, or one on a single core.
+fn helpers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
 
 impl std::fmt::Debug for Packer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Packer")
-            .field("threaded", &self.worker.is_some())
+            .field("helpers", &self.workers.len())
             .finish()
     }
 }
 
 impl Packer {
-    /// A packer; `threaded` allows the helper thread.
+    /// A packer; `threaded` allows the helper threads.
     pub fn new(threaded: bool) -> Self {
         Self {
             inline: PieceDeflater::new(),
-            worker: None,
+            workers: Vec::new(),
+            sent: 0,
             threaded,
         }
     }
 
     /// Packs `text` as the next piece of family number `family` (inline into `inline_out`, or
-    /// on the helper thread), leaving `text` empty.
+    /// on a helper thread), leaving `text` empty.
     pub fn pack(&mut self, family: usize, text: &mut String, inline_out: &mut Packed) {
-        if self.worker.is_none() && self.threaded {
-            self.worker = PackWorker::spawn();
-            self.threaded = self.worker.is_some();
+        if self.workers.is_empty() && self.threaded {
+            self.workers = (0..helpers()).map_while(|_| PackWorker::spawn()).collect();
+            self.threaded = !self.workers.is_empty();
         }
-        if let Some(worker) = &self.worker {
+        if !self.workers.is_empty() {
+            let worker = &self.workers[self.sent % self.workers.len()];
             let piece = std::mem::replace(text, String::with_capacity(text.capacity()));
-            match worker.pieces.send((family, piece)) {
-                Ok(()) => return,
+            match worker.pieces.send((family, self.sent, piece)) {
+                Ok(()) => {
+                    self.sent += 1;
+                    return;
+                }
                 // The helper is gone: `finish` reports it; keep the text meanwhile.
-                Err(std::sync::mpsc::SendError((_, piece))) => *text = piece,
+                Err(std::sync::mpsc::SendError((_, _, piece))) => *text = piece,
             }
         }
         self.inline.piece(&[text.as_bytes()], inline_out);
         text.clear();
     }
 
-    /// Waits for the helper thread: the pieces it packed, by family number.
+    /// Waits for the helper threads: the pieces they packed, by family number, each family's
+    /// in the order they were handed over.
     pub fn finish(&mut self) -> Vec<Packed> {
-        let Some(PackWorker { pieces, done }) = self.worker.take() else {
-            return Vec::new();
-        };
-        drop(pieces);
-        match done.join() {
-            Ok(packed) => packed,
-            // Only a bug can get here (deflating memory cannot fail): fail as loudly as inline.
-            Err(panic) => std::panic::resume_unwind(panic),
+        let mut numbered: Vec<Numbered> = Vec::new();
+        for PackWorker { pieces, done } in std::mem::take(&mut self.workers) {
+            drop(pieces);
+            match done.join() {
+                Ok(packed) => numbered.extend(packed),
+                // Only a bug can get here (deflating memory cannot fail): fail as loudly as
+                // inline.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
         }
+        numbered.sort_unstable_by_key(|(_, n, _)| *n);
+        let mut packed: Vec<Packed> = Vec::new();
+        for (family, _, piece) in numbered {
+            if packed.len() <= family {
+                packed.resize_with(family + 1, Packed::default);
+            }
+            packed[family].append(piece);
+        }
+        packed
     }
 
     /// The inline compressor, for the last pieces.
@@ -161,19 +190,19 @@ impl Packer {
 
 impl PackWorker {
     fn spawn() -> Option<Self> {
-        let (pieces, queue) = std::sync::mpsc::sync_channel::<(usize, String)>(4);
+        let (pieces, queue) = std::sync::mpsc::sync_channel::<(usize, usize, String)>(2);
         let done = std::thread::Builder::new()
             .name("deflate".into())
             .spawn(move || {
                 let mut deflater = PieceDeflater::new();
-                let mut packed: Vec<Packed> = Vec::new();
-                for (family, text) in queue {
-                    if packed.len() <= family {
-                        packed.resize_with(family + 1, Packed::default);
-                    }
-                    deflater.piece(&[text.as_bytes()], &mut packed[family]);
-                }
-                packed
+                queue
+                    .into_iter()
+                    .map(|(family, n, text)| {
+                        let mut piece = Packed::default();
+                        deflater.piece(&[text.as_bytes()], &mut piece);
+                        (family, n, piece)
+                    })
+                    .collect()
             })
             .ok()?;
         Some(Self { pieces, done })

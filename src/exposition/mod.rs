@@ -51,7 +51,7 @@ impl Exposition {
     }
 
     /// An empty output that compresses each family's text whenever `threshold` bytes of it
-    /// are pending, on a helper thread (started at the first piece) while the caller goes on
+    /// are pending, on helper threads (started at the first piece) while the caller goes on
     /// writing: `examples/deflate_where.rs` measured it against compressing inline
     /// ([`Exposition::packing_inline`]), docs/performance.md.
     pub fn packing(threshold: usize) -> Self {
@@ -113,7 +113,7 @@ impl Exposition {
     }
 
     /// Compresses every family, in order, onto `out`: the pieces packed so far (waiting for
-    /// the helper thread if one packed them), then the rest of each family's text with this
+    /// the helper threads if they packed them), then the rest of each family's text with this
     /// output's own compressor when it has one, else `packer`.
     pub fn pack_into(self, packer: &mut PieceDeflater, out: &mut Packed) {
         let Self {
