@@ -9,7 +9,7 @@
 //! chunk, decodes one row with [`one_row`] and says where it ended. Only the row a chunk cuts
 //! in two is found by scanning it here (strings skipped with `memchr`), carried, and decoded
 //! when whole. One pass instead of a scan then a parse saves a fifth of a page's decode
-//! (`benches/pipeline.rs`, `scan`: docs/performance.md).
+//! (`benches/pipeline.rs`, docs/performance.md "One pass, two deflate helpers").
 
 use serde::de::IgnoredAny;
 use serde::Deserialize;
@@ -56,9 +56,7 @@ pub fn one_row<'a, T: Deserialize<'a>>(
         Some(Err(e)) => {
             // Not every cut row is an EOF to serde (`1.` at the end reads as a bad number):
             // only a row that ends within `text` is wrong.
-            let mut capture = Capture::default();
-            capture.begin(b'{');
-            if let Scanned::Incomplete = capture.scan(text.as_bytes(), 1) {
+            if let Scanned::Incomplete = Capture::scan_value(text.as_bytes()) {
                 return Ok(None);
             }
             return Err(StreamError::Invalid(super::error::unquoted(&e)));
@@ -71,9 +69,7 @@ pub fn one_row<'a, T: Deserialize<'a>>(
     }
     // Only a row longer than the string cap can hold a string over it.
     if bytes.len() > MAX_STRING_BYTES {
-        let mut capture = Capture::default();
-        capture.begin(bytes[0]);
-        if let Scanned::StringTooLong = capture.scan(bytes, 1) {
+        if let Scanned::StringTooLong = Capture::scan_value(bytes) {
             return Err(string_too_long());
         }
     }
@@ -163,6 +159,13 @@ impl Capture {
         self.string_len = 0;
         self.escaped = false;
         self.scalar = !matches!(first, b'{' | b'[' | b'"');
+    }
+
+    /// Scans a value from its first byte, with a capture of its own.
+    fn scan_value(bytes: &[u8]) -> Scanned {
+        let mut capture = Capture::default();
+        capture.begin(bytes[0]);
+        capture.scan(bytes, 1)
     }
 
     /// Scans `chunk[from..]`: where the value ends if it completes here.

@@ -92,6 +92,16 @@ pub trait Read: Sync + 'static {
     ) -> LocalBoxFuture<'a, Result<Arc<dyn Snapshot>, BalenaError>>;
 }
 
+/// A read's future as [`Read::read`] returns it: boxed, its snapshot behind the trait.
+pub fn boxed<'a, S: Snapshot + 'static>(
+    read: impl std::future::Future<Output = Result<S, BalenaError>> + 'a,
+) -> LocalBoxFuture<'a, Result<Arc<dyn Snapshot>, BalenaError>> {
+    Box::pin(async move {
+        let snapshot: Arc<dyn Snapshot> = Arc::new(read.await?);
+        Ok(snapshot)
+    })
+}
+
 /// Every background read, in the order a probe gets them.
 pub static READS: &[&dyn Read] = &[&services::Services, &host::Host];
 

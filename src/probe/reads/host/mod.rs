@@ -49,10 +49,7 @@ impl Read for Host {
         scope: &'a DeviceScope,
         bounds: Bounds,
     ) -> LocalBoxFuture<'a, Result<Arc<dyn super::Snapshot>, BalenaError>> {
-        Box::pin(async move {
-            let snapshot: Arc<dyn super::Snapshot> = Arc::new(read(session, scope, bounds).await?);
-            Ok(snapshot)
-        })
+        super::boxed(read(session, scope, bounds))
     }
 }
 
