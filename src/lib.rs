@@ -16,6 +16,7 @@
 //! - [`metrics`]: the metric catalogue and the exporter's own metrics.
 //! - [`routes`] (HTTP only: parse, call, record, answer; basic auth in [`basic_auth`]),
 //!   [`lifecycle`] (reload, stop, signals) and [`startup`] (the start-up sequence, the server).
+//! - [`memory`]: glibc's allocator settings and handing freed pages back.
 //!
 //! The balena API simulator behind `--demo` and every test is its own crate,
 //! `balena-simulator` (`simulator/`), a dependency of the binary only with the default `demo`
@@ -29,6 +30,7 @@ pub mod discovery;
 pub mod exposition;
 pub mod history;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod probe;
 pub mod routes;

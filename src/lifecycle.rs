@@ -52,7 +52,7 @@ impl Lifecycle {
         // A load parses the files into several trees (YAML values, figment's, the config): the
         // allocator keeps their freed pages unless asked (a 4 MiB file's reload would leave
         // hundreds of MiB resident for good).
-        crate::telemetry::return_freed_memory();
+        crate::memory::return_freed_memory();
         match &result {
             Ok(Reloaded::Swapped) => {
                 self.metrics.observe_reload(true);

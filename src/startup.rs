@@ -185,7 +185,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<(config::Config, Option<LoadOptions>
     let config = config::load(&opts)?;
     // The parse trees of a large file are garbage now: hand their pages back (lifecycle.rs
     // does the same after each reload).
-    crate::telemetry::return_freed_memory();
+    crate::memory::return_freed_memory();
     Ok((config, Some(opts)))
 }
 
@@ -452,7 +452,7 @@ fn spawn_cache_sweeper(state: Arc<AppState>) {
         loop {
             tick.tick().await;
             if state.prober.sweep(&state.config.snapshot().api) {
-                crate::telemetry::return_freed_memory();
+                crate::memory::return_freed_memory();
             }
         }
     });

@@ -123,13 +123,3 @@ where
         .with(layer.with_filter(filter_fn(may_write)))
         .try_init();
 }
-
-/// Hands memory freed by the process back to the operating system (glibc keeps freed pages of
-/// its arenas otherwise: the resident size would stay at its peak after cached results go).
-pub fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 /// Top-level modules by layer, lowest first: a module may import only modules of lower layers.
 const LAYERS: &[&[&str]] = &[
-    // Leaves: settings, the metric catalogue, the basic-auth check.
-    &["config", "metrics", "basic_auth"],
+    // Leaves: settings, the metric catalogue, the basic-auth check, the allocator.
+    &["config", "metrics", "basic_auth", "memory"],
     // What reads settings or writes the text format: flags, the text format, the web config.
     &["cli", "exposition", "web_config"],
     // Logging; the balena API client.
