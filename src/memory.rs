@@ -64,16 +64,16 @@ pub fn settings(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Vec<Setting
 /// Applies [`settings`] to glibc's allocator (nothing on other C libraries). Call it first in
 /// `main`, before any thread starts: arenas made before it stay. Returns what was set.
 pub fn tune_allocator() -> Vec<Setting> {
-    let chosen = settings(|k| std::env::var_os(k));
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    for s in &chosen {
-        // SAFETY: mallopt only changes the allocator's parameters; both are documented for
-        // any time, and this runs before other threads exist.
-        unsafe {
-            libc::mallopt(s.param, s.value);
-        }
+    {
+        let mut chosen = settings(|k| std::env::var_os(k));
+        // SAFETY: mallopt only changes the allocator's parameters (documented as settable at
+        // any time); this runs before other threads exist. It returns 1 when it took the value.
+        chosen.retain(|s| unsafe { libc::mallopt(s.param, s.value) } == 1);
+        chosen
     }
-    chosen
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    Vec::new()
 }
 
 /// Hands memory freed by the process back to the operating system (glibc keeps freed pages of

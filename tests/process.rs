@@ -448,3 +448,38 @@ async fn an_endless_install_listing_is_held_within_its_bound() {
     api.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The allocator settings of `memory::tune_allocator` are applied first thing (logged at
+/// debug), and an operator's own `MALLOC_ARENA_MAX` wins over ours.
+#[test]
+fn the_allocator_is_tuned_unless_the_environment_tunes_it() {
+    let tuned = |env: &[(&str, &str)]| -> Vec<String> {
+        let out = Command::new(env!("CARGO_BIN_EXE_balena-exporter"))
+            .args(["--log.level=debug", "--config.file=/nonexistent/balena.yml"])
+            .env_remove("MALLOC_ARENA_MAX")
+            .env_remove("MALLOC_MMAP_THRESHOLD_")
+            .env_remove("GLIBC_TUNABLES")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "a missing config file stops it");
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .map(logfmt)
+            .filter(|kv| kv.iter().any(|(k, v)| k == "msg" && v == "allocator tuned"))
+            .map(|kv| {
+                let get = |key: &str| kv.iter().find(|(k, _)| k == key).unwrap().1.clone();
+                format!("{}={}", get("setting"), get("value"))
+            })
+            .collect()
+    };
+    assert_eq!(
+        tuned(&[]),
+        ["MALLOC_MMAP_THRESHOLD_=262144", "MALLOC_ARENA_MAX=2"]
+    );
+    assert_eq!(
+        tuned(&[("MALLOC_ARENA_MAX", "1")]),
+        ["MALLOC_MMAP_THRESHOLD_=262144"]
+    );
+    assert!(tuned(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=4")]).is_empty());
+}
