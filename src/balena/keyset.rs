@@ -1,6 +1,7 @@
 //! Keyset paging, as every large listing of the exporter pages (devices, image installs):
 //! `$filter=(<filter>) and id gt <last id>&$orderby=id asc&$top=N`, until a page comes back
-//! empty. Each row is handed on as soon as it has arrived: no page is ever held whole.
+//! empty. One page is held at a time, and the next is asked for before it is decoded
+//! ([`list`]): the API works on the next page while the exporter decodes this one.
 //!
 //! Rows must come in ascending id order, as asked. A row repeated *exactly* (the same bytes: a
 //! proxy or a server sending a page twice) is taken once. Anything else that cannot be trusted
@@ -54,49 +55,42 @@ pub struct Listing<'a> {
 /// the start of the text ([`stream::one_row`]), asks the [`Gate`] whether to take it, and
 /// returns its length (`None`: the text ends first; see [`stream::RowStream::feed`]). Returns
 /// the rows taken.
+///
+/// One page ahead: a page is read whole, its last row found by a scan
+/// ([`stream::last_row`]), and the next page asked for before the page is decoded, so the
+/// decoding (and what `on_row` does with each row: series, compression) runs while the API
+/// works on the next page. The API answers a page at its end, all at once (docs/performance.md),
+/// so decoding a page as it arrives overlapped nothing there; this leaves only the last page's
+/// work after the listing's last byte. It holds one page at a time: the next page's answer
+/// waits in the socket until this one is decoded.
 pub async fn list(
     s: &Session<'_>,
     listing: &Listing<'_>,
     mut on_row: impl FnMut(&str, &mut Gate) -> Result<Option<usize>, StreamError>,
 ) -> Result<usize, BalenaError> {
-    let page = s.api().page_size as usize;
-    // All pages of one listing together are bounded as one answer is: a server that pages
-    // forever within a probe's deadline fills no more than this.
-    let max_bytes = s.api().max_response_bytes;
-    let mut listed_bytes = 0usize;
+    let page_size = s.api().page_size as usize;
+    let mut listed = Listed::default();
     let mut gate = Gate {
         rows: listing.rows,
         max_rows: listing.max_rows,
         ..Gate::default()
     };
+    let mut page = fetch_page(s, listing, None, &mut listed).await?;
     loop {
-        let filter = match gate.after {
-            None => listing.filter.clone(),
-            Some(id) => format!("({}) and id gt {id}", listing.filter),
-        };
-        let mut q = Query::new()
-            .option("$select", listing.select)
-            .option("$filter", filter)
-            .option("$orderby", "id asc")
-            .option("$top", page.to_string());
-        if let Some(expand) = listing.expand {
-            q = q.option("$expand", expand);
-        }
-        let mut rows = stream::RowStream::new();
         gate.begin_page();
-        s.get_streamed(listing.endpoint, listing.path, &q.to_wire(), &mut |chunk| {
-            listed_bytes += chunk.len();
-            if listed_bytes > max_bytes {
-                return Err(BalenaError::Oversized(format!(
-                    "the {} of one listing pass {max_bytes} bytes in all (api.max_response_bytes bounds one answer, and all pages of one listing together)",
-                    listing.rows
-                )));
+        // The next page is asked for after the last row this page shows; if the decode finds
+        // otherwise (a refusal ends the listing; a row repeated at the end), that is dropped.
+        let ahead = stream::last_row(&page).and_then(row_id);
+        let (n, next) = match ahead.filter(|id| Some(*id) != gate.after) {
+            Some(after) => {
+                let (n, next) = tokio::try_join!(
+                    decode_page(page, &mut on_row, &mut gate),
+                    fetch_page(s, listing, Some(after), &mut listed),
+                )?;
+                (n, Some((after, next)))
             }
-            rows.feed(chunk, &mut |text| on_row(text, &mut gate))
-                .map_err(|e| gate.refused.take().unwrap_or_else(|| stream_error(e)))
-        })
-        .await?;
-        let n = rows.finish().map_err(stream_error)?;
+            None => (decode_page(page, &mut on_row, &mut gate).await?, None),
+        };
         if gate.repeated > 0 {
             s.note(format_args!(
                 "{} repeated {} ignored",
@@ -108,14 +102,84 @@ pub async fn list(
             return Ok(gate.taken);
         }
         gate.after = gate.last;
-        if n < page {
+        if n < page_size {
             s.note(format_args!(
-                "a page of {n} {} (asked {page}): asking for rows after id {} to be sure it was the last",
+                "a page of {n} {} (asked {page_size}): asking for rows after id {} to be sure it was the last",
                 listing.rows,
                 gate.after.unwrap_or(0)
             ));
         }
+        page = match next {
+            Some((after, next)) if Some(after) == gate.after => next,
+            _ => fetch_page(s, listing, gate.after, &mut listed).await?,
+        };
     }
+}
+
+/// The bytes of all pages of one listing so far: bounded as one answer is, so that a server
+/// that pages forever within a probe's deadline fills no more than `api.max_response_bytes`.
+#[derive(Default)]
+struct Listed(usize);
+
+/// One page of `listing`, the rows after `after`, read whole.
+async fn fetch_page(
+    s: &Session<'_>,
+    listing: &Listing<'_>,
+    after: Option<u64>,
+    listed: &mut Listed,
+) -> Result<Vec<u8>, BalenaError> {
+    let filter = match after {
+        None => listing.filter.clone(),
+        Some(id) => format!("({}) and id gt {id}", listing.filter),
+    };
+    let mut q = Query::new()
+        .option("$select", listing.select)
+        .option("$filter", filter)
+        .option("$orderby", "id asc")
+        .option("$top", s.api().page_size.to_string());
+    if let Some(expand) = listing.expand {
+        q = q.option("$expand", expand);
+    }
+    let max_bytes = s.api().max_response_bytes;
+    let mut page = Vec::new();
+    s.get_streamed(listing.endpoint, listing.path, &q.to_wire(), &mut |chunk| {
+        listed.0 += chunk.len();
+        if listed.0 > max_bytes {
+            return Err(BalenaError::Oversized(format!(
+                "the {} of one listing pass {max_bytes} bytes in all (api.max_response_bytes bounds one answer, and all pages of one listing together)",
+                listing.rows
+            )));
+        }
+        page.extend_from_slice(chunk);
+        Ok(())
+    })
+    .await?;
+    Ok(page)
+}
+
+/// A row's id, as the next page's keyset condition (`None`: not a row the decode will take).
+fn row_id(row: &str) -> Option<u64> {
+    #[derive(Deserialize)]
+    struct Id {
+        id: u64,
+    }
+    serde_json::from_str::<Id>(row).ok().map(|r| r.id)
+}
+
+/// Decodes one page, handing each row to `on_row`: the rows it held. It first gives the next
+/// page's request (polled beside it) a turn, in which it goes out on the pooled connection,
+/// then decodes without another: that request's answer waits in the socket until the page is
+/// decoded and dropped, so a listing holds one page at a time (~0.8 KB a device row).
+async fn decode_page(
+    page: Vec<u8>,
+    on_row: &mut impl FnMut(&str, &mut Gate) -> Result<Option<usize>, StreamError>,
+    gate: &mut Gate,
+) -> Result<usize, BalenaError> {
+    tokio::task::yield_now().await;
+    let mut rows = stream::RowStream::new();
+    rows.feed(&page, &mut |text| on_row(text, gate))
+        .map_err(|e| gate.refused.take().unwrap_or_else(|| stream_error(e)))?;
+    rows.finish().map_err(stream_error)
 }
 
 /// A stream error as the probe reports it.
@@ -272,10 +336,128 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     fn page(gate: &mut Gate, after: Option<u64>) {
         gate.after = after;
         gate.begin_page();
+    }
+
+    /// A keep-alive HTTP/1.1 server on a loopback port that answers `page` to the first
+    /// request and an empty page to any request for rows after an id (which it notes).
+    fn two_page_api(page: String, asked_after: Arc<AtomicBool>) -> (String, Arc<AtomicBool>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let (page, asked_after) = (page.clone(), asked_after.clone());
+                std::thread::spawn(move || {
+                    let mut conn = conn.unwrap();
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    loop {
+                        let mut head = String::new();
+                        while !head.ends_with("\r\n\r\n") {
+                            if reader.read_line(&mut head).unwrap_or(0) == 0 {
+                                return;
+                            }
+                        }
+                        let body = if head.contains("%20gt%20") {
+                            asked_after.store(true, Ordering::SeqCst);
+                            r#"{"d":[]}"#.to_string()
+                        } else {
+                            page.clone()
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if conn.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, stop)
+    }
+
+    #[actix_rt::test]
+    async fn the_next_page_is_asked_for_before_the_page_is_decoded() {
+        #[derive(Deserialize)]
+        struct Row {
+            id: u64,
+        }
+        impl Keyed for Row {
+            fn id(&self) -> u64 {
+                self.id
+            }
+        }
+        // Several decode pieces, so that the next request has its turns while the page decodes.
+        let rows = 20_000;
+        let page = format!(
+            r#"{{"d":[{}]}}"#,
+            (1..=rows)
+                .map(|i| format!(r#"{{"id":{i},"name":"device-{i:0>40}"}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(page.len() > 4 * 256 * 1024);
+        let asked_after = Arc::new(AtomicBool::new(false));
+        let (url, stop) = two_page_api(page, asked_after.clone());
+        let api = crate::config::ApiConfig {
+            url: url.parse().unwrap(),
+            page_size: rows,
+            ..Default::default()
+        };
+        let client = super::super::BalenaClient::new(
+            Arc::new(crate::metrics::ExporterMetrics::new()),
+            Arc::new(super::super::AuthLimits::default()),
+        );
+        let token = secrecy::SecretString::from("t");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let s = Session::new(&client, &api, "a", &token, deadline);
+        let listing = Listing {
+            endpoint: "device",
+            path: "/v7/device",
+            filter: "belongs_to__application eq 1".into(),
+            select: "id,name",
+            expand: None,
+            rows: "device rows",
+            max_rows: None,
+        };
+        let mut asked_before_the_last_row = None;
+        let taken = list(&s, &listing, |text, gate| {
+            gate.take(text, false, |row: Row| {
+                if row.id == u64::from(rows) {
+                    // The request went out at one of the decode's earlier turns; the server's
+                    // thread may still be reading it, so it is given a bound, not a race.
+                    let waited = std::time::Instant::now();
+                    while !asked_after.load(Ordering::SeqCst)
+                        && waited.elapsed() < std::time::Duration::from_secs(10)
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    asked_before_the_last_row = Some(asked_after.load(Ordering::SeqCst));
+                }
+            })
+        })
+        .await
+        .unwrap();
+        stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(url.trim_start_matches("http://"));
+        assert_eq!(taken, rows as usize);
+        assert_eq!(
+            asked_before_the_last_row,
+            Some(true),
+            "the rows after the page's last id were asked for while the page was decoded"
+        );
     }
 
     #[test]

@@ -755,7 +755,7 @@ mod tests {
         assert_eq!(c.api.timeout, Duration::from_secs(10));
         assert_eq!(c.api.max_concurrency, 4);
         assert_eq!(c.api.cache_ttl, Duration::from_secs(30));
-        assert_eq!(c.api.page_size, 10_000);
+        assert_eq!(c.api.page_size, 1_000);
         assert_eq!(c.api.max_response_bytes, 256 << 20);
         assert_eq!(c.modules[DEFAULT_MODULE], ModuleConfig::default());
         assert_eq!(c.targets["t"].scope(), Scope::Fleet("org/app".into()));

@@ -159,7 +159,7 @@ impl Default for ApiConfig {
             max_concurrency: 4,
             cache_ttl: Duration::from_secs(30),
             fleet_cache_ttl: Duration::from_secs(300),
-            page_size: 10_000,
+            page_size: 1_000,
             max_response_bytes: 256 * 1024 * 1024,
             cache_max_bytes: 64 * 1024 * 1024,
             background_max_bytes: DEFAULT_BACKGROUND_MAX_BYTES,

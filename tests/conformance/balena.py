@@ -30,10 +30,11 @@ class Api:
         self.url = url.rstrip("/")
         self.token = token
 
-    def request(self, method, path, body=None, token=None, raw_query="", content_type="application/json"):
+    def request(self, method, path, body=None, token=None, raw_query="", content_type="application/json",
+                headers=None):
         url = self.url + path + (("?" + raw_query) if raw_query else "")
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method=method)
+        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
         if data is not None:
             req.add_header("Content-Type", content_type)
         tok = self.token if token is None else token
