@@ -538,7 +538,7 @@ pub fn decode_device(row: &[u8]) -> Result<Device<'_>, StreamError> {
 }
 
 /// Decodes a whole `{"d": [...]}` body one device at a time, handing each to `on_row` without
-/// collecting them (the same decoder the probe runs on a body as it arrives).
+/// collecting them (the same decoder the probe runs on a page).
 pub fn for_each_device(
     body: &[u8],
     mut on_row: impl FnMut(Device<'_>),

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Two exporter builds side by side against the real balena API (open-balena-api on loopback),
+for docs/performance.md. Not a test: numbers from one run, so that ratios compare.
+
+    tests/conformance/real-balena-api/start.sh ~/.cache/real-balena-api
+    python3 tests/conformance/bench_pair.py ~/.cache/real-balena-api BEFORE_BIN AFTER_BIN \
+        [--devices 10000] [--pages 1000,2000,10000] [--runs 9] [--modules default,summary] [--split-cores]
+
+Seeds one fleet of `--devices` devices (SQL rows, as bench.py does), then for each module and
+page size runs both exporters (`cache_ttl: 0s`, `page_size` set) and, `--runs` times, alternating
+which goes first: the probe's own device requests replayed raw (same query, same
+Accept-Encoding, one after the other, each read to its last byte), then one probe of each build
+(gzip answer, to its last byte). Prints medians and the ratios probe / raw requests.
+
+`--split-cores` pins the API's processes (node, PostgreSQL, Redis) to CPU 0 and this script
+with both exporters to CPU 1, as if the API ran on another machine (balenaCloud does): on a
+shared machine an exporter's CPU is taken from the API's, and a probe's requests slow down by
+what it works beside them. The pinning is undone at the end.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from balena import Api, RunningExporter, api_key, env_file, login, psql  # noqa: E402
+from bench import PROBE_HEADERS, query, timed  # noqa: E402
+
+
+def api_pids():
+    pids = []
+    for pattern in ("oba-local-launch", "postgres", "redis-server"):
+        out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+        pids += [int(p) for p in out.split()]
+    return pids
+
+
+def pin(pids, cpus):
+    for pid in pids:
+        subprocess.run(["taskset", "-a", "-p", cpus, str(pid)], capture_output=True)
+
+
+def raw(api, module, fid, page):
+    """Seconds spent in the probe's own device requests, one after the other."""
+    import json
+    after, spent = None, 0.0
+    while True:
+        s, body, _ = timed(api, "/v7/device", query(module, fid, page, after=after))
+        spent += s
+        d = json.loads(body)["d"]
+        if not d:
+            return spent
+        after = d[-1]["id"]
+
+
+def main():
+    a = argparse.ArgumentParser()
+    a.add_argument("api_dir")
+    a.add_argument("before")
+    a.add_argument("after")
+    a.add_argument("--devices", type=int, default=10_000)
+    a.add_argument("--pages", default="1000,2000,10000")
+    a.add_argument("--runs", type=int, default=9)
+    a.add_argument("--modules", default="default,summary")
+    a.add_argument("--split-cores", action="store_true")
+    args = a.parse_args()
+    env = env_file(os.path.join(args.api_dir, "run", "env"))
+    url = env["BALENA_API_URL"]
+    token = api_key(url, login(url, env["SUPERUSER_EMAIL"], env["SUPERUSER_PASSWORD"]), "bench-pair")
+    api = Api(url, token)
+    types = {t["slug"]: t["id"] for t in api.get("device_type", "$select=id,slug")}
+    n = args.devices
+    fleet = api.post("application", {"app_name": f"Pair-{n}-{int(time.time())}", "organization": 1,
+                                     "is_for__device_type": types["raspberrypi4-64"]})
+    fid, slug = fleet["id"], fleet["slug"]
+    psql(env["PG_PORT"], f"""
+        with a as (insert into actor ("created at") select now() from generate_series(1, {n}) returning id),
+             x as (select id, row_number() over (order by id) as i from a)
+        insert into device (actor, uuid, "device name", "is of-device type", "belongs to-application", "is online",
+                            "api heartbeat state", "is connected to vpn", "last connectivity event", "cpu usage",
+                            "cpu temp", "memory usage", "memory total", "storage usage", "storage total",
+                            "is undervolted", "os version", "os variant", "supervisor version")
+        select id, md5('pair-{fid}-' || i), 'pair-device-' || i, {types['raspberrypi4-64']}, {fid}, i % 3 <> 0,
+               (array['online','offline','timeout','unknown'])[1 + i % 4], i % 2 = 0,
+               now() - (i || ' seconds')::interval, i % 100, 40 + i % 30, 500 + i % 400, 3906, 2000 + i % 900,
+               29000, i % 97 = 0, 'balenaOS 6.0.' || (i % 20), 'prod', '16.4.' || (i % 9)
+        from x""")
+    psql(env["PG_PORT"], "analyze device")
+    pids = api_pids()
+    if args.split_cores:
+        pin(pids, "0x1")
+        os.sched_setaffinity(0, {1})
+    print(f"seeded {n} devices (fleet {slug}); {args.runs} runs each; cores "
+          f"{'split: API on CPU 0, exporters on CPU 1' if args.split_cores else 'shared'}; "
+          f"raw requests with {PROBE_HEADERS}\n")
+    print("| module | page_size | raw requests | before | after | before / raw | after / raw | after / before |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    try:
+        for module in args.modules.split(","):
+            for page in (int(p) for p in args.pages.split(",")):
+                config = (f"api:\n  url: {url}\n  cache_ttl: 0s\n  timeout: 60s\n  page_size: {page}\n"
+                          f"auths:\n  a:\n    token: {token}\nmodules:\n  default: {{devices: true}}\n"
+                          f"  summary: {{devices: false}}\ntargets:\n  t: {{fleet: {slug}, auth: a}}\n")
+                q = f"target=t&module={module}"
+                with RunningExporter(args.before, config) as b, RunningExporter(args.after, config) as f:
+                    b.timed(q)  # the first probe starts the background reads
+                    f.timed(q)
+                    r, bt, ft = [], [], []
+                    for i in range(args.runs):
+                        r.append(raw(api, module, fid, page))
+                        for ex, out in ((b, bt), (f, ft)) if i % 2 == 0 else ((f, ft), (b, bt)):
+                            out.append(ex.timed(q)[0])
+                r, bt, ft = (statistics.median(x) for x in (r, bt, ft))
+                print(f"| {module} | {page:,} | {r * 1000:.0f} ms | {bt * 1000:.0f} ms | {ft * 1000:.0f} ms "
+                      f"| {bt / r:.3f}x | {ft / r:.3f}x | {ft / bt:.3f} |", flush=True)
+    finally:
+        if args.split_cores:
+            pin(pids, "0x" + format((1 << os.cpu_count()) - 1, "x"))
+
+
+if __name__ == "__main__":
+    main()
