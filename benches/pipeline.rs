@@ -7,6 +7,7 @@
 use std::hint::black_box;
 
 use balena_exporter::balena::model::{for_each_device, Device, Envelope, Fleet};
+use balena_exporter::balena::stream::{last_row_by_scan, last_row_from_end};
 use balena_exporter::balena::{device_query, odata::Query};
 use balena_exporter::config::ModuleConfig;
 use balena_exporter::probe::SeriesBuilder;
@@ -62,6 +63,16 @@ fn pipeline(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("decode", n), &body, |b, body| {
             b.iter(|| for_each_device(black_box(body), |d| drop(black_box(d))).unwrap())
         });
+        // The next page's keyset id, found before the page is decoded: by scanning the page,
+        // and read from its end (what a listing does when the page ends with its rows).
+        group.bench_with_input(BenchmarkId::new("last_row/scan", n), &body, |b, body| {
+            b.iter(|| last_row_by_scan(black_box(body)).unwrap().len())
+        });
+        group.bench_with_input(
+            BenchmarkId::new("last_row/from_end", n),
+            &body,
+            |b, body| b.iter(|| last_row_from_end(black_box(body)).unwrap().len()),
+        );
         // The floors, on the same bytes: a plain parse into the same rows (one UTF-8 check,
         // then serde from a &str, every row kept), ...
         group.bench_with_input(BenchmarkId::new("floor/parse", n), &body, |b, body| {

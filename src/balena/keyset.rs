@@ -56,7 +56,7 @@ pub struct Listing<'a> {
 /// returns its length (`None`: the text ends first; see [`stream::RowStream::feed`]). Returns
 /// the rows taken.
 ///
-/// One page ahead: a page is read whole, its last row found by a scan
+/// One page ahead: a page is read whole, its last row read from its end
 /// ([`stream::last_row`]), and the next page asked for before the page is decoded, so the
 /// decoding (and what `on_row` does with each row: series, compression) runs while the API
 /// works on the next page. The API answers a page at its end, all at once (docs/performance.md),
