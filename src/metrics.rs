@@ -379,9 +379,7 @@ impl ExporterMetrics {
         }
         #[cfg(target_os = "linux")]
         {
-            let _ = registry.register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ));
+            let _ = registry.register(Box::new(process::ProcessMetrics::for_self()));
         }
         reload_success.set(1);
         reload_timestamp.set(unix_now());
@@ -451,6 +449,52 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+#[cfg(target_os = "linux")]
+mod process {
+    //! `process_*` as prometheus' own collector writes them, but `process_cpu_seconds_total`
+    //! in the kernel's steps (10 ms) instead of whole seconds: the crate's collector counts
+    //! whole seconds (tikv/rust-prometheus#451), so `rate()` of an exporter that uses a few
+    //! percent of a core reads 0 most of the time, and the CPU a probe costs cannot be seen.
+
+    use prometheus::core::{Collector, Desc};
+    use prometheus::process_collector::ProcessCollector;
+    use prometheus::proto::MetricFamily;
+
+    /// The crate's process collector, with the CPU counter made exact.
+    pub struct ProcessMetrics(ProcessCollector);
+
+    impl ProcessMetrics {
+        /// For this process.
+        pub fn for_self() -> Self {
+            Self(ProcessCollector::for_self())
+        }
+    }
+
+    /// The process's user + system CPU, in seconds.
+    pub fn cpu_seconds() -> Option<f64> {
+        let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+        Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
+    }
+
+    impl Collector for ProcessMetrics {
+        fn desc(&self) -> Vec<&Desc> {
+            self.0.desc()
+        }
+
+        fn collect(&self) -> Vec<MetricFamily> {
+            let mut families = self.0.collect();
+            if let Some(seconds) = cpu_seconds() {
+                families
+                    .iter_mut()
+                    .filter(|f| f.name() == "process_cpu_seconds_total")
+                    .flat_map(|f| f.mut_metric().iter_mut())
+                    .for_each(|m| m.counter.mut_or_insert_default().set_value(seconds));
+            }
+            families
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -458,5 +502,36 @@ mod tests {
     #[test]
     fn unknown_enum_values_become_bounded_label_values() {
         assert_eq!(sanitize_enum("Weird\"Status\n"), "weird_status_");
+    }
+
+    /// `process_cpu_seconds_total` as written on `/metrics`.
+    #[cfg(target_os = "linux")]
+    fn written_cpu_seconds(metrics: &ExporterMetrics) -> f64 {
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+            .and_then(|v| v.parse().ok())
+            .expect("process_cpu_seconds_total written")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn process_cpu_seconds_are_written_in_fractions_of_a_second() {
+        let metrics = ExporterMetrics::new();
+        // Spend CPU until the process's count is past a whole second by at least 0.1 s, where
+        // whole seconds would be off by that much.
+        let mut spent = 0u64;
+        while process::cpu_seconds().expect("readable").fract() < 0.1 {
+            spent = (0..1_000_000u64).fold(spent, |a, b| std::hint::black_box(a ^ b));
+        }
+        std::hint::black_box(spent);
+        let before = process::cpu_seconds().unwrap();
+        let written = written_cpu_seconds(&metrics);
+        let after = process::cpu_seconds().unwrap();
+        assert!(
+            before <= written && written <= after,
+            "written {written}, read around it {before}..{after}"
+        );
     }
 }
