@@ -452,6 +452,12 @@ class RunningExporter:
             size = len(r.read())
         return time.perf_counter() - t, size
 
+    def cpu_seconds(self):
+        """The process's user + system CPU so far (`/proc/PID/stat`, steps of 10 ms)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def __exit__(self, *exc):
         self.proc.terminate()
         self.proc.wait()

@@ -10,7 +10,8 @@ Seeds one fleet of `--devices` devices (SQL rows, as bench.py does), then for ea
 page size runs both exporters (`cache_ttl: 0s`, `page_size` set) and, `--runs` times, alternating
 which goes first: the probe's own device requests replayed raw (same query, same
 Accept-Encoding, one after the other, each read to its last byte), then one probe of each build
-(gzip answer, to its last byte). Prints medians and the ratios probe / raw requests.
+(gzip answer, to its last byte). Prints medians, the ratios probe / raw requests, and each
+build's CPU per probe over the timed probes (`/proc/PID/stat`, user + system).
 
 `--split-cores` pins the API's processes (node, PostgreSQL, Redis) to CPU 0 and this script
 with both exporters to CPU 1, as if the API ran on another machine (balenaCloud does): on a
@@ -96,8 +97,9 @@ def main():
     print(f"seeded {n} devices (fleet {slug}); {args.runs} runs each; cores "
           f"{'split: API on CPU 0, exporters on CPU 1' if args.split_cores else 'shared'}; "
           f"raw requests with {PROBE_HEADERS}\n")
-    print("| module | page_size | raw requests | before | after | before / raw | after / raw | after / before |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| module | page_size | raw requests | before | after | before / raw | after / raw | after / before "
+          "| CPU a probe, before | after |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     try:
         for module in args.modules.split(","):
             for page in (int(p) for p in args.pages.split(",")):
@@ -109,13 +111,15 @@ def main():
                     b.timed(q)  # the first probe starts the background reads
                     f.timed(q)
                     r, bt, ft = [], [], []
+                    cpu0 = (b.cpu_seconds(), f.cpu_seconds())
                     for i in range(args.runs):
                         r.append(raw(api, module, fid, page))
                         for ex, out in ((b, bt), (f, ft)) if i % 2 == 0 else ((f, ft), (b, bt)):
                             out.append(ex.timed(q)[0])
+                    bc, fc = ((ex.cpu_seconds() - c) * 1000 / args.runs for ex, c in zip((b, f), cpu0))
                 r, bt, ft = (statistics.median(x) for x in (r, bt, ft))
                 print(f"| {module} | {page:,} | {r * 1000:.0f} ms | {bt * 1000:.0f} ms | {ft * 1000:.0f} ms "
-                      f"| {bt / r:.3f}x | {ft / r:.3f}x | {ft / bt:.3f} |", flush=True)
+                      f"| {bt / r:.3f}x | {ft / r:.3f}x | {ft / bt:.3f} | {bc:.0f} ms | {fc:.0f} ms |", flush=True)
     finally:
         if args.split_cores:
             pin(pids, "0x" + format((1 << os.cpu_count()) - 1, "x"))

@@ -1,0 +1,114 @@
+//! What a probe costs the exporter process: its peak RSS and its CPU, from the process's own
+//! counters. The simulator serves three fleets of 10,000 devices; the exporter (a process of
+//! its own, `cache_ttl: 0s`) is probed
+//!
+//! 1. for memory: the three targets one after the other, three times (the first probes also
+//!    start the background reads of services and host), then `VmHWM` of the process;
+//! 2. for CPU: per case, one probe to warm up, then `PROBES` probes one after the other, and the
+//!    process's user + system time over them (`/proc/PID/stat`) divided by their
+//!    number. Cases: the default module answered with gzip (what Prometheus asks for) and
+//!    uncompressed (the answer is kept compressed, so this one inflates it), and the summary
+//!    module with gzip.
+//!
+//! The simulator runs in this process, so its CPU is not counted.
+//!
+//! `cargo build --release && cargo run --release --example probe_cost -- [DEVICES] [PROBES]`
+//! (defaults 10000 and 20; `EXPORTER_BIN=path` measures another build). Loopback only.
+
+use std::time::{Duration, Instant};
+
+use balena_simulator::Simulator;
+
+mod support;
+use support::{status_kib, world, Exporter};
+
+/// A process's user + system CPU in seconds (`/proc/PID/stat` fields 14 and 15, in clock
+/// ticks: what `process_cpu_seconds_total` reports, read the same way for any build).
+fn cpu_seconds(pid: u32, ticks_per_second: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces: count the fields after it.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / ticks_per_second
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`, 100 when it cannot say).
+fn ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// One probe to its last byte, not inflated here; the answer's size.
+async fn probe(client: &awc::Client, url: &str, gzip: bool) -> usize {
+    let mut resp = client
+        .get(url)
+        .no_decompress()
+        .insert_header(("Accept-Encoding", if gzip { "gzip" } else { "identity" }))
+        .send()
+        .await
+        .expect("answer");
+    assert!(resp.status().is_success(), "{url}: {}", resp.status());
+    resp.body().limit(1 << 30).await.expect("body").len()
+}
+
+#[actix_rt::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let devices: usize = args.next().map_or(10_000, |a| a.parse().expect("DEVICES"));
+    let probes: usize = args.next().map_or(20, |a| a.parse().expect("PROBES"));
+    let fleets = [("big", devices), ("big2", devices), ("big3", devices)];
+    let sim = Simulator::start(&world("acme", &fleets, "tok"), "127.0.0.1:0").expect("simulator");
+    let yaml = format!(
+        "api:\n  url: {}\n  timeout: 60s\n  cache_ttl: 0s\nauths:\n  a:\n    token: tok\n\
+         modules:\n  summary:\n    devices: false\n\
+         targets:\n  big: {{fleet: acme/big, auth: a}}\n  big2: {{fleet: acme/big2, auth: a}}\n  \
+         big3: {{fleet: acme/big3, auth: a}}\n",
+        sim.url()
+    );
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .finish();
+    let bin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/balena-exporter");
+    let exporter = Exporter::start(&bin, &yaml, "warn", &client).await;
+    let hz = ticks_per_second();
+    println!("{devices} devices a fleet, cache_ttl 0s");
+    for _ in 0..3 {
+        for target in ["big", "big2", "big3"] {
+            let url = format!("{}/probe?target={target}", exporter.base);
+            probe(&client, &url, true).await;
+        }
+    }
+    println!(
+        "three targets one after the other, 3 times (gzip): peak RSS {:.1} MiB",
+        status_kib(exporter.pid(), "VmHWM:") as f64 / 1024.0
+    );
+    for (module, gzip) in [("default", true), ("default", false), ("summary", true)] {
+        let url = format!("{}/probe?target=big&module={module}", exporter.base);
+        probe(&client, &url, gzip).await;
+        let (cpu0, t0) = (cpu_seconds(exporter.pid(), hz), Instant::now());
+        let mut bytes = 0;
+        for _ in 0..probes {
+            bytes = probe(&client, &url, gzip).await;
+        }
+        let wall = t0.elapsed();
+        let cpu = cpu_seconds(exporter.pid(), hz) - cpu0;
+        println!(
+            "module {module:8} {:8}: CPU {:6.1} ms a probe, wall {:6.1} ms a probe ({probes} probes), answer {bytes} bytes",
+            if gzip { "gzip" } else { "identity" },
+            cpu * 1000.0 / probes as f64,
+            wall.as_secs_f64() * 1000.0 / probes as f64,
+        );
+    }
+    drop(exporter);
+    sim.stop().await;
+}
