@@ -894,6 +894,62 @@ mod tests {
     }
 
     #[test]
+    fn keyset_pages_read_by_id_are_the_rows_a_full_sort_finds() {
+        let w = world();
+        let c = user(&w);
+        let fleet = w.devices_of("acme/warehouse-sensors")[0]["belongs_to__application"]["__id"]
+            .as_u64()
+            .unwrap();
+        let ids = |query: &str| -> Vec<u64> {
+            let req = parse_request("device", query).unwrap();
+            w.read("device", None, &req.options, &c)
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_u64().unwrap())
+                .collect()
+        };
+        let all = ids(&format!(
+            "$select=id&$filter=belongs_to__application eq {fleet}"
+        ));
+        let (lowest, middle) = (all.iter().min().unwrap(), all[all.len() / 2]);
+        for filter in [
+            format!("(belongs_to__application eq {fleet}) and id gt {middle}"),
+            format!("id gt {middle}.5 and (belongs_to__application eq {fleet})"),
+            format!(
+                "(belongs_to__application eq {fleet}) and id gt {}",
+                lowest - 1
+            ),
+            format!(
+                "(belongs_to__application eq {fleet}) and (id gt {middle} or is_online eq true)"
+            ),
+            format!("(belongs_to__application eq {fleet}) and id gt 99999999"),
+        ] {
+            for (top, skip) in [("&$top=100", ""), ("&$top=7", "&$skip=3"), ("", "")] {
+                // Ordering by id then uuid (ids are unique) takes the general sort.
+                let page = ids(&format!(
+                    "$select=id&$filter={filter}&$orderby=id asc{top}{skip}"
+                ));
+                let sorted = ids(&format!(
+                    "$select=id&$filter={filter}&$orderby=id asc,uuid asc{top}{skip}"
+                ));
+                assert_eq!(page, sorted, "{filter} {top} {skip}");
+                let desc = ids(&format!(
+                    "$select=id&$filter={filter}&$orderby=id desc{top}{skip}"
+                ));
+                let desc_sorted = ids(&format!(
+                    "$select=id&$filter={filter}&$orderby=id desc,uuid asc{top}{skip}"
+                ));
+                assert_eq!(desc, desc_sorted, "{filter} desc {top} {skip}");
+            }
+        }
+        assert!(ids(&format!(
+            "$select=id&$filter=(belongs_to__application eq {fleet}) and id gt {middle}&$orderby=id asc&$top=100"
+        ))
+        .iter()
+        .all(|id| *id > middle));
+    }
+
+    #[test]
     fn overall_status_follows_the_first_matching_rule() {
         let base = json!({"is_active": true, "provisioning_state": "", "is_connected_to_vpn": true,
             "last_connectivity_event": "x", "api_heartbeat_state": "online", "download_progress": null,

@@ -74,8 +74,29 @@ impl World {
             return Ok(Vec::new());
         };
         self.check_fields(table, opts)?;
+        let mut candidates =
+            key_ids.unwrap_or_else(|| self.candidates(table, opts.filter.as_ref()));
+        // A keyset page (`... and id gt N`, `$orderby=id asc`, `$top`) reads as an index would:
+        // from the first id past N, in id order, stopping once the page is full, so a page
+        // costs its rows and not the fleet's (the real API's pages of 1,000 cost a tenth of a
+        // page of 10,000). The same rows as filtering and sorting every candidate.
+        let by_id = matches!(opts.orderby.as_slice(), [(f, false)] if f == "id");
+        let mut enough = usize::MAX;
+        if by_id {
+            candidates.sort_unstable();
+            if let Some(after) = id_above(opts.filter.as_ref()) {
+                let first = candidates.partition_point(|id| *id <= after);
+                candidates.drain(..first);
+            }
+            if let Some(top) = opts.top {
+                enough = top.saturating_add(opts.skip.unwrap_or(0));
+            }
+        }
         let mut ids = Vec::new();
-        for id in key_ids.unwrap_or_else(|| self.candidates(table, opts.filter.as_ref())) {
+        for id in candidates {
+            if ids.len() >= enough {
+                break;
+            }
             let Some(row) = rows.get(&id) else { continue };
             if !self.visible(table, row, caller) {
                 continue;
@@ -96,6 +117,18 @@ impl World {
     pub(super) fn order(&self, table: &str, ids: &mut [u64], orderby: &[(String, bool)]) {
         if orderby.is_empty() {
             return;
+        }
+        // Keyset pages order by id alone: a row's key is its id, so no field is read. Reading
+        // two fields per comparison made a page of 1,000 of a 10,000-device fleet cost the
+        // sort of all 10,000 (~15 ms), where the real API's index makes a page cost its rows.
+        if let [(field, desc)] = orderby {
+            if field == "id" {
+                ids.sort_unstable();
+                if *desc {
+                    ids.reverse();
+                }
+                return;
+            }
         }
         let rows = &self.tables[table];
         ids.sort_by(|a, b| {
@@ -458,5 +491,21 @@ fn cmp_json(a: &Value, b: &Value) -> std::cmp::Ordering {
         (Value::Null, _) => Less,
         (_, Value::Null) => Greater,
         _ => Equal,
+    }
+}
+
+/// `N` of an `id gt N` that the filter requires (itself, or a side of an `and` at its top).
+fn id_above(filter: Option<&Expr>) -> Option<u64> {
+    match filter? {
+        Expr::And(l, r) => id_above(Some(l)).or_else(|| id_above(Some(r))),
+        Expr::Cmp(CmpOp::Gt, l, r) => match (l.as_ref(), r.as_ref()) {
+            (Expr::Path(p), Expr::Lit(Lit::Num(n)))
+                if p.len() == 1 && p[0] == "id" && *n >= 0.0 =>
+            {
+                Some(n.floor() as u64)
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
