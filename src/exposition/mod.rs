@@ -209,9 +209,12 @@ fn write_value(buf: &mut String, v: f64) {
     } else if v.is_infinite() {
         buf.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
     } else if v.fract() == 0.0 && v.abs() < 1e15 {
-        // Counts, bytes and flags are integers: integer formatting is several times faster.
-        let _ = write!(buf, "{}", v as i64);
+        // Counts, bytes and flags are integers: integer formatting is several times faster,
+        // and itoa's than `core::fmt`'s (~1-2 ms of a 10,000-device probe).
+        buf.push_str(itoa::Buffer::new().format(v as i64));
     } else {
+        // Not ryu: where two shortest forms are equally near (667082108456853.25), ryu takes
+        // the even digit and `{}` the other, and the answer must stay what it is.
         let _ = write!(buf, "{v}");
     }
 }
@@ -220,6 +223,73 @@ fn write_value(buf: &mut String, v: f64) {
 mod tests {
     use super::*;
     use crate::metrics::{DEVICE_CPU, DEVICE_ONLINE};
+
+    /// A value as `core::fmt` writes it (integers through `i64`): what `write_value` must write.
+    fn reference(v: f64) -> String {
+        if v.is_nan() {
+            "NaN".into()
+        } else if v.is_infinite() {
+            (if v > 0.0 { "+Inf" } else { "-Inf" }).into()
+        } else if v.fract() == 0.0 && v.abs() < 1e15 {
+            format!("{}", v as i64)
+        } else {
+            format!("{v}")
+        }
+    }
+
+    fn written(v: f64) -> String {
+        let mut buf = String::new();
+        write_value(&mut buf, v);
+        buf
+    }
+
+    #[test]
+    fn values_are_written_as_core_fmt_writes_them() {
+        let edges = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.1,
+            0.25,
+            1e-5,
+            1e-5 * 0.999,
+            9.999_999e-6,
+            1e15,
+            1e15 - 0.5,
+            999_999_999_999_999.9,
+            1e16,
+            1e21,
+            1e-7,
+            5e-324,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            1.0 / 3.0,
+            2.0 / 3.0,
+            123.456,
+            0.1 + 0.2,
+            99.99,
+            37.5,
+            1e14 + 0.5,
+            -0.000_012_345,
+            1.5e-5,
+        ];
+        for v in edges.into_iter().chain(edges.map(|v| -v)) {
+            assert_eq!(written(v), reference(v), "{v:e}");
+        }
+        // Every bit pattern class, deterministically: a linear congruential walk of u64s.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..200_000 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let v = f64::from_bits(x);
+            assert_eq!(written(v), reference(v), "{v:e} ({x:#x})");
+            // ... and values of the sizes a device reports (percent, MiB, degrees, ratios).
+            let small = (x >> 11) as f64 / (1u64 << 53) as f64 * 10f64.powi((x % 12) as i32 - 6);
+            assert_eq!(written(small), reference(small), "{small:e}");
+        }
+    }
 
     #[test]
     fn label_values_are_escaped_and_families_grouped() {
