@@ -73,6 +73,26 @@ impl Exposition {
 
     /// Adds one gauge sample.
     pub fn gauge(&mut self, def: MetricDef, labels: &[(&str, &str)], value: f64) {
+        self.sample(def, |buf| write_sample(buf, def.name, labels, value));
+    }
+
+    /// Adds one gauge sample whose labels start with `prefix`, escaped once for all the
+    /// samples that share it ([`label_prefix`]), and go on with `extra`.
+    pub fn gauge_after(
+        &mut self,
+        def: MetricDef,
+        prefix: &str,
+        extra: &[(&str, &str)],
+        value: f64,
+    ) {
+        self.sample(def, |buf| {
+            write_sample_after(buf, def.name, prefix, extra, value)
+        });
+    }
+
+    /// Writes one sample of family `def` with `write`, then packs the family's text if it is
+    /// long enough.
+    fn sample(&mut self, def: MetricDef, write: impl FnOnce(&mut String)) {
         // A probe writes ~25 families: a pointer scan beats hashing the name ~150,000 times.
         let i = match self
             .families
@@ -91,7 +111,7 @@ impl Exposition {
         };
         let family = &mut self.families[i];
         let buf = &mut family.text;
-        write_sample(buf, def.name, labels, value);
+        write(buf);
         if buf.len() >= self.pack_at {
             if let Some(packer) = self.packer.as_mut() {
                 packer.pack(i, buf, &mut family.packed);
@@ -161,23 +181,68 @@ impl Exposition {
 
 /// One sample line: `name{labels} value`.
 pub fn write_sample(buf: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
+    write_sample_parts(buf, name, labels, &[], value);
+}
+
+/// One sample line whose labels are `first` and then `then`: `name{first,then} value`.
+pub fn write_sample_parts(
+    buf: &mut String,
+    name: &str,
+    first: &[(&str, &str)],
+    then: &[(&str, &str)],
+    value: f64,
+) {
     buf.push_str(name);
-    if !labels.is_empty() {
-        buf.push('{');
-        for (n, (k, v)) in labels.iter().enumerate() {
-            if n > 0 {
-                buf.push(',');
-            }
-            buf.push_str(k);
-            buf.push_str("=\"");
-            escape_label_value(buf, v);
-            buf.push('"');
-        }
+    let mut before = '{';
+    for label in first.iter().chain(then) {
+        push_label(buf, before, label);
+        before = ',';
+    }
+    if before == ',' {
         buf.push('}');
     }
     buf.push(' ');
     write_value(buf, value);
     buf.push('\n');
+}
+
+/// The start of a label set, `{k="v",k2="v2"` (escaped, no closing brace), for samples that
+/// share their first labels: a device's ~19 lines all start with its fleet, uuid and name, and
+/// escaping them once instead of on every line saves ~5 ms of a 10,000-device probe.
+pub fn label_prefix(labels: &[(&str, &str)]) -> String {
+    let mut prefix = String::new();
+    for (n, label) in labels.iter().enumerate() {
+        push_label(&mut prefix, if n == 0 { '{' } else { ',' }, label);
+    }
+    prefix
+}
+
+/// One sample line whose label set starts with `prefix` (from [`label_prefix`], not empty)
+/// and goes on with `extra`: `name{prefix,extra} value`.
+pub fn write_sample_after(
+    buf: &mut String,
+    name: &str,
+    prefix: &str,
+    extra: &[(&str, &str)],
+    value: f64,
+) {
+    buf.push_str(name);
+    buf.push_str(prefix);
+    for label in extra {
+        push_label(buf, ',', label);
+    }
+    buf.push_str("} ");
+    write_value(buf, value);
+    buf.push('\n');
+}
+
+/// `{k="v"` or `,k="v"`, the value escaped.
+fn push_label(buf: &mut String, before: char, (k, v): &(&str, &str)) {
+    buf.push(before);
+    buf.push_str(k);
+    buf.push_str("=\"");
+    escape_label_value(buf, v);
+    buf.push('"');
 }
 
 /// The `# HELP` and `# TYPE` lines of a gauge family.

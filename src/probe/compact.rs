@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::balena::model::Device;
-use crate::exposition::{family_header, write_sample};
+use crate::exposition::{family_header, write_sample_parts};
 
 use super::device::{DeviceSeries, Extra, DEVICE_FAMILIES, N_FAMILIES};
 
@@ -257,23 +257,18 @@ impl Iterator for Render {
             }
             let series = store.series(self.row);
             let started = &mut self.started;
-            let mut write = |def: crate::metrics::MetricDef, labels: &[(&str, &str)], value| {
+            let base = series.base();
+            let mut write = |def: crate::metrics::MetricDef, extra: &[(&str, &str)], value| {
                 if !*started {
                     out.push_str(&family_header(&def));
                     *started = true;
                 }
-                write_sample(&mut out, def.name, labels, value);
+                write_sample_parts(&mut out, def.name, &base, extra, value);
             };
             if self.family < DEVICE_FAMILIES.len() {
                 series.sample(self.family, &store.tags, write);
             } else if let Some(status) = store.os_update(self.row) {
-                let labels = [
-                    ("fleet", series.fleet),
-                    ("device_uuid", series.uuid),
-                    ("device_name", series.name),
-                    ("status", status),
-                ];
-                write(crate::metrics::DEVICE_OS_UPDATE, &labels, 1.0);
+                write(crate::metrics::DEVICE_OS_UPDATE, &[("status", status)], 1.0);
             }
             self.row += 1;
         }

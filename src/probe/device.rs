@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use super::host::os_update_progress;
 use super::labels::{flag, heartbeat_label, parse_timestamp, status_label, update_status_label};
 use crate::balena::model::Device;
-use crate::exposition::Exposition;
+use crate::exposition::{label_prefix, Exposition};
 use crate::metrics::{self as m, MIB};
 
 /// The label a device family carries besides `fleet`, `device_uuid` and `device_name`.
@@ -157,8 +157,19 @@ impl<'a> DeviceSeries<'a> {
         }
     }
 
+    /// The labels every series of the device starts with: `fleet`, `device_uuid`,
+    /// `device_name`.
+    pub fn base(&self) -> [(&'static str, &'a str); 3] {
+        [
+            ("fleet", self.fleet),
+            ("device_uuid", self.uuid),
+            ("device_name", self.name),
+        ]
+    }
+
     /// Hands the device's sample of family number `family` to `write` (nothing when the value
-    /// is absent). `tags` are the module's tag labels, as for [`DeviceSeries::of`].
+    /// is absent), with the labels it carries after [`DeviceSeries::base`]. `tags` are the
+    /// module's tag labels, as for [`DeviceSeries::of`].
     pub fn sample(
         &self,
         family: usize,
@@ -169,15 +180,9 @@ impl<'a> DeviceSeries<'a> {
             return;
         };
         let DeviceFamily { def, extra, .. } = DEVICE_FAMILIES[family];
-        let base = [
-            ("fleet", self.fleet),
-            ("device_uuid", self.uuid),
-            ("device_name", self.name),
-        ];
         match extra {
             Extra::Info => {
-                let mut labels: Vec<(&str, &str)> = Vec::with_capacity(8 + tags.len());
-                labels.extend(base);
+                let mut labels: Vec<(&str, &str)> = Vec::with_capacity(5 + tags.len());
                 labels.extend(INFO_LABELS.iter().copied().zip(self.info));
                 labels.extend(
                     tags.iter()
@@ -186,19 +191,10 @@ impl<'a> DeviceSeries<'a> {
                 );
                 write(def, &labels, value);
             }
-            Extra::Status => {
-                let [a, b, c] = base;
-                write(def, &[a, b, c, ("status", &self.status)], value);
-            }
-            Extra::Heartbeat => {
-                let [a, b, c] = base;
-                write(def, &[a, b, c, ("state", &self.heartbeat)], value);
-            }
-            Extra::Update => {
-                let [a, b, c] = base;
-                write(def, &[a, b, c, ("status", &self.update)], value);
-            }
-            Extra::Value => write(def, &base, value),
+            Extra::Status => write(def, &[("status", &self.status)], value),
+            Extra::Heartbeat => write(def, &[("state", &self.heartbeat)], value),
+            Extra::Update => write(def, &[("status", &self.update)], value),
+            Extra::Value => write(def, &[], value),
         }
     }
 }
@@ -206,9 +202,10 @@ impl<'a> DeviceSeries<'a> {
 /// Writes the per-device series of one device.
 pub fn write_device(out: &mut Exposition, fleet: &str, d: &Device, tags: &[(String, String)]) {
     let series = DeviceSeries::of(fleet, d, tags);
+    let prefix = label_prefix(&series.base());
     for family in 0..DEVICE_FAMILIES.len() {
-        series.sample(family, tags, |def, labels, value| {
-            out.gauge(def, labels, value)
+        series.sample(family, tags, |def, extra, value| {
+            out.gauge_after(def, &prefix, extra, value)
         });
     }
 }
