@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from balena import Api, api_key, env_file, login, psql, timed_probes  # noqa: E402
+from balena import Api, api_key, env_file, login, seed_devices, timed_probes  # noqa: E402
 
 def exporter_fields(const):
     """A field list the exporter selects, read from its source (src/balena/model.rs), so that the
@@ -113,19 +113,7 @@ def main():
                                      "is_for__device_type": types["raspberrypi4-64"]})
     fid, slug = fleet["id"], fleet["slug"]
     t = time.perf_counter()
-    psql(env["PG_PORT"], f"""
-        with a as (insert into actor ("created at") select now() from generate_series(1, {n}) returning id),
-             x as (select id, row_number() over (order by id) as i from a)
-        insert into device (actor, uuid, "device name", "is of-device type", "belongs to-application", "is online",
-                            "api heartbeat state", "is connected to vpn", "last connectivity event", "cpu usage",
-                            "cpu temp", "memory usage", "memory total", "storage usage", "storage total",
-                            "is undervolted", "os version", "os variant", "supervisor version")
-        select id, md5('bench-' || i), 'bench-device-' || i, {types['raspberrypi4-64']}, {fid}, i % 3 <> 0,
-               (array['online','offline','timeout','unknown'])[1 + i % 4], i % 2 = 0,
-               now() - (i || ' seconds')::interval, i % 100, 40 + i % 30, 500 + i % 400, 3906, 2000 + i % 900,
-               29000, i % 97 = 0, 'balenaOS 6.0.' || (i % 20), 'prod', '16.4.' || (i % 9)
-        from x""")
-    psql(env["PG_PORT"], "analyze device")
+    seed_devices(env["PG_PORT"], fid, types["raspberrypi4-64"], n, "bench")
     print(f"seeded {n} devices in {time.perf_counter() - t:.1f}s (fleet {slug})\n")
 
     print("one page, first of the listing (median of 3):")

@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from balena import Api, RunningExporter, api_key, env_file, login, psql  # noqa: E402
+from balena import Api, RunningExporter, api_key, env_file, login, seed_devices  # noqa: E402
 from seed import commit, iso  # noqa: E402
 
 RUNS = 45
@@ -51,23 +51,14 @@ def main():
     fleet = api.post("application", {"app_name": f"Host-Bench-{n}", "organization": 1, "is_for__device_type": dt})
     fid, slug = fleet["id"], fleet["slug"]
     t = time.perf_counter()
-    psql(env["PG_PORT"], f"""
-        with a as (insert into actor ("created at") select now() from generate_series(1, {n}) returning id),
-             x as (select id, row_number() over (order by id) as i from a)
-        insert into device (actor, uuid, "device name", "is of-device type", "belongs to-application", "is online",
-                            "api heartbeat state", "is connected to vpn", "last connectivity event", "cpu usage",
-                            "cpu temp", "memory usage", "memory total", "storage usage", "storage total",
-                            "is undervolted", "os version", "os variant", "supervisor version",
-                            "should be operated by-release", "provisioning state", "provisioning progress")
-        select id, md5('host-bench-{n}-' || i), 'host-bench-device-' || i, {dt}, {fid}, i % 3 <> 0,
-               (array['online','offline','timeout','unknown'])[1 + i % 4], i % 2 = 0,
-               now() - (i || ' seconds')::interval, i % 100, 40 + i % 30, 500 + i % 400, 3906, 2000 + i % 900,
-               29000, i % 97 = 0, (array['balenaOS 5.3.24','balenaOS 6.0.13','balenaOS 6.5.3'])[1 + i % 3], 'prod',
-               '17.0.3',
-               case when i % 10 = 0 then {os_ids[2][1]} else (array[{os_ids[0][1]},{os_ids[1][1]},{os_ids[2][1]}])[1 + i % 3] end,
-               case when i % 50 = 0 then 'Running OS update' end, case when i % 50 = 0 then 50 end
-        from x""")
-    psql(env["PG_PORT"], "analyze device")
+    seed_devices(env["PG_PORT"], fid, dt, n, f"host-bench-{n}", {
+        "os version": "(array['balenaOS 5.3.24','balenaOS 6.0.13','balenaOS 6.5.3'])[1 + i % 3]",
+        "supervisor version": "'17.0.3'",
+        "should be operated by-release": f"case when i % 10 = 0 then {os_ids[2][1]} "
+                                         f"else (array[{os_ids[0][1]},{os_ids[1][1]},{os_ids[2][1]}])[1 + i % 3] end",
+        "provisioning state": "case when i % 50 = 0 then 'Running OS update' end",
+        "provisioning progress": "case when i % 50 = 0 then 50 end",
+    })
     api.post("application_config_variable", {"application": fid, "name": "BALENA_SUPERVISOR_HARDWARE_METRICS",
                                              "value": "false"})
     print(f"seeded {n} devices in {time.perf_counter() - t:.1f}s (fleet {slug})\n")

@@ -27,7 +27,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from balena import Api, RunningExporter, api_key, env_file, login, psql  # noqa: E402
+from balena import Api, RunningExporter, api_key, env_file, login, seed_devices  # noqa: E402
 from bench import PROBE_HEADERS, query, timed  # noqa: E402
 
 
@@ -77,19 +77,7 @@ def main():
     fleet = api.post("application", {"app_name": f"Pair-{n}-{int(time.time())}", "organization": 1,
                                      "is_for__device_type": types["raspberrypi4-64"]})
     fid, slug = fleet["id"], fleet["slug"]
-    psql(env["PG_PORT"], f"""
-        with a as (insert into actor ("created at") select now() from generate_series(1, {n}) returning id),
-             x as (select id, row_number() over (order by id) as i from a)
-        insert into device (actor, uuid, "device name", "is of-device type", "belongs to-application", "is online",
-                            "api heartbeat state", "is connected to vpn", "last connectivity event", "cpu usage",
-                            "cpu temp", "memory usage", "memory total", "storage usage", "storage total",
-                            "is undervolted", "os version", "os variant", "supervisor version")
-        select id, md5('pair-{fid}-' || i), 'pair-device-' || i, {types['raspberrypi4-64']}, {fid}, i % 3 <> 0,
-               (array['online','offline','timeout','unknown'])[1 + i % 4], i % 2 = 0,
-               now() - (i || ' seconds')::interval, i % 100, 40 + i % 30, 500 + i % 400, 3906, 2000 + i % 900,
-               29000, i % 97 = 0, 'balenaOS 6.0.' || (i % 20), 'prod', '16.4.' || (i % 9)
-        from x""")
-    psql(env["PG_PORT"], "analyze device")
+    seed_devices(env["PG_PORT"], fid, types["raspberrypi4-64"], n, f"pair-{fid}")
     pids = api_pids()
     if args.split_cores:
         pin(pids, "0x1")

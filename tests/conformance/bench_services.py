@@ -35,7 +35,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from balena import Api, RunningExporter, api_key, env_file, login, psql, timed_probes  # noqa: E402
+from balena import Api, RunningExporter, api_key, env_file, login, psql, seed_devices, timed_probes  # noqa: E402
 
 OLD_DEFAULT = ("id,uuid,device_name,belongs_to__application,is_online,api_heartbeat_state,overall_status,"
                "overall_progress,os_version,os_variant,supervisor_version,cpu_usage,cpu_temp,memory_usage,"
@@ -107,21 +107,13 @@ def seed_fleet(api, env, n, name):
             images[(r, s)] = (iid, rid)
     api.patch("application", fid, {"should_track_latest_release": False,
                                     "should_be_running__release": images[(1, "main")][1]})
-    psql(env["PG_PORT"], f"""
-        with a as (insert into actor ("created at") select now() from generate_series(1, {n}) returning id),
-             x as (select id, row_number() over (order by id) as i from a)
-        insert into device (actor, uuid, "device name", "is of-device type", "belongs to-application", "is online",
-                            "api heartbeat state", "is connected to vpn", "last connectivity event", "cpu usage",
-                            "cpu temp", "memory usage", "memory total", "storage usage", "storage total",
-                            "is undervolted", "os version", "os variant", "supervisor version", "is running-release",
-                            "update status", "last update status event", "changed api heartbeat state on-date")
-        select id, md5('{name}-' || i), '{name}-device-' || i, {dt}, {fid}, i % 3 <> 0,
-               (array['online','offline','timeout','unknown'])[1 + i % 4], i % 2 = 0,
-               now() - (i || ' seconds')::interval, i % 100, 40 + i % 30, 500 + i % 400, 3906, 2000 + i % 900,
-               29000, i % 97 = 0, 'balenaOS 6.0.' || (i % 20), 'prod', '17.0.' || (i % 9), {images[(1, "main")][1]},
-               case when i % 10 = 0 then 'downloading' else 'done' end, now() - (i || ' minutes')::interval,
-               now() - (i || ' seconds')::interval
-        from x""")
+    seed_devices(env["PG_PORT"], fid, dt, n, name, {
+        "supervisor version": "'17.0.' || (i % 9)",
+        "is running-release": str(images[(1, "main")][1]),
+        "update status": "case when i % 10 = 0 then 'downloading' else 'done' end",
+        "last update status event": "now() - (i || ' minutes')::interval",
+        "changed api heartbeat state on-date": "now() - (i || ' seconds')::interval",
+    })
     values = []
     for (r, s), (iid, rid) in images.items():
         if r == 1:
