@@ -33,9 +33,7 @@ async fn main() {
         .connector(awc::Connector::new().limit(clients + 10))
         .timeout(Duration::from_secs(120))
         .finish();
-    let bin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/balena-exporter");
-    let exporter = Exporter::start(&bin, &yaml, "warn", &client).await;
+    let exporter = Exporter::start(&yaml, "warn", &client).await;
     let (base, pid, port) = (exporter.base.clone(), exporter.pid(), exporter.port);
     // Fill the cache once.
     let mut first = client

@@ -40,9 +40,7 @@ async fn run(sim_url: &str, bound: &str) {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(120))
         .finish();
-    let bin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/balena-exporter");
-    let exporter = Exporter::start(&bin, &yaml, "warn", &client).await;
+    let exporter = Exporter::start(&yaml, "warn", &client).await;
     let (base, pid) = (exporter.base.clone(), exporter.pid());
     let started = Instant::now();
     let targets: Vec<usize> = (0..TARGETS).collect();

@@ -77,9 +77,7 @@ async fn main() {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(120))
         .finish();
-    let bin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/balena-exporter");
-    let exporter = Exporter::start(&bin, &yaml, "warn", &client).await;
+    let exporter = Exporter::start(&yaml, "warn", &client).await;
     let hz = ticks_per_second();
     println!("{devices} devices a fleet, cache_ttl 0s");
     for _ in 0..3 {

@@ -37,9 +37,7 @@ async fn main() {
     let client = awc::Client::builder()
         .timeout(Duration::from_secs(10))
         .finish();
-    let bin =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/balena-exporter");
-    let exporter = Exporter::start(&bin, &yaml, "error", &client).await;
+    let exporter = Exporter::start(&yaml, "error", &client).await;
     let base = exporter.base.clone();
     // Faults come and go: each rule applies to the next few matching requests.
     let faults = [

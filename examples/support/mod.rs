@@ -49,12 +49,15 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// Starts `bin` (`$EXPORTER_BIN`, else `fallback`) on `yaml` with `--log.level=level`
-    /// (its log shown with `EXPORTER_LOG=1`) and waits until it is ready.
-    pub async fn start(fallback: &Path, yaml: &str, level: &str, client: &awc::Client) -> Self {
+    /// Starts the exporter (`$EXPORTER_BIN`, else the release build, `cargo build --release`)
+    /// on `yaml` with `--log.level=level` (its log shown with `EXPORTER_LOG=1`) and waits until
+    /// it is ready.
+    pub async fn start(yaml: &str, level: &str, client: &awc::Client) -> Self {
         let bin = std::env::var_os("EXPORTER_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|| fallback.to_path_buf());
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/balena-exporter")
+            });
         let dir = std::env::temp_dir().join(format!(
             "balena-example-{}-{}",
             std::process::id(),
