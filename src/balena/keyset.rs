@@ -399,7 +399,8 @@ mod tests {
                 self.id
             }
         }
-        // Several decode pieces, so that the next request has its turns while the page decodes.
+        // A page long enough to decode for a while: the next request must go out in the
+        // decode's first turn, before its last row is reached.
         let rows = 20_000;
         let page = format!(
             r#"{{"d":[{}]}}"#,

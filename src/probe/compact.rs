@@ -157,7 +157,7 @@ impl CompactDevices {
 
     /// Sets each device's `balena_device_os_update` status from its (row number, fleet, host
     /// combination).
-    pub fn set_os_updates<'s>(&mut self, status: impl Fn(usize, usize, usize) -> &'s str) {
+    pub fn set_os_updates<'s>(&mut self, mut status: impl FnMut(usize, usize, usize) -> &'s str) {
         for i in 0..self.rows.len() {
             let r = self.rows[i];
             let label = status(i, r.fleet as usize, r.host as usize);

@@ -302,12 +302,10 @@ impl<'m> SeriesBuilder<'m> {
         let stats = &self.stats;
         // A device's state depends on its combination and its targets only: a fleet has a
         // handful of those, so each is resolved once (~3 ms of 10,000 devices otherwise).
-        let states =
-            std::cell::RefCell::new(HashMap::with_hasher(foldhash::fast::RandomState::default()));
-        let state = |fleet: usize, combo: usize, device: u64| {
+        let mut states = HashMap::with_hasher(foldhash::fast::RandomState::default());
+        let mut state = |fleet: usize, combo: usize, device: u64| {
             let targets = snapshot.targets(device);
             *states
-                .borrow_mut()
                 .entry((fleet, combo, targets))
                 .or_insert_with(|| stats[fleet].hosts.key(combo).os_update(targets, snapshot))
         };
