@@ -6,10 +6,12 @@
 
 use std::hint::black_box;
 
+use actix_web::web::Bytes;
 use balena_exporter::balena::model::{for_each_device, Device, Envelope, Fleet};
 use balena_exporter::balena::stream::{last_row_by_scan, last_row_from_end};
 use balena_exporter::balena::{device_query, odata::Query};
 use balena_exporter::config::ModuleConfig;
+use balena_exporter::exposition::codec::Codec;
 use balena_exporter::probe::SeriesBuilder;
 use balena_simulator::{parse_request, FleetSpec, OrgSpec, UserSpec, World, WorldSpec};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -126,17 +128,24 @@ fn pipeline(c: &mut Criterion) {
                 black_box(e.finish().unwrap().len())
             })
         });
-        group.bench_with_input(
-            BenchmarkId::new("decode+series+compress/default", n),
-            &body,
-            |b, body| {
-                b.iter(|| {
-                    let mut builder = SeriesBuilder::new(vec![fleet.clone()], &full);
-                    for_each_device(body, |d| builder.add(&d)).unwrap();
-                    black_box(builder.finish(&Default::default()))
-                })
-            },
-        );
+        // zstd level 1 of the same text in one call, the floor of zstd answers.
+        group.bench_with_input(BenchmarkId::new("floor/zstd1", n), &text, |b, text| {
+            b.iter(|| black_box(zstd::bulk::compress(text.as_bytes(), 1).unwrap().len()))
+        });
+        for (name, codec) in [("default", Codec::Deflate), ("default-zstd", Codec::Zstd)] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("decode+series+compress/{name}"), n),
+                &body,
+                |b, body| {
+                    b.iter(|| {
+                        let mut builder =
+                            SeriesBuilder::new(vec![fleet.clone()], &full).compressed_as(codec);
+                        for_each_device(body, |d| builder.add(&d)).unwrap();
+                        black_box(builder.finish(&Default::default()))
+                    })
+                },
+            );
+        }
         // compact_cache: what every cached answer costs, rendering and compressing the
         // per-device series from the kept values.
         let compact_module = ModuleConfig {
@@ -152,8 +161,9 @@ fn pipeline(c: &mut Criterion) {
             BenchmarkId::new("compact answer (render+compress)", n),
             |b| {
                 b.iter(|| {
+                    let rendered = compact.render(64 * 1024).map(Bytes::from);
                     fleet_series
-                        .gzip_then(b"probe_success 1\n", compact.render(64 * 1024))
+                        .stream_then(Codec::Deflate, b"probe_success 1\n", rendered)
                         .map(|piece| piece.len())
                         .sum::<usize>()
                 })

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use balena_exporter::exposition::body::CompressedSeries;
+use balena_exporter::exposition::codec::Codec;
 use balena_exporter::exposition::Exposition;
 use balena_exporter::probe::device::DEVICE_FAMILIES;
 
@@ -26,7 +27,7 @@ fn run(n: usize, mut e: Exposition) -> Duration {
             e.gauge(family.def, &labels, (i * 31 + f * 7) as f64 / 97.0);
         }
     }
-    let series = CompressedSeries::from_expositions([e]);
+    let series = CompressedSeries::from_expositions(Codec::Deflate, [e]);
     assert!(series.len() > n * 100);
     started.elapsed()
 }
@@ -45,8 +46,11 @@ fn main() {
     for n in [1_000usize, 10_000, 50_000] {
         let (mut helper, mut inline) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            helper.push(run(n, Exposition::packing(64 * 1024)));
-            inline.push(run(n, Exposition::packing_inline(64 * 1024)));
+            helper.push(run(n, Exposition::packing(64 * 1024, Codec::Deflate)));
+            inline.push(run(
+                n,
+                Exposition::packing_inline(64 * 1024, Codec::Deflate),
+            ));
         }
         let (h, i) = (median(helper), median(inline));
         println!(

@@ -6,9 +6,10 @@
 //!    start the background reads of services and host), then `VmHWM` of the process;
 //! 2. for CPU: per case, one probe to warm up, then `PROBES` probes one after the other, and the
 //!    process's user + system time over them (`/proc/PID/stat`) divided by their
-//!    number. Cases: the default module answered with gzip (what Prometheus asks for) and
-//!    uncompressed (the answer is kept compressed, so this one inflates it), and the summary
-//!    module with gzip.
+//!    number. Cases: the default module answered with gzip (what Prometheus asks for), with
+//!    zstd (what Prometheus asks for with its `zstd-scrape` feature: the series are then
+//!    compressed as zstd) and uncompressed (the answer is kept compressed, so this one decodes
+//!    it), and the summary module with gzip.
 //!
 //! The simulator runs in this process, so its CPU is not counted.
 //!
@@ -47,12 +48,12 @@ fn ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// One probe to its last byte, not inflated here; the answer's size.
-async fn probe(client: &awc::Client, url: &str, gzip: bool) -> usize {
+/// One probe to its last byte, asking for `encoding`, not decoded here; the answer's size.
+async fn probe(client: &awc::Client, url: &str, encoding: &str) -> usize {
     let mut resp = client
         .get(url)
         .no_decompress()
-        .insert_header(("Accept-Encoding", if gzip { "gzip" } else { "identity" }))
+        .insert_header(("Accept-Encoding", encoding))
         .send()
         .await
         .expect("answer");
@@ -83,26 +84,31 @@ async fn main() {
     for _ in 0..3 {
         for target in ["big", "big2", "big3"] {
             let url = format!("{}/probe?target={target}", exporter.base);
-            probe(&client, &url, true).await;
+            probe(&client, &url, "gzip").await;
         }
     }
     println!(
         "three targets one after the other, 3 times (gzip): peak RSS {:.1} MiB",
         status_kib(exporter.pid(), "VmHWM:") as f64 / 1024.0
     );
-    for (module, gzip) in [("default", true), ("default", false), ("summary", true)] {
+    let cases = [
+        ("default", "gzip"),
+        ("default", "zstd"),
+        ("default", "identity"),
+        ("summary", "gzip"),
+    ];
+    for (module, encoding) in cases {
         let url = format!("{}/probe?target=big&module={module}", exporter.base);
-        probe(&client, &url, gzip).await;
+        probe(&client, &url, encoding).await;
         let (cpu0, t0) = (cpu_seconds(exporter.pid(), hz), Instant::now());
         let mut bytes = 0;
         for _ in 0..probes {
-            bytes = probe(&client, &url, gzip).await;
+            bytes = probe(&client, &url, encoding).await;
         }
         let wall = t0.elapsed();
         let cpu = cpu_seconds(exporter.pid(), hz) - cpu0;
         println!(
-            "module {module:8} {:8}: CPU {:6.1} ms a probe, wall {:6.1} ms a probe ({probes} probes), answer {bytes} bytes",
-            if gzip { "gzip" } else { "identity" },
+            "module {module:8} {encoding:8}: CPU {:6.1} ms a probe, wall {:6.1} ms a probe ({probes} probes), answer {bytes} bytes",
             cpu * 1000.0 / probes as f64,
             wall.as_secs_f64() * 1000.0 / probes as f64,
         );

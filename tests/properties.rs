@@ -11,6 +11,7 @@ use balena_exporter::balena::model::for_each_device;
 use balena_exporter::balena::odata::{quote_literal, wire_query};
 use balena_exporter::config;
 use balena_exporter::exposition::body::CompressedSeries;
+use balena_exporter::exposition::codec::Codec;
 use balena_exporter::exposition::Exposition;
 use balena_exporter::metrics::{DEVICE_INFO, DEVICE_ONLINE, FLEET_DEVICES};
 use balena_simulator::{parse_filter, Expr, Lit};
@@ -47,14 +48,17 @@ proptest! {
 
     /// Packing (compressing each family's text in pieces as it grows) changes nothing in the
     /// text: whatever the threshold and the order samples arrive in, the series read back are
-    /// the series written, grouped by family, and the gzip answer is one valid member.
+    /// the series written, grouped by family, and the answer is one valid gzip member or zstd
+    /// stream.
     #[test]
     fn packing_families_in_pieces_keeps_the_text(
         threshold in 1usize..4096,
         samples in proptest::collection::vec((0u8..3, "[a-z\"\\\\ ]{0,40}", 0u32..1000), 0..300),
+        zstd in any::<bool>(),
     ) {
+        let codec = if zstd { Codec::Zstd } else { Codec::Deflate };
         let mut plain = Exposition::new();
-        let mut packing = Exposition::packing(threshold);
+        let mut packing = Exposition::packing(threshold, codec);
         let mut prefix = Exposition::new();
         prefix.gauge(FLEET_DEVICES, &[("fleet", "o/f")], samples.len() as f64);
         for (family, name, value) in &samples {
@@ -69,21 +73,25 @@ proptest! {
         let mut plain_text = String::new();
         plain.render_into(&mut plain_text);
         prop_assert_eq!(
-            String::from_utf8(CompressedSeries::from_expositions([plain]).text()).unwrap(),
+            String::from_utf8(CompressedSeries::from_expositions(codec, [plain]).text()).unwrap(),
             plain_text
         );
         let mut prefix2 = Exposition::new();
         prefix2.gauge(FLEET_DEVICES, &[("fleet", "o/f")], samples.len() as f64);
-        let series = CompressedSeries::from_expositions([prefix2, packing]);
+        let series = CompressedSeries::from_expositions(codec, [prefix2, packing]);
         prop_assert_eq!(series.len(), want.len());
         prop_assert_eq!(String::from_utf8(series.text()).unwrap(), want.clone());
         let head = "probe_success 1\n";
-        let mut gunzipped = String::new();
-        std::io::Read::read_to_string(
-            &mut flate2::read::GzDecoder::new(&series.gzip_after(head.as_bytes()).to_vec()[..]),
-            &mut gunzipped,
-        ).unwrap();
-        prop_assert_eq!(gunzipped, format!("{head}{want}"));
+        let answer = series.answer_after(head.as_bytes()).to_vec();
+        let mut read = Vec::new();
+        match codec {
+            Codec::Deflate => {
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&answer[..]), &mut read)
+                    .unwrap();
+            }
+            Codec::Zstd => read = zstd::stream::decode_all(&answer[..]).unwrap(),
+        }
+        prop_assert_eq!(String::from_utf8(read).unwrap(), format!("{head}{want}"));
     }
 
     /// Mangled YAML gives a config or an error, never a panic; errors are one line.
@@ -258,17 +266,19 @@ proptest! {
     }
 }
 
-/// Whatever the devices, every answer form of a probe's data — gzip, identity, the debug
-/// page — carries the same series, and a module keeping per-device series as compact values
-/// (`compact_cache`) answers the same series as one keeping them compressed.
+/// Whatever the devices, every answer form of a probe's data — gzip, zstd, identity, the debug
+/// page, from pieces of either codec — carries the same series, and a module keeping
+/// per-device series as compact values (`compact_cache`) answers the same series as one keeping
+/// them compressed.
 mod answer_forms {
     use balena_exporter::balena::model::{decode_device, Fleet};
     use balena_exporter::config::ModuleConfig;
+    use balena_exporter::exposition::codec::Codec;
     use balena_exporter::probe::answer::{decoded, metrics_body, series_text, Encoding};
     use balena_exporter::probe::{ProbeData, SeriesBuilder};
     use proptest::prelude::*;
 
-    fn data(rows: &[String], compact: bool) -> ProbeData {
+    fn data(rows: &[String], compact: bool, codec: Codec) -> ProbeData {
         let fleet: Fleet = serde_json::from_str(
             r#"{"id":1,"app_name":"App","slug":"o/app","organization":[{"handle":"o"}],"is_for__device_type":[{"slug":"rpi"}],"should_be_running__release":[{"commit":"c1"}]}"#,
         )
@@ -278,7 +288,7 @@ mod answer_forms {
             device_tags: vec!["location".into()],
             ..ModuleConfig::default()
         };
-        let mut builder = SeriesBuilder::new(vec![fleet], &module);
+        let mut builder = SeriesBuilder::new(vec![fleet], &module).compressed_as(codec);
         for row in rows {
             builder.add(&decode_device(row.as_bytes()).unwrap());
         }
@@ -325,15 +335,18 @@ mod answer_forms {
                 .collect();
             let head = "probe_success 1\n";
             let mut forms = Vec::new();
-            for compact in [false, true] {
-                let data = data(&rows, compact);
-                for encoding in [Encoding::Gzip, Encoding::Identity] {
+            for (compact, codec) in [false, true].into_iter().flat_map(|c| [(c, Codec::Deflate), (c, Codec::Zstd)]) {
+                let data = data(&rows, compact, codec);
+                prop_assert_eq!(data.series.codec(), codec);
+                for encoding in [Encoding::Gzip, Encoding::Zstd, Encoding::Identity] {
                     let body = metrics_body(head.to_string(), Some(&data), encoding);
+                    prop_assert_eq!(body.encoding, encoding);
                     let bytes = actix_rt::System::new().block_on(decoded(body));
                     prop_assert!(bytes.starts_with(head.as_bytes()));
-                    forms.push((format!("compact={compact} {encoding:?}"), sorted(&bytes[head.len()..])));
+                    let form = format!("compact={compact} {codec:?} pieces, {encoding:?}");
+                    forms.push((form, sorted(&bytes[head.len()..])));
                 }
-                forms.push((format!("compact={compact} debug"), sorted(series_text(&data).as_bytes())));
+                forms.push((format!("compact={compact} {codec:?} debug"), sorted(series_text(&data).as_bytes())));
             }
             let (_, reference) = &forms[0];
             prop_assert!(!reference.is_empty());

@@ -1,90 +1,33 @@
 //! The `/probe` answer body: a per-request head (`probe_*` metrics) followed by the target's
 //! series, which are compressed once per fetch and shared by every answer served from it.
 //!
-//! The series are compressed as they are written, in *pieces*: each family's text is deflated
-//! every 64 KiB from a reset compressor and sync-flushed, so pieces concatenate into one valid
-//! stream in whatever order the families need, and a probe never holds its whole text (18 MB
-//! for 10,000 devices). [`Packer`] does this on two helper threads while rows are still decoded.
+//! The series are compressed as they are written, in *pieces* (`super::codec`): each family's
+//! text is compressed every 64 KiB as a piece that concatenates with any other, so pieces make
+//! one valid stream in whatever order the families need, and a probe never holds its whole
+//! text (26 MB for 10,000 devices). [`Packer`] does this on two helper threads while rows are
+//! still decoded. The pieces are deflate, or zstd when the probe that fetched was asked for
+//! zstd.
 //!
-//! For clients that accept gzip (Prometheus always does), the answer is one gzip member built
-//! without recompressing the series: the head is deflated and sync-flushed, the cached pieces
-//! follow as they are (streamed, shared by every answer in flight), then an empty final block
-//! and the CRC32 of both parts combined. Other clients get the series inflated.
-
-use std::io::Read;
+//! An answer in the pieces' own encoding is built without compressing the series again: for
+//! gzip, the gzip header and the head deflated and sync-flushed, the cached pieces as they are
+//! (streamed, shared by every answer in flight), then an empty final block and the CRC32 of
+//! both parts combined; for zstd, the head as a frame, then the pieces (frames). A client of
+//! the other encoding gets the text decoded and compressed again as it is sent, and one that
+//! accepts neither gets the text decoded.
 
 use actix_web::web::Bytes;
-use flate2::{Compress, Compression, Crc, Decompress, FlushCompress, FlushDecompress};
+use flate2::Crc;
 
+use super::codec::{compress_here, Codec, PieceCompressor, TextChunks};
 use crate::exposition::Exposition;
 
 /// The empty final block (fixed Huffman, no symbols but end-of-block) that closes a stream of
-/// pieces.
+/// deflate pieces.
 const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
 
-/// Compresses text into raw-deflate *pieces* that can be concatenated in any order: each piece
-/// starts from a reset compressor (it never refers back before its own start) and ends with a
-/// sync flush (byte-aligned, not final). Concatenated pieces followed by an empty final block
-/// are one valid deflate stream. One compressor serves a whole probe.
-pub struct PieceDeflater {
-    compress: Compress,
-    scratch: Vec<u8>,
-}
-
-impl std::fmt::Debug for PieceDeflater {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PieceDeflater")
-    }
-}
-
-impl Default for PieceDeflater {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PieceDeflater {
-    /// A fast-level raw-deflate compressor.
-    pub fn new() -> Self {
-        Self {
-            compress: Compress::new(Compression::fast(), false),
-            scratch: Vec::new(),
-        }
-    }
-
-    /// Compresses `parts`, in order, as one piece appended to `out` (in a buffer of exactly
-    /// its size: pieces are kept for the cache TTL).
-    pub fn piece(&mut self, parts: &[&[u8]], out: &mut Packed) {
-        if parts.iter().all(|p| p.is_empty()) {
-            return;
-        }
-        self.compress.reset();
-        self.scratch.clear();
-        for (i, part) in parts.iter().enumerate() {
-            out.crc.update(part);
-            let last = i + 1 == parts.len();
-            let flush = if last {
-                FlushCompress::Sync
-            } else {
-                FlushCompress::None
-            };
-            let mut input: &[u8] = part;
-            loop {
-                self.scratch.reserve(input.len() / 4 + 256);
-                let before = self.compress.total_in();
-                self.compress
-                    .compress_vec(input, &mut self.scratch, flush)
-                    .expect("deflate of in-memory text cannot fail");
-                input = &input[(self.compress.total_in() - before) as usize..];
-                // Done when the input is consumed and (for the flush) output room was left over.
-                if input.is_empty() && (!last || self.scratch.len() < self.scratch.capacity()) {
-                    break;
-                }
-            }
-        }
-        out.pieces.push(Bytes::copy_from_slice(&self.scratch));
-    }
-}
+/// Text decoded at a time when an answer re-encodes the series for a client of the other
+/// codec: large enough to compress well (the deflate window is 32 KiB).
+const RECODE_CHUNK: usize = 64 * 1024;
 
 /// Packs families' pending text as pieces. The first piece starts the helper threads (two, or
 /// one on a single core), which compress the pieces in turn while the probe goes on decoding
@@ -95,7 +38,7 @@ impl PieceDeflater {
 /// with two it is shared with the core the decoding leaves idle (`benches/pipeline.rs`,
 /// docs/performance.md). Without a thread (spawn refused), pieces are compressed inline.
 pub struct Packer {
-    inline: PieceDeflater,
+    inline: PieceCompressor,
     workers: Vec<PackWorker>,
     /// Pieces handed to the helpers so far (a piece's number orders it within its family).
     sent: usize,
@@ -118,16 +61,17 @@ fn helpers() -> usize {
 impl std::fmt::Debug for Packer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Packer")
+            .field("codec", &self.inline.codec())
             .field("helpers", &self.workers.len())
             .finish()
     }
 }
 
 impl Packer {
-    /// A packer; `threaded` allows the helper threads.
-    pub fn new(threaded: bool) -> Self {
+    /// A packer of `codec` pieces; `threaded` allows the helper threads.
+    pub fn new(codec: Codec, threaded: bool) -> Self {
         Self {
-            inline: PieceDeflater::new(),
+            inline: PieceCompressor::new(codec),
             workers: Vec::new(),
             sent: 0,
             threaded,
@@ -138,7 +82,10 @@ impl Packer {
     /// on a helper thread), leaving `text` empty.
     pub fn pack(&mut self, family: usize, text: &mut String, inline_out: &mut Packed) {
         if self.workers.is_empty() && self.threaded {
-            self.workers = (0..helpers()).map_while(|_| PackWorker::spawn()).collect();
+            let codec = self.inline.codec();
+            self.workers = (0..helpers())
+                .map_while(|_| PackWorker::spawn(codec))
+                .collect();
             self.threaded = !self.workers.is_empty();
         }
         if !self.workers.is_empty() {
@@ -153,7 +100,7 @@ impl Packer {
                 Err(std::sync::mpsc::SendError((_, _, piece))) => *text = piece,
             }
         }
-        self.inline.piece(&[text.as_bytes()], inline_out);
+        inline_out.add(&mut self.inline, &[text.as_bytes()]);
         text.clear();
     }
 
@@ -165,7 +112,7 @@ impl Packer {
             drop(pieces);
             match done.join() {
                 Ok(packed) => numbered.extend(packed),
-                // Only a bug can get here (deflating memory cannot fail): fail as loudly as
+                // Only a bug can get here (compressing memory cannot fail): fail as loudly as
                 // inline.
                 Err(panic) => std::panic::resume_unwind(panic),
             }
@@ -182,23 +129,23 @@ impl Packer {
     }
 
     /// The inline compressor, for the last pieces.
-    pub fn deflater(&mut self) -> &mut PieceDeflater {
+    pub fn compressor(&mut self) -> &mut PieceCompressor {
         &mut self.inline
     }
 }
 
 impl PackWorker {
-    fn spawn() -> Option<Self> {
+    fn spawn(codec: Codec) -> Option<Self> {
         let (pieces, queue) = std::sync::mpsc::sync_channel::<(usize, usize, String)>(2);
         let done = std::thread::Builder::new()
-            .name("deflate".into())
+            .name("compress".into())
             .spawn(move || {
-                let mut deflater = PieceDeflater::new();
+                let mut compressor = PieceCompressor::new(codec);
                 queue
                     .into_iter()
                     .map(|(family, n, text)| {
                         let mut piece = Packed::default();
-                        deflater.piece(&[text.as_bytes()], &mut piece);
+                        piece.add(&mut compressor, &[text.as_bytes()]);
                         (family, n, piece)
                     })
                     .collect()
@@ -208,7 +155,7 @@ impl PackWorker {
     }
 }
 
-/// Deflate pieces and the CRC32 of the text they hold.
+/// Compressed pieces and the CRC32 of the text they hold (gzip's trailer, and the length).
 #[derive(Debug, Default)]
 pub struct Packed {
     pieces: Vec<Bytes>,
@@ -219,6 +166,14 @@ impl Packed {
     /// True when no text was packed.
     pub fn is_empty(&self) -> bool {
         self.crc.amount() == 0
+    }
+
+    /// Compresses `parts` as one more piece with `compressor`.
+    pub fn add(&mut self, compressor: &mut PieceCompressor, parts: &[&[u8]]) {
+        if let Some(piece) = compressor.piece(parts) {
+            parts.iter().for_each(|p| self.crc.update(p));
+            self.pieces.push(piece);
+        }
     }
 
     /// Appends `other`'s pieces after these.
@@ -235,53 +190,43 @@ impl Packed {
     }
 }
 
-/// Inflates pieces (closing the stream with an empty final block).
-fn inflate(pieces: &[Bytes], size_hint: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(size_hint);
-    if pieces.is_empty() {
-        return out;
-    }
-    let mut stream: Vec<u8> = pieces.concat();
-    stream.extend_from_slice(&FINAL_EMPTY_BLOCK);
-    if let Err(e) = flate2::read::DeflateDecoder::new(&stream[..]).read_to_end(&mut out) {
-        // Cannot happen with a stream we wrote ourselves; never panic on a request.
-        tracing::error!(error = %e, "cannot inflate cached series");
-        out.clear();
-    }
-    out
-}
-
-/// A target's series in compressed form: deflate pieces, each in a buffer of its own size.
+/// A target's series in compressed form: pieces of one codec, each in a buffer of its own size.
 #[derive(Debug, Default)]
 pub struct CompressedSeries {
+    codec: Codec,
     pieces: Vec<Bytes>,
     crc: Crc,
 }
 
 impl CompressedSeries {
-    /// Compresses `text`.
-    pub fn new(text: &[u8]) -> Self {
+    /// Compresses `text` as `codec` pieces.
+    pub fn new(codec: Codec, text: &[u8]) -> Self {
         let mut packed = Packed::default();
-        PieceDeflater::new().piece(&[text], &mut packed);
-        Self::from_packed(packed)
+        packed.add(&mut PieceCompressor::new(codec), &[text]);
+        Self::from_packed(codec, packed)
     }
 
-    /// Compresses expositions one after another (families in order); text already packed by
-    /// a packing exposition is not compressed again.
-    pub fn from_expositions(parts: impl IntoIterator<Item = Exposition>) -> Self {
-        let mut packer = PieceDeflater::new();
+    /// Compresses expositions one after another (families in order) as `codec` pieces; text
+    /// already packed by a packing exposition (of the same codec) is not compressed again.
+    pub fn from_expositions(codec: Codec, parts: impl IntoIterator<Item = Exposition>) -> Self {
+        let mut compressor = PieceCompressor::new(codec);
         let mut packed = Packed::default();
         for e in parts {
-            e.pack_into(&mut packer, &mut packed);
+            e.pack_into(&mut compressor, &mut packed);
         }
-        Self::from_packed(packed)
+        Self::from_packed(codec, packed)
     }
 
-    /// The series of `packed`.
-    pub fn from_packed(packed: Packed) -> Self {
+    /// The series of `packed`, pieces of `codec`.
+    pub fn from_packed(codec: Codec, packed: Packed) -> Self {
         let Packed { mut pieces, crc } = packed;
         pieces.shrink_to_fit();
-        Self { pieces, crc }
+        Self { codec, pieces, crc }
+    }
+
+    /// The format of the pieces.
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 
     /// Length of the uncompressed text.
@@ -301,43 +246,55 @@ impl CompressedSeries {
 
     /// The uncompressed text.
     pub fn text(&self) -> Vec<u8> {
-        inflate(&self.pieces, self.len())
+        let mut text = Vec::with_capacity(self.len());
+        for chunk in self.text_chunks(1 << 20) {
+            text.extend_from_slice(&chunk);
+        }
+        text
     }
 
-    /// The text inflated piece by piece, in chunks of at most `chunk` bytes: an answer to a
-    /// client without gzip holds one chunk at a time, not the whole text.
+    /// The text decoded piece by piece, in chunks of at most `chunk` bytes: an answer to a
+    /// client that needs the text holds one chunk at a time, not the whole text.
     pub fn text_chunks(&self, chunk: usize) -> TextChunks {
-        TextChunks::new(self.shared_pieces(), chunk)
+        TextChunks::new(self.codec, self.pieces.clone(), chunk)
     }
 
-    /// The pieces, shared (reference-counted buffers, not copies), to inflate later with
-    /// [`TextChunks::new`].
-    pub fn shared_pieces(&self) -> Vec<Bytes> {
-        self.pieces.clone()
-    }
-
-    /// `head` followed by the series, as one gzip member whose largest part is the cached
-    /// pieces themselves (shared, not copied).
-    pub fn gzip_after(&self, head: &[u8]) -> GzipAnswer {
+    /// `head` followed by the series, in the pieces' own encoding (a gzip member for deflate
+    /// pieces, zstd frames for zstd ones), whose largest part is the cached pieces themselves
+    /// (shared, not copied).
+    pub fn answer_after(&self, head: &[u8]) -> SizedAnswer {
         let mut crc = Crc::new();
         crc.update(head);
         crc.combine(&self.crc);
-        GzipAnswer {
-            head: gzip_head(head),
+        SizedAnswer {
+            head: encoded_head(self.codec, head),
             series: self.pieces.clone(),
-            trailer: gzip_trailer(&crc),
+            trailer: trailer(self.codec, &crc),
         }
     }
 
-    /// `head`, the series, then the text of `more` compressed piece by piece as it is sent,
-    /// as one gzip member (for series rendered per answer, `compact_cache`).
-    pub fn gzip_then<I: Iterator<Item = String>>(&self, head: &[u8], more: I) -> GzipStream<I> {
+    /// `head`, the series, then the text of `more`, encoded as `codec` while it is sent: the
+    /// pieces as they are when they are of `codec`, else decoded and compressed again; `more`
+    /// compressed chunk by chunk (series rendered per answer, `compact_cache`).
+    pub fn stream_then(
+        &self,
+        codec: Codec,
+        head: &[u8],
+        more: impl Iterator<Item = Bytes> + 'static,
+    ) -> EncodedStream {
         let mut crc = Crc::new();
         crc.update(head);
-        crc.combine(&self.crc);
-        GzipStream {
-            head: Some(gzip_head(head)),
-            pieces: self.pieces.clone().into_iter(),
+        let (pieces, more): (Vec<Bytes>, Box<dyn Iterator<Item = Bytes>>) = if codec == self.codec {
+            crc.combine(&self.crc);
+            (self.pieces.clone(), Box::new(more))
+        } else {
+            let text = TextChunks::new(self.codec, self.pieces.clone(), RECODE_CHUNK);
+            (Vec::new(), Box::new(text.chain(more)))
+        };
+        EncodedStream {
+            codec,
+            head: Some(encoded_head(codec, head)),
+            pieces: pieces.into_iter(),
             more,
             crc,
             done: false,
@@ -345,50 +302,47 @@ impl CompressedSeries {
     }
 }
 
-/// Deflates `parts` as one piece appended to `out`, with this thread's compressor for small
-/// per-answer text (heads, `compact_cache` pieces): a deflate state is ~370 KB to allocate and
-/// clear, more than a cached 100-device answer costs otherwise (wrk: ~26,000 answers a second
-/// with it shared, ~5,000 with one per answer and fixed-size mmaps, see [`crate::memory`]).
-fn deflate_here(parts: &[&[u8]], out: &mut Packed) {
-    thread_local! {
-        static DEFLATER: std::cell::RefCell<PieceDeflater> =
-            std::cell::RefCell::new(PieceDeflater::new());
+/// The start of an answer in `codec`: for gzip, the gzip header and `head` deflated and
+/// sync-flushed; for zstd, `head` as a frame.
+fn encoded_head(codec: Codec, head: &[u8]) -> Bytes {
+    let piece = compress_here(codec, &[head]).unwrap_or_default();
+    match codec {
+        Codec::Zstd => piece,
+        Codec::Deflate => {
+            // gzip header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
+            let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+            out.extend_from_slice(&piece);
+            out.into()
+        }
     }
-    DEFLATER.with_borrow_mut(|d| d.piece(parts, out));
 }
 
-/// The gzip header and `head` deflated and sync-flushed.
-fn gzip_head(head: &[u8]) -> Bytes {
-    let mut packed = Packed::default();
-    deflate_here(&[head], &mut packed);
-    // gzip header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-    for piece in &packed.pieces {
-        out.extend_from_slice(piece);
+/// The end of an answer in `codec`: for gzip, an empty final block, then CRC32 and length; for
+/// zstd, nothing (each frame ends itself).
+fn trailer(codec: Codec, crc: &Crc) -> Bytes {
+    match codec {
+        Codec::Zstd => Bytes::new(),
+        Codec::Deflate => {
+            let mut trailer = Vec::with_capacity(2 + 8);
+            trailer.extend_from_slice(&FINAL_EMPTY_BLOCK);
+            trailer.extend_from_slice(&crc.sum().to_le_bytes());
+            trailer.extend_from_slice(&crc.amount().to_le_bytes());
+            trailer.into()
+        }
     }
-    out.into()
 }
 
-/// Closes a gzip member: an empty final block, then CRC32 and length.
-fn gzip_trailer(crc: &Crc) -> Bytes {
-    let mut trailer = Vec::with_capacity(2 + 8);
-    trailer.extend_from_slice(&FINAL_EMPTY_BLOCK);
-    trailer.extend_from_slice(&crc.sum().to_le_bytes());
-    trailer.extend_from_slice(&crc.amount().to_le_bytes());
-    trailer.into()
-}
-
-/// A gzip answer whose end is compressed while it is sent (see
-/// [`CompressedSeries::gzip_then`]).
-pub struct GzipStream<I> {
+/// An answer whose end is compressed while it is sent (see [`CompressedSeries::stream_then`]).
+pub struct EncodedStream {
+    codec: Codec,
     head: Option<Bytes>,
     pieces: std::vec::IntoIter<Bytes>,
-    more: I,
+    more: Box<dyn Iterator<Item = Bytes>>,
     crc: Crc,
     done: bool,
 }
 
-impl<I: Iterator<Item = String>> Iterator for GzipStream<I> {
+impl Iterator for EncodedStream {
     type Item = Bytes;
 
     fn next(&mut self) -> Option<Bytes> {
@@ -398,94 +352,38 @@ impl<I: Iterator<Item = String>> Iterator for GzipStream<I> {
         if let Some(piece) = self.pieces.next() {
             return Some(piece);
         }
-        if let Some(text) = self.more.next() {
-            self.crc.update(text.as_bytes());
-            let mut packed = Packed::default();
-            deflate_here(&[text.as_bytes()], &mut packed);
-            return Some(packed.pieces.concat().into());
+        for text in self.more.by_ref() {
+            if let Some(piece) = compress_here(self.codec, &[&text]) {
+                self.crc.update(&text);
+                return Some(piece);
+            }
         }
         if self.done {
             return None;
         }
         self.done = true;
-        Some(gzip_trailer(&self.crc))
+        Some(trailer(self.codec, &self.crc)).filter(|t| !t.is_empty())
     }
 }
 
-/// The series' text, inflated chunk by chunk (see [`CompressedSeries::text_chunks`]).
-pub struct TextChunks {
-    pieces: std::vec::IntoIter<Bytes>,
-    current: Bytes,
-    pos: usize,
-    inflate: Decompress,
-    chunk: usize,
-}
-
-impl TextChunks {
-    /// Inflates `pieces` in chunks of at most `chunk` bytes.
-    pub fn new(pieces: Vec<Bytes>, chunk: usize) -> Self {
-        Self {
-            pieces: pieces.into_iter(),
-            current: Bytes::new(),
-            pos: 0,
-            inflate: Decompress::new(false),
-            chunk: chunk.max(1),
-        }
-    }
-}
-
-impl Iterator for TextChunks {
-    type Item = Bytes;
-
-    fn next(&mut self) -> Option<Bytes> {
-        let mut out = Vec::with_capacity(self.chunk);
-        while out.len() < out.capacity() {
-            if self.pos >= self.current.len() {
-                if let Some(piece) = self.pieces.next() {
-                    self.current = piece;
-                    self.pos = 0;
-                }
-            }
-            let (before_in, before_out) = (self.inflate.total_in(), self.inflate.total_out());
-            if let Err(e) = self.inflate.decompress_vec(
-                &self.current[self.pos..],
-                &mut out,
-                FlushDecompress::None,
-            ) {
-                // Cannot happen with pieces we wrote ourselves; end the text, never panic.
-                tracing::error!(error = %e, "cannot inflate cached series");
-                return None;
-            }
-            self.pos += (self.inflate.total_in() - before_in) as usize;
-            let progressed =
-                self.inflate.total_in() != before_in || self.inflate.total_out() != before_out;
-            if !progressed {
-                // Every piece is read and nothing is left in the inflater.
-                break;
-            }
-        }
-        (!out.is_empty()).then(|| out.into())
-    }
-}
-
-/// A gzip answer: header and compressed head, the cached series pieces, and the closing
-/// block with the trailer (CRC32 and length).
+/// An answer of known length: its head (for gzip, with the gzip header), the cached series
+/// pieces, and its trailer (for gzip, the closing block with CRC32 and length).
 #[derive(Debug, Clone)]
-pub struct GzipAnswer {
+pub struct SizedAnswer {
     head: Bytes,
     series: Vec<Bytes>,
     trailer: Bytes,
 }
 
-impl GzipAnswer {
+impl SizedAnswer {
     /// Total length in bytes.
     pub fn len(&self) -> usize {
         self.head.len() + self.series.iter().map(Bytes::len).sum::<usize>() + self.trailer.len()
     }
 
-    /// Never empty (a gzip member has a header), for clippy's sake.
+    /// True when there are no bytes at all (zstd with no head and no series).
     pub fn is_empty(&self) -> bool {
-        false
+        self.len() == 0
     }
 
     /// The answer in pieces of at most `piece` bytes (the head and trailer excepted), for a
@@ -499,9 +397,10 @@ impl GzipAnswer {
                 (0..count).map(move |i| b.slice(i * piece..((i + 1) * piece).min(b.len())))
             }))
             .chain(std::iter::once(self.trailer))
+            .filter(|b| !b.is_empty())
     }
 
-    /// The whole member in one buffer (tests).
+    /// The whole answer in one buffer (tests).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.len());
         v.extend_from_slice(&self.head);
@@ -513,149 +412,149 @@ impl GzipAnswer {
     }
 }
 
-/// Whether an `Accept-Encoding` value allows gzip: the weight of a `gzip` entry if there is
-/// one, else that of `*` (an explicit entry overrides the wildcard, RFC 9110 12.5.3); a weight
-/// of 0 refuses it.
-pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
-    let Some(value) = accept_encoding else {
-        return false;
-    };
-    let (mut gzip, mut any) = (None, None);
-    for part in value.split(',') {
-        let mut it = part.trim().split(';');
-        let coding = it.next().unwrap_or("").trim();
-        let q = it
-            .find_map(|p| p.trim().strip_prefix("q="))
-            .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok())
-            .unwrap_or(0.0);
-        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
-            gzip = Some(q);
-        } else if coding == "*" {
-            any = Some(q);
-        }
-    }
-    gzip.or(any).is_some_and(|q| q > 0.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn gunzip(data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        // A single-member decoder: the answer must be one member, not several.
-        flate2::read::GzDecoder::new(data)
-            .read_to_end(&mut out)
-            .unwrap();
-        out
+    const CODECS: [Codec; 2] = [Codec::Deflate, Codec::Zstd];
+
+    /// What a client reads from an answer in `codec`: a single-member gzip decoder (the answer
+    /// must be one member, not several), or a stock zstd decoder.
+    fn decode(codec: Codec, data: &[u8]) -> Vec<u8> {
+        use std::io::Read as _;
+        match codec {
+            Codec::Deflate => {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(data)
+                    .read_to_end(&mut out)
+                    .unwrap();
+                out
+            }
+            Codec::Zstd => zstd::stream::decode_all(data).unwrap(),
+        }
+    }
+
+    fn series_text(lines: usize) -> Vec<u8> {
+        (0..lines)
+            .flat_map(|i| format!("m{{device_uuid=\"{i:032x}\"}} {i}\n").into_bytes())
+            .collect()
     }
 
     #[test]
-    fn head_plus_precompressed_series_is_one_valid_gzip_member() {
-        let series: Vec<u8> = (0..20_000)
-            .flat_map(|i| {
-                format!("balena_device_online{{device_uuid=\"{i:032x}\"}} 1\n").into_bytes()
-            })
-            .collect();
-        let c = CompressedSeries::new(&series);
-        assert!(c.compressed_len() * 5 < series.len());
-        assert_eq!(c.text(), series);
-        for head in [&b"probe_success 1\nprobe_duration_seconds 0.25\n"[..], b""] {
-            let gz = c.gzip_after(head).to_vec();
-            let mut want = head.to_vec();
-            want.extend_from_slice(&series);
-            assert_eq!(gunzip(&gz), want);
+    fn head_plus_precompressed_series_is_one_valid_answer() {
+        let series = series_text(20_000);
+        for codec in CODECS {
+            let c = CompressedSeries::new(codec, &series);
+            assert_eq!(c.codec(), codec);
+            assert!(c.compressed_len() * 5 < series.len());
+            assert_eq!(c.text(), series);
+            for head in [&b"probe_success 1\nprobe_duration_seconds 0.25\n"[..], b""] {
+                let answer = c.answer_after(head).to_vec();
+                let mut want = head.to_vec();
+                want.extend_from_slice(&series);
+                assert_eq!(decode(codec, &answer), want, "{codec:?}");
+            }
+            assert!(CompressedSeries::default().text().is_empty());
+            let empty = CompressedSeries::new(codec, b"");
+            let answer = empty.answer_after(b"probe_success 0\n").to_vec();
+            assert_eq!(decode(codec, &answer), b"probe_success 0\n");
         }
-        assert!(CompressedSeries::default().text().is_empty());
-        let empty = CompressedSeries::new(b"");
-        assert_eq!(
-            gunzip(&empty.gzip_after(b"probe_success 0\n").to_vec()),
-            b"probe_success 0\n"
-        );
     }
 
     #[test]
     fn an_exposition_compresses_to_its_rendered_text() {
-        let mut e = Exposition::new();
-        for i in 0..500 {
-            e.gauge(
-                crate::metrics::DEVICE_ONLINE,
-                &[("device_uuid", &format!("{i:032x}"))],
-                1.0,
-            );
-            e.gauge(crate::metrics::FLEET_DEVICES, &[("fleet", "o/f")], i as f64);
-        }
+        let build = || {
+            let mut e = Exposition::new();
+            for i in 0..500 {
+                e.gauge(
+                    crate::metrics::DEVICE_ONLINE,
+                    &[("device_uuid", &format!("{i:032x}"))],
+                    1.0,
+                );
+                e.gauge(crate::metrics::FLEET_DEVICES, &[("fleet", "o/f")], i as f64);
+            }
+            e
+        };
         let mut text = String::new();
-        e.render_into(&mut text);
-        assert_eq!(
-            CompressedSeries::from_expositions([e]).text(),
-            text.as_bytes()
-        );
-    }
-
-    #[test]
-    fn an_answer_in_pieces_is_the_same_member_and_shares_the_series() {
-        let series: Vec<u8> = (0..5_000)
-            .flat_map(|i| format!("m{{device_uuid=\"{i:032x}\"}} {i}\n").into_bytes())
-            .collect();
-        let c = CompressedSeries::new(&series);
-        let answer = c.gzip_after(b"probe_success 1\n");
-        let whole = answer.to_vec();
-        assert_eq!(answer.len(), whole.len());
-        let pieces: Vec<Bytes> = answer.into_pieces(1000).collect();
-        assert!(pieces.len() > 3);
-        assert!(pieces
-            .iter()
-            .all(|p| p.len() <= 1000 || p.len() == pieces[0].len()));
-        // The series pieces point into the cached pieces: no copy per answer.
-        let cached = c.pieces[0].as_ptr_range();
-        assert!(pieces[1..pieces.len() - 1]
-            .iter()
-            .all(|p| cached.contains(&p.as_ptr())));
-        assert_eq!(pieces.concat(), whole);
-        let mut want = b"probe_success 1\n".to_vec();
-        want.extend_from_slice(&series);
-        assert_eq!(gunzip(&whole), want);
-    }
-
-    #[test]
-    fn text_chunks_inflate_every_piece_in_order() {
-        let mut e = Exposition::packing(2_000);
-        for i in 0..3_000 {
-            e.gauge(
-                crate::metrics::DEVICE_ONLINE,
-                &[("device_uuid", &format!("{i:032x}"))],
-                1.0,
-            );
-            e.gauge(
-                crate::metrics::DEVICE_CPU,
-                &[("device_uuid", &format!("{i:x}"))],
-                0.5,
-            );
+        build().render_into(&mut text);
+        for codec in CODECS {
+            let series = CompressedSeries::from_expositions(codec, [build()]);
+            assert_eq!(series.text(), text.as_bytes(), "{codec:?}");
         }
-        let series = CompressedSeries::from_expositions([e]);
-        assert!(series.pieces.len() > 20);
-        let chunks: Vec<Bytes> = series.text_chunks(4096).collect();
-        assert!(chunks.iter().all(|c| c.len() <= 4096 && !c.is_empty()));
-        assert_eq!(chunks.concat(), series.text());
-        assert_eq!(chunks.concat().len(), series.len());
+    }
+
+    #[test]
+    fn an_answer_in_pieces_is_the_same_answer_and_shares_the_series() {
+        let series = series_text(5_000);
+        for codec in CODECS {
+            let c = CompressedSeries::new(codec, &series);
+            let answer = c.answer_after(b"probe_success 1\n");
+            let whole = answer.to_vec();
+            assert_eq!(answer.len(), whole.len());
+            let pieces: Vec<Bytes> = answer.into_pieces(1000).collect();
+            assert!(pieces.len() > 3);
+            assert!(pieces
+                .iter()
+                .all(|p| p.len() <= 1000 || p.len() == pieces[0].len()));
+            // The series pieces point into the cached pieces: no copy per answer.
+            let cached = c.pieces[0].as_ptr_range();
+            let series_pieces = match codec {
+                Codec::Deflate => &pieces[1..pieces.len() - 1],
+                Codec::Zstd => &pieces[1..],
+            };
+            assert!(series_pieces.iter().all(|p| cached.contains(&p.as_ptr())));
+            assert_eq!(pieces.concat(), whole);
+            let mut want = b"probe_success 1\n".to_vec();
+            want.extend_from_slice(&series);
+            assert_eq!(decode(codec, &whole), want, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn text_chunks_decode_every_piece_in_order() {
+        for codec in CODECS {
+            let mut e = Exposition::packing(2_000, codec);
+            for i in 0..3_000 {
+                e.gauge(
+                    crate::metrics::DEVICE_ONLINE,
+                    &[("device_uuid", &format!("{i:032x}"))],
+                    1.0,
+                );
+                e.gauge(
+                    crate::metrics::DEVICE_CPU,
+                    &[("device_uuid", &format!("{i:x}"))],
+                    0.5,
+                );
+            }
+            let series = CompressedSeries::from_expositions(codec, [e]);
+            assert!(series.pieces.len() > 20);
+            let chunks: Vec<Bytes> = series.text_chunks(4096).collect();
+            assert!(chunks.iter().all(|c| c.len() <= 4096 && !c.is_empty()));
+            assert_eq!(chunks.concat(), series.text());
+            assert_eq!(chunks.concat().len(), series.len());
+        }
         assert_eq!(CompressedSeries::default().text_chunks(10).count(), 0);
     }
 
     #[test]
-    fn accept_encoding_is_read_with_q_values() {
-        assert!(accepts_gzip(Some("gzip")));
-        assert!(accepts_gzip(Some("deflate, gzip;q=0.5")));
-        assert!(accepts_gzip(Some("*")));
-        assert!(!accepts_gzip(Some("gzip;q=0")));
-        assert!(
-            !accepts_gzip(Some("gzip;q=0, *")),
-            "the explicit entry wins"
-        );
-        assert!(accepts_gzip(Some("*;q=0, gzip")));
-        assert!(!accepts_gzip(Some("*;q=0")));
-        assert!(!accepts_gzip(Some("gzip;q=bad")));
-        assert!(!accepts_gzip(Some("identity")));
-        assert!(!accepts_gzip(None));
+    fn a_streamed_answer_in_either_codec_is_head_series_and_more() {
+        let series = series_text(8_000);
+        let more = || (0..3).map(|i| Bytes::from(format!("more {i}\n")));
+        let mut want = b"probe_success 1\n".to_vec();
+        want.extend_from_slice(&series);
+        want.extend_from_slice(b"more 0\nmore 1\nmore 2\n");
+        for cached in CODECS {
+            let c = CompressedSeries::new(cached, &series);
+            for asked in CODECS {
+                let stream = c.stream_then(asked, b"probe_success 1\n", more());
+                let parts: Vec<Bytes> = stream.collect();
+                assert!(parts.iter().all(|p| !p.is_empty()));
+                // In its own codec the cached pieces are sent as they are.
+                let shared = parts.iter().any(|p| p.as_ptr() == c.pieces[0].as_ptr());
+                assert_eq!(shared, cached == asked, "{cached:?} asked {asked:?}");
+                let got = decode(asked, &parts.concat());
+                assert!(got == want, "{cached:?} pieces asked as {asked:?}");
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! series, and builds the gzip (or inflated) answers from them.
 
 pub mod body;
+pub mod codec;
 
 /// The Content-Type of text format 0.0.4, of `/probe` and `/metrics` answers.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -16,12 +17,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::metrics::MetricDef;
-use body::{Packed, Packer, PieceDeflater};
+use body::{Packed, Packer};
+use codec::{Codec, PieceCompressor};
 
 /// Text-format output of one probe, grouped by family in first-use order.
 ///
 /// A *packing* exposition (see [`Exposition::packing`]) never holds much text: once a family's
-/// pending text reaches the threshold it is compressed into that family's deflate pieces
+/// pending text reaches the threshold it is compressed into that family's pieces
 /// (`crate::exposition::body`), so a 10,000-device probe holds its compressed series (~5.6 MB) and at
 /// most ~13 × 64 KiB of text instead of 18 MB of text.
 #[derive(Debug, Default)]
@@ -54,18 +56,18 @@ impl Exposition {
     /// are pending, on helper threads (started at the first piece) while the caller goes on
     /// writing: `examples/deflate_where.rs` measured it against compressing inline
     /// ([`Exposition::packing_inline`]), docs/performance.md.
-    pub fn packing(threshold: usize) -> Self {
+    pub fn packing(threshold: usize, codec: Codec) -> Self {
         Self {
-            packer: Some(Box::new(Packer::new(true))),
+            packer: Some(Box::new(Packer::new(codec, true))),
             pack_at: threshold.max(1),
             ..Self::default()
         }
     }
 
     /// Like [`Exposition::packing`], compressing on the caller's thread (for the comparison).
-    pub fn packing_inline(threshold: usize) -> Self {
+    pub fn packing_inline(threshold: usize, codec: Codec) -> Self {
         Self {
-            packer: Some(Box::new(Packer::new(false))),
+            packer: Some(Box::new(Packer::new(codec, false))),
             pack_at: threshold.max(1),
             ..Self::default()
         }
@@ -134,8 +136,9 @@ impl Exposition {
 
     /// Compresses every family, in order, onto `out`: the pieces packed so far (waiting for
     /// the helper threads if they packed them), then the rest of each family's text with this
-    /// output's own compressor when it has one, else `packer`.
-    pub fn pack_into(self, packer: &mut PieceDeflater, out: &mut Packed) {
+    /// output's own compressor when it has one, else `packer` (of the same codec).
+    pub fn pack_into(self, packer: &mut PieceCompressor, out: &mut Packed) {
+        let codec = packer.codec();
         let Self {
             families,
             packer: mut own,
@@ -143,15 +146,21 @@ impl Exposition {
         } = self;
         let mut threaded = own.as_mut().map(|p| p.finish()).unwrap_or_default();
         let packer = match own.as_deref_mut() {
-            Some(own) => own.deflater(),
+            Some(own) => own.compressor(),
             None => packer,
         };
+        // Pieces of two codecs would not make one stream.
+        assert_eq!(
+            packer.codec(),
+            codec,
+            "an exposition packed in another codec"
+        );
         // Text not packed yet is compressed in as few pieces as the order allows: one for all
         // the families that have no pieces of their own (each piece costs a compressor reset).
         let mut pending: Vec<String> = Vec::new();
-        let flush = |pending: &mut Vec<String>, packer: &mut PieceDeflater, out: &mut Packed| {
+        let flush = |pending: &mut Vec<String>, packer: &mut PieceCompressor, out: &mut Packed| {
             let parts: Vec<&[u8]> = pending.iter().map(|t| t.as_bytes()).collect();
-            packer.piece(&parts, out);
+            out.add(packer, &parts);
             pending.clear();
         };
         for (i, f) in families.into_iter().enumerate() {

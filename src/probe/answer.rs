@@ -1,6 +1,6 @@
 //! A probe's answer: [`ProbeData`] (fetched, cached, shared or kept as compact values) plus the
 //! per-request head (`probe_success`, durations, ...) turned into every form an answer takes —
-//! gzip or identity, streamed or sized, or the debug page's text. The one place that knows the
+//! gzip, zstd or identity, streamed or sized, or the debug page's text. The one place that knows the
 //! two forms of `ProbeData` (compressed pieces, compact per-device values), so that every path
 //! serves the same series: the most delicate invariant of the exporter lives here alone, and
 //! `tests/properties.rs` checks it over fetched, cached, shared and compact data.
@@ -12,7 +12,8 @@ use actix_web::web::Bytes;
 use futures_util::stream::{self, LocalBoxStream, StreamExt as _};
 
 use super::ProbeData;
-use crate::exposition::body::{CompressedSeries, TextChunks};
+use crate::exposition::body::CompressedSeries;
+use crate::exposition::codec::Codec;
 
 /// The slice of an answer written at a time; each connection's write buffer holds about one.
 /// Measured with `examples/burst.rs` (1,000 clients, one cached 10,000-device target): peak
@@ -24,7 +25,8 @@ pub const ANSWER_CHUNK: usize = 16 * 1024;
 /// large enough to compress well (the deflate window is 32 KiB).
 pub const RENDER_CHUNK: usize = 64 * 1024;
 
-/// At most this many answers without gzip inflate at once. Each holds an inflater and a chunk
+/// At most this many answers decode the cached series at once (for a client that accepts
+/// neither compression, or the other one than the pieces'). Each holds a decoder and a chunk
 /// (~140 KB with the connection's buffers): a burst of 1,000 such answers waits its turn here
 /// instead of holding hundreds of megabytes.
 pub const MAX_INFLATING: usize = 32;
@@ -37,15 +39,36 @@ static INFLATING: LazyLock<Arc<tokio::sync::Semaphore>> =
 pub enum Encoding {
     /// `Content-Encoding: gzip`.
     Gzip,
+    /// `Content-Encoding: zstd`.
+    Zstd,
     /// No compression.
     Identity,
 }
 
 impl Encoding {
+    /// The encoding of compressed pieces of `codec`, or identity.
+    pub fn of(codec: Option<Codec>) -> Self {
+        match codec {
+            Some(Codec::Deflate) => Self::Gzip,
+            Some(Codec::Zstd) => Self::Zstd,
+            None => Self::Identity,
+        }
+    }
+
+    /// The codec of its compression, if any.
+    pub fn codec(self) -> Option<Codec> {
+        match self {
+            Self::Gzip => Some(Codec::Deflate),
+            Self::Zstd => Some(Codec::Zstd),
+            Self::Identity => None,
+        }
+    }
+
     /// The `Content-Encoding` value.
     pub fn header(self) -> &'static str {
         match self {
             Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
             Self::Identity => "identity",
         }
     }
@@ -62,30 +85,31 @@ pub struct Body {
 }
 
 /// The metrics answer: `head` (the per-request metrics, text format) then the series of
-/// `data` (none when the probe failed), in `encoding`. Gzip answers stream the cached
-/// compressed series after a compressed head; identity answers are inflated as they are sent,
-/// [`MAX_INFLATING`] at a time. Compact per-device values are rendered for each answer.
+/// `data` (none when the probe failed), in `encoding`. Answers in the cached pieces' own
+/// encoding stream them after a compressed head; answers in the other compression, or none,
+/// decode them as they are sent, [`MAX_INFLATING`] at a time. Compact per-device values are
+/// rendered for each answer.
 pub fn metrics_body(head: String, data: Option<&ProbeData>, encoding: Encoding) -> Body {
     let empty = CompressedSeries::default();
     let series = data.map_or(&empty, |d| &d.series);
     let compact = data.and_then(|d| d.compact.clone());
-    match (compact, encoding) {
-        // Rendered and compressed while it is sent: the length is not known ahead.
-        (Some(compact), Encoding::Gzip) => {
-            let parts = series.gzip_then(head.as_bytes(), compact.render(RENDER_CHUNK));
-            unsized_body(encoding, stream::iter(parts.map(Ok)))
-        }
-        (Some(compact), Encoding::Identity) => {
-            let chunks = std::iter::once(Bytes::from(head))
-                .chain(series.text_chunks(RENDER_CHUNK))
-                .chain(compact.render(RENDER_CHUNK).map(Bytes::from))
-                .map(Ok);
-            unsized_body(encoding, stream::iter(chunks))
-        }
+    let rendered = move || {
+        compact
+            .into_iter()
+            .flat_map(|c| c.render(RENDER_CHUNK))
+            .map(Bytes::from)
+    };
+    let streamed = |chunks: LocalBoxStream<'static, Result<Bytes, Infallible>>| Body {
+        encoding,
+        len: None,
+        chunks,
+    };
+    let own = encoding.codec() == Some(series.codec());
+    match encoding.codec() {
         // Slices of the cached pieces (megabytes for a large fleet), which every concurrent
         // answer shares instead of copying them.
-        (None, Encoding::Gzip) => {
-            let answer = series.gzip_after(head.as_bytes());
+        Some(_) if own && data.is_none_or(|d| d.compact.is_none()) => {
+            let answer = series.answer_after(head.as_bytes());
             let len = answer.len() as u64;
             let parts = answer.into_pieces(ANSWER_CHUNK).map(Ok);
             Body {
@@ -94,26 +118,34 @@ pub fn metrics_body(head: String, data: Option<&ProbeData>, encoding: Encoding) 
                 chunks: stream::iter(parts).boxed_local(),
             }
         }
-        (None, Encoding::Identity) => {
+        // Compact values rendered and compressed while they are sent: the length is not
+        // known ahead.
+        Some(codec) if own => {
+            let parts = series.stream_then(codec, head.as_bytes(), rendered());
+            streamed(stream::iter(parts.map(Ok)).boxed_local())
+        }
+        Some(codec) => {
+            let parts = series.stream_then(codec, head.as_bytes(), rendered());
+            streamed(gated(parts).boxed_local())
+        }
+        None if data.is_some_and(|d| d.compact.is_some()) => {
+            let chunks = std::iter::once(Bytes::from(head))
+                .chain(series.text_chunks(RENDER_CHUNK))
+                .chain(rendered())
+                .map(Ok);
+            streamed(stream::iter(chunks).boxed_local())
+        }
+        None => {
             let len = (head.len() + series.len()) as u64;
             let head = stream::once(async move { Ok(Bytes::from(head)) });
             Body {
                 encoding,
                 len: Some(len),
-                chunks: head.chain(inflated(series.shared_pieces())).boxed_local(),
+                chunks: head
+                    .chain(gated(series.text_chunks(ANSWER_CHUNK)))
+                    .boxed_local(),
             }
         }
-    }
-}
-
-fn unsized_body(
-    encoding: Encoding,
-    chunks: impl futures_util::Stream<Item = Result<Bytes, Infallible>> + 'static,
-) -> Body {
-    Body {
-        encoding,
-        len: None,
-        chunks: chunks.boxed_local(),
     }
 }
 
@@ -126,26 +158,23 @@ pub fn series_text(data: &ProbeData) -> String {
     text
 }
 
-/// The series' text, inflated a chunk at a time once one of [`MAX_INFLATING`] turns is free
-/// (the inflater is made only then, and dropped with the turn at the end).
-fn inflated(pieces: Vec<Bytes>) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
-    type Turn = (tokio::sync::OwnedSemaphorePermit, TextChunks);
-    let start: (Option<Vec<Bytes>>, Option<Turn>) = (Some(pieces), None);
-    stream::unfold(start, |(pieces, turn)| async move {
-        let (permit, mut chunks) = match (pieces, turn) {
-            (_, Some(turn)) => turn,
-            (Some(pieces), None) => (
-                INFLATING.clone().acquire_owned().await.ok()?,
-                TextChunks::new(pieces, ANSWER_CHUNK),
-            ),
-            (None, None) => return None,
+/// `chunks`, which decode the cached series, sent once one of [`MAX_INFLATING`] turns is free
+/// (their decoder is made at the first chunk, so only then), the turn held to the last chunk.
+fn gated<I: Iterator<Item = Bytes> + 'static>(
+    chunks: I,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    let start: (I, Option<tokio::sync::OwnedSemaphorePermit>) = (chunks, None);
+    stream::unfold(start, |(mut chunks, turn)| async move {
+        let turn = match turn {
+            Some(turn) => turn,
+            None => INFLATING.clone().acquire_owned().await.ok()?,
         };
         let next = chunks.next()?;
-        Some((Ok(next), (None, Some((permit, chunks)))))
+        Some((Ok(next), (chunks, Some(turn))))
     })
 }
 
-/// The whole body, decoded (inflated when gzip): what a client reads. For tests.
+/// The whole body, decoded: what a client reads. For tests.
 pub async fn decoded(body: Body) -> Vec<u8> {
     use std::io::Read as _;
     let encoding = body.encoding;
@@ -164,5 +193,6 @@ pub async fn decoded(body: Body) -> Vec<u8> {
                 .expect("a gzip answer inflates");
             out
         }
+        Encoding::Zstd => zstd::stream::decode_all(&bytes[..]).expect("a zstd answer decodes"),
     }
 }

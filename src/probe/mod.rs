@@ -24,6 +24,7 @@ use crate::balena::model::{Device, Fleet};
 use crate::balena::{self, BalenaError, DeviceScope, FleetSet, Session};
 use crate::config::{ModuleConfig, Scope};
 use crate::exposition::body::CompressedSeries;
+use crate::exposition::codec::Codec;
 use crate::exposition::Exposition;
 use compact::CompactDevices;
 use device::{write_device, write_device_services};
@@ -76,14 +77,16 @@ impl ProbeData {
     }
 }
 
-/// Fetches a target's data through `session` and builds its series; the background snapshots
-/// the module reads are got from `reads` beside the device listing.
+/// Fetches a target's data through `session` and builds its series, compressed as `codec`
+/// pieces; the background snapshots the module reads are got from `reads` beside the device
+/// listing.
 pub async fn fetch(
     session: &Session<'_>,
     scope: &Scope,
     module: &ModuleConfig,
     rows: &FleetRowsAt<'_>,
     reads: &ReadsAt,
+    codec: Codec,
 ) -> Result<ProbeData, BalenaError> {
     let (fleets, devices) = match scope {
         Scope::Fleet(slug) => {
@@ -100,7 +103,7 @@ pub async fn fetch(
             DeviceScope::Accessible,
         ),
     };
-    let mut builder = SeriesBuilder::new(fleets, module);
+    let mut builder = SeriesBuilder::new(fleets, module).compressed_as(codec);
     if !module.devices_listed() {
         builder.use_online_counts();
         return Ok(builder.finish(&Snapshots::default()));
@@ -168,6 +171,8 @@ pub struct SeriesBuilder<'m> {
     compact_ids: Vec<u64>,
     /// Each device whose series are text, for the per-device series of the joins.
     named: Vec<Named>,
+    /// The format of the compressed series.
+    codec: Codec,
 }
 
 impl<'m> SeriesBuilder<'m> {
@@ -192,12 +197,25 @@ impl<'m> SeriesBuilder<'m> {
             index,
             compact,
             tags,
-            devices: Exposition::packing(PACK_THRESHOLD),
+            devices: Exposition::packing(PACK_THRESHOLD, Codec::default()),
             device_total: 0,
             seen: Default::default(),
             compact_ids: Vec::new(),
             named: Vec::new(),
+            codec: Codec::default(),
         }
+    }
+
+    /// Compresses the series as `codec` pieces (deflate unless told): before any device is
+    /// added.
+    pub fn compressed_as(mut self, codec: Codec) -> Self {
+        assert!(
+            self.devices.is_empty(),
+            "the codec is chosen before writing"
+        );
+        self.codec = codec;
+        self.devices = Exposition::packing(PACK_THRESHOLD, codec);
+        self
     }
 
     /// True when the target has no fleet (nothing to list).
@@ -340,7 +358,7 @@ impl<'m> SeriesBuilder<'m> {
         }
         let attention = fleet::attention(&self.stats, self.module);
         ProbeData {
-            series: CompressedSeries::from_expositions([fleets, self.devices]),
+            series: CompressedSeries::from_expositions(self.codec, [fleets, self.devices]),
             compact: self.compact.map(|mut c| {
                 c.shrink();
                 Arc::new(c)

@@ -13,6 +13,7 @@ use super::{fetch, FleetRowsAt, ProbeData};
 use crate::balena::model::Fleet;
 use crate::balena::{self, AuthLimits, BalenaClient, BalenaError, CallRecord, FleetSet, Session};
 use crate::config::{token_file, ApiConfig, Config, ModuleConfig, TargetConfig};
+use crate::exposition::codec::Codec;
 use crate::metrics::ExporterMetrics;
 
 /// A target resolved against the config in force: what to probe, with which module and
@@ -33,6 +34,10 @@ pub struct ProbeRequest {
     pub config: Arc<Config>,
     /// The time the probe may take.
     pub timeout: Duration,
+    /// The codec its series are compressed in if this probe fetches: the one its client asked
+    /// for (deflate when none). A probe that shares another's fetch, or its cached result,
+    /// gets that one's codec, re-encoded for its client when they differ (`answer`).
+    pub codec: Codec,
 }
 
 impl ProbeRequest {
@@ -135,7 +140,7 @@ impl Prober {
             metrics: self.metrics.clone(),
             wait_until: deadline - READ_MARGIN.min(timeout / 5),
         };
-        let work = fetch(&session, &scope, req.module(), &rows, &reads);
+        let work = fetch(&session, &scope, req.module(), &rows, &reads, req.codec);
         self.cache.set_max_bytes(config.api.cache_max_bytes);
         let (result, age, source) = self
             .cache

@@ -14,7 +14,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::report::record;
 use super::AppState;
 use crate::balena::BalenaClient;
-use crate::exposition::body::accepts_gzip;
+use crate::exposition::codec::negotiate;
 use crate::exposition::{Exposition, TEXT_FORMAT};
 use crate::metrics as m;
 use crate::probe::answer::{self, Encoding};
@@ -173,6 +173,10 @@ fn resolve(req: &HttpRequest, state: &AppState) -> Result<(ProbeRequest, bool), 
         .map(|h| h.to_str().unwrap_or("?"));
     let timeout =
         effective_timeout(header, state.timeout_offset).map_err(|msg| ("bad_timeout", msg))?;
+    let accept = req
+        .headers()
+        .get(ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok());
     let request = ProbeRequest {
         target_name: params.target,
         config,
@@ -181,6 +185,7 @@ fn resolve(req: &HttpRequest, state: &AppState) -> Result<(ProbeRequest, bool), 
         auth_name,
         token,
         timeout,
+        codec: negotiate(accept).unwrap_or_default(),
     };
     Ok((request, params.debug))
 }
@@ -216,11 +221,7 @@ fn debug_answer(log: String, head: &str, f: &Outcome) -> HttpResponse {
 
 /// The metrics, in the encoding the client accepts ([`answer::metrics_body`]).
 fn metrics_answer(accept: Option<&str>, head: String, f: &Outcome) -> HttpResponse {
-    let encoding = if accepts_gzip(accept) {
-        Encoding::Gzip
-    } else {
-        Encoding::Identity
-    };
+    let encoding = Encoding::of(negotiate(accept));
     let body = answer::metrics_body(head, f.result.as_deref().ok(), encoding);
     let mut resp = HttpResponse::Ok();
     resp.content_type(TEXT_FORMAT)

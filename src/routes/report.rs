@@ -166,6 +166,21 @@ fn probe_log(probe: &ProbeRequest, f: &Outcome) -> String {
         }
     }
     let _ = writeln!(out, "Data: {}", data_words(f.source, f.age));
+    if let Ok(d) = &f.result {
+        let _ = writeln!(
+            out,
+            "Series kept: {} bytes of text in {} bytes of {} pieces (compressed as the fetching \
+             probe's client asked){}",
+            d.series.len(),
+            d.series.compressed_len(),
+            d.series.codec().name(),
+            if d.compact.is_some() {
+                ", and per-device values (compact_cache)"
+            } else {
+                ""
+            }
+        );
+    }
     let _ = writeln!(out, "\nLog (upstream requests and decisions, in order):");
     for n in &f.notes {
         let _ = writeln!(out, "{n}");

@@ -585,26 +585,38 @@ fn answer_series(body: &str) -> Vec<String> {
 
 /// Every form of an answer carries the same series: per-device series kept compressed (the
 /// default) or as values (`compact_cache`), data fetched for the probe, from the cache, or
-/// shared with an identical probe in flight, answered gzip, identity or as the debug page.
+/// shared with an identical probe in flight, answered gzip, zstd, identity or as the debug
+/// page, whichever encoding the fetching probe asked for (the cached pieces are deflate or
+/// zstd by the first, and re-encoded for the others).
 #[actix_rt::test]
 async fn every_answer_form_carries_the_same_series() {
     use balena_simulator::{Fault, FaultRule};
     let app = spawn_with(world(&[("screens", 700)]), |url| {
         default_config(url, &["screens"])
             + "modules:\n  default:\n    device_tags: [location]\n  compact:\n    device_tags: [location]\n    compact_cache: true\n"
+            + "  zdefault:\n    device_tags: [location]\n  zcompact:\n    device_tags: [location]\n    compact_cache: true\n"
     })
     .await;
     let reference = answer_series(&app.get("/probe?target=screens").await.body);
     assert!(reference.len() > 700 * 10, "{} series", reference.len());
     /// An answer form: its name, its request headers, its query suffix.
     type Form<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let forms: [Form; 3] = [
+    let forms: [Form; 4] = [
         ("gzip", &[], ""),
+        ("zstd", &[("Accept-Encoding", "zstd, gzip")], ""),
         ("identity", &[("Accept-Encoding", "identity")], ""),
         ("debug", &[], "&debug=true"),
     ];
-    for module in ["default", "compact"] {
-        // Shared: three identical probes while the device listing takes 300 ms.
+    // Each module fetched by a gzip probe (deflate pieces) and, under another name, by a zstd
+    // one (zstd pieces).
+    for (module, by) in [
+        ("default", 0),
+        ("compact", 0),
+        ("zdefault", 1),
+        ("zcompact", 1),
+    ] {
+        // Shared: the fetching probe while the device listing takes 300 ms, the other forms
+        // 50 ms later.
         app.sim.inject(
             FaultRule::always(
                 "/v7/device",
@@ -613,19 +625,44 @@ async fn every_answer_form_carries_the_same_series() {
             .times(1),
         );
         let path = format!("/probe?target=screens&module={module}");
-        let together = forms.iter().map(|(_, headers, extra)| {
+        let ask = |(_, headers, extra): Form<'static>| {
             let path = format!("{path}{extra}");
             let app = &app;
             async move { app.get_with(&path, headers).await }
-        });
-        let first = futures_util::future::join_all(together).await;
-        for ((form, _, _), answer) in forms.iter().zip(&first) {
+        };
+        let others = forms.iter().enumerate().filter(|(i, _)| *i != by);
+        let later = async {
+            actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+            futures_util::future::join_all(others.map(|(_, f)| ask(*f))).await
+        };
+        let (fetching, later) = tokio::join!(ask(forms[by]), later);
+        let first = [(forms[by], fetching)].into_iter().chain(
+            forms
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != by)
+                .map(|(_, f)| *f)
+                .zip(later),
+        );
+        for ((form, _, _), answer) in first {
             assert_eq!(answer.status, 200, "{module} {form}");
+            // awc asks for gzip unless told; the debug page is compressed by the server.
+            let encoding = match form {
+                "zstd" => "zstd",
+                "identity" => "",
+                _ => "gzip",
+            };
+            assert_eq!(answer.content_encoding, encoding, "{module} {form}");
             assert_eq!(
                 answer_series(&answer.body),
                 reference,
                 "{module} {form}, fetched or shared"
             );
+            if form == "debug" {
+                let kept = if by == 0 { "deflate" } else { "zstd" };
+                let kept = format!(" bytes of {kept} pieces");
+                assert!(answer.body.contains(&kept), "{module}: {}", answer.body);
+            }
         }
         // Cached: the same forms again.
         for (form, headers, extra) in forms {
