@@ -12,7 +12,7 @@
 //!   behind one type) → fetch → metric families (one table of device families:
 //!   [`probe::device::DEVICE_FAMILIES`]) → every answer form ([`probe::answer`]).
 //! - [`exposition`]: the text format and its compression (pieces, the cached compressed series,
-//!   gzip and inflated answers).
+//!   gzip, zstd and decoded answers).
 //! - [`metrics`]: the metric catalogue and the exporter's own metrics.
 //! - [`routes`] (HTTP only: parse, call, record, answer; basic auth in [`basic_auth`]),
 //!   [`lifecycle`] (reload, stop, signals) and [`startup`] (the start-up sequence, the server).

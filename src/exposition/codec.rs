@@ -39,6 +39,9 @@ impl Codec {
 /// 17% of it; level 3, which wins on one long stream, loses on pieces (slower, larger).
 const ZSTD_LEVEL: i32 = 1;
 
+/// log2 of the zstd window of pieces (see [`PieceCompressor::new`]).
+const ZSTD_WINDOW_LOG: u32 = 17;
+
 /// Compresses text into pieces of one [`Codec`] that can be concatenated in any order: a
 /// deflate piece starts from a reset compressor (it never refers back before its own start)
 /// and ends with a sync flush (byte-aligned, not final); a zstd piece is a frame. One
@@ -73,10 +76,19 @@ impl PieceCompressor {
             Codec::Zstd => {
                 let mut compressor =
                     zstd::bulk::Compressor::new(ZSTD_LEVEL).expect("zstd level 1 exists");
-                // Each frame checks its text, as gzip's CRC32 does the whole answer's.
-                compressor
-                    .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
-                    .expect("zstd knows the checksum flag");
+                use zstd::zstd_safe::CParameter;
+                // Each frame checks its text, as gzip's CRC32 does the whole answer's; a window
+                // of 128 KiB (level 1's is 512 KiB) bounds what decoding a frame holds, for the
+                // answers that decode the series (`MAX_INFLATING` of them at once), and costs
+                // nothing on pieces of 64 KiB.
+                for parameter in [
+                    CParameter::ChecksumFlag(true),
+                    CParameter::WindowLog(ZSTD_WINDOW_LOG),
+                ] {
+                    compressor
+                        .set_parameter(parameter)
+                        .expect("zstd knows the checksum flag and this window");
+                }
                 State::Zstd {
                     compressor,
                     joined: Vec::new(),
@@ -341,6 +353,30 @@ mod tests {
             .collect();
         assert_eq!(zstd::stream::decode_all(&stream[..]).unwrap(), text);
         assert!(stream.len() * 5 < text.len(), "{} bytes", stream.len());
+        // A large piece (the last one of a probe holds every family's rest) keeps the small
+        // window: a decoder that refuses larger windows reads it.
+        let large = series_text(40_000);
+        assert!(large.len() > 1 << 20);
+        let piece = c.piece(&[&large]).unwrap();
+        let mut decoder = zstd::stream::read::Decoder::new(&piece[..]).unwrap();
+        decoder
+            .window_log_max(ZSTD_WINDOW_LOG)
+            .expect("a decoder takes a window limit");
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut decoder, &mut read).expect("the window fits");
+        assert_eq!(read, large);
+        let mut unlimited = PieceCompressor::new(Codec::Zstd);
+        if let State::Zstd { compressor, .. } = &mut unlimited.state {
+            let level_1 = zstd::zstd_safe::CParameter::WindowLog(19);
+            compressor.set_parameter(level_1).unwrap();
+        }
+        let wide = unlimited.piece(&[&large]).unwrap();
+        let mut decoder = zstd::stream::read::Decoder::new(&wide[..]).unwrap();
+        decoder.window_log_max(ZSTD_WINDOW_LOG).unwrap();
+        assert!(
+            std::io::Read::read_to_end(&mut decoder, &mut Vec::new()).is_err(),
+            "the limit would catch a wider window"
+        );
     }
 
     #[test]

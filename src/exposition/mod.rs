@@ -4,8 +4,9 @@
 //! metric family, so samples of a family stay together whatever order devices arrive in. A
 //! probe of a 10,000-device fleet writes ~150,000 samples; building them as `prometheus`
 //! `GaugeVec`s would hash every label set and hold it twice (see `docs/performance.md`).
-//! [`body`] compresses the families into pieces as they are written, keeps them as the cached
-//! series, and builds the gzip (or inflated) answers from them.
+//! [`body`] compresses the families into pieces ([`codec`]: deflate or zstd) as they are
+//! written, keeps them as the cached series, and builds the gzip, zstd (or decoded) answers
+//! from them.
 
 pub mod body;
 pub mod codec;
