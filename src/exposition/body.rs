@@ -199,6 +199,14 @@ pub struct CompressedSeries {
 }
 
 impl CompressedSeries {
+    /// No series, as `codec` pieces.
+    pub fn empty(codec: Codec) -> Self {
+        Self {
+            codec,
+            ..Self::default()
+        }
+    }
+
     /// Compresses `text` as `codec` pieces.
     pub fn new(codec: Codec, text: &[u8]) -> Self {
         let mut packed = Packed::default();

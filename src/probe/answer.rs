@@ -90,7 +90,8 @@ pub struct Body {
 /// decode them as they are sent, [`MAX_INFLATING`] at a time. Compact per-device values are
 /// rendered for each answer.
 pub fn metrics_body(head: String, data: Option<&ProbeData>, encoding: Encoding) -> Body {
-    let empty = CompressedSeries::default();
+    // A failed probe has no series: none in the answer's own codec, so its head is sized.
+    let empty = CompressedSeries::empty(encoding.codec().unwrap_or_default());
     let series = data.map_or(&empty, |d| &d.series);
     let compact = data.and_then(|d| d.compact.clone());
     let rendered = move || {
@@ -194,5 +195,29 @@ pub async fn decoded(body: Body) -> Vec<u8> {
             out
         }
         Encoding::Zstd => zstd::stream::decode_all(&bytes[..]).expect("a zstd answer decodes"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn a_failed_probe_is_a_sized_head_in_every_encoding() {
+        let head = "probe_success 0\nprobe_duration_seconds 0.5\n";
+        for encoding in [Encoding::Gzip, Encoding::Zstd, Encoding::Identity] {
+            let body = metrics_body(head.to_string(), None, encoding);
+            assert_eq!(body.encoding, encoding);
+            let len = body.len.expect("sized");
+            let raw: Vec<u8> = body
+                .chunks
+                .map(|c| c.unwrap_or_else(|e| match e {}))
+                .collect::<Vec<_>>()
+                .await
+                .concat();
+            assert_eq!(raw.len() as u64, len, "{encoding:?}");
+            let body = metrics_body(head.to_string(), None, encoding);
+            assert_eq!(decoded(body).await, head.as_bytes(), "{encoding:?}");
+        }
     }
 }

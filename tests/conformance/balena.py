@@ -478,11 +478,12 @@ class RunningExporter:
                 time.sleep(0.1)
         return self
 
-    def timed(self, query):
+    def timed(self, query, encoding="gzip"):
+        """Seconds to the last byte of a probe answered in `encoding` (not decoded), and its size."""
         import time
         t = time.perf_counter()
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/probe?{query}",
-                                     headers=dict({"Accept-Encoding": "gzip"}, **self.headers))
+                                     headers=dict({"Accept-Encoding": encoding}, **self.headers))
         with urllib.request.urlopen(req, timeout=120) as r:
             size = len(r.read())
         return time.perf_counter() - t, size

@@ -5,12 +5,14 @@ for docs/performance.md. Not a test: numbers from one run, so that ratios compar
     tests/conformance/real-balena-api/start.sh ~/.cache/real-balena-api
     python3 tests/conformance/bench_pair.py ~/.cache/real-balena-api BEFORE_BIN AFTER_BIN \
         [--devices 10000] [--pages 1000,2000,10000] [--runs 9] [--modules default,summary] [--split-cores]
+        [--encodings gzip,gzip]
 
 Seeds one fleet of `--devices` devices (SQL rows, as bench.py does), then for each module and
 page size runs both exporters (`cache_ttl: 0s`, `page_size` set) and, `--runs` times, alternating
 which goes first: the probe's own device requests replayed raw (same query, same
 Accept-Encoding, one after the other, each read to its last byte), then one probe of each build
-(gzip answer, to its last byte). Prints medians, the ratios probe / raw requests, and each
+(to its last byte, in the encodings of `--encodings BEFORE,AFTER`: gzip for both unless told; one
+build twice with `gzip,zstd` compares the two answers). Prints medians, the ratios probe / raw requests, and each
 build's CPU per probe over the timed probes (`/proc/PID/stat`, user + system).
 
 `--split-cores` pins the API's processes (node, PostgreSQL, Redis) to CPU 0 and this script
@@ -67,7 +69,9 @@ def main():
     a.add_argument("--runs", type=int, default=9)
     a.add_argument("--modules", default="default,summary")
     a.add_argument("--split-cores", action="store_true")
+    a.add_argument("--encodings", default="gzip,gzip")
     args = a.parse_args()
+    encodings = args.encodings.split(",")
     env = env_file(os.path.join(args.api_dir, "run", "env"))
     url = env["BALENA_API_URL"]
     token = api_key(url, login(url, env["SUPERUSER_EMAIL"], env["SUPERUSER_PASSWORD"]), "bench-pair")
@@ -84,7 +88,7 @@ def main():
         os.sched_setaffinity(0, {1})
     print(f"seeded {n} devices (fleet {slug}); {args.runs} runs each; cores "
           f"{'split: API on CPU 0, exporters on CPU 1' if args.split_cores else 'shared'}; "
-          f"raw requests with {PROBE_HEADERS}\n")
+          f"raw requests with {PROBE_HEADERS}; answers before / after: {' / '.join(encodings)}\n")
     print("| module | page_size | raw requests | before | after | before / raw | after / raw | after / before "
           "| CPU a probe, before | after |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -96,14 +100,15 @@ def main():
                           f"  summary: {{devices: false}}\ntargets:\n  t: {{fleet: {slug}, auth: a}}\n")
                 q = f"target=t&module={module}"
                 with RunningExporter(args.before, config) as b, RunningExporter(args.after, config) as f:
-                    b.timed(q)  # the first probe starts the background reads
-                    f.timed(q)
+                    b.timed(q, encodings[0])  # the first probe starts the background reads
+                    f.timed(q, encodings[1])
                     r, bt, ft = [], [], []
                     cpu0 = (b.cpu_seconds(), f.cpu_seconds())
                     for i in range(args.runs):
                         r.append(raw(api, module, fid, page))
-                        for ex, out in ((b, bt), (f, ft)) if i % 2 == 0 else ((f, ft), (b, bt)):
-                            out.append(ex.timed(q)[0])
+                        pair = ((b, bt, encodings[0]), (f, ft, encodings[1]))
+                        for ex, out, encoding in pair if i % 2 == 0 else pair[::-1]:
+                            out.append(ex.timed(q, encoding)[0])
                     bc, fc = ((ex.cpu_seconds() - c) * 1000 / args.runs for ex, c in zip((b, f), cpu0))
                 r, bt, ft = (statistics.median(x) for x in (r, bt, ft))
                 print(f"| {module} | {page:,} | {r * 1000:.0f} ms | {bt * 1000:.0f} ms | {ft * 1000:.0f} ms "
