@@ -125,6 +125,8 @@ pub fn metrics_body(head: String, data: Option<&ProbeData>, encoding: Encoding) 
             let parts = series.stream_then(codec, head.as_bytes(), rendered());
             streamed(stream::iter(parts.map(Ok)).boxed_local())
         }
+        // Pieces of the other codec (fetched for a client of the other encoding): decoded and
+        // compressed again while they are sent, holding one of the turns.
         Some(codec) => {
             let parts = series.stream_then(codec, head.as_bytes(), rendered());
             streamed(gated(parts).boxed_local())

@@ -109,11 +109,11 @@ def main():
     token = api_key(url, login(url, env["SUPERUSER_EMAIL"], env["SUPERUSER_PASSWORD"]), "bench")
     api = Api(url, token)
     types = {t["slug"]: t["id"] for t in api.get("device_type", "$select=id,slug")}
-    fleet = api.post("application", {"app_name": f"Bench-{n}", "organization": 1,
+    fleet = api.post("application", {"app_name": f"Bench-{n}-{int(time.time())}", "organization": 1,
                                      "is_for__device_type": types["raspberrypi4-64"]})
     fid, slug = fleet["id"], fleet["slug"]
     t = time.perf_counter()
-    seed_devices(env["PG_PORT"], fid, types["raspberrypi4-64"], n, "bench")
+    seed_devices(env["PG_PORT"], fid, types["raspberrypi4-64"], n, f"bench-{fid}")
     print(f"seeded {n} devices in {time.perf_counter() - t:.1f}s (fleet {slug})\n")
 
     print("one page, first of the listing (median of 3):")

@@ -39,7 +39,8 @@ def main():
     dt = types["raspberrypi4-64"]
     from datetime import datetime, timezone
     now = datetime.now(timezone.utc)
-    host = api.post("application", {"app_name": f"rpi4-host-{n}", "organization": 1, "is_for__device_type": dt,
+    stamp = int(time.time())  # a second run against the same API seeds fleets of its own
+    host = api.post("application", {"app_name": f"rpi4-host-{n}-{stamp}", "organization": 1, "is_for__device_type": dt,
                                     "is_host": True, "is_public": True})["id"]
     os_ids = []
     for i, (version, phase) in enumerate([("5.3.24", "end-of-life"), ("6.0.13", "sunset"), ("6.5.3", "current")]):
@@ -48,10 +49,10 @@ def main():
                                    "semver": version})["id"]
         api.patch("release", rid, {"phase": phase})
         os_ids.append((version, rid))
-    fleet = api.post("application", {"app_name": f"Host-Bench-{n}", "organization": 1, "is_for__device_type": dt})
+    fleet = api.post("application", {"app_name": f"Host-Bench-{n}-{stamp}", "organization": 1, "is_for__device_type": dt})
     fid, slug = fleet["id"], fleet["slug"]
     t = time.perf_counter()
-    seed_devices(env["PG_PORT"], fid, dt, n, f"host-bench-{n}", {
+    seed_devices(env["PG_PORT"], fid, dt, n, f"host-bench-{fid}", {
         "os version": "(array['balenaOS 5.3.24','balenaOS 6.0.13','balenaOS 6.5.3'])[1 + i % 3]",
         "supervisor version": "'17.0.3'",
         "should be operated by-release": f"case when i % 10 = 0 then {os_ids[2][1]} "
