@@ -615,12 +615,12 @@ async fn every_answer_form_carries_the_same_series() {
         ("zdefault", 1),
         ("zcompact", 1),
     ] {
-        // Shared: the fetching probe while the device listing takes 300 ms, the other forms
-        // 50 ms later.
+        // Shared: the fetching probe while the device listing takes 600 ms, the other forms
+        // 100 ms later (the fetch is in flight by then: its fleet row is not delayed).
         app.sim.inject(
             FaultRule::always(
                 "/v7/device",
-                Fault::Delay(std::time::Duration::from_millis(300)),
+                Fault::Delay(std::time::Duration::from_millis(600)),
             )
             .times(1),
         );
@@ -632,7 +632,7 @@ async fn every_answer_form_carries_the_same_series() {
         };
         let others = forms.iter().enumerate().filter(|(i, _)| *i != by);
         let later = async {
-            actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+            actix_rt::time::sleep(std::time::Duration::from_millis(100)).await;
             futures_util::future::join_all(others.map(|(_, f)| ask(*f))).await
         };
         let (fetching, later) = tokio::join!(ask(forms[by]), later);
