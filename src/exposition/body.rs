@@ -155,23 +155,30 @@ impl PackWorker {
     }
 }
 
-/// Compressed pieces and the CRC32 of the text they hold (gzip's trailer, and the length).
+/// Compressed pieces, the length of the text they hold and, for deflate pieces, its CRC32
+/// (gzip's trailer; zstd frames check themselves).
 #[derive(Debug, Default)]
 pub struct Packed {
     pieces: Vec<Bytes>,
+    len: u64,
     crc: Crc,
 }
 
 impl Packed {
     /// True when no text was packed.
     pub fn is_empty(&self) -> bool {
-        self.crc.amount() == 0
+        self.len == 0
     }
 
     /// Compresses `parts` as one more piece with `compressor`.
     pub fn add(&mut self, compressor: &mut PieceCompressor, parts: &[&[u8]]) {
         if let Some(piece) = compressor.piece(parts) {
-            parts.iter().for_each(|p| self.crc.update(p));
+            for part in parts {
+                self.len += part.len() as u64;
+                if compressor.codec() == Codec::Deflate {
+                    self.crc.update(part);
+                }
+            }
             self.pieces.push(piece);
         }
     }
@@ -186,6 +193,7 @@ impl Packed {
             return;
         }
         self.pieces.extend(other.pieces);
+        self.len += other.len;
         self.crc.combine(&other.crc);
     }
 }
@@ -195,6 +203,7 @@ impl Packed {
 pub struct CompressedSeries {
     codec: Codec,
     pieces: Vec<Bytes>,
+    len: u64,
     crc: Crc,
 }
 
@@ -227,9 +236,18 @@ impl CompressedSeries {
 
     /// The series of `packed`, pieces of `codec`.
     pub fn from_packed(codec: Codec, packed: Packed) -> Self {
-        let Packed { mut pieces, crc } = packed;
+        let Packed {
+            mut pieces,
+            len,
+            crc,
+        } = packed;
         pieces.shrink_to_fit();
-        Self { codec, pieces, crc }
+        Self {
+            codec,
+            pieces,
+            len,
+            crc,
+        }
     }
 
     /// The format of the pieces.
@@ -239,7 +257,7 @@ impl CompressedSeries {
 
     /// Length of the uncompressed text.
     pub fn len(&self) -> usize {
-        self.crc.amount() as usize
+        self.len as usize
     }
 
     /// True when there is no text.
@@ -362,7 +380,9 @@ impl Iterator for EncodedStream {
         }
         for text in self.more.by_ref() {
             if let Some(piece) = compress_here(self.codec, &[&text]) {
-                self.crc.update(&text);
+                if self.codec == Codec::Deflate {
+                    self.crc.update(&text);
+                }
                 return Some(piece);
             }
         }
