@@ -210,6 +210,22 @@ pub async fn decoded(body: Body) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt as _;
+
+    #[actix_rt::test]
+    async fn a_decoding_answer_gives_the_event_loop_a_turn_between_chunks() {
+        let chunks = (0..3u8).map(|i| Bytes::from(vec![i; 10]));
+        let mut answer = Box::pin(gated(chunks));
+        // The first chunk as soon as a turn is free (one is), then each next one only after
+        // the stream has once said "not yet" (the server then serves other connections).
+        assert!(matches!(answer.next().now_or_never(), Some(Some(Ok(_)))));
+        for _ in 0..2 {
+            assert!(answer.next().now_or_never().is_none(), "no turn given back");
+            assert!(matches!(answer.next().now_or_never(), Some(Some(Ok(_)))));
+        }
+        assert!(answer.next().now_or_never().is_none());
+        assert!(matches!(answer.next().now_or_never(), Some(None)));
+    }
 
     #[actix_rt::test]
     async fn a_failed_probe_is_a_sized_head_in_every_encoding() {
