@@ -25,8 +25,8 @@ use codec::{Codec, PieceCompressor};
 ///
 /// A *packing* exposition (see [`Exposition::packing`]) never holds much text: once a family's
 /// pending text reaches the threshold it is compressed into that family's pieces
-/// (`crate::exposition::body`), so a 10,000-device probe holds its compressed series (~5.6 MB) and at
-/// most ~13 × 64 KiB of text instead of 18 MB of text.
+/// (`crate::exposition::body`), so a 10,000-device probe holds its compressed series (~5.6 MB)
+/// and at most ~13 × 64 KiB of text instead of 18 MB of text.
 #[derive(Debug, Default)]
 pub struct Exposition {
     families: Vec<Family>,

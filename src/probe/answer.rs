@@ -1,9 +1,9 @@
 //! A probe's answer: [`ProbeData`] (fetched, cached, shared or kept as compact values) plus the
 //! per-request head (`probe_success`, durations, ...) turned into every form an answer takes —
-//! gzip, zstd or identity, streamed or sized, or the debug page's text. The one place that knows the
-//! two forms of `ProbeData` (compressed pieces, compact per-device values), so that every path
-//! serves the same series: the most delicate invariant of the exporter lives here alone, and
-//! `tests/properties.rs` checks it over fetched, cached, shared and compact data.
+//! gzip, zstd or identity, streamed or sized, or the debug page's text. The one place that
+//! knows the two forms of `ProbeData` (compressed pieces, compact per-device values), so that
+//! every path serves the same series: the most delicate invariant of the exporter lives here
+//! alone, and `tests/properties.rs` checks it over fetched, cached, shared and compact data.
 
 use std::convert::Infallible;
 use std::sync::{Arc, LazyLock};
@@ -87,8 +87,8 @@ pub struct Body {
 /// The metrics answer: `head` (the per-request metrics, text format) then the series of
 /// `data` (none when the probe failed), in `encoding`. Answers in the cached pieces' own
 /// encoding stream them after a compressed head; answers in the other compression, or none,
-/// decode them as they are sent (and compress them again), [`MAX_INFLATING`] at a time. Compact per-device values are
-/// rendered for each answer.
+/// decode them as they are sent (and compress them again), [`MAX_INFLATING`] at a time.
+/// Compact per-device values are rendered for each answer.
 pub fn metrics_body(head: String, data: Option<&ProbeData>, encoding: Encoding) -> Body {
     // A failed probe has no series: none in the answer's own codec, so its head is sized.
     let empty = CompressedSeries::empty(encoding.codec().unwrap_or_default());

@@ -35,8 +35,9 @@ pub struct ProbeRequest {
     /// The time the probe may take.
     pub timeout: Duration,
     /// The codec its series are compressed in if this probe fetches: the one its client asked
-    /// for (zstd when none, the cheaper to decode). A probe that shares another's fetch, or its cached result,
-    /// gets that one's codec, re-encoded for its client when they differ (`answer`).
+    /// for (zstd when none, the cheaper to decode). A probe that shares another's fetch, or
+    /// its cached result, gets that one's codec, re-encoded for its client when they differ
+    /// (`answer`).
     pub codec: Codec,
 }
 
