@@ -443,6 +443,7 @@ impl SizedAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exposition::codec::tests::series_text;
 
     const CODECS: [Codec; 2] = [Codec::Deflate, Codec::Zstd];
 
@@ -460,12 +461,6 @@ mod tests {
             }
             Codec::Zstd => zstd::stream::decode_all(data).unwrap(),
         }
-    }
-
-    fn series_text(lines: usize) -> Vec<u8> {
-        (0..lines)
-            .flat_map(|i| format!("m{{device_uuid=\"{i:032x}\"}} {i}\n").into_bytes())
-            .collect()
     }
 
     #[test]

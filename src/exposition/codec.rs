@@ -309,10 +309,11 @@ pub fn negotiate(accept_encoding: Option<&str>) -> Option<Codec> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn series_text(lines: usize) -> Vec<u8> {
+    /// `lines` lines of series text, each with its own label value.
+    pub(crate) fn series_text(lines: usize) -> Vec<u8> {
         (0..lines)
             .flat_map(|i| format!("m{{device_uuid=\"{i:032x}\"}} {i}\n").into_bytes())
             .collect()

@@ -64,6 +64,13 @@ impl Encoding {
         }
     }
 
+    /// The codec a probe answered in this encoding compresses the series in if it fetches:
+    /// its own, or zstd for an answer without compression (text decoded from zstd pieces costs
+    /// less to make and to decode than from deflate ones; docs/performance.md, "zstd answers").
+    pub fn pieces(self) -> Codec {
+        self.codec().unwrap_or(Codec::Zstd)
+    }
+
     /// The `Content-Encoding` value.
     pub fn header(self) -> &'static str {
         match self {
@@ -184,16 +191,20 @@ fn gated<I: Iterator<Item = Bytes> + 'static>(
     })
 }
 
+/// The whole body as sent. For tests.
+pub async fn sent(body: Body) -> Vec<u8> {
+    body.chunks
+        .map(|c| c.unwrap_or_else(|e| match e {}))
+        .collect::<Vec<_>>()
+        .await
+        .concat()
+}
+
 /// The whole body, decoded: what a client reads. For tests.
 pub async fn decoded(body: Body) -> Vec<u8> {
     use std::io::Read as _;
     let encoding = body.encoding;
-    let bytes: Vec<u8> = body
-        .chunks
-        .map(|c| c.unwrap_or_else(|e| match e {}))
-        .collect::<Vec<_>>()
-        .await
-        .concat();
+    let bytes = sent(body).await;
     match encoding {
         Encoding::Identity => bytes,
         Encoding::Gzip => {
@@ -234,13 +245,7 @@ mod tests {
             let body = metrics_body(head.to_string(), None, encoding);
             assert_eq!(body.encoding, encoding);
             let len = body.len.expect("sized");
-            let raw: Vec<u8> = body
-                .chunks
-                .map(|c| c.unwrap_or_else(|e| match e {}))
-                .collect::<Vec<_>>()
-                .await
-                .concat();
-            assert_eq!(raw.len() as u64, len, "{encoding:?}");
+            assert_eq!(sent(body).await.len() as u64, len, "{encoding:?}");
             let body = metrics_body(head.to_string(), None, encoding);
             assert_eq!(decoded(body).await, head.as_bytes(), "{encoding:?}");
         }

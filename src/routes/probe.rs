@@ -14,7 +14,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::report::record;
 use super::AppState;
 use crate::balena::BalenaClient;
-use crate::exposition::codec::{negotiate, Codec};
+use crate::exposition::codec::negotiate;
 use crate::exposition::{Exposition, TEXT_FORMAT};
 use crate::metrics as m;
 use crate::probe::answer::{self, Encoding};
@@ -108,7 +108,12 @@ pub async fn probe(
     client: web::Data<BalenaClient>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let (probe, debug) = match resolve(&req, &state) {
+    let accept = req
+        .headers()
+        .get(ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let encoding = Encoding::of(negotiate(accept));
+    let (probe, debug) = match resolve(&req, &state, encoding) {
         Ok(p) => p,
         Err((reason, msg)) => return bad_request(&state, reason, msg),
     };
@@ -119,11 +124,7 @@ pub async fn probe(
     if debug {
         return debug_answer(log, &head, &fetched);
     }
-    let accept = req
-        .headers()
-        .get(ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    metrics_answer(accept, head, &fetched)
+    metrics_answer(encoding, head, &fetched)
 }
 
 /// Why a request is refused: the bounded reason (a label of
@@ -133,7 +134,11 @@ type BadRequest = (&'static str, String);
 /// The request's target (configured, or a fleet discovery found under an org or `all` target),
 /// module, auth and deadline, and whether the debug page was asked for; a 400 with one line
 /// for anything unknown or malformed.
-fn resolve(req: &HttpRequest, state: &AppState) -> Result<(ProbeRequest, bool), BadRequest> {
+fn resolve(
+    req: &HttpRequest,
+    state: &AppState,
+    encoding: Encoding,
+) -> Result<(ProbeRequest, bool), BadRequest> {
     let params = ProbeParams::parse(req.query_string())?;
     let config = state.config.snapshot();
     let target = match config.targets.get(&params.target) {
@@ -173,10 +178,6 @@ fn resolve(req: &HttpRequest, state: &AppState) -> Result<(ProbeRequest, bool), 
         .map(|h| h.to_str().unwrap_or("?"));
     let timeout =
         effective_timeout(header, state.timeout_offset).map_err(|msg| ("bad_timeout", msg))?;
-    let accept = req
-        .headers()
-        .get(ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok());
     let request = ProbeRequest {
         target_name: params.target,
         config,
@@ -185,9 +186,7 @@ fn resolve(req: &HttpRequest, state: &AppState) -> Result<(ProbeRequest, bool), 
         auth_name,
         token,
         timeout,
-        // A client without compression gets text decoded from the pieces: zstd pieces cost
-        // less to make and to decode than deflate ones (docs/performance.md, "zstd answers").
-        codec: negotiate(accept).unwrap_or(Codec::Zstd),
+        codec: encoding.pieces(),
     };
     Ok((request, params.debug))
 }
@@ -222,8 +221,7 @@ fn debug_answer(log: String, head: &str, f: &Outcome) -> HttpResponse {
 }
 
 /// The metrics, in the encoding the client accepts ([`answer::metrics_body`]).
-fn metrics_answer(accept: Option<&str>, head: String, f: &Outcome) -> HttpResponse {
-    let encoding = Encoding::of(negotiate(accept));
+fn metrics_answer(encoding: Encoding, head: String, f: &Outcome) -> HttpResponse {
     let body = answer::metrics_body(head, f.result.as_deref().ok(), encoding);
     let mut resp = HttpResponse::Ok();
     resp.content_type(TEXT_FORMAT)
