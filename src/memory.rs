@@ -11,9 +11,8 @@
 //!   first probe a page's 10 MB buffer comes from a heap and stays resident as free space there.
 //!   A fixed threshold keeps large buffers in their own mappings (and turns the raising off).
 //! - **The arenas.** Every thread that allocates gets a heap of its own (up to 8 per core):
-//!   the HTTP workers, the deflate helpers of each probe and the background reads each keep
-//!   their free space apart. Two arenas keep the workers from contending on one lock while
-//!   bounding that spread.
+//!   the HTTP workers and the background reads each keep their free space apart. Two arenas
+//!   keep the workers from contending on one lock while bounding that spread.
 //!
 //! Measured with `cargo run --release --example loadbench` (docs/performance.md, "Allocator
 //! settings"). An operator's own `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_` or

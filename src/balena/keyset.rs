@@ -24,6 +24,7 @@
 //! go (`$skip` costs more per row skipped), and rows created or deleted while the listing runs
 //! shift nothing: no row that exists throughout is missed or taken twice.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::BuildHasher as _;
 
@@ -70,12 +71,16 @@ pub async fn list(
 ) -> Result<usize, BalenaError> {
     let page_size = s.api().page_size as usize;
     let mut listed = Listed::default();
+    // One page buffer for the whole listing: a decoded page's buffer is the next page's, so a
+    // listing allocates (and the kernel maps) ~1 MB once, not once a page (docs/performance.md,
+    // "Compressing inline, one page buffer").
+    let spare = Cell::new(Vec::new());
     let mut gate = Gate {
         rows: listing.rows,
         max_rows: listing.max_rows,
         ..Gate::default()
     };
-    let mut page = fetch_page(s, listing, None, &mut listed).await?;
+    let mut page = fetch_page(s, listing, None, &mut listed, &spare).await?;
     loop {
         gate.begin_page();
         // The next page is asked for after the last row this page shows; if the decode finds
@@ -84,12 +89,15 @@ pub async fn list(
         let (n, next) = match ahead.filter(|id| Some(*id) != gate.after) {
             Some(after) => {
                 let (n, next) = tokio::try_join!(
-                    decode_page(page, &mut on_row, &mut gate),
-                    fetch_page(s, listing, Some(after), &mut listed),
+                    decode_page(page, &mut on_row, &mut gate, &spare),
+                    fetch_page(s, listing, Some(after), &mut listed, &spare),
                 )?;
                 (n, Some((after, next)))
             }
-            None => (decode_page(page, &mut on_row, &mut gate).await?, None),
+            None => (
+                decode_page(page, &mut on_row, &mut gate, &spare).await?,
+                None,
+            ),
         };
         if gate.repeated > 0 {
             s.note(format_args!(
@@ -111,7 +119,7 @@ pub async fn list(
         }
         page = match next {
             Some((after, next)) if Some(after) == gate.after => next,
-            _ => fetch_page(s, listing, gate.after, &mut listed).await?,
+            _ => fetch_page(s, listing, gate.after, &mut listed, &spare).await?,
         };
     }
 }
@@ -121,12 +129,14 @@ pub async fn list(
 #[derive(Default)]
 struct Listed(usize);
 
-/// One page of `listing`, the rows after `after`, read whole.
+/// One page of `listing`, the rows after `after`, read whole into the `spare` buffer (when a
+/// decoded page left one there by the time the first bytes come).
 async fn fetch_page(
     s: &Session<'_>,
     listing: &Listing<'_>,
     after: Option<u64>,
     listed: &mut Listed,
+    spare: &Cell<Vec<u8>>,
 ) -> Result<Vec<u8>, BalenaError> {
     let filter = match after {
         None => listing.filter.clone(),
@@ -150,6 +160,9 @@ async fn fetch_page(
                 listing.rows
             )));
         }
+        if page.capacity() == 0 {
+            page = spare.take();
+        }
         page.extend_from_slice(chunk);
         Ok(())
     })
@@ -171,14 +184,17 @@ fn row_id(row: &str) -> Option<u64> {
 /// then decodes without another: that request's answer waits in the socket until the page is
 /// decoded and dropped, so a listing holds one page at a time (~0.8 KB a device row).
 async fn decode_page(
-    page: Vec<u8>,
+    mut page: Vec<u8>,
     on_row: &mut impl FnMut(&str, &mut Gate) -> Result<Option<usize>, StreamError>,
     gate: &mut Gate,
+    spare: &Cell<Vec<u8>>,
 ) -> Result<usize, BalenaError> {
     tokio::task::yield_now().await;
     let mut rows = stream::RowStream::new();
     rows.feed(&page, &mut |text| on_row(text, gate))
         .map_err(|e| gate.refused.take().unwrap_or_else(|| stream_error(e)))?;
+    page.clear();
+    spare.set(page);
     rows.finish().map_err(stream_error)
 }
 

@@ -4,9 +4,11 @@
 //! The series are compressed as they are written, in *pieces* (`super::codec`): each family's
 //! text is compressed every 64 KiB as a piece that concatenates with any other, so pieces make
 //! one valid stream in whatever order the families need, and a probe never holds its whole
-//! text (26 MB for 10,000 devices). [`Packer`] does this on two helper threads while rows are
-//! still decoded. The pieces are deflate, or zstd when the probe that fetched was asked for
-//! zstd.
+//! text (26 MB for 10,000 devices). The probe's own thread compresses each piece once it is
+//! filled, between two rows, with that thread's compressor ([`compress_here`]): helper threads
+//! cost ~10 ms of CPU a 10,000-device probe and saved little wall time once pages came one at
+//! a time (docs/performance.md, "Compressing inline"). The pieces are deflate, or zstd when the
+//! probe that fetched was asked for zstd.
 //!
 //! An answer in the pieces' own encoding is built without compressing the series again: for
 //! gzip, the gzip header and the head deflated and sync-flushed, the cached pieces as they are
@@ -18,7 +20,7 @@
 use actix_web::web::Bytes;
 use flate2::Crc;
 
-use super::codec::{compress_here, Codec, PieceCompressor, TextChunks};
+use super::codec::{compress_here, Codec, TextChunks};
 use crate::exposition::Exposition;
 
 /// The empty final block (fixed Huffman, no symbols but end-of-block) that closes a stream of
@@ -28,132 +30,6 @@ const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
 /// Text decoded at a time when an answer re-encodes the series for a client of the other
 /// codec: large enough to compress well (the deflate window is 32 KiB).
 const RECODE_CHUNK: usize = 64 * 1024;
-
-/// Packs families' pending text as pieces. The first piece starts the helper threads (two, or
-/// one on a single core), which compress the pieces in turn while the probe goes on decoding
-/// rows and writing text; the channels to them are bounded, so at most a few pieces wait.
-/// Pieces are independent (each from a reset compressor), so two helpers can share one
-/// family's; `finish` puts them back in order. Deflate is the longest step of a 10,000-device
-/// probe (~60 ms of ~90 ms of CPU): with one helper it alone set the pipeline's wall time,
-/// with two it is shared with the core the decoding leaves idle (`benches/pipeline.rs`,
-/// docs/performance.md). Without a thread (spawn refused), pieces are compressed inline.
-pub struct Packer {
-    inline: PieceCompressor,
-    workers: Vec<PackWorker>,
-    /// Pieces handed to the helpers so far (a piece's number orders it within its family).
-    sent: usize,
-    threaded: bool,
-}
-
-/// A piece compressed by a helper: its family, its number, and the piece.
-type Numbered = (usize, usize, Packed);
-
-struct PackWorker {
-    pieces: std::sync::mpsc::SyncSender<(usize, usize, String)>,
-    done: std::thread::JoinHandle<Vec<Numbered>>,
-}
-
-/// How many helper threads a packing probe starts: two, or one on a single core.
-fn helpers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
-}
-
-impl std::fmt::Debug for Packer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Packer")
-            .field("codec", &self.inline.codec())
-            .field("helpers", &self.workers.len())
-            .finish()
-    }
-}
-
-impl Packer {
-    /// A packer of `codec` pieces; `threaded` allows the helper threads.
-    pub fn new(codec: Codec, threaded: bool) -> Self {
-        Self {
-            inline: PieceCompressor::new(codec),
-            workers: Vec::new(),
-            sent: 0,
-            threaded,
-        }
-    }
-
-    /// Packs `text` as the next piece of family number `family` (inline into `inline_out`, or
-    /// on a helper thread), leaving `text` empty.
-    pub fn pack(&mut self, family: usize, text: &mut String, inline_out: &mut Packed) {
-        if self.workers.is_empty() && self.threaded {
-            let codec = self.inline.codec();
-            self.workers = (0..helpers())
-                .map_while(|_| PackWorker::spawn(codec))
-                .collect();
-            self.threaded = !self.workers.is_empty();
-        }
-        if !self.workers.is_empty() {
-            let worker = &self.workers[self.sent % self.workers.len()];
-            let piece = std::mem::replace(text, String::with_capacity(text.capacity()));
-            match worker.pieces.send((family, self.sent, piece)) {
-                Ok(()) => {
-                    self.sent += 1;
-                    return;
-                }
-                // The helper is gone: `finish` reports it; keep the text meanwhile.
-                Err(std::sync::mpsc::SendError((_, _, piece))) => *text = piece,
-            }
-        }
-        inline_out.add(&mut self.inline, &[text.as_bytes()]);
-        text.clear();
-    }
-
-    /// Waits for the helper threads: the pieces they packed, by family number, each family's
-    /// in the order they were handed over.
-    pub fn finish(&mut self) -> Vec<Packed> {
-        let mut numbered: Vec<Numbered> = Vec::new();
-        for PackWorker { pieces, done } in std::mem::take(&mut self.workers) {
-            drop(pieces);
-            match done.join() {
-                Ok(packed) => numbered.extend(packed),
-                // Only a bug can get here (compressing memory cannot fail): fail as loudly as
-                // inline.
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        numbered.sort_unstable_by_key(|(_, n, _)| *n);
-        let mut packed: Vec<Packed> = Vec::new();
-        for (family, _, piece) in numbered {
-            if packed.len() <= family {
-                packed.resize_with(family + 1, Packed::default);
-            }
-            packed[family].append(piece);
-        }
-        packed
-    }
-
-    /// The inline compressor, for the last pieces.
-    pub fn compressor(&mut self) -> &mut PieceCompressor {
-        &mut self.inline
-    }
-}
-
-impl PackWorker {
-    fn spawn(codec: Codec) -> Option<Self> {
-        let (pieces, queue) = std::sync::mpsc::sync_channel::<(usize, usize, String)>(2);
-        let done = std::thread::Builder::new()
-            .name("compress".into())
-            .spawn(move || {
-                let mut compressor = PieceCompressor::new(codec);
-                queue
-                    .into_iter()
-                    .map(|(family, n, text)| {
-                        let mut piece = Packed::default();
-                        piece.add(&mut compressor, &[text.as_bytes()]);
-                        (family, n, piece)
-                    })
-                    .collect()
-            })
-            .ok()?;
-        Some(Self { pieces, done })
-    }
-}
 
 /// Compressed pieces, the length of the text they hold and, for deflate pieces, its CRC32
 /// (gzip's trailer; zstd frames check themselves).
@@ -170,12 +46,12 @@ impl Packed {
         self.len == 0
     }
 
-    /// Compresses `parts` as one more piece with `compressor`.
-    pub fn add(&mut self, compressor: &mut PieceCompressor, parts: &[&[u8]]) {
-        if let Some(piece) = compressor.piece(parts) {
+    /// Compresses `parts` as one more `codec` piece, with this thread's compressor.
+    pub fn add(&mut self, codec: Codec, parts: &[&[u8]]) {
+        if let Some(piece) = compress_here(codec, parts) {
             for part in parts {
                 self.len += part.len() as u64;
-                if compressor.codec() == Codec::Deflate {
+                if codec == Codec::Deflate {
                     self.crc.update(part);
                 }
             }
@@ -219,17 +95,16 @@ impl CompressedSeries {
     /// Compresses `text` as `codec` pieces.
     pub fn new(codec: Codec, text: &[u8]) -> Self {
         let mut packed = Packed::default();
-        packed.add(&mut PieceCompressor::new(codec), &[text]);
+        packed.add(codec, &[text]);
         Self::from_packed(codec, packed)
     }
 
     /// Compresses expositions one after another (families in order) as `codec` pieces; text
     /// already packed by a packing exposition (of the same codec) is not compressed again.
     pub fn from_expositions(codec: Codec, parts: impl IntoIterator<Item = Exposition>) -> Self {
-        let mut compressor = PieceCompressor::new(codec);
         let mut packed = Packed::default();
         for e in parts {
-            e.pack_into(&mut compressor, &mut packed);
+            e.pack_into(codec, &mut packed);
         }
         Self::from_packed(codec, packed)
     }

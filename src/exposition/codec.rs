@@ -1,6 +1,6 @@
 //! The two formats the cached series are compressed in, and how an answer's encoding is chosen.
 //!
-//! Series are compressed in *pieces* that concatenate in any order ([`PieceCompressor`]):
+//! Series are compressed in *pieces* that concatenate in any order ([`compress_here`]):
 //!
 //! - **deflate** (the default; gzip answers): each piece from a reset compressor, ended by a
 //!   sync flush, so pieces followed by an empty final block are one raw-deflate stream;
@@ -44,9 +44,9 @@ const ZSTD_WINDOW_LOG: u32 = 17;
 
 /// Compresses text into pieces of one [`Codec`] that can be concatenated in any order: a
 /// deflate piece starts from a reset compressor (it never refers back before its own start)
-/// and ends with a sync flush (byte-aligned, not final); a zstd piece is a frame. One
-/// compressor serves a whole probe.
-pub struct PieceCompressor {
+/// and ends with a sync flush (byte-aligned, not final); a zstd piece is a frame. Each thread
+/// keeps one of each codec ([`compress_here`]).
+struct PieceCompressor {
     state: State,
     scratch: Vec<u8>,
 }
@@ -165,11 +165,12 @@ fn deflate_piece(compress: &mut Compress, parts: &[&[u8]], out: &mut Vec<u8>) {
     }
 }
 
-/// Compresses `parts` as one piece with this thread's compressor of `codec`, for small
-/// per-answer text (heads, `compact_cache` pieces, text re-encoded for a client of the other
-/// codec): a deflate state is ~370 KB to allocate and clear, more than a cached 100-device
-/// answer costs otherwise (wrk: ~26,000 answers a second with it shared, ~5,000 with one per
-/// answer and fixed-size mmaps, see [`crate::memory`]).
+/// Compresses `parts` as one piece with this thread's compressor of `codec`: every piece is
+/// made here (a probe's series, heads, `compact_cache` pieces, text re-encoded for a client of
+/// the other codec). A piece carries no state to the next, so pieces of many probes and answers
+/// can take turns on one compressor; a deflate state is ~370 KB to allocate and clear, more
+/// than a cached 100-device answer costs otherwise (wrk: ~26,000 answers a second with it
+/// shared, ~5,000 with one per answer and fixed-size mmaps, see [`crate::memory`]).
 pub fn compress_here(codec: Codec, parts: &[&[u8]]) -> Option<Bytes> {
     thread_local! {
         static DEFLATE: std::cell::RefCell<PieceCompressor> =

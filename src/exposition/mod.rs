@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::metrics::MetricDef;
-use body::{Packed, Packer};
-use codec::{Codec, PieceCompressor};
+use body::Packed;
+use codec::Codec;
 
 /// Text-format output of one probe, grouped by family in first-use order.
 ///
@@ -31,7 +31,8 @@ use codec::{Codec, PieceCompressor};
 pub struct Exposition {
     families: Vec<Family>,
     index: HashMap<&'static str, usize>,
-    packer: Option<Box<Packer>>,
+    /// The codec of the pieces, for a packing exposition.
+    packing: Option<Codec>,
     pack_at: usize,
 }
 
@@ -53,22 +54,12 @@ impl Exposition {
         }
     }
 
-    /// An empty output that compresses each family's text whenever `threshold` bytes of it
-    /// are pending, on helper threads (started at the first piece) while the caller goes on
-    /// writing: `examples/deflate_where.rs` measured it against compressing inline
-    /// ([`Exposition::packing_inline`]), docs/performance.md.
+    /// An empty output that compresses each family's text as a `codec` piece whenever
+    /// `threshold` bytes of it are pending, on the caller's thread (docs/performance.md,
+    /// "Compressing inline", measured it against helper threads).
     pub fn packing(threshold: usize, codec: Codec) -> Self {
         Self {
-            packer: Some(Box::new(Packer::new(codec, true))),
-            pack_at: threshold.max(1),
-            ..Self::default()
-        }
-    }
-
-    /// Like [`Exposition::packing`], compressing on the caller's thread (for the comparison).
-    pub fn packing_inline(threshold: usize, codec: Codec) -> Self {
-        Self {
-            packer: Some(Box::new(Packer::new(codec, false))),
+            packing: Some(codec),
             pack_at: threshold.max(1),
             ..Self::default()
         }
@@ -116,8 +107,9 @@ impl Exposition {
         let buf = &mut family.text;
         write(buf);
         if buf.len() >= self.pack_at {
-            if let Some(packer) = self.packer.as_mut() {
-                packer.pack(i, buf, &mut family.packed);
+            if let Some(codec) = self.packing {
+                family.packed.add(codec, &[buf.as_bytes()]);
+                buf.clear();
             }
         }
     }
@@ -135,47 +127,32 @@ impl Exposition {
         }
     }
 
-    /// Compresses every family, in order, onto `out`: the pieces packed so far (waiting for
-    /// the helper threads if they packed them), then the rest of each family's text with this
-    /// output's own compressor when it has one, else `packer` (of the same codec).
-    pub fn pack_into(self, packer: &mut PieceCompressor, out: &mut Packed) {
-        let codec = packer.codec();
-        let Self {
-            families,
-            packer: mut own,
-            ..
-        } = self;
-        let mut threaded = own.as_mut().map(|p| p.finish()).unwrap_or_default();
-        let packer = match own.as_deref_mut() {
-            Some(own) => own.compressor(),
-            None => packer,
-        };
+    /// Compresses every family, in order, onto `out` as `codec` pieces: the pieces packed so
+    /// far, then the rest of each family's text.
+    pub fn pack_into(self, codec: Codec, out: &mut Packed) {
         // Pieces of two codecs would not make one stream.
-        assert_eq!(
-            packer.codec(),
-            codec,
+        assert!(
+            self.packing.is_none_or(|own| own == codec),
             "an exposition packed in another codec"
         );
         // Text not packed yet is compressed in as few pieces as the order allows: one for all
         // the families that have no pieces of their own (each piece costs a compressor reset).
         let mut pending: Vec<String> = Vec::new();
-        let flush = |pending: &mut Vec<String>, packer: &mut PieceCompressor, out: &mut Packed| {
+        let flush = |pending: &mut Vec<String>, out: &mut Packed| {
             let parts: Vec<&[u8]> = pending.iter().map(|t| t.as_bytes()).collect();
-            out.add(packer, &parts);
+            out.add(codec, &parts);
             pending.clear();
         };
-        for (i, f) in families.into_iter().enumerate() {
-            let from_thread = threaded.get_mut(i).map(std::mem::take).unwrap_or_default();
-            if !f.packed.is_empty() || !from_thread.is_empty() {
-                flush(&mut pending, packer, out);
+        for f in self.families {
+            if !f.packed.is_empty() {
+                flush(&mut pending, out);
                 out.append(f.packed);
-                out.append(from_thread);
             }
             if !f.text.is_empty() {
                 pending.push(f.text);
             }
         }
-        flush(&mut pending, packer, out);
+        flush(&mut pending, out);
     }
 
     /// Bytes of text held (not yet packed).
