@@ -1,8 +1,8 @@
 //! The exporter's configuration: the schema (what each key means, its default), the
 //! `<secret>` view served on `/config`, and the serde helpers for durations, sizes and URLs.
-//! Loading and validation live in [`load()`] (`config/load.rs`); the reloadable handle is
-//! [`SharedConfig`] (`config/shared.rs`); what a load error must never repeat is
-//! `config/redact.rs`.
+//! Loading lives in [`load()`] (`config/load.rs`), the checks serde cannot do in
+//! `config/validate.rs`; the reloadable handle is [`SharedConfig`] (`config/shared.rs`); what a
+//! load error must never repeat is `config/redact.rs`.
 //!
 //! Tokens are [`SecretString`] from the moment they are read; a `token_file` is read at load
 //! and at every reload, and again whenever the file changes ([`token_file`]): a rotated
@@ -16,6 +16,7 @@ mod load;
 mod redact;
 mod shared;
 pub mod token_file;
+mod validate;
 
 pub(crate) use connection::signature_checks;
 pub use connection::Connection;
