@@ -360,9 +360,12 @@ mod tests {
         gate.begin_page();
     }
 
-    /// A keep-alive HTTP/1.1 server on a loopback port that answers `page` to the first
-    /// request and an empty page to any request for rows after an id (which it notes).
-    fn two_page_api(page: String, asked_after: Arc<AtomicBool>) -> (String, Arc<AtomicBool>) {
+    /// A keep-alive HTTP/1.1 server on a loopback port that answers `pages[0]` to the first
+    /// request, and to the Nth request for rows after an id (which it notes) `pages[N]`, or an
+    /// empty page past the last.
+    fn paged_api(pages: Vec<String>, asked_after: Arc<AtomicBool>) -> (String, Arc<AtomicBool>) {
+        let pages = Arc::new(pages);
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         use std::io::{BufRead, BufReader, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -373,7 +376,8 @@ mod tests {
                 if stopping.load(Ordering::SeqCst) {
                     return;
                 }
-                let (page, asked_after) = (page.clone(), asked_after.clone());
+                let (pages, asked, asked_after) =
+                    (pages.clone(), asked.clone(), asked_after.clone());
                 std::thread::spawn(move || {
                     let mut conn = conn.unwrap();
                     let mut reader = BufReader::new(conn.try_clone().unwrap());
@@ -384,12 +388,13 @@ mod tests {
                                 return;
                             }
                         }
-                        let body = if head.contains("%20gt%20") {
+                        let n = if head.contains("%20gt%20") {
                             asked_after.store(true, Ordering::SeqCst);
-                            r#"{"d":[]}"#.to_string()
+                            asked.fetch_add(1, Ordering::SeqCst) + 1
                         } else {
-                            page.clone()
+                            0
                         };
+                        let body = pages.get(n).map_or(r#"{"d":[]}"#, |p| p.as_str());
                         let answer = format!(
                             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                             body.len()
@@ -404,43 +409,41 @@ mod tests {
         (url, stop)
     }
 
-    #[actix_rt::test]
-    async fn the_next_page_is_asked_for_before_the_page_is_decoded() {
-        #[derive(Deserialize)]
-        struct Row {
-            id: u64,
+    #[derive(Deserialize)]
+    struct Row {
+        id: u64,
+    }
+
+    impl Keyed for Row {
+        fn id(&self) -> u64 {
+            self.id
         }
-        impl Keyed for Row {
-            fn id(&self) -> u64 {
-                self.id
-            }
-        }
-        // A page long enough to decode for a while: the next request must go out in the
-        // decode's first turn, before its last row is reached.
-        let rows = 20_000;
-        let page = format!(
-            r#"{{"d":[{}]}}"#,
-            (1..=rows)
-                .map(|i| format!(r#"{{"id":{i},"name":"device-{i:0>40}"}}"#))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        assert!(page.len() > 4 * 256 * 1024);
-        let asked_after = Arc::new(AtomicBool::new(false));
-        let (url, stop) = two_page_api(page, asked_after.clone());
+    }
+
+    /// What a device listing over the server at `url` needs: its settings (pages of
+    /// `page_size`), a client and a token.
+    fn api_at(
+        url: &str,
+        page_size: u32,
+    ) -> (
+        crate::config::ApiConfig,
+        super::super::BalenaClient,
+        secrecy::SecretString,
+    ) {
         let api = crate::config::ApiConfig {
             url: url.parse().unwrap(),
-            page_size: rows,
+            page_size,
             ..Default::default()
         };
         let client = super::super::BalenaClient::new(
             Arc::new(crate::metrics::ExporterMetrics::new()),
             Arc::new(super::super::AuthLimits::default()),
         );
-        let token = secrecy::SecretString::from("t");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let s = Session::new(&client, &api, "a", &token, deadline);
-        let listing = Listing {
+        (api, client, secrecy::SecretString::from("t"))
+    }
+
+    fn device_listing() -> Listing<'static> {
+        Listing {
             endpoint: "device",
             path: "/v7/device",
             filter: "belongs_to__application eq 1".into(),
@@ -448,7 +451,30 @@ mod tests {
             expand: None,
             rows: "device rows",
             max_rows: None,
-        };
+        }
+    }
+
+    /// `{"d":[…]}` of rows `ids`, each with a name of `width` characters.
+    fn rows_page(ids: std::ops::RangeInclusive<u32>, width: usize) -> String {
+        let rows: Vec<String> = ids
+            .map(|i| format!(r#"{{"id":{i},"name":"device-{i:0>width$}"}}"#))
+            .collect();
+        format!(r#"{{"d":[{}]}}"#, rows.join(","))
+    }
+
+    #[actix_rt::test]
+    async fn the_next_page_is_asked_for_before_the_page_is_decoded() {
+        // A page long enough to decode for a while: the next request must go out in the
+        // decode's first turn, before its last row is reached.
+        let rows = 20_000;
+        let page = rows_page(1..=rows, 40);
+        assert!(page.len() > 4 * 256 * 1024);
+        let asked_after = Arc::new(AtomicBool::new(false));
+        let (url, stop) = paged_api(vec![page], asked_after.clone());
+        let (api, client, token) = api_at(&url, rows);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let s = Session::new(&client, &api, "a", &token, deadline);
+        let listing = device_listing();
         let mut asked_before_the_last_row = None;
         let taken = list(&s, &listing, |text, gate| {
             gate.take(text, false, |row: Row| {
@@ -474,6 +500,36 @@ mod tests {
             asked_before_the_last_row,
             Some(true),
             "the rows after the page's last id were asked for while the page was decoded"
+        );
+    }
+
+    /// A listing reads every page into one buffer: a short page after a long one is decoded
+    /// from its own bytes only, none left from the page before.
+    #[actix_rt::test]
+    async fn each_page_is_decoded_from_its_own_bytes_in_the_reused_buffer() {
+        let pages = vec![
+            rows_page(1..=300, 200),
+            rows_page(301..=302, 10),
+            rows_page(303..=303, 500),
+        ];
+        let (url, stop) = paged_api(pages, Arc::new(AtomicBool::new(false)));
+        let (api, client, token) = api_at(&url, 300);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let s = Session::new(&client, &api, "a", &token, deadline);
+        let (mut texts, mut ids) = (0, Vec::new());
+        let taken = list(&s, &device_listing(), |text, gate| {
+            texts += 1;
+            gate.take(text, false, |row: Row| ids.push(row.id))
+        })
+        .await
+        .unwrap();
+        stop.store(true, Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(url.trim_start_matches("http://"));
+        assert_eq!(taken, 303);
+        assert_eq!(ids, (1..=303).collect::<Vec<u64>>());
+        assert_eq!(
+            texts, 303,
+            "no row handed over twice (a page's leftover bytes)"
         );
     }
 
