@@ -24,11 +24,21 @@ fn is_fleet_slug(slug: &str) -> bool {
     part(org) && part(fleet)
 }
 
-/// Cross-references and values serde cannot check.
-/// Long on purpose: independent checks in key order, each with its own key path and message;
-/// a list reads better than a web of helpers.
+/// Cross-references and values serde cannot check, in key order: `api`, `modules`, `targets`.
+/// Each part is a list of independent checks, each with its own key path and message.
 pub(super) fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
-    let api = &config.api;
+    check_api(&config.api, file)?;
+    for (name, module) in &config.modules {
+        check_module(name, module, file)?;
+    }
+    for (name, target) in &config.targets {
+        check_target(config, name, target, file)?;
+    }
+    Ok(())
+}
+
+/// `api`: a usable URL without credentials, and limits above zero.
+fn check_api(api: &super::ApiConfig, file: &str) -> Result<(), ConfigError> {
     if !matches!(api.url.scheme(), "http" | "https") || api.url.host_str().is_none() {
         return Err(invalid(
             file,
@@ -69,103 +79,115 @@ pub(super) fn validate(config: &Config, file: &str) -> Result<(), ConfigError> {
             "must be at least 1KiB",
         ));
     }
-    for (name, module) in &config.modules {
-        for tag in &module.device_tags {
-            if tag.is_empty() {
-                return Err(invalid(
-                    file,
-                    format!("modules.{name}.device_tags"),
-                    "empty tag key",
-                ));
-            }
-        }
-        if let Some((a, b, label)) = colliding_tag(module) {
+    Ok(())
+}
+
+/// `modules.NAME`: tag keys that make distinct labels, and options that need each other.
+fn check_module(name: &str, module: &ModuleConfig, file: &str) -> Result<(), ConfigError> {
+    for tag in &module.device_tags {
+        if tag.is_empty() {
             return Err(invalid(
                 file,
                 format!("modules.{name}.device_tags"),
-                format!("tag keys {a:?} and {b:?} both become the label {label}; keep one"),
-            ));
-        }
-        if module.compact_cache && (!module.devices || module.counts_only) {
-            return Err(invalid(
-                file,
-                format!("modules.{name}.compact_cache"),
-                "compact_cache keeps per-device series, so it needs devices: true and no counts_only",
-            ));
-        }
-        if module.device_services
-            && (!module.devices || !module.services || module.counts_only || module.compact_cache)
-        {
-            return Err(invalid(
-                file,
-                format!("modules.{name}.device_services"),
-                "device_services writes per-device service series, so it needs devices: true, services: true, no counts_only and no compact_cache",
-            ));
-        }
-        if module.locations && (!module.devices || module.counts_only) {
-            return Err(invalid(
-                file,
-                format!("modules.{name}.locations"),
-                "locations writes per-device series, so it needs devices: true and no counts_only",
-            ));
-        }
-        if module.counts_only && !module.device_tags.is_empty() {
-            return Err(invalid(
-                file,
-                format!("modules.{name}.device_tags"),
-                "counts_only fetches no device rows, so it cannot have device_tags",
+                "empty tag key",
             ));
         }
     }
-    for (name, target) in &config.targets {
-        let key = format!("targets.{name}");
-        if name.is_empty() || name.chars().any(|c| c.is_control()) {
+    if let Some((a, b, label)) = colliding_tag(module) {
+        return Err(invalid(
+            file,
+            format!("modules.{name}.device_tags"),
+            format!("tag keys {a:?} and {b:?} both become the label {label}; keep one"),
+        ));
+    }
+    if module.compact_cache && (!module.devices || module.counts_only) {
+        return Err(invalid(
+            file,
+            format!("modules.{name}.compact_cache"),
+            "compact_cache keeps per-device series, so it needs devices: true and no counts_only",
+        ));
+    }
+    if module.device_services
+        && (!module.devices || !module.services || module.counts_only || module.compact_cache)
+    {
+        return Err(invalid(
+            file,
+            format!("modules.{name}.device_services"),
+            "device_services writes per-device service series, so it needs devices: true, services: true, no counts_only and no compact_cache",
+        ));
+    }
+    if module.locations && (!module.devices || module.counts_only) {
+        return Err(invalid(
+            file,
+            format!("modules.{name}.locations"),
+            "locations writes per-device series, so it needs devices: true and no counts_only",
+        ));
+    }
+    if module.counts_only && !module.device_tags.is_empty() {
+        return Err(invalid(
+            file,
+            format!("modules.{name}.device_tags"),
+            "counts_only fetches no device rows, so it cannot have device_tags",
+        ));
+    }
+    Ok(())
+}
+
+/// `targets.NAME`: a printable name, a fleet slug or organization, and auths and a module
+/// that exist.
+fn check_target(
+    config: &Config,
+    name: &str,
+    target: &super::TargetConfig,
+    file: &str,
+) -> Result<(), ConfigError> {
+    let key = format!("targets.{name}");
+    if name.is_empty() || name.chars().any(|c| c.is_control()) {
+        return Err(invalid(
+            file,
+            key,
+            "target names must be non-empty printable text",
+        ));
+    }
+    match &target.kind {
+        TargetKind::Fleet(fleet) if !is_fleet_slug(fleet) => {
             return Err(invalid(
                 file,
-                key,
-                "target names must be non-empty printable text",
+                format!("{key}.fleet"),
+                format!("expected a fleet slug like `myorg/myfleet`, got {fleet:?}"),
             ));
         }
-        match &target.kind {
-            TargetKind::Fleet(fleet) if !is_fleet_slug(fleet) => {
-                return Err(invalid(
-                    file,
-                    format!("{key}.fleet"),
-                    format!("expected a fleet slug like `myorg/myfleet`, got {fleet:?}"),
-                ));
-            }
-            TargetKind::Org(org) if org.trim().is_empty() => {
-                return Err(invalid(
-                    file,
-                    format!("{key}.org"),
-                    "empty organization handle",
-                ));
-            }
-            _ => {}
-        }
-        for auth in std::iter::once(&target.auth).chain(&target.allowed_auths) {
-            if !config.auths.contains_key(auth) {
-                return Err(invalid(
-                    file,
-                    format!("{key}.auth"),
-                    format!(
-                        "no auth named {auth:?} in `auths:` (have: {})",
-                        names(&config.auths)
-                    ),
-                ));
-            }
-        }
-        if !config.modules.contains_key(target.module_name()) {
+        TargetKind::Org(org) if org.trim().is_empty() => {
             return Err(invalid(
                 file,
-                format!("{key}.module"),
+                format!("{key}.org"),
+                "empty organization handle",
+            ));
+        }
+        _ => {}
+    }
+    for auth in std::iter::once(&target.auth).chain(&target.allowed_auths) {
+        if !config.auths.contains_key(auth) {
+            return Err(invalid(
+                file,
+                format!("{key}.auth"),
                 format!(
-                    "no module named {:?} in `modules:` (have: {})",
-                    target.module_name(),
-                    names(&config.modules)
+                    "no auth named {auth:?} in `auths:` (have: {})",
+                    names(&config.auths)
                 ),
             ));
         }
+    }
+    if !config.modules.contains_key(target.module_name()) {
+        return Err(invalid(
+            file,
+            format!("{key}.module"),
+            format!(
+                "no module named {:?} in `modules:` (have: {})",
+                target.module_name(),
+                names(&config.modules)
+            ),
+        ));
     }
     Ok(())
 }
