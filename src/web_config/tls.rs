@@ -22,6 +22,9 @@ use secrecy::ExposeSecret as _;
 use super::TlsConfig;
 use crate::config::files::{pem_certs, pem_key};
 
+/// What a `tls_server_config` key is wrong about: the key, and why.
+type KeyError = (&'static str, String);
+
 /// What changes when a file does: its inode (a file renamed over it, a Kubernetes Secret's
 /// symlink swap), its change and modification times and its length (a rewrite in place).
 type Stamp = (u64, i64, SystemTime, u64);
@@ -138,7 +141,7 @@ impl ReloadingCert {
         cert: &Pem,
         key: &Pem,
         provider: &rustls::crypto::CryptoProvider,
-    ) -> Result<CertifiedKey, (&'static str, String)> {
+    ) -> Result<CertifiedKey, KeyError> {
         let certs = cert.certs().map_err(|e| ("cert_file", e))?;
         let key = key.key().map_err(|e| ("key_file", e))?;
         let certified = CertifiedKey::from_der(certs, key, provider)
@@ -151,7 +154,7 @@ impl ReloadingCert {
         cert: Pem,
         key: Pem,
         provider: Arc<rustls::crypto::CryptoProvider>,
-    ) -> Result<Self, (&'static str, String)> {
+    ) -> Result<Self, KeyError> {
         let first = Self::load(&cert, &key, &provider)?;
         Ok(Self {
             watched: Watched::new(vec![cert.clone(), key.clone()]),
@@ -393,7 +396,7 @@ fn version(
     key: &'static str,
     v: Option<&str>,
     default: &'static rustls::SupportedProtocolVersion,
-) -> Result<&'static rustls::SupportedProtocolVersion, (&'static str, String)> {
+) -> Result<&'static rustls::SupportedProtocolVersion, KeyError> {
     match v {
         None => Ok(default),
         Some("TLS12") => Ok(&rustls::version::TLS12),
@@ -409,10 +412,53 @@ fn version(
     }
 }
 
-/// The rustls server config of `t`: an error names the key under `tls_server_config`.
-/// Long on purpose: the keys in the order exporter-toolkit documents them, each with its own
-/// error naming its key.
-pub fn server_config(t: &TlsConfig) -> Result<rustls::ServerConfig, (&'static str, String)> {
+/// The rustls server config of `t`: an error names the key under `tls_server_config`. The keys
+/// are read in the order exporter-toolkit documents them.
+pub fn server_config(t: &TlsConfig) -> Result<rustls::ServerConfig, KeyError> {
+    let provider = Arc::new(crypto_provider(t)?);
+    let versions = protocol_versions(t)?;
+    let cert = Pem::of(&t.cert_file, t.cert.as_ref())
+        .ok_or(("cert_file", "set cert_file or cert".to_string()))?;
+    let key = Pem::of(&t.key_file, t.key.as_ref())
+        .ok_or(("key_file", "set key_file or key".to_string()))?;
+    let resolver = Arc::new(ReloadingCert::new(cert, key, provider.clone())?);
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| ("cipher_suites", e.to_string()))?;
+    let auth = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
+    let policy = client_policy(auth)?;
+    let ca = Pem::of(&t.client_ca_file, t.client_ca.as_ref());
+    let allowed_sans = allowed_sans(t, policy)?;
+    let builder = match policy {
+        None => builder.with_no_client_auth(),
+        Some(policy) => {
+            let inner = ClientAuth::verifier(ca.as_ref(), policy, &provider).map_err(|e| {
+                let key = if ca.is_none() {
+                    "client_auth_type"
+                } else {
+                    "client_ca_file"
+                };
+                (key, format!("{auth}: {e}"))
+            })?;
+            builder.with_client_cert_verifier(Arc::new(ClientAuth {
+                watched: Watched::new(ca.iter().cloned().collect()),
+                ca,
+                policy,
+                allowed_sans,
+                provider: provider.clone(),
+                inner: ArcSwap::from_pointee(inner),
+            }))
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    // Go's prefer_server_cipher_suites (default true): the server's order wins.
+    config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
+    Ok(config)
+}
+
+/// ring's provider, narrowed to `cipher_suites` (the TLS 1.2 ones named, then TLS 1.3's) and
+/// `curve_preferences` when they are set.
+fn crypto_provider(t: &TlsConfig) -> Result<rustls::crypto::CryptoProvider, KeyError> {
     let mut provider = rustls::crypto::ring::default_provider();
     if !t.cipher_suites.is_empty() {
         let mut suites: Vec<rustls::SupportedCipherSuite> = Vec::new();
@@ -444,7 +490,13 @@ pub fn server_config(t: &TlsConfig) -> Result<rustls::ServerConfig, (&'static st
         }
         provider.kx_groups = groups;
     }
-    let provider = Arc::new(provider);
+    Ok(provider)
+}
+
+/// The TLS versions between `min_version` and `max_version` (1.2 and 1.3 unless set).
+fn protocol_versions(
+    t: &TlsConfig,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, KeyError> {
     let min = version(
         "min_version",
         t.min_version.as_deref(),
@@ -468,35 +520,33 @@ pub fn server_config(t: &TlsConfig) -> Result<rustls::ServerConfig, (&'static st
     if versions.is_empty() {
         return Err(("min_version", "above max_version".into()));
     }
-    let cert = Pem::of(&t.cert_file, t.cert.as_ref())
-        .ok_or(("cert_file", "set cert_file or cert".to_string()))?;
-    let key = Pem::of(&t.key_file, t.key.as_ref())
-        .ok_or(("key_file", "set key_file or key".to_string()))?;
-    let resolver = Arc::new(ReloadingCert::new(cert, key, provider.clone())?);
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)
-        .map_err(|e| ("cipher_suites", e.to_string()))?;
-    let auth = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
-    let policy = match auth {
-        "NoClientCert" => None,
-        "RequireAndVerifyClientCert" => Some(Policy::RequireAndVerify),
-        "VerifyClientCertIfGiven" => Some(Policy::VerifyIfGiven),
-        "RequireAnyClientCert" => Some(Policy::RequireAny),
-        "RequestClientCert" => {
-            return Err((
-                "client_auth_type",
-                "RequestClientCert asks for a certificate and ignores it: not supported; use VerifyClientCertIfGiven (or RequireAnyClientCert with client_allowed_sans)".into(),
-            ))
-        }
-        other => {
-            return Err((
-                "client_auth_type",
-                format!("{other:?} not supported; expected NoClientCert, RequireAnyClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"),
-            ))
-        }
-    };
-    let ca = Pem::of(&t.client_ca_file, t.client_ca.as_ref());
-    let mut allowed_sans = Vec::new();
+    Ok(versions)
+}
+
+/// `client_auth_type` as a policy (`None`: no client certificate asked for).
+fn client_policy(auth: &str) -> Result<Option<Policy>, KeyError> {
+    match auth {
+        "NoClientCert" => Ok(None),
+        "RequireAndVerifyClientCert" => Ok(Some(Policy::RequireAndVerify)),
+        "VerifyClientCertIfGiven" => Ok(Some(Policy::VerifyIfGiven)),
+        "RequireAnyClientCert" => Ok(Some(Policy::RequireAny)),
+        "RequestClientCert" => Err((
+            "client_auth_type",
+            "RequestClientCert asks for a certificate and ignores it: not supported; use VerifyClientCertIfGiven (or RequireAnyClientCert with client_allowed_sans)".into(),
+        )),
+        other => Err((
+            "client_auth_type",
+            format!("{other:?} not supported; expected NoClientCert, RequireAnyClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert"),
+        )),
+    }
+}
+
+/// `client_allowed_sans` as names to match, only with a policy that requires a certificate.
+fn allowed_sans(
+    t: &TlsConfig,
+    policy: Option<Policy>,
+) -> Result<Vec<ServerName<'static>>, KeyError> {
+    let mut allowed = Vec::new();
     for san in &t.client_allowed_sans {
         let name = ServerName::try_from(san.clone()).map_err(|_| {
             (
@@ -504,41 +554,16 @@ pub fn server_config(t: &TlsConfig) -> Result<rustls::ServerConfig, (&'static st
                 format!("{san:?}: DNS names and IP addresses are matched; e-mail and URI SANs are not supported"),
             )
         })?;
-        allowed_sans.push(name);
+        allowed.push(name);
     }
-    if !allowed_sans.is_empty()
-        && !matches!(policy, Some(Policy::RequireAndVerify | Policy::RequireAny))
+    if !allowed.is_empty() && !matches!(policy, Some(Policy::RequireAndVerify | Policy::RequireAny))
     {
         return Err((
             "client_allowed_sans",
             "needs client_auth_type RequireAndVerifyClientCert or RequireAnyClientCert (with the others a client may send no certificate)".into(),
         ));
     }
-    let builder = match policy {
-        None => builder.with_no_client_auth(),
-        Some(policy) => {
-            let inner = ClientAuth::verifier(ca.as_ref(), policy, &provider).map_err(|e| {
-                let key = if ca.is_none() {
-                    "client_auth_type"
-                } else {
-                    "client_ca_file"
-                };
-                (key, format!("{auth}: {e}"))
-            })?;
-            builder.with_client_cert_verifier(Arc::new(ClientAuth {
-                watched: Watched::new(ca.iter().cloned().collect()),
-                ca,
-                policy,
-                allowed_sans,
-                provider: provider.clone(),
-                inner: ArcSwap::from_pointee(inner),
-            }))
-        }
-    };
-    let mut config = builder.with_cert_resolver(resolver);
-    // Go's prefer_server_cipher_suites (default true): the server's order wins.
-    config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
-    Ok(config)
+    Ok(allowed)
 }
 
 #[cfg(test)]
