@@ -65,6 +65,11 @@ impl Exposition {
         }
     }
 
+    /// The codec of a packing exposition's pieces.
+    pub fn packing_codec(&self) -> Option<Codec> {
+        self.packing
+    }
+
     /// Adds one gauge sample.
     pub fn gauge(&mut self, def: MetricDef, labels: &[(&str, &str)], value: f64) {
         self.sample(def, |buf| write_sample(buf, def.name, labels, value));

@@ -171,8 +171,6 @@ pub struct SeriesBuilder<'m> {
     compact_ids: Vec<u64>,
     /// Each device whose series are text, for the per-device series of the joins.
     named: Vec<Named>,
-    /// The format of the compressed series.
-    codec: Codec,
 }
 
 impl<'m> SeriesBuilder<'m> {
@@ -202,7 +200,6 @@ impl<'m> SeriesBuilder<'m> {
             seen: Default::default(),
             compact_ids: Vec::new(),
             named: Vec::new(),
-            codec: Codec::default(),
         }
     }
 
@@ -213,7 +210,6 @@ impl<'m> SeriesBuilder<'m> {
             self.devices.is_empty(),
             "the codec is chosen before writing"
         );
-        self.codec = codec;
         self.devices = Exposition::packing(PACK_THRESHOLD, codec);
         self
     }
@@ -358,7 +354,10 @@ impl<'m> SeriesBuilder<'m> {
         }
         let attention = fleet::attention(&self.stats, self.module);
         ProbeData {
-            series: CompressedSeries::from_expositions(self.codec, [fleets, self.devices]),
+            series: CompressedSeries::from_expositions(
+                self.devices.packing_codec().unwrap_or_default(),
+                [fleets, self.devices],
+            ),
             compact: self.compact.map(|mut c| {
                 c.shrink();
                 Arc::new(c)
