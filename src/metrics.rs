@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -245,18 +246,22 @@ pub struct ExporterMetrics {
 }
 
 impl ExporterMetrics {
-    /// Registers every self-metric (and the process collector on Linux).
-    /// Long on purpose: one definition and one registration per self-metric, a flat list.
+    /// Registers every self-metric (and the process collector on Linux): one definition a
+    /// field, registered where it is made ([`register`]), so no metric can be defined and not
+    /// served.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let build = IntGaugeVec::new(
-            Opts::new(
-                "balena_exporter_build_info",
-                "Build facts of the running exporter; always 1.",
+        let r = &registry;
+        let build: IntGaugeVec = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "balena_exporter_build_info",
+                    "Build facts of the running exporter; always 1.",
+                ),
+                &["version", "revision", "rustc"],
             ),
-            &["version", "revision", "rustc"],
-        )
-        .expect("valid metric");
+        );
         build
             .with_label_values(&[
                 env!("CARGO_PKG_VERSION"),
@@ -264,142 +269,114 @@ impl ExporterMetrics {
                 option_env!("BALENA_EXPORTER_RUSTC").unwrap_or("unknown"),
             ])
             .set(1);
-        let probes = IntCounterVec::new(
-            Opts::new(
-                "balena_exporter_probes_total",
-                "Probes served, by target, module and result (success or failure reason).",
-            ),
-            &["target", "module", "result"],
-        )
-        .expect("valid metric");
-        let probe_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "balena_exporter_probe_duration_seconds",
-                "Duration of probes, by module.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-            ]),
-            &["module"],
-        )
-        .expect("valid metric");
-        let request_errors = IntCounterVec::new(
-            Opts::new(
-                "balena_exporter_probe_request_errors_total",
-                "Rejected /probe requests (HTTP 400), by reason.",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let upstream_requests = IntCounterVec::new(
-            Opts::new("balena_exporter_upstream_requests_total", "Requests to the balena API, by auth name, endpoint and HTTP status code (\"error\" when none came back)."),
-            &["auth", "endpoint", "code"],
-        )
-        .expect("valid metric");
-        let upstream_not_sent = IntCounterVec::new(
-            Opts::new("balena_exporter_upstream_requests_not_sent_total", "Requests to the balena API a probe needed but never sent: no free slot of the auth's max_concurrency before the deadline, less time left than its requests take, or the auth held by a Retry-After (balena_exporter_api_hold_seconds). Not upstream errors."),
-            &["auth", "endpoint"],
-        )
-        .expect("valid metric");
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "balena_exporter_upstream_request_duration_seconds",
-                "Latency of requests to the balena API, by endpoint.",
-            )
-            .buckets(vec![
-                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["endpoint"],
-        )
-        .expect("valid metric");
-        let reload_success = IntGauge::new(
-            "balena_exporter_config_last_reload_successful",
-            "Whether the last configuration reload succeeded.",
-        )
-        .expect("valid metric");
-        let reload_timestamp = Gauge::new(
-            "balena_exporter_config_last_reload_success_timestamp_seconds",
-            "Time of the last successful configuration reload, Unix seconds.",
-        )
-        .expect("valid metric");
-        let cache_hits = IntCounterVec::new(
-            Opts::new("balena_exporter_cache_hits_total", "Probes answered without an upstream fetch of their own, by kind (cache or shared in-flight fetch)."),
-            &["kind"],
-        )
-        .expect("valid metric");
-        let cache_bytes = IntGauge::new(
-            "balena_exporter_cache_bytes",
-            "Compressed series held by the probe cache, in bytes: with per-device series the exporter's largest use of memory (about 0.5 KB per device).",
-        )
-        .expect("valid metric");
-        let cache_entries = IntGauge::new(
-            "balena_exporter_cache_entries",
-            "Probe results held by the probe cache (target, module, auth).",
-        )
-        .expect("valid metric");
-        let background_reads = IntCounterVec::new(
-            Opts::new("balena_exporter_background_reads_total", "Background reads (data re-read off the probe path, e.g. read=services: the image installs, every services_interval), by read and result (success, or the failure's reason: over_bound, inconsistent, timeout, rate_limited, ...)."),
-            &["read", "result"],
-        )
-        .expect("valid metric");
-        let background_bytes = IntGaugeVec::new(
-            Opts::new(
-                "balena_exporter_background_bytes",
-                "Snapshots of a background read held (one per read, API, auth and token, and device scope), in bytes: at most half of api.background_max_bytes in all (services: about 16 bytes per current service of a device).",
-            ),
-            &["read"],
-        )
-        .expect("valid metric");
-        let api_hold = GaugeVec::new(
-            Opts::new(
-                "balena_exporter_api_hold_seconds",
-                "Seconds left until an auth's requests are sent again, after the API answered 429 or 503 with Retry-After (capped by api.max_retry_after); probes meanwhile fail at once with reason rate_limited. No series while an auth is not held.",
-            ),
-            &["auth"],
-        )
-        .expect("valid metric");
-        for c in [
-            Box::new(build) as Box<dyn prometheus::core::Collector>,
-            Box::new(background_reads.clone()),
-            Box::new(background_bytes.clone()),
-            Box::new(api_hold.clone()),
-            Box::new(cache_bytes.clone()),
-            Box::new(cache_entries.clone()),
-            Box::new(probes.clone()),
-            Box::new(probe_duration.clone()),
-            Box::new(request_errors.clone()),
-            Box::new(upstream_requests.clone()),
-            Box::new(upstream_duration.clone()),
-            Box::new(upstream_not_sent.clone()),
-            Box::new(reload_success.clone()),
-            Box::new(reload_timestamp.clone()),
-            Box::new(cache_hits.clone()),
-        ] {
-            registry.register(c).expect("unique metric names");
-        }
         #[cfg(target_os = "linux")]
         {
             let _ = registry.register(Box::new(process::ProcessMetrics::for_self()));
         }
-        reload_success.set(1);
-        reload_timestamp.set(unix_now());
-        Self {
+        let metrics = Self {
+            probes: counters(
+                r,
+                "balena_exporter_probes_total",
+                "Probes served, by target, module and result (success or failure reason).",
+                &["target", "module", "result"],
+            ),
+            probe_duration: histograms(
+                r,
+                "balena_exporter_probe_duration_seconds",
+                "Duration of probes, by module.",
+                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                &["module"],
+            ),
+            request_errors: counters(
+                r,
+                "balena_exporter_probe_request_errors_total",
+                "Rejected /probe requests (HTTP 400), by reason.",
+                &["reason"],
+            ),
+            upstream_requests: counters(
+                r,
+                "balena_exporter_upstream_requests_total",
+                "Requests to the balena API, by auth name, endpoint and HTTP status code (\"error\" when none came back).",
+                &["auth", "endpoint", "code"],
+            ),
+            upstream_not_sent: counters(
+                r,
+                "balena_exporter_upstream_requests_not_sent_total",
+                "Requests to the balena API a probe needed but never sent: no free slot of the auth's max_concurrency before the deadline, less time left than its requests take, or the auth held by a Retry-After (balena_exporter_api_hold_seconds). Not upstream errors.",
+                &["auth", "endpoint"],
+            ),
+            upstream_duration: histograms(
+                r,
+                "balena_exporter_upstream_request_duration_seconds",
+                "Latency of requests to the balena API, by endpoint.",
+                &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                &["endpoint"],
+            ),
+            reload_success: register(
+                r,
+                IntGauge::new(
+                    "balena_exporter_config_last_reload_successful",
+                    "Whether the last configuration reload succeeded.",
+                ),
+            ),
+            reload_timestamp: register(
+                r,
+                Gauge::new(
+                    "balena_exporter_config_last_reload_success_timestamp_seconds",
+                    "Time of the last successful configuration reload, Unix seconds.",
+                ),
+            ),
+            cache_hits: counters(
+                r,
+                "balena_exporter_cache_hits_total",
+                "Probes answered without an upstream fetch of their own, by kind (cache or shared in-flight fetch).",
+                &["kind"],
+            ),
+            cache_bytes: register(
+                r,
+                IntGauge::new(
+                    "balena_exporter_cache_bytes",
+                    "Compressed series held by the probe cache, in bytes: with per-device series the exporter's largest use of memory (about 0.5 KB per device).",
+                ),
+            ),
+            cache_entries: register(
+                r,
+                IntGauge::new(
+                    "balena_exporter_cache_entries",
+                    "Probe results held by the probe cache (target, module, auth).",
+                ),
+            ),
+            background_reads: counters(
+                r,
+                "balena_exporter_background_reads_total",
+                "Background reads (data re-read off the probe path, e.g. read=services: the image installs, every services_interval), by read and result (success, or the failure's reason: over_bound, inconsistent, timeout, rate_limited, ...).",
+                &["read", "result"],
+            ),
+            background_bytes: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "balena_exporter_background_bytes",
+                        "Snapshots of a background read held (one per read, API, auth and token, and device scope), in bytes: at most half of api.background_max_bytes in all (services: about 16 bytes per current service of a device).",
+                    ),
+                    &["read"],
+                ),
+            ),
+            api_hold: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "balena_exporter_api_hold_seconds",
+                        "Seconds left until an auth's requests are sent again, after the API answered 429 or 503 with Retry-After (capped by api.max_retry_after); probes meanwhile fail at once with reason rate_limited. No series while an auth is not held.",
+                    ),
+                    &["auth"],
+                ),
+            ),
             registry,
-            probes,
-            probe_duration,
-            request_errors,
-            upstream_requests,
-            upstream_duration,
-            upstream_not_sent,
-            reload_success,
-            reload_timestamp,
-            cache_hits,
-            cache_bytes,
-            cache_entries,
-            background_reads,
-            background_bytes,
-            api_hold,
-        }
+        };
+        metrics.reload_success.set(1);
+        metrics.reload_timestamp.set(unix_now());
+        metrics
     }
 
     /// Records one upstream request.
@@ -433,6 +410,36 @@ impl ExporterMetrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// Registers a new self-metric in `registry` and gives it back (the registry keeps a clone:
+/// the metric's handles share one value).
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<C>,
+) -> C {
+    let metric = metric.expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric names");
+    metric
+}
+
+/// A registered counter with labels.
+fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+/// A registered histogram with labels.
+fn histograms(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(registry, HistogramVec::new(opts, labels))
 }
 
 impl Default for ExporterMetrics {
