@@ -355,6 +355,8 @@ impl ReadsAt {
         }
     }
 
+    /// One read's snapshot for this probe: notes how the last read ended, starts the read
+    /// when it is due, and waits only when there is nothing to answer with yet.
     async fn get_one(
         &self,
         session: &Session<'_>,
@@ -367,26 +369,8 @@ impl ReadsAt {
         let name = read.name();
         let plan = self.scheduler.plan(&key, interval);
         let shown = humantime::format_duration(interval);
-        if let Some((finished, failure, notes)) = &plan.last {
-            let ago = SystemTime::now()
-                .duration_since(*finished)
-                .unwrap_or_default()
-                .as_secs();
-            match failure {
-                Some(why) => session.note(format_args!(
-                    "{name}: the last read of {} ({ago}s ago) failed: {why}",
-                    key.scope
-                )),
-                None => session.note(format_args!(
-                    "{name}: the last read of {} finished {ago}s ago",
-                    key.scope
-                )),
-            }
-            for line in notes {
-                // A note is "<seconds into its session>s <text>".
-                let (at, text) = line.trim_start().split_once("s ").unwrap_or(("?", line));
-                session.note(format_args!("{name} (background, +{at}s): {text}"));
-            }
+        if let Some(last) = &plan.last {
+            note_last_read(session, name, &key.scope, last);
         }
         if plan.deferred {
             session.note(format_args!(
@@ -401,7 +385,7 @@ impl ReadsAt {
             ));
             self.spawn_read(read, key.clone(), scope.clone(), tx);
         }
-        let Some(mut rx) = plan.wait else {
+        let Some(rx) = plan.wait else {
             if let Some((s, age)) = &plan.now {
                 session.note(format_args!(
                     "{name}: snapshot of {} read {}s ago (interval {shown})",
@@ -412,6 +396,19 @@ impl ReadsAt {
             return plan.now.map(|(s, _)| s);
         };
         let fallback = plan.now.map(|(s, _)| s);
+        self.wait_for(session, name, rx, fallback, interval).await
+    }
+
+    /// Waits for a read this probe needs (no snapshot yet, or an interval of 0s) until the
+    /// probe's own deadline; the read's snapshot, else `fallback` (the previous one, if any).
+    async fn wait_for(
+        &self,
+        session: &Session<'_>,
+        name: &str,
+        mut rx: watch::Receiver<ReadResult>,
+        fallback: Option<Arc<dyn Snapshot>>,
+        interval: Duration,
+    ) -> Option<Arc<dyn Snapshot>> {
         let remaining = self
             .wait_until
             .saturating_duration_since(std::time::Instant::now());
@@ -497,6 +494,33 @@ impl ReadsAt {
             }
             scheduler.store(&key, &tx, result, session.notes());
         });
+    }
+}
+
+/// Tells a probe how the last read of its data ended (once a read: [`Plan::last`]), and
+/// what that read noted on its way.
+fn note_last_read(
+    session: &Session<'_>,
+    name: &str,
+    scope: &str,
+    (finished, failure, notes): &(SystemTime, Option<String>, Vec<String>),
+) {
+    let ago = SystemTime::now()
+        .duration_since(*finished)
+        .unwrap_or_default()
+        .as_secs();
+    match failure {
+        Some(why) => session.note(format_args!(
+            "{name}: the last read of {scope} ({ago}s ago) failed: {why}"
+        )),
+        None => session.note(format_args!(
+            "{name}: the last read of {scope} finished {ago}s ago"
+        )),
+    }
+    for line in notes {
+        // A note is "<seconds into its session>s <text>".
+        let (at, text) = line.trim_start().split_once("s ").unwrap_or(("?", line));
+        session.note(format_args!("{name} (background, +{at}s): {text}"));
     }
 }
 
