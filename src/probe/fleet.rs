@@ -286,72 +286,12 @@ enum Severity {
 /// [`MAX_ATTENTION`] lines and then one that says how many more there are. Empty when all is
 /// well (or the module reads none of it).
 pub fn attention(stats: &[FleetStats], module: &ModuleConfig) -> Vec<String> {
-    let mut found: Vec<(Severity, f64, String)> = Vec::new();
-    let devices = |n: u64| {
-        if n == 1 {
-            "1 device".to_string()
-        } else {
-            format!("{n} devices")
-        }
-    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
+    let mut found: Vec<(Severity, f64, String)> = Vec::new();
     for s in stats {
-        let fleet = &s.fleet.slug;
-        if s.services_read_at.is_some() {
-            for (service, status, n) in s.services.sorted() {
-                if *n > 0 && matches!(status.as_str(), "exited" | "Dead" | "restarting") {
-                    let line = format!("{fleet}: service {service} {status} on {}", devices(*n));
-                    found.push((Severity::Crashed, -(*n as f64), line));
-                }
-            }
-        }
-        if let Some(r) = s.fleet.latest_release() {
-            if matches!(r.status.as_deref(), Some("failed" | "error")) {
-                let semver = r.semver.as_deref().unwrap_or("");
-                let line = format!("{fleet}: the newest build {semver} failed");
-                found.push((Severity::BuildFailed, 0.0, line));
-            }
-        }
-        if !module.devices_listed() {
-            continue;
-        }
-        let count = |k: &str| s.update_status.get(k).copied().unwrap_or(0);
-        let failed = count("aborted") + count("rejected");
-        if failed > 0 {
-            let line = format!(
-                "{fleet}: the last update of {} was aborted or rejected",
-                devices(failed)
-            );
-            found.push((Severity::UpdateFailed, -(failed as f64), line));
-        }
-        if let Some(h) = &s.host {
-            let failed = h.os_update.get("failed").copied().unwrap_or(0);
-            if failed > 0 {
-                let line = format!("{fleet}: the host OS update of {} failed", devices(failed));
-                found.push((Severity::OsUpdateFailed, -(failed as f64), line));
-            }
-            let eol = h.os_phase.get("end-of-life").copied().unwrap_or(0);
-            if eol > 0 {
-                let line = format!("{fleet}: {} on an end-of-life host OS", devices(eol));
-                found.push((Severity::EndOfLife, -(eol as f64), line));
-            }
-        }
-        let updating = count("downloading") + count("applying changes") + count("downloaded");
-        if updating > 0 {
-            let longest = s.updating_since.map(|t| now - t);
-            let line = format!(
-                "{fleet}: {} updating{}, {} of {} on the target release",
-                devices(updating),
-                longest
-                    .map(|secs| format!(" (the longest for {})", ago(secs)))
-                    .unwrap_or_default(),
-                s.on_target,
-                s.devices
-            );
-            found.push((Severity::Updating, -longest.unwrap_or(0.0), line));
-        }
+        fleet_attention(s, module, now, &mut found);
     }
     found.sort_by(|a, b| {
         (a.0, a.1)
@@ -370,6 +310,79 @@ pub fn attention(stats: &[FleetStats], module: &ModuleConfig) -> Vec<String> {
         ));
     }
     out
+}
+
+/// One fleet's lines for [`attention`], each with its severity and a rank within it (lower
+/// first: more devices, or the longer update).
+fn fleet_attention(
+    s: &FleetStats,
+    module: &ModuleConfig,
+    now: f64,
+    found: &mut Vec<(Severity, f64, String)>,
+) {
+    let fleet = &s.fleet.slug;
+    if s.services_read_at.is_some() {
+        for (service, status, n) in s.services.sorted() {
+            if *n > 0 && matches!(status.as_str(), "exited" | "Dead" | "restarting") {
+                let line = format!("{fleet}: service {service} {status} on {}", devices(*n));
+                found.push((Severity::Crashed, -(*n as f64), line));
+            }
+        }
+    }
+    if let Some(r) = s.fleet.latest_release() {
+        if matches!(r.status.as_deref(), Some("failed" | "error")) {
+            let semver = r.semver.as_deref().unwrap_or("");
+            let line = format!("{fleet}: the newest build {semver} failed");
+            found.push((Severity::BuildFailed, 0.0, line));
+        }
+    }
+    if !module.devices_listed() {
+        return;
+    }
+    let count = |k: &str| s.update_status.get(k).copied().unwrap_or(0);
+    let failed = count("aborted") + count("rejected");
+    if failed > 0 {
+        let line = format!(
+            "{fleet}: the last update of {} was aborted or rejected",
+            devices(failed)
+        );
+        found.push((Severity::UpdateFailed, -(failed as f64), line));
+    }
+    if let Some(h) = &s.host {
+        let failed = h.os_update.get("failed").copied().unwrap_or(0);
+        if failed > 0 {
+            let line = format!("{fleet}: the host OS update of {} failed", devices(failed));
+            found.push((Severity::OsUpdateFailed, -(failed as f64), line));
+        }
+        let eol = h.os_phase.get("end-of-life").copied().unwrap_or(0);
+        if eol > 0 {
+            let line = format!("{fleet}: {} on an end-of-life host OS", devices(eol));
+            found.push((Severity::EndOfLife, -(eol as f64), line));
+        }
+    }
+    let updating = count("downloading") + count("applying changes") + count("downloaded");
+    if updating > 0 {
+        let longest = s.updating_since.map(|t| now - t);
+        let line = format!(
+            "{fleet}: {} updating{}, {} of {} on the target release",
+            devices(updating),
+            longest
+                .map(|secs| format!(" (the longest for {})", ago(secs)))
+                .unwrap_or_default(),
+            s.on_target,
+            s.devices
+        );
+        found.push((Severity::Updating, -longest.unwrap_or(0.0), line));
+    }
+}
+
+/// "1 device", "3 devices".
+fn devices(n: u64) -> String {
+    if n == 1 {
+        "1 device".to_string()
+    } else {
+        format!("{n} devices")
+    }
 }
 
 /// A time span in the largest unit that fits: "40 min", "5 h", "3 days".
