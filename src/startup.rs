@@ -249,6 +249,52 @@ impl Settings {
     }
 }
 
+/// The state every worker shares, with its background tasks started: the cache sweeper, and
+/// the discovery of org and `all` targets when asked for.
+fn app_state(
+    config: SharedConfig,
+    timeout_offset: Duration,
+    history_limit: usize,
+    discovery_interval: Option<Duration>,
+) -> web::Data<AppState> {
+    let metrics = Arc::new(ExporterMetrics::new());
+    let config = Arc::new(config);
+    let discovery = Arc::new(Discovery::default());
+    let lifecycle = Lifecycle::new(config.clone(), metrics.clone(), discovery.clone());
+    let state = web::Data::new(AppState {
+        config,
+        metrics: metrics.clone(),
+        timeout_offset,
+        prober: Arc::new(Prober::new(metrics)),
+        history: History::new(history_limit),
+        discovery,
+        lifecycle: Arc::new(lifecycle),
+    });
+    spawn_cache_sweeper(state.clone().into_inner());
+    if let Some(interval) = discovery_interval {
+        crate::discovery::spawn(
+            state.discovery.clone(),
+            state.config.clone(),
+            state.prober.clone(),
+            interval,
+        );
+    }
+    state
+}
+
+/// The web config's basic auth users, with the health paths exempt under
+/// `--web.health-without-auth`.
+fn basic_auth(web_config: &WebConfig, health_without_auth: bool, prefix: &str) -> BasicAuth {
+    let users = BasicAuth::new(web_config.basic_auth_users.clone());
+    if !health_without_auth {
+        return users;
+    }
+    users.exempting(vec![
+        format!("{prefix}/-/healthy"),
+        format!("{prefix}/-/ready"),
+    ])
+}
+
 /// A bound, not yet running, exporter.
 pub struct Application {
     addrs: Vec<SocketAddr>,
@@ -259,38 +305,18 @@ pub struct Application {
 impl Application {
     /// Binds the listeners and builds the server.
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
-        let metrics = Arc::new(ExporterMetrics::new());
-        let config = Arc::new(settings.config);
-        let discovery = Arc::new(Discovery::default());
-        let lifecycle = Lifecycle::new(config.clone(), metrics.clone(), discovery.clone());
-        let state = web::Data::new(AppState {
-            config,
-            metrics: metrics.clone(),
-            timeout_offset: settings.timeout_offset,
-            prober: Arc::new(Prober::new(metrics.clone())),
-            history: History::new(settings.history_limit),
-            discovery,
-            lifecycle: Arc::new(lifecycle),
-        });
-        spawn_cache_sweeper(state.clone().into_inner());
-        if let Some(interval) = settings.discovery_interval {
-            crate::discovery::spawn(
-                state.discovery.clone(),
-                state.config.clone(),
-                state.prober.clone(),
-                interval,
-            );
-        }
+        let state = app_state(
+            settings.config,
+            settings.timeout_offset,
+            settings.history_limit,
+            settings.discovery_interval,
+        );
         let (web_config, tls) = settings.web.unwrap_or_default();
-        let mut basic_auth = BasicAuth::new(web_config.basic_auth_users.clone());
-        if settings.health_without_auth {
-            let prefix = &settings.route_prefix;
-            basic_auth = basic_auth.exempting(vec![
-                format!("{prefix}/-/healthy"),
-                format!("{prefix}/-/ready"),
-            ]);
-        }
-        let basic_auth = web::Data::new(basic_auth);
+        let basic_auth = web::Data::new(basic_auth(
+            &web_config,
+            settings.health_without_auth,
+            &settings.route_prefix,
+        ));
         let rate_limit = web::Data::new(
             web_config
                 .rate_limit
