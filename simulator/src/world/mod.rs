@@ -319,7 +319,6 @@ impl ReverseIndex {
 }
 
 impl World {
-    /// Generates the world a spec describes. Timestamps are relative to now.
     /// Inserts or replaces a row (keeps the fleet and tag indexes).
     pub fn insert(&mut self, table: &'static str, row: Value) {
         let Value::Object(row) = row else { return };

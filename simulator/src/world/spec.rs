@@ -160,136 +160,15 @@ fn hex(rng: &mut fastrand::Rng, n: usize) -> String {
 }
 
 impl World {
+    /// Generates the world a spec describes. Timestamps are relative to now.
     pub fn generate(spec: &WorldSpec) -> Self {
-        let mut rng = fastrand::Rng::with_seed(spec.seed);
-        // Application state (services, installs, update states) draws from its own sequence,
-        // so that adding it changed none of the device rows generated before it.
-        let mut app_rng = fastrand::Rng::with_seed(spec.seed ^ 0x05e4_1ce5);
-        // The host layer (OS and supervisor targets, settings, locations) too.
-        let mut host_rng = fastrand::Rng::with_seed(spec.seed ^ 0x4057_0500);
-        let mut host = HostLayer::default();
-        let now = SystemTime::now();
-        let mut w = World::default();
-        let mut next_id = HashMap::<&'static str, u64>::new();
-        let mut id = |t: &'static str| {
-            let n = next_id.entry(t).or_insert(0);
-            *n += 1;
-            *n
-        };
-        let mut device_types = HashMap::<String, u64>::new();
+        let mut g = Generator::new(spec.seed);
         let mut org_ids = HashMap::<String, u64>::new();
         for org in &spec.orgs {
-            let oid = id("organization");
+            let oid = g.org(org);
             org_ids.insert(org.handle.clone(), oid);
-            w.insert(
-                "organization",
-                json!({
-                    "id": oid, "name": org.handle, "handle": org.handle, "company_name": null,
-                    "is_frozen": false, "created_at": iso(now - Duration::from_secs(86_400 * 400)),
-                }),
-            );
-            for fleet in &org.fleets {
-                let dt = *device_types.entry(fleet.device_type.clone()).or_insert_with(|| {
-                    let dtid = id("device_type");
-                    w.insert("device_type", json!({"id": dtid, "slug": fleet.device_type, "name": fleet.device_type}));
-                    dtid
-                });
-                let fid = id("application");
-                let slug = format!("{}/{}", org.handle, fleet.name).to_lowercase();
-                let releases: Vec<(u64, String)> = (0..3)
-                    .map(|i| {
-                        let rid = id("release");
-                        let commit = hex(&mut rng, 32);
-                        w.insert("release", json!({
-                            "id": rid, "commit": commit, "raw_version": format!("1.{i}.0"),
-                            "semver": format!("1.{i}.0"), "status": "success",
-                            "belongs_to__application": {"__id": fid},
-                            "created_at": iso(now - Duration::from_secs(86_400 * (30 - 10 * i as u64))),
-                        }));
-                        (rid, commit)
-                    })
-                    .collect();
-                let target = releases[2].0;
-                w.insert("application", json!({
-                    "id": fid, "app_name": fleet.name, "slug": slug, "uuid": hex(&mut rng, 32),
-                    "organization": {"__id": oid}, "is_for__device_type": {"__id": dt},
-                    "should_be_running__release": {"__id": target}, "should_track_latest_release": true,
-                    "is_of__class": "fleet", "is_host": false, "is_archived": false,
-                    "is_public": fleet.public, "created_at": iso(now - Duration::from_secs(86_400 * 300)),
-                }));
-                if fleet.scenario == Scenario::FailedBuild {
-                    let rid = id("release");
-                    w.insert(
-                        "release",
-                        json!({
-                            "id": rid, "commit": hex(&mut app_rng, 32), "raw_version": "1.3.0",
-                            "semver": "1.3.0", "status": "failed",
-                            "belongs_to__application": {"__id": fid},
-                            "created_at": iso(now - Duration::from_secs(3_600 * 5)),
-                        }),
-                    );
-                }
-                // Services, and an image of each per release.
-                let mut images = HashMap::<(u64, &str), u64>::new();
-                for name in SERVICES {
-                    let sid = id("service");
-                    w.insert(
-                        "service",
-                        json!({
-                            "id": sid, "application": {"__id": fid}, "service_name": name,
-                            "created_at": iso(now - Duration::from_secs(86_400 * 300)),
-                        }),
-                    );
-                    for (rid, _) in &releases {
-                        let iid = id("image");
-                        w.insert("image", json!({
-                            "id": iid, "is_a_build_of__service": {"__id": sid},
-                            "is_stored_at__image_location": format!("registry2.balena-cloud.com/v2/{}", hex(&mut app_rng, 32)),
-                            "status": "success", "created_at": iso(now - Duration::from_secs(86_400 * 30)),
-                        }));
-                        images.insert((*rid, name), iid);
-                    }
-                }
-                w.fleet_devices.insert(fid, Vec::new());
-                host::fleet(&mut host, &mut w, fid, fleet.scenario);
-                for n in 0..fleet.devices {
-                    let did = id("device");
-                    let quiet = fleet.scenario != Scenario::Steady;
-                    let mut row = generate_device(&mut rng, now, did, fid, dt, &releases, n, quiet);
-                    let installs =
-                        application_state(&mut app_rng, now, &mut row, fleet.scenario, &releases);
-                    let dt = (dt, fleet.device_type.as_str());
-                    host::device(
-                        &mut host,
-                        &mut w,
-                        &mut host_rng,
-                        now,
-                        &mut row,
-                        dt,
-                        n,
-                        fleet.scenario,
-                    );
-                    w.insert("device", row);
-                    for (release, service, status, progress, age) in installs {
-                        let iid = id("image_install");
-                        w.insert(
-                            "image_install",
-                            json!({
-                                "id": iid, "device": {"__id": did},
-                                "installs__image": {"__id": images[&(release, service)]},
-                                "is_provided_by__release": {"__id": release},
-                                "status": status, "download_progress": progress,
-                                "install_date": iso(now - Duration::from_secs(age)),
-                            }),
-                        );
-                    }
-                    for (key, value) in generate_tags(&mut rng, n) {
-                        let tid = id("device_tag");
-                        w.insert("device_tag", json!({"id": tid, "device": {"__id": did}, "tag_key": key, "value": value}));
-                    }
-                }
-            }
         }
+        let mut w = g.w;
         for (i, user) in spec.users.iter().enumerate() {
             let uid = i as u64 + 1;
             let orgs = user
@@ -301,6 +180,234 @@ impl World {
             w.tokens.insert(user.token.clone(), uid);
         }
         w
+    }
+}
+
+/// One generation under way: the world so far, its random sequences and its id counters.
+struct Generator {
+    w: World,
+    /// The rows generated first (organizations, fleets, releases, devices, tags).
+    rng: fastrand::Rng,
+    /// Application state (services, installs, update states) draws from its own sequence,
+    /// so that adding it changed none of the device rows generated before it.
+    app_rng: fastrand::Rng,
+    /// The host layer (OS and supervisor targets, settings, locations) too.
+    host_rng: fastrand::Rng,
+    host: HostLayer,
+    now: SystemTime,
+    next_id: HashMap<&'static str, u64>,
+    /// Device type slug → its row id (one row per type, made by the first fleet of it).
+    device_types: HashMap<String, u64>,
+}
+
+/// A fleet's releases, oldest first: (id, commit).
+type Releases = Vec<(u64, String)>;
+
+/// (release id, service name) → the id of the release's image of that service.
+type Images = HashMap<(u64, &'static str), u64>;
+
+impl Generator {
+    fn new(seed: u64) -> Self {
+        Self {
+            w: World::default(),
+            rng: fastrand::Rng::with_seed(seed),
+            app_rng: fastrand::Rng::with_seed(seed ^ 0x05e4_1ce5),
+            host_rng: fastrand::Rng::with_seed(seed ^ 0x4057_0500),
+            host: HostLayer::default(),
+            now: SystemTime::now(),
+            next_id: HashMap::new(),
+            device_types: HashMap::new(),
+        }
+    }
+
+    /// The next id of `table` (ids start at 1 in every table).
+    fn id(&mut self, table: &'static str) -> u64 {
+        let n = self.next_id.entry(table).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    /// `now - secs`, as the API writes a timestamp.
+    fn ago(&self, secs: u64) -> String {
+        iso(self.now - Duration::from_secs(secs))
+    }
+
+    /// An organization and its fleets; its id.
+    fn org(&mut self, org: &OrgSpec) -> u64 {
+        let oid = self.id("organization");
+        let created = self.ago(86_400 * 400);
+        self.w.insert(
+            "organization",
+            json!({
+                "id": oid, "name": org.handle, "handle": org.handle, "company_name": null,
+                "is_frozen": false, "created_at": created,
+            }),
+        );
+        for fleet in &org.fleets {
+            self.fleet(oid, &org.handle, fleet);
+        }
+        oid
+    }
+
+    /// The id of a device type's row, made on first use.
+    fn device_type(&mut self, slug: &str) -> u64 {
+        if let Some(id) = self.device_types.get(slug) {
+            return *id;
+        }
+        let dtid = self.id("device_type");
+        self.w.insert(
+            "device_type",
+            json!({"id": dtid, "slug": slug, "name": slug}),
+        );
+        self.device_types.insert(slug.to_string(), dtid);
+        dtid
+    }
+
+    /// A fleet with its releases, services and images, host layer, and devices.
+    fn fleet(&mut self, oid: u64, handle: &str, fleet: &FleetSpec) {
+        let dt = self.device_type(&fleet.device_type);
+        let fid = self.id("application");
+        let slug = format!("{}/{}", handle, fleet.name).to_lowercase();
+        let releases = self.releases(fid);
+        let target = releases[2].0;
+        let uuid = hex(&mut self.rng, 32);
+        let created = self.ago(86_400 * 300);
+        self.w.insert(
+            "application",
+            json!({
+                "id": fid, "app_name": fleet.name, "slug": slug, "uuid": uuid,
+                "organization": {"__id": oid}, "is_for__device_type": {"__id": dt},
+                "should_be_running__release": {"__id": target}, "should_track_latest_release": true,
+                "is_of__class": "fleet", "is_host": false, "is_archived": false,
+                "is_public": fleet.public, "created_at": created,
+            }),
+        );
+        if fleet.scenario == Scenario::FailedBuild {
+            let rid = self.id("release");
+            let commit = hex(&mut self.app_rng, 32);
+            let created = self.ago(3_600 * 5);
+            self.w.insert(
+                "release",
+                json!({
+                    "id": rid, "commit": commit, "raw_version": "1.3.0",
+                    "semver": "1.3.0", "status": "failed",
+                    "belongs_to__application": {"__id": fid},
+                    "created_at": created,
+                }),
+            );
+        }
+        let images = self.services(fid, &releases);
+        self.w.fleet_devices.insert(fid, Vec::new());
+        host::fleet(&mut self.host, &mut self.w, fid, fleet.scenario);
+        for n in 0..fleet.devices {
+            self.device(fleet, fid, dt, &releases, &images, n);
+        }
+    }
+
+    /// Three successful releases, 1.0.0 to 1.2.0, ten days apart.
+    fn releases(&mut self, fid: u64) -> Releases {
+        (0..3)
+            .map(|i| {
+                let rid = self.id("release");
+                let commit = hex(&mut self.rng, 32);
+                let created = self.ago(86_400 * (30 - 10 * i as u64));
+                self.w.insert(
+                    "release",
+                    json!({
+                        "id": rid, "commit": commit, "raw_version": format!("1.{i}.0"),
+                        "semver": format!("1.{i}.0"), "status": "success",
+                        "belongs_to__application": {"__id": fid},
+                        "created_at": created,
+                    }),
+                );
+                (rid, commit)
+            })
+            .collect()
+    }
+
+    /// The fleet's services, and an image of each per release.
+    fn services(&mut self, fid: u64, releases: &Releases) -> Images {
+        let mut images = Images::new();
+        for name in SERVICES {
+            let sid = self.id("service");
+            let created = self.ago(86_400 * 300);
+            self.w.insert(
+                "service",
+                json!({
+                    "id": sid, "application": {"__id": fid}, "service_name": name,
+                    "created_at": created,
+                }),
+            );
+            for (rid, _) in releases {
+                let iid = self.id("image");
+                let location = format!(
+                    "registry2.balena-cloud.com/v2/{}",
+                    hex(&mut self.app_rng, 32)
+                );
+                let created = self.ago(86_400 * 30);
+                self.w.insert(
+                    "image",
+                    json!({
+                        "id": iid, "is_a_build_of__service": {"__id": sid},
+                        "is_stored_at__image_location": location,
+                        "status": "success", "created_at": created,
+                    }),
+                );
+                images.insert((*rid, name), iid);
+            }
+        }
+        images
+    }
+
+    /// The fleet's device `n`: its row, image installs, host layer and tags.
+    fn device(
+        &mut self,
+        fleet: &FleetSpec,
+        fid: u64,
+        dt: u64,
+        releases: &Releases,
+        images: &Images,
+        n: usize,
+    ) {
+        let did = self.id("device");
+        let quiet = fleet.scenario != Scenario::Steady;
+        let now = self.now;
+        let mut row = generate_device(&mut self.rng, now, did, fid, dt, releases, n, quiet);
+        let installs =
+            application_state(&mut self.app_rng, now, &mut row, fleet.scenario, releases);
+        let dt = (dt, fleet.device_type.as_str());
+        host::device(
+            &mut self.host,
+            &mut self.w,
+            &mut self.host_rng,
+            now,
+            &mut row,
+            dt,
+            n,
+            fleet.scenario,
+        );
+        self.w.insert("device", row);
+        for (release, service, status, progress, age) in installs {
+            let iid = self.id("image_install");
+            let installed = self.ago(age);
+            self.w.insert(
+                "image_install",
+                json!({
+                    "id": iid, "device": {"__id": did},
+                    "installs__image": {"__id": images[&(release, service)]},
+                    "is_provided_by__release": {"__id": release},
+                    "status": status, "download_progress": progress,
+                    "install_date": installed,
+                }),
+            );
+        }
+        for (key, value) in generate_tags(&mut self.rng, n) {
+            let tid = self.id("device_tag");
+            self.w.insert(
+                "device_tag",
+                json!({"id": tid, "device": {"__id": did}, "tag_key": key, "value": value}),
+            );
+        }
     }
 }
 
