@@ -180,7 +180,7 @@ pub async fn dispatch(req: HttpRequest, state: web::Data<Arc<SimState>>) -> Http
     response
 }
 
-/// Long on purpose: one arm per injectable fault, side by side.
+/// The answer to a request, or the fault injected for it; every request is logged.
 async fn answer_with_faults(req: &HttpRequest, state: &web::Data<Arc<SimState>>) -> HttpResponse {
     let path = req.path().to_string();
     let query = req.query_string().to_string();
@@ -194,91 +194,11 @@ async fn answer_with_faults(req: &HttpRequest, state: &web::Data<Arc<SimState>>)
         Caller::Guest => "guest".to_string(),
         Caller::User { username, .. } => username.clone(),
     };
-    let mut response = None;
-    match state.take_fault(&path, &query) {
-        Some(Fault::Delay(d)) => actix_rt::time::sleep(d).await,
-        Some(Fault::Status(s)) => response = Some(error_response(s, None)),
-        Some(Fault::RateLimit(after)) => response = Some(error_response(429, after.as_deref())),
-        Some(Fault::Unavailable(after)) => response = Some(error_response(503, after.as_deref())),
-        Some(Fault::MalformedJson) => {
-            response = Some(
-                HttpResponse::Ok()
-                    .content_type("application/json")
-                    .body("{\"d\": [oops"),
-            )
-        }
-        Some(Fault::TruncatedJson) => {
-            let full = answer(state, req, &path, &query, &caller);
-            let body = actix_web::body::to_bytes(full.into_body())
-                .await
-                .unwrap_or_default();
-            let cut = body.slice(..body.len() / 2);
-            response = Some(
-                HttpResponse::Ok()
-                    .content_type("application/json")
-                    .body(cut),
-            );
-        }
-        Some(Fault::SlowBody(every)) => {
-            let full = answer(state, req, &path, &query, &caller);
-            let body = actix_web::body::to_bytes(full.into_body())
-                .await
-                .unwrap_or_default();
-            let stream =
-                futures_util::stream::unfold((body, 0usize), move |(body, i)| async move {
-                    if i >= body.len() {
-                        return None;
-                    }
-                    actix_rt::time::sleep(every).await;
-                    Some((Ok::<_, std::io::Error>(body.slice(i..i + 1)), (body, i + 1)))
-                });
-            response = Some(
-                HttpResponse::Ok()
-                    .content_type("application/json")
-                    .streaming(stream),
-            );
-        }
-        Some(Fault::Reset) => {
-            let full = answer(state, req, &path, &query, &caller);
-            let body = actix_web::body::to_bytes(full.into_body())
-                .await
-                .unwrap_or_default();
-            let half = body.slice(..body.len() / 2);
-            let stream = futures_util::stream::iter(vec![
-                Ok(half),
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "simulated reset",
-                )),
-            ]);
-            response = Some(
-                HttpResponse::Ok()
-                    .content_type("application/json")
-                    .streaming(stream),
-            );
-        }
-        Some(Fault::DuplicateRows) => {
-            let full = answer(state, req, &path, &query, &caller);
-            let body = actix_web::body::to_bytes(full.into_body())
-                .await
-                .unwrap_or_default();
-            let mut value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            if let Some(rows) = value.get_mut("d").and_then(Value::as_array_mut) {
-                let copy = rows.clone();
-                rows.extend(copy);
-            }
-            response = Some(json_ok(&value));
-        }
-        Some(Fault::Html502) => {
-            response = Some(
-                HttpResponse::BadGateway()
-                    .content_type("text/html")
-                    .body("<html><body><h1>502 Bad Gateway</h1></body></html>"),
-            )
-        }
-        None => {}
-    }
-    let response = response.unwrap_or_else(|| answer(state, req, &path, &query, &caller));
+    let real = || answer(state, req, &path, &query, &caller);
+    let response = match state.take_fault(&path, &query) {
+        Some(fault) => with_fault(fault, real).await,
+        None => real(),
+    };
     if let Ok(mut log) = state.log.lock() {
         log.push(LoggedRequest {
             path,
@@ -288,6 +208,73 @@ async fn answer_with_faults(req: &HttpRequest, state: &web::Data<Arc<SimState>>)
         });
     }
     response
+}
+
+/// What a request answers under `fault`, one arm per injectable fault, side by side; `real`
+/// gives the answer without it (for the faults that delay or spoil the real answer).
+async fn with_fault(fault: Fault, real: impl FnOnce() -> HttpResponse) -> HttpResponse {
+    let json = || {
+        let mut ok = HttpResponse::Ok();
+        ok.content_type("application/json");
+        ok
+    };
+    match fault {
+        Fault::Delay(d) => {
+            actix_rt::time::sleep(d).await;
+            real()
+        }
+        Fault::Status(s) => error_response(s, None),
+        Fault::RateLimit(after) => error_response(429, after.as_deref()),
+        Fault::Unavailable(after) => error_response(503, after.as_deref()),
+        Fault::MalformedJson => json().body("{\"d\": [oops"),
+        Fault::Html502 => HttpResponse::BadGateway()
+            .content_type("text/html")
+            .body("<html><body><h1>502 Bad Gateway</h1></body></html>"),
+        Fault::TruncatedJson => {
+            let body = body_of(real()).await;
+            json().body(body.slice(..body.len() / 2))
+        }
+        Fault::SlowBody(every) => {
+            let body = body_of(real()).await;
+            let stream =
+                futures_util::stream::unfold((body, 0usize), move |(body, i)| async move {
+                    if i >= body.len() {
+                        return None;
+                    }
+                    actix_rt::time::sleep(every).await;
+                    Some((Ok::<_, std::io::Error>(body.slice(i..i + 1)), (body, i + 1)))
+                });
+            json().streaming(stream)
+        }
+        Fault::Reset => {
+            let body = body_of(real()).await;
+            let half = body.slice(..body.len() / 2);
+            let stream = futures_util::stream::iter(vec![
+                Ok(half),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "simulated reset",
+                )),
+            ]);
+            json().streaming(stream)
+        }
+        Fault::DuplicateRows => {
+            let body = body_of(real()).await;
+            let mut value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if let Some(rows) = value.get_mut("d").and_then(Value::as_array_mut) {
+                let copy = rows.clone();
+                rows.extend(copy);
+            }
+            json_ok(&value)
+        }
+    }
+}
+
+/// A whole answer's body (empty if it cannot be read).
+async fn body_of(response: HttpResponse) -> actix_web::web::Bytes {
+    actix_web::body::to_bytes(response.into_body())
+        .await
+        .unwrap_or_default()
 }
 
 fn answer(
