@@ -351,7 +351,8 @@ impl RowStream {
     /// over from earlier chunks). `on_row` decodes one row at its start (see [`one_row`]) and
     /// returns its length, or `None` when the text ends first.
     /// Long on purpose: a byte-level state machine in one loop; per-byte calls into helpers
-    /// would cost on every byte of a 9.7 MB page.
+    /// would cost on every byte of a 9.7 MB page (a captured value is finished once a value,
+    /// in [`RowStream::captured`]).
     pub fn feed(
         &mut self,
         chunk: &[u8],
@@ -368,55 +369,10 @@ impl RowStream {
         let mut start = 0;
         while i < chunk.len() {
             match self.state {
-                State::InRow | State::Other => {
-                    let from = if self.capture.carried.is_empty() && i == start {
-                        i + 1
-                    } else {
-                        i
-                    };
-                    let end = match self.capture.scan(chunk, from) {
-                        Scanned::End(end) => end,
-                        Scanned::Incomplete => {
-                            self.capture.carried.extend_from_slice(&chunk[start..]);
-                            self.check_row_size(self.capture.carried.len())?;
-                            break;
-                        }
-                        Scanned::StringTooLong => {
-                            return Err(string_too_long().in_row(self.rows + 1));
-                        }
-                    };
-                    self.check_row_size(self.capture.carried.len() + end - start)?;
-                    let value: &[u8] = if self.capture.carried.is_empty() {
-                        &chunk[start..end]
-                    } else {
-                        self.capture.carried.extend_from_slice(&chunk[..end]);
-                        &self.capture.carried
-                    };
-                    if self.state == State::InRow {
-                        let n = self.rows + 1;
-                        let whole = on_row(utf8(value).map_err(|e| e.in_row(n))?)
-                            .map_err(|e| e.in_row(n))?;
-                        if whole != Some(value.len()) {
-                            return Err(
-                                StreamError::Invalid("not one JSON object".into()).in_row(n)
-                            );
-                        }
-                        self.rows = n;
-                        self.last_row = value.len();
-                        self.state = State::AfterRow;
-                    } else {
-                        serde_json::from_slice::<IgnoredAny>(value).map_err(|e| {
-                            StreamError::Invalid(format!(
-                                "member {:?}: {}",
-                                String::from_utf8_lossy(&self.key),
-                                super::error::unquoted(&e)
-                            ))
-                        })?;
-                        self.state = State::AfterValue;
-                    }
-                    self.capture.carried.clear();
-                    i = end;
-                }
+                State::InRow | State::Other => match self.captured(chunk, i, start, on_row)? {
+                    Some(end) => i = end,
+                    None => break,
+                },
                 State::KeyText { escaped } => {
                     let b = chunk[i];
                     i += 1;
@@ -493,6 +449,63 @@ impl RowStream {
         }
         self.offset += chunk.len();
         Ok(())
+    }
+
+    /// Goes on with the value being captured (a row, or another member's value) from byte `i`
+    /// of `chunk`, where the capture started at `start` (0 when carried over): at its end, the
+    /// row goes to `on_row` (or the value is checked and skipped) and the byte after it is
+    /// returned; `None` when the chunk ends first (the rest is carried to the next chunk).
+    fn captured(
+        &mut self,
+        chunk: &[u8],
+        i: usize,
+        start: usize,
+        on_row: &mut impl FnMut(&str) -> Result<Option<usize>, StreamError>,
+    ) -> Result<Option<usize>, StreamError> {
+        let from = if self.capture.carried.is_empty() && i == start {
+            i + 1
+        } else {
+            i
+        };
+        let end = match self.capture.scan(chunk, from) {
+            Scanned::End(end) => end,
+            Scanned::Incomplete => {
+                self.capture.carried.extend_from_slice(&chunk[start..]);
+                self.check_row_size(self.capture.carried.len())?;
+                return Ok(None);
+            }
+            Scanned::StringTooLong => {
+                return Err(string_too_long().in_row(self.rows + 1));
+            }
+        };
+        self.check_row_size(self.capture.carried.len() + end - start)?;
+        let value: &[u8] = if self.capture.carried.is_empty() {
+            &chunk[start..end]
+        } else {
+            self.capture.carried.extend_from_slice(&chunk[..end]);
+            &self.capture.carried
+        };
+        if self.state == State::InRow {
+            let n = self.rows + 1;
+            let whole = on_row(utf8(value).map_err(|e| e.in_row(n))?).map_err(|e| e.in_row(n))?;
+            if whole != Some(value.len()) {
+                return Err(StreamError::Invalid("not one JSON object".into()).in_row(n));
+            }
+            self.rows = n;
+            self.last_row = value.len();
+            self.state = State::AfterRow;
+        } else {
+            serde_json::from_slice::<IgnoredAny>(value).map_err(|e| {
+                StreamError::Invalid(format!(
+                    "member {:?}: {}",
+                    String::from_utf8_lossy(&self.key),
+                    super::error::unquoted(&e)
+                ))
+            })?;
+            self.state = State::AfterValue;
+        }
+        self.capture.carried.clear();
+        Ok(Some(end))
     }
 
     /// The row starting at byte `i` (its `{`), decoded in place by `on_row` when the chunk's
