@@ -247,7 +247,7 @@ pub struct ExporterMetrics {
 
 impl ExporterMetrics {
     /// Registers every self-metric (and the process collector on Linux): one definition a
-    /// field, registered where it is made ([`register`]), so no metric can be defined and not
+    /// field, registered where it is made (`register`), so no metric can be defined and not
     /// served.
     pub fn new() -> Self {
         let registry = Registry::new();

@@ -352,7 +352,7 @@ impl RowStream {
     /// returns its length, or `None` when the text ends first.
     /// Long on purpose: a byte-level state machine in one loop; per-byte calls into helpers
     /// would cost on every byte of a 9.7 MB page (a captured value is finished once a value,
-    /// in [`RowStream::captured`]).
+    /// in `RowStream::captured`).
     pub fn feed(
         &mut self,
         chunk: &[u8],
