@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 /// A JSON row.
 pub type Row = Map<String, Value>;
 
+mod devices;
 mod host;
 mod query;
 mod schema;
