@@ -4,17 +4,17 @@
 //!
 //! 1. for memory: the three targets one after the other, three times (the first probes also
 //!    start the background reads of services and host), then `VmHWM` of the process;
-//! 2. for CPU: per case, one probe to warm up, then `PROBES` probes one after the other, and the
-//!    process's user + system time over them (`/proc/PID/stat`) divided by their
-//!    number. Cases: the default module answered with gzip (what Prometheus asks for), with
+//! 2. for CPU: one probe of each case to warm up, then `PROBES` rounds of one probe of each
+//!    case, and the process's user + system time over each probe (`/proc/PID/stat`), averaged
+//!    per case. Cases: the default module answered with gzip (what Prometheus asks for), with
 //!    zstd (what Prometheus asks for with its `zstd-scrape` feature: the series are then
 //!    compressed as zstd) and uncompressed (the answer is kept compressed, so this one decodes
 //!    it), and the summary module with gzip;
-//! 3. the floor of the same answer, measured in this process once the exporter and the
-//!    simulator have stopped: a summary probe's CPU (case 4) + writing the answer's lines +
-//!    deflate or zstd level 1 of its text; then each default probe's CPU as a ratio to its
-//!    floor (docs/performance.md, "Where this leaves ≤ 40 ms of CPU a probe"), which moves
-//!    less with the machine's speed than the milliseconds do.
+//! 3. the floor of the same answer, measured in this process between the rounds (one run of
+//!    each step a round, their medians): a summary probe's CPU (the last case) + writing the
+//!    answer's lines + deflate or zstd level 1 of its text; then each default probe's CPU as a
+//!    ratio to its floor (docs/performance.md, "Where this leaves ≤ 40 ms of CPU a probe").
+//!    Interleaved, a machine that slows down for a while slows the probes and the floor alike.
 //!
 //! The simulator runs in this process, so its CPU is not counted.
 //!
@@ -102,88 +102,100 @@ async fn main() {
         ("default", "identity"),
         ("summary", "gzip"),
     ];
-    let mut cpu_ms = Vec::new();
-    for (module, encoding) in cases {
-        let url = format!("{}/probe?target=big&module={module}", exporter.base);
-        probe(&client, &url, encoding).await;
-        let (cpu0, t0) = (cpu_seconds(exporter.pid(), hz), Instant::now());
-        let mut bytes = 0;
-        for _ in 0..probes {
-            bytes = probe(&client, &url, encoding).await;
-        }
-        let wall = t0.elapsed();
-        let cpu = cpu_seconds(exporter.pid(), hz) - cpu0;
-        cpu_ms.push(cpu * 1000.0 / probes as f64);
-        println!(
-            "module {module:8} {encoding:8}: CPU {:6.1} ms a probe, wall {:6.1} ms a probe ({probes} probes), answer {bytes} bytes",
-            cpu * 1000.0 / probes as f64,
-            wall.as_secs_f64() * 1000.0 / probes as f64,
-        );
-    }
-    // The floor of the same answer, measured now: the summary probe (the same requests and
-    // rows, no per-device series) + writing the answer's lines + compressing its text.
-    let url = format!("{}/probe?target=big", exporter.base);
+    let url = |module: &str| format!("{}/probe?target=big&module={module}", exporter.base);
+    // The answer's text, whose floor is measured between the rounds of probes.
     let mut resp = client
-        .get(&url)
+        .get(url("default"))
         .insert_header(("Accept-Encoding", "identity"))
         .send()
         .await
         .expect("answer");
     let text = resp.body().limit(1 << 30).await.expect("body");
     let text = std::str::from_utf8(&text).expect("UTF-8 answer").to_owned();
+    let floor = Floor::new(&text);
+    for (module, encoding) in cases {
+        probe(&client, &url(module), encoding).await;
+    }
+    // Rounds of one probe of each case, then one run of each floor step: a machine that slows
+    // down for a while slows every case and the floor alike.
+    let (mut cpu, mut wall, mut bytes) = ([0.0; 4], [0.0; 4], [0; 4]);
+    let mut steps = Vec::with_capacity(probes);
+    for _ in 0..probes {
+        for (k, (module, encoding)) in cases.into_iter().enumerate() {
+            let (cpu0, t0) = (cpu_seconds(exporter.pid(), hz), Instant::now());
+            bytes[k] = probe(&client, &url(module), encoding).await;
+            wall[k] += t0.elapsed().as_secs_f64() * 1000.0 / probes as f64;
+            cpu[k] += (cpu_seconds(exporter.pid(), hz) - cpu0) * 1000.0 / probes as f64;
+        }
+        steps.push(floor.steps());
+    }
     drop(exporter);
     sim.stop().await;
-    let [gzip, zstd, _, summary] = cpu_ms[..] else {
-        unreachable!("four cases")
+    for (k, (module, encoding)) in cases.into_iter().enumerate() {
+        println!(
+            "module {module:8} {encoding:8}: CPU {:6.1} ms a probe, wall {:6.1} ms a probe ({probes} probes), answer {} bytes",
+            cpu[k], wall[k], bytes[k],
+        );
+    }
+    let median = |step: fn(&Steps) -> f64| {
+        let mut times: Vec<f64> = steps.iter().map(step).collect();
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
     };
-    let floors = Floors::of(&text);
-    println!(
-        "floor of this answer ({} bytes of text), measured now, medians of {FLOOR_RUNS}: \
-         write {:.1} ms, deflate level 1 {:.1} ms, zstd level 1 {:.1} ms",
-        text.len(),
-        floors.write,
-        floors.deflate,
-        floors.zstd
+    let (write, deflate, zstd) = (
+        median(|s| s.write),
+        median(|s| s.deflate),
+        median(|s| s.zstd),
     );
-    for (encoding, probe, compress) in [("gzip", gzip, floors.deflate), ("zstd", zstd, floors.zstd)]
-    {
-        let floor = summary + floors.write + compress;
+    let summary = cpu[3];
+    println!(
+        "floor of this answer ({} bytes of text), medians of {probes} runs between the probes: \
+         write {write:.1} ms, deflate level 1 {deflate:.1} ms, zstd level 1 {zstd:.1} ms",
+        text.len(),
+    );
+    for (encoding, probe, compress) in [("gzip", cpu[0], deflate), ("zstd", cpu[1], zstd)] {
+        let floor = summary + write + compress;
         println!(
             "module default  {encoding:8}: CPU {probe:6.1} ms a probe = {:.2}x its floor \
-             (summary probe {summary:.1} + write {:.1} + compress {compress:.1} = {floor:.1} ms)",
+             (summary probe {summary:.1} + write {write:.1} + compress {compress:.1} = {floor:.1} ms)",
             probe / floor,
-            floors.write,
         );
     }
 }
 
-/// Runs of each floor step; its median is reported.
-const FLOOR_RUNS: usize = 7;
+/// The work of an answer beyond a summary probe's, at its floor, on one thread: writing its
+/// lines (each series copied, its value formatted: `benches/pipeline.rs`'s `floor/write`), and
+/// deflate or zstd level 1 of its whole text in one call (`floor/deflate1`, `floor/zstd1`).
+struct Floor<'a> {
+    text: &'a str,
+    lines: Vec<(&'a str, f64)>,
+}
 
-/// The CPU floor of an answer's work beyond a summary probe's, in ms (one thread, medians).
-struct Floors {
+/// One run of each step of a [`Floor`], in ms.
+struct Steps {
     write: f64,
     deflate: f64,
     zstd: f64,
 }
 
-impl Floors {
-    /// Measures them on `text`, an answer: writing its lines (each series copied, its value
-    /// formatted, as `benches/pipeline.rs`'s `floor/write`), deflate level 1 and zstd level 1
-    /// of the whole text in one call each (`floor/deflate1`, `floor/zstd1`).
-    fn of(text: &str) -> Self {
-        use std::fmt::Write as _;
-        use std::io::Write as _;
-        let lines: Vec<(&str, f64)> = text
+impl<'a> Floor<'a> {
+    fn new(text: &'a str) -> Self {
+        let lines = text
             .lines()
             .map(|l| match l.rsplit_once(' ') {
                 Some((series, v)) if !l.starts_with('#') => (series, v.parse().unwrap_or(0.0)),
                 _ => (l, f64::NAN),
             })
             .collect();
-        let write = median_ms(|| {
-            let mut out = String::with_capacity(text.len());
-            for (series, value) in &lines {
+        Self { text, lines }
+    }
+
+    fn steps(&self) -> Steps {
+        use std::fmt::Write as _;
+        use std::io::Write as _;
+        let write = ms(|| {
+            let mut out = String::with_capacity(self.text.len());
+            for (series, value) in &self.lines {
                 out.push_str(series);
                 if !value.is_nan() {
                     write!(out, " {value}").expect("a String takes any text");
@@ -192,19 +204,19 @@ impl Floors {
             }
             std::hint::black_box(out.len());
         });
-        let deflate = median_ms(|| {
+        let deflate = ms(|| {
             let mut e = flate2::write::DeflateEncoder::new(
-                Vec::with_capacity(text.len() / 4),
+                Vec::with_capacity(self.text.len() / 4),
                 flate2::Compression::fast(),
             );
-            e.write_all(text.as_bytes()).expect("in memory");
+            e.write_all(self.text.as_bytes()).expect("in memory");
             std::hint::black_box(e.finish().expect("in memory").len());
         });
-        let zstd = median_ms(|| {
-            let packed = zstd::bulk::compress(text.as_bytes(), 1).expect("zstd level 1");
+        let zstd = ms(|| {
+            let packed = zstd::bulk::compress(self.text.as_bytes(), 1).expect("zstd level 1");
             std::hint::black_box(packed.len());
         });
-        Self {
+        Steps {
             write,
             deflate,
             zstd,
@@ -212,15 +224,9 @@ impl Floors {
     }
 }
 
-/// The median wall time of `FLOOR_RUNS` runs of `f` on this (otherwise idle) thread, in ms.
-fn median_ms(mut f: impl FnMut()) -> f64 {
-    let mut times: Vec<f64> = (0..FLOOR_RUNS)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1000.0
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[FLOOR_RUNS / 2]
+/// The wall time of `f` on this (otherwise idle) thread, in ms.
+fn ms(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64() * 1000.0
 }
