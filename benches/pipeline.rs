@@ -16,6 +16,9 @@ use balena_exporter::probe::SeriesBuilder;
 use balena_simulator::{parse_request, FleetSpec, OrgSpec, UserSpec, World, WorldSpec};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
+#[path = "../examples/support/floor.rs"]
+mod floor;
+
 /// The JSON body the API would send for a fleet of `n` devices, and its fleet row.
 fn page(n: usize, module: &ModuleConfig) -> (Vec<u8>, Fleet) {
     let spec = WorldSpec {
@@ -95,42 +98,17 @@ fn pipeline(c: &mut Criterion) {
             body.len(),
             text.len()
         );
-        let lines: Vec<(&str, f64)> = text
-            .lines()
-            .map(|l| match l.rsplit_once(' ') {
-                Some((series, v)) if !l.starts_with('#') => (series, v.parse().unwrap()),
-                _ => (l, f64::NAN),
-            })
-            .collect();
+        let lines = floor::lines(&text);
         group.bench_with_input(BenchmarkId::new("floor/write", n), &lines, |b, lines| {
-            b.iter(|| {
-                use std::fmt::Write;
-                let mut out = String::with_capacity(text.len());
-                for (series, value) in lines {
-                    out.push_str(series);
-                    if !value.is_nan() {
-                        write!(out, " {value}").unwrap();
-                    }
-                    out.push('\n');
-                }
-                black_box(out.len())
-            })
+            b.iter(|| black_box(floor::write(lines, text.len())))
         });
         // ... and deflate level 1 of that text, in one stream.
         group.bench_with_input(BenchmarkId::new("floor/deflate1", n), &text, |b, text| {
-            b.iter(|| {
-                use std::io::Write;
-                let mut e = flate2::write::DeflateEncoder::new(
-                    Vec::with_capacity(text.len() / 4),
-                    flate2::Compression::fast(),
-                );
-                e.write_all(text.as_bytes()).unwrap();
-                black_box(e.finish().unwrap().len())
-            })
+            b.iter(|| black_box(floor::deflate1(text)))
         });
         // zstd level 1 of the same text in one call, the floor of zstd answers.
         group.bench_with_input(BenchmarkId::new("floor/zstd1", n), &text, |b, text| {
-            b.iter(|| black_box(zstd::bulk::compress(text.as_bytes(), 1).unwrap().len()))
+            b.iter(|| black_box(floor::zstd1(text)))
         });
         for (name, codec) in [("default", Codec::Deflate), ("default-zstd", Codec::Zstd)] {
             group.bench_with_input(

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use balena_simulator::Simulator;
 
 mod support;
-use support::{status_kib, world, Exporter};
+use support::{floor, status_kib, world, Exporter};
 
 /// A process's user + system CPU in seconds (`/proc/PID/stat` fields 14 and 15, in clock
 /// ticks: what `process_cpu_seconds_total` reports, read the same way for any build).
@@ -163,9 +163,7 @@ async fn main() {
     }
 }
 
-/// The work of an answer beyond a summary probe's, at its floor, on one thread: writing its
-/// lines (each series copied, its value formatted: `benches/pipeline.rs`'s `floor/write`), and
-/// deflate or zstd level 1 of its whole text in one call (`floor/deflate1`, `floor/zstd1`).
+/// The work of an answer beyond a summary probe's, at its floor ([`floor`]).
 struct Floor<'a> {
     text: &'a str,
     lines: Vec<(&'a str, f64)>,
@@ -180,53 +178,23 @@ struct Steps {
 
 impl<'a> Floor<'a> {
     fn new(text: &'a str) -> Self {
-        let lines = text
-            .lines()
-            .map(|l| match l.rsplit_once(' ') {
-                Some((series, v)) if !l.starts_with('#') => (series, v.parse().unwrap_or(0.0)),
-                _ => (l, f64::NAN),
-            })
-            .collect();
+        let lines = floor::lines(text);
         Self { text, lines }
     }
 
     fn steps(&self) -> Steps {
-        use std::fmt::Write as _;
-        use std::io::Write as _;
-        let write = ms(|| {
-            let mut out = String::with_capacity(self.text.len());
-            for (series, value) in &self.lines {
-                out.push_str(series);
-                if !value.is_nan() {
-                    write!(out, " {value}").expect("a String takes any text");
-                }
-                out.push('\n');
-            }
-            std::hint::black_box(out.len());
-        });
-        let deflate = ms(|| {
-            let mut e = flate2::write::DeflateEncoder::new(
-                Vec::with_capacity(self.text.len() / 4),
-                flate2::Compression::fast(),
-            );
-            e.write_all(self.text.as_bytes()).expect("in memory");
-            std::hint::black_box(e.finish().expect("in memory").len());
-        });
-        let zstd = ms(|| {
-            let packed = zstd::bulk::compress(self.text.as_bytes(), 1).expect("zstd level 1");
-            std::hint::black_box(packed.len());
-        });
+        let text = self.text;
         Steps {
-            write,
-            deflate,
-            zstd,
+            write: ms(|| floor::write(&self.lines, text.len())),
+            deflate: ms(|| floor::deflate1(text)),
+            zstd: ms(|| floor::zstd1(text)),
         }
     }
 }
 
 /// The wall time of `f` on this (otherwise idle) thread, in ms.
-fn ms(f: impl FnOnce()) -> f64 {
+fn ms(f: impl FnOnce() -> usize) -> f64 {
     let t = Instant::now();
-    f();
+    std::hint::black_box(f());
     t.elapsed().as_secs_f64() * 1000.0
 }

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each example uses part of it
 
+pub mod floor;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
